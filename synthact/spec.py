@@ -1,0 +1,562 @@
+"""Job spec: YAML -> validated, frozen pydantic models -> grid of cells -> shards.
+
+A job spec is one YAML file. Lists are grid axes; cells are their product. Every
+field documents itself here, where it is declared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from synthact.errors import SynthactError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+KINDS = (
+    "real",
+    "sae_recon",
+    "gaussian",
+    "synthetic_baseline",
+    "synthetic_structured",
+    "single_latent",
+)
+Kind = Literal[
+    "real",
+    "sae_recon",
+    "gaussian",
+    "synthetic_baseline",
+    "synthetic_structured",
+    "single_latent",
+]
+SYNTHETIC_KINDS = ("synthetic_baseline", "synthetic_structured")
+# Kinds that are already an SAE decoder output; their SAE reconstruction is not a
+# meaningful target, so `toward_recon` is refused for them.
+DECODED_KINDS = ("sae_recon", "synthetic_baseline", "synthetic_structured", "single_latent")
+
+
+class SpecError(SynthactError):
+    """A job spec that cannot run; the message says what is wrong and how to fix it."""
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _exactly_one(obj: BaseModel, fields: tuple[str, ...], what: str) -> None:
+    given = [f for f in fields if getattr(obj, f) is not None]
+    if len(given) != 1:
+        raise ValueError(
+            f"{what} needs exactly one of {', '.join(fields)}; got {given or 'none'}"
+        )
+
+
+# --------------------------------------------------------------------------- model
+
+
+class ToyModelSpec(Frozen):
+    """A small GPT-2-architecture HookedTransformer built from a seed (offline, tests)."""
+
+    n_layers: int = Field(4, ge=3, description="Transformer blocks.")
+    d_model: int = Field(64, ge=8, le=128, description="Residual stream width.")
+    n_heads: int = Field(4, ge=1, description="Attention heads per block.")
+    d_mlp: int = Field(256, ge=8, description="MLP hidden width.")
+    d_vocab: int = Field(512, ge=16, description="Vocabulary size.")
+    n_ctx: int = Field(64, ge=4, description="Maximum context length.")
+    seed: int = Field(0, description="Seed for the weights.")
+    train_steps: int = Field(
+        300, ge=0, description="Steps of next-token training on the toy corpus, so the model has real structure."
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ToyModelSpec":
+        if self.d_model % self.n_heads:
+            raise ValueError(f"toy d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        return self
+
+
+class ModelSpec(Frozen):
+    """Which language model. Exactly one of `pretrained`, `local`, `toy`."""
+
+    pretrained: str | None = Field(None, description="TransformerLens model name, e.g. 'gpt2'.")
+    local: str | None = Field(
+        None, description="Path to a local Hugging Face-format checkpoint directory (GPT-2 architecture)."
+    )
+    toy: ToyModelSpec | None = Field(None, description="Build a toy model instead (no network).")
+    from_pretrained_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra HookedTransformer.from_pretrained kwargs; they override the SAE release's own.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        _exactly_one(self, ("pretrained", "local", "toy"), "model")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.pretrained:
+            return self.pretrained
+        if self.local:
+            return f"local:{Path(self.local).name}"
+        return "toy-" + digest(self.toy.model_dump())[:8]
+
+
+# --------------------------------------------------------------------------- SAE
+
+
+class ToySAESpec(Frozen):
+    """An SAE trained with sae_lens on the toy model's activations (offline, tests)."""
+
+    d_sae: int = Field(512, ge=16, description="Number of latents.")
+    l1_coefficient: float = Field(3.0, gt=0, description="Sparsity penalty of the standard SAE.")
+    training_tokens: int = Field(400_000, ge=1000, description="Activations seen in training.")
+    seed: int = Field(0, description="Seed for SAE init and training order.")
+
+
+class SAESpec(Frozen):
+    """Which SAE. Exactly one of `release`, `local`, `toy`. `{layer}` is replaced per layer."""
+
+    release: str | None = Field(None, description="sae_lens pretrained release, e.g. 'gpt2-small-res-jb'.")
+    id: str = Field("blocks.{layer}.hook_resid_pre", description="SAE id inside the release.")
+    local: str | None = Field(
+        None, description="Path to a sae_lens SAE directory (from save_model); may contain '{layer}'."
+    )
+    toy: ToySAESpec | None = Field(None, description="Train a toy SAE on the toy model (no network).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SAESpec":
+        _exactly_one(self, ("release", "local", "toy"), "sae")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.release:
+            return f"{self.release}/{self.id}"
+        if self.local:
+            return f"local:{self.local}"
+        return "toy-" + digest(self.toy.model_dump())[:8]
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+class ToyCorpusSpec(Frozen):
+    """Token sequences from a seeded Markov chain over the toy vocabulary."""
+
+    n_docs: int = Field(2048, ge=16, description="Number of documents.")
+    doc_len: int = Field(64, ge=4, description="Tokens per document.")
+    seed: int = Field(0, description="Seed of the chain.")
+
+
+class CorpusSpec(Frozen):
+    """Where prompts come from. Exactly one of `hf`, `file`, `toy`."""
+
+    hf: str | None = Field(None, description="Hugging Face dataset of token ids, e.g. the pre-tokenized OpenWebText.")
+    split: str = Field("train", description="Dataset split (hf only).")
+    column: str = Field("input_ids", description="Column holding token ids (hf and Parquet files).")
+    max_docs: int = Field(20_000, ge=1, description="Documents read from an hf dataset (streamed).")
+    file: str | None = Field(None, description="Local token file: .npy (2-D [docs, tokens] or 1-D) or Parquet.")
+    toy: ToyCorpusSpec | None = Field(None, description="Toy corpus for the toy model.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CorpusSpec":
+        _exactly_one(self, ("hf", "file", "toy"), "corpus")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.hf:
+            return f"{self.hf}:{self.split}"
+        if self.file:
+            return f"file:{self.file}"
+        return "toy-" + digest(self.toy.model_dump())[:8]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class GenerationSpec(Frozen):
+    """Synthetic-generation axes. Apply to cells whose base or target kind is synthetic."""
+
+    tol: list[float] = Field([0.1], description="Max |log10 f(j) - log10 f(i)| between a template latent and its replacement.")
+    candidates: list[int] = Field(
+        [16], description="C: frequency-matched candidates per latent for synthetic_structured (C=1 is the baseline)."
+    )
+    value_source: list[Literal["sampled", "template"]] = Field(
+        ["sampled"], description="Replacement values: drawn from the latent's own non-zero values, or the template's."
+    )
+    add_error: list[bool] = Field([False], description="Add the template's SAE error (real - sae_recon).")
+
+    @field_validator("tol", "candidates", "value_source", "add_error")
+    @classmethod
+    def _non_empty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("a generation axis must list at least one value")
+        return v
+
+    @field_validator("candidates")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(c < 1 for c in v):
+            raise ValueError("candidates must be >= 1")
+        return v
+
+
+class ScanSpec(Frozen):
+    """The perturbation scan A_n = A + n*s*D (step) or A + (n/N)(T - A) (interpolate)."""
+
+    steps: int = Field(100, ge=2, description="N: the scan has N+1 points n = 0..N.")
+    step_size: float = Field(0.5, gt=0, description="s, in residual-norm units (step mode).")
+    mode: Literal["step", "interpolate"] = Field("step", description="Step along D, or interpolate to the target.")
+
+
+class ReferenceSpec(Frozen):
+    """Reference statistics: a pool of real activations per (model, SAE, layer, corpus, seed)."""
+
+    n_prompts: int = Field(4096, ge=64, description="Real activations in the pool.")
+    value_samples: int = Field(64, ge=1, description="Non-zero values kept per latent.")
+
+
+class WandbSpec(Frozen):
+    """Weights & Biases logging; `wandb: false` turns it off."""
+
+    enabled: bool = Field(True, description="Log to W&B (offline when no API key).")
+    project: str | None = Field(None, description="Project; default WANDB_PROJECT or 'synthact'.")
+    entity: str | None = Field(None, description="Entity; default WANDB_ENTITY.")
+    group: str | None = Field(None, description="Run group.")
+    tags: list[str] = Field(default_factory=list, description="Run tags.")
+
+
+class RaySpec(Frozen):
+    """How the sweep runs on a Ray cluster (`--ray ADDRESS`)."""
+
+    num_gpus: float = Field(1.0, ge=0, description="GPUs per worker actor; 0 gives CPU actors.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per worker actor.")
+    max_workers: int | None = Field(None, ge=1, description="Cap on worker actors; default: as many as fit.")
+    max_in_flight: int = Field(2, ge=1, description="Shards queued per worker at once.")
+    max_retries: int = Field(2, ge=0, description="Retries of a failing shard before it is reported.")
+
+
+# --------------------------------------------------------------------------- job
+
+
+def _listify(v: Any) -> Any:
+    return v if isinstance(v, list) else [v]
+
+
+class Job(Frozen):
+    """One sweep. Lists are grid axes; cells are their product."""
+
+    name: str = Field(description="Name of the sweep (W&B run name, output labels).")
+    description: str = Field("", description="Free text.")
+    seed: int = Field(0, description="Sweep seed; every draw is derived from it, the cell and the base index.")
+    model: list[ModelSpec] = Field(description="Model(s): one or a list (grid axis).")
+    sae: list[SAESpec] = Field(description="SAE(s): one or a list (grid axis).")
+    corpus: CorpusSpec = Field(description="Prompt source.")
+    n_ctx: int = Field(10, ge=2, description="Prompt length; only the last position is perturbed and read.")
+    layers: list[int] = Field([1], description="Perturbation layers L (blocks.L.hook_resid_pre).")
+    read_layers: list[int] = Field(
+        [-1], description="Read layers R (blocks.R.hook_resid_post); negative counts from the end, -1 = last block."
+    )
+    base_kinds: list[Kind] = Field(list(KINDS), description="Kinds of base activation.")
+    directions: list[str] = Field(
+        ["toward:same"],
+        description="toward:<kind> | toward:same (the base's own kind) | isotropic | latent:<id> | latent:random | toward_recon.",
+    )
+    generation: GenerationSpec = Field(default_factory=GenerationSpec, description="Synthetic-generation axes.")
+    scan: ScanSpec = Field(default_factory=ScanSpec, description="The scan.")
+    js: bool = Field(False, description="Also record the sqrt-JS distance of next-token distributions (costs the unembedding).")
+    bases_per_cell: int = Field(100, ge=1, description="Curves per cell (per read layer).")
+    shard_size: int = Field(50, ge=1, description="Bases per shard (the unit of work and of resume).")
+    reference: ReferenceSpec = Field(default_factory=ReferenceSpec, description="Reference statistics.")
+    device: str = Field("auto", description="'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["float32", "tf32", "bfloat16"] = Field(
+        "float32", description="Scan precision; reduced precision moves curves (see docs/benchmarks.md)."
+    )
+    keep_curves: bool = Field(True, description="Store l2_curve (and js_curve) per row.")
+    wandb: WandbSpec = Field(default_factory=WandbSpec, description="W&B logging, or false.")
+    ray: RaySpec = Field(default_factory=RaySpec, description="Ray execution settings.")
+
+    @field_validator("model", "sae", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return _listify(v)
+
+    @field_validator("wandb", mode="before")
+    @classmethod
+    def _wandb_bool(cls, v: Any) -> Any:
+        return {"enabled": v} if isinstance(v, bool) else v
+
+    @field_validator("model", "sae", "layers", "read_layers", "base_kinds", "directions")
+    @classmethod
+    def _axis_non_empty(cls, v: list, info) -> list:
+        if not v:
+            raise ValueError(f"'{info.field_name}' is an empty list, so the grid is empty; give at least one value")
+        if len(set(map(repr, v))) != len(v):
+            raise ValueError(f"'{info.field_name}' lists a value twice")
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_non_negative(cls, v: list[int]) -> list[int]:
+        if any(layer < 0 for layer in v):
+            raise ValueError("perturbation layers must be >= 0")
+        return v
+
+    @field_validator("directions")
+    @classmethod
+    def _direction_syntax(cls, v: list[str]) -> list[str]:
+        for d in v:
+            parse_direction(d)
+        return v
+
+    @model_validator(mode="after")
+    def _pairs_make_sense(self) -> "Job":
+        for kind, direction in itertools.product(self.base_kinds, self.directions):
+            problem = pair_problem(kind, direction, self.scan.mode)
+            if problem:
+                raise ValueError(problem)
+        for m in self.model:
+            if m.toy:
+                check_layers(self, m.toy.n_layers, m.label)
+        return self
+
+    # ------------------------------------------------------------------ grid
+
+    def cells(self) -> list["Cell"]:
+        """All cells of the grid, in a stable order."""
+        out = []
+        for model, sae, layer, kind, direction in itertools.product(
+            self.model, self.sae, self.layers, self.base_kinds, self.directions
+        ):
+            target = target_kind(kind, direction)
+            synthetic = kind in SYNTHETIC_KINDS or target in SYNTHETIC_KINDS
+            uses_c = "synthetic_structured" in (kind, target)
+            g = self.generation
+            settings = (
+                itertools.product(g.tol, g.candidates if uses_c else [None], g.value_source, g.add_error)
+                if synthetic
+                else [(None, None, None, None)]
+            )
+            for tol, c, source, add_error in settings:
+                out.append(
+                    Cell(
+                        model=model,
+                        sae=sae,
+                        layer=layer,
+                        base_kind=kind,
+                        direction=direction,
+                        target_kind=target,
+                        tol=tol,
+                        candidates=c,
+                        value_source=source,
+                        add_error=add_error,
+                    )
+                )
+        return out
+
+    def shards(self) -> list["Shard"]:
+        """Every cell's bases split into shards of `shard_size`."""
+        out = []
+        for cell in self.cells():
+            for i, start in enumerate(range(0, self.bases_per_cell, self.shard_size)):
+                stop = min(start + self.shard_size, self.bases_per_cell)
+                out.append(Shard(cell=cell, index=i, start=start, stop=stop))
+        return out
+
+    def canonical(self) -> dict:
+        """The spec as plain data (what the manifest and metadata store)."""
+        return self.model_dump(mode="json")
+
+    @property
+    def spec_hash(self) -> str:
+        return digest(self.canonical())
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: everything a curve's setting depends on except the base index."""
+
+    model: ModelSpec
+    sae: SAESpec
+    layer: int
+    base_kind: str
+    direction: str
+    target_kind: str | None
+    tol: float | None
+    candidates: int | None
+    value_source: str | None
+    add_error: bool | None
+
+    def settings(self) -> dict:
+        """The cell's own axes as plain, JSON-able values."""
+        return {
+            "model": self.model.label,
+            "sae": self.sae.label,
+            "layer": self.layer,
+            "base_kind": self.base_kind,
+            "direction": self.direction,
+            "target_kind": self.target_kind,
+            "tol": self.tol,
+            "candidates": self.candidates,
+            "value_source": self.value_source,
+            "add_error": self.add_error,
+        }
+
+    @property
+    def cell_id(self) -> str:
+        key = dict(self.settings(), model=self.model.model_dump(mode="json"), sae=self.sae.model_dump(mode="json"))
+        return digest(key)[:12]
+
+    @property
+    def group(self) -> tuple[ModelSpec, SAESpec]:
+        """Cells of one group share a worker (one model, one SAE family)."""
+        return (self.model, self.sae)
+
+    def base_settings(self) -> dict:
+        """What the base draw depends on: the same bases are reused across directions."""
+        s = self.settings()
+        s.pop("direction")
+        s.pop("target_kind")
+        if self.base_kind not in SYNTHETIC_KINDS:
+            for k in ("tol", "candidates", "value_source", "add_error"):
+                s[k] = None
+        elif self.base_kind != "synthetic_structured":
+            s["candidates"] = None
+        return s
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Bases [start, stop) of one cell: the unit of work, retry and resume."""
+
+    cell: Cell
+    index: int
+    start: int
+    stop: int
+
+    @property
+    def shard_id(self) -> str:
+        return f"{self.cell.cell_id}-{self.index:05d}"
+
+    @property
+    def n_bases(self) -> int:
+        return self.stop - self.start
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def digest(obj: Any) -> str:
+    """Stable hex digest of JSON-able data."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from any JSON-able parts (sweep seed, cell settings, base index, role)."""
+    return int(digest(list(parts))[:15], 16)
+
+
+def parse_direction(direction: str) -> tuple[str, str | None]:
+    """'toward:real' -> ('toward', 'real'); 'latent:12' -> ('latent', '12'); 'isotropic' -> ('isotropic', None)."""
+    if direction in ("isotropic", "toward_recon"):
+        return direction, None
+    head, _, arg = direction.partition(":")
+    if head == "toward" and (arg in KINDS or arg == "same"):
+        return head, arg
+    if head == "latent" and (arg == "random" or arg.isdigit()):
+        return head, arg
+    raise ValueError(
+        f"unknown direction '{direction}'; use toward:<kind> (kinds: {', '.join(KINDS)}), toward:same, "
+        "isotropic, latent:<id>, latent:random or toward_recon"
+    )
+
+
+def target_kind(base_kind: str, direction: str) -> str | None:
+    """The kind of the target activation a direction points at, if any."""
+    head, arg = parse_direction(direction)
+    if head == "toward":
+        return base_kind if arg == "same" else arg
+    return None
+
+
+def pair_problem(base_kind: str, direction: str, mode: str) -> str | None:
+    """Why a (base kind, direction) pair makes no sense, or None."""
+    head, _ = parse_direction(direction)
+    if direction == "toward_recon" and base_kind in DECODED_KINDS:
+        return (
+            f"direction 'toward_recon' with base kind '{base_kind}': that base is already an SAE decoder output; "
+            "use toward_recon only with real or gaussian bases"
+        )
+    if mode == "interpolate" and head in ("isotropic", "latent"):
+        return (
+            f"scan mode 'interpolate' needs a target, but direction '{direction}' has none; "
+            "use mode: step, or a toward:<kind> / toward_recon direction"
+        )
+    return None
+
+
+def resolve_read_layer(read_layer: int, n_layers: int) -> int:
+    return read_layer + n_layers if read_layer < 0 else read_layer
+
+
+def check_layers(job: Job, n_layers: int, model_label: str) -> None:
+    """Raise a clear error for layers the model lacks or read layers before the perturbation."""
+    for layer in job.layers:
+        if layer >= n_layers:
+            raise ValueError(
+                f"layer {layer} is out of range for model '{model_label}' with {n_layers} blocks "
+                f"(valid: 0..{n_layers - 1})"
+            )
+    for r in job.read_layers:
+        rr = resolve_read_layer(r, n_layers)
+        if not 0 <= rr < n_layers:
+            raise ValueError(
+                f"read layer {r} is out of range for model '{model_label}' with {n_layers} blocks "
+                f"(valid: 0..{n_layers - 1}, or -1 for the last)"
+            )
+        for layer in job.layers:
+            if rr < layer:
+                raise ValueError(
+                    f"read layer {r} (blocks.{rr}.hook_resid_post) comes before perturbation layer {layer} "
+                    f"(blocks.{layer}.hook_resid_pre); read at a layer >= {layer}"
+                )
+
+
+def load_job(path: str | Path) -> Job:
+    """Read and validate a YAML job spec; SpecError with a readable message on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecError(f"job spec '{path}' does not exist; pass the path of a YAML file such as jobs/smoke.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"job spec '{path}' is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"job spec '{path}' must be a YAML mapping of fields (name, model, sae, ...)")
+    data.setdefault("name", path.stem)
+    return parse_job(data, source=str(path))
+
+
+def parse_job(data: dict, source: str = "job spec") -> Job:
+    try:
+        return Job.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(f"{source} is invalid:\n{format_validation_error(e)}") from None
+
+
+def format_validation_error(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{where}': remove it or check its spelling (see docs/spec.md)")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  - {where}: {msg}")
+    return "\n".join(lines)
