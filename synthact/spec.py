@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from synthact.errors import SynthactError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from synthact.errors import SynthactError
 
 KINDS = (
     "real",
@@ -34,9 +35,6 @@ Kind = Literal[
     "single_latent",
 ]
 SYNTHETIC_KINDS = ("synthetic_baseline", "synthetic_structured")
-# Kinds that are already an SAE decoder output; their SAE reconstruction is not a
-# meaningful target, so `toward_recon` is refused for them.
-DECODED_KINDS = ("sae_recon", "synthetic_baseline", "synthetic_structured", "single_latent")
 
 
 class SpecError(SynthactError):
@@ -488,11 +486,6 @@ def target_kind(base_kind: str, direction: str) -> str | None:
 def pair_problem(base_kind: str, direction: str, mode: str) -> str | None:
     """Why a (base kind, direction) pair makes no sense, or None."""
     head, _ = parse_direction(direction)
-    if direction == "toward_recon" and base_kind in DECODED_KINDS:
-        return (
-            f"direction 'toward_recon' with base kind '{base_kind}': that base is already an SAE decoder output; "
-            "use toward_recon only with real or gaussian bases"
-        )
     if mode == "interpolate" and head in ("isotropic", "latent"):
         return (
             f"scan mode 'interpolate' needs a target, but direction '{direction}' has none; "

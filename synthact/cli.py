@@ -1,0 +1,119 @@
+"""`synthact run | validate | compare | report | bench | bench-ray` — a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from synthact.errors import SynthactError
+
+SMOKE_JOB = Path(__file__).resolve().parents[1] / "jobs" / "smoke.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SynthactError as e:
+        print(f"synthact: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("synthact: interrupted; finished shards are kept, rerun the same command to resume.", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from synthact import bench, compare, loadtest, report
+
+    parser = argparse.ArgumentParser(prog="synthact", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a sweep (default: the offline smoke job)", description=cmd_run.__doc__)
+    p.add_argument("job", nargs="?", default=str(SMOKE_JOB), help="YAML job spec (default: jobs/smoke.yaml)")
+    p.add_argument("--out", help="output directory or URI (default: runs/<job name>)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run on Ray: 'auto', 'local', or a cluster address")
+    p.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a job spec and print its grid", description=cmd_validate.__doc__)
+    p.add_argument("job", help="YAML job spec")
+    p.set_defaults(func=cmd_validate)
+
+    for name, module in [("compare", compare), ("report", report), ("bench", bench), ("bench-ray", loadtest)]:
+        doc = (module.__doc__ or "").strip().splitlines()[0]
+        p = sub.add_parser(name, help=doc, description=module.__doc__)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a sweep into an output directory; rerunning the same command resumes it."""
+    from synthact import summary
+    from synthact.spec import load_job
+    from synthact.store import Store
+
+    job = load_job(args.job)
+    out = args.out or f"runs/{job.name}"
+    store = Store(out, job)
+    listeners = []
+    tracker = None
+    if job.wandb.enabled and not args.no_wandb:
+        from synthact.tracking import Tracker
+
+        tracker = Tracker(job, Path(out), grid_size(job))
+        listeners.append(tracker)
+    if args.ray:
+        from synthact.ray_exec import run_ray
+
+        result = run_ray(job, store, args.ray, progress=not args.no_progress, listeners=listeners)
+    else:
+        from synthact.execute import run_local
+
+        result = run_local(job, store, progress=not args.no_progress, listeners=listeners)
+    if tracker is not None:
+        tracker.finish(result.as_dict(), Path(out))
+    print(summary.render(result, store.read_table(), out))
+    return 0 if result.ok else 1
+
+
+def grid_size(job) -> dict:
+    """Cells, shards, curves and scan points of a job."""
+    cells = job.cells()
+    bases = len(cells) * job.bases_per_cell
+    return {
+        "cells": len(cells),
+        "shards": len(job.shards()),
+        "curves": bases * len(job.read_layers),
+        "scan_points": bases * (job.scan.steps + 1),
+    }
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate a job spec and print its grid without loading any model."""
+    import pandas as pd
+
+    from synthact.spec import load_job
+
+    job = load_job(args.job)
+    cells = pd.DataFrame([c.settings() for c in job.cells()])
+    size = grid_size(job)
+    print(f"job '{job.name}': valid (spec hash {job.spec_hash[:12]})")
+    with pd.option_context("display.width", 200, "display.max_rows", 200):
+        print(cells.drop(columns=["model", "sae"]).to_string(index=False))
+    print(
+        f"{size['cells']} cells x {job.bases_per_cell} bases = {size['curves']} curves "
+        f"({len(job.read_layers)} read layer(s)); {size['shards']} shards of <= {job.shard_size} bases; "
+        f"{size['scan_points']:,} scan points (forward passes of one position through the read layers)."
+    )
+    print(f"models: {', '.join(m.label for m in job.model)}; SAEs: {', '.join(s.label for s in job.sae)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Running a sweep: plan the pending shards, run them (here: in-process), write, track, summarise.
+
+`run_local` is the local executor; `synthact.ray_exec.run_ray` shares `Plan`, `Progress` and
+`RunSummary` with it, so both behave the same apart from where shards run.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from synthact.errors import SynthactError
+from synthact.spec import Job, Shard
+from synthact.store import Store
+
+
+class CellListener(Protocol):
+    """Told about each cell as soon as all its shards are written (e.g. the W&B tracker)."""
+
+    def cell_finished(self, cell_rows: pa.Table) -> None: ...
+
+
+@dataclass
+class RunSummary:
+    """What a sweep did; `ok` is False when any shard failed."""
+
+    cells: int
+    shards: int
+    shards_skipped: int
+    shards_done: int = 0
+    curves: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def curves_per_s(self) -> float:
+        return self.curves / self.wall_s if self.wall_s > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "cells": self.cells,
+            "shards": self.shards,
+            "shards_skipped": self.shards_skipped,
+            "shards_done": self.shards_done,
+            "shards_failed": len(self.failures),
+            "curves": self.curves,
+            "wall_s": round(self.wall_s, 2),
+            "curves_per_s": round(self.curves_per_s, 2),
+        }
+
+
+class Plan:
+    """The shards still to run, and which cells each finished shard completes."""
+
+    def __init__(self, job: Job, store: Store):
+        self.job = job
+        self.store = store
+        store.clean_temporaries()
+        done = store.done()
+        shards = job.shards()
+        self.pending: list[Shard] = [s for s in shards if s.shard_id not in done]
+        self.remaining = Counter(s.cell.cell_id for s in self.pending)
+        self.summary = RunSummary(cells=len(job.cells()), shards=len(shards), shards_skipped=len(shards) - len(self.pending))
+        self.curves_per_shard = {s.shard_id: s.n_bases * len(job.read_layers) for s in shards}
+        self.complete_at_start = sorted({s.cell.cell_id for s in shards} - set(self.remaining))
+
+    def by_group(self) -> dict[tuple, list[Shard]]:
+        groups: dict[tuple, list[Shard]] = defaultdict(list)
+        for s in self.pending:
+            groups[s.cell.group].append(s)
+        return groups
+
+    def finished(self, shard: Shard, table: pa.Table, listeners: list[CellListener]) -> None:
+        """Write a shard and tell listeners about a cell it completes."""
+        self.store.write_shard(shard, table)
+        self.summary.shards_done += 1
+        self.summary.curves += table.num_rows
+        cell_id = shard.cell.cell_id
+        self.remaining[cell_id] -= 1
+        if self.remaining[cell_id] == 0:
+            _notify(listeners, self.store.read_table(cell_id))
+
+    def failed(self, shard: Shard, error: BaseException | str) -> None:
+        self.summary.failures.append((shard.shard_id, error if isinstance(error, str) else describe(error)))
+
+    def announce_complete_cells(self, listeners: list[CellListener]) -> None:
+        """Cells finished by an earlier run of this spec are reported too (a resumed sweep logs all)."""
+        for cell_id in self.complete_at_start:
+            _notify(listeners, self.store.read_table(cell_id))
+
+
+class Progress:
+    """A progress bar over curves, with shards done, curves/s and ETA."""
+
+    def __init__(self, plan: Plan, enabled: bool = True):
+        total = sum(plan.curves_per_shard[s.shard_id] for s in plan.pending)
+        self.bar = tqdm(total=total, unit="curve", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+        self.plan = plan
+
+    def update(self, shard: Shard) -> None:
+        s = self.plan.summary
+        self.bar.update(self.plan.curves_per_shard[shard.shard_id])
+        self.bar.set_postfix_str(f"shards {s.shards_done + s.shards_skipped}/{s.shards}, failed {len(s.failures)}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_local(job: Job, store: Store, progress: bool = True, listeners: list[CellListener] | None = None) -> RunSummary:
+    """Run every pending shard in this process, one worker per (model, SAE) group."""
+    from synthact.worker import Worker
+
+    listeners = listeners or []
+    start = time.perf_counter()
+    plan = Plan(job, store)
+    plan.announce_complete_cells(listeners)
+    bar = Progress(plan, progress)
+    try:
+        for group, shards in plan.by_group().items():
+            worker = Worker(job, group, store.stats_root)
+            for shard in shards:
+                try:
+                    table = worker.run_shard(shard)
+                except SynthactError as e:
+                    plan.failed(shard, str(e))
+                    continue
+                except Exception as e:  # a bug or a device fault: keep going, report at the end
+                    plan.failed(shard, e)
+                    continue
+                plan.finished(shard, table, listeners)
+                bar.update(shard)
+    finally:
+        bar.close()
+        plan.summary.wall_s = time.perf_counter() - start
+    return plan.summary
+
+
+def describe(error: BaseException) -> str:
+    """One line for a user, plus the innermost frame for a bug report."""
+    frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+    where = f" (at {frame.filename}:{frame.lineno})" if frame else ""
+    return f"{type(error).__name__}: {error}{where}"
+
+
+def _notify(listeners: list[CellListener], rows: pa.Table) -> None:
+    for listener in listeners:
+        listener.cell_finished(rows)

@@ -1,0 +1,250 @@
+"""A worker holds one model, its SAEs and reference statistics, and turns shards into Arrow tables.
+
+The same class runs in-process (local mode) and inside a Ray actor (Ray mode).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import torch
+
+from synthact.backends import Backend, load_backend, resolve_device
+from synthact.directions import Directions, make_directions
+from synthact.errors import SynthactError
+from synthact.kinds import Activations, GenContext, GenerationSettings, draw
+from synthact.metrics import curve_metrics
+from synthact.scan import scan
+from synthact.spec import SYNTHETIC_KINDS, Cell, Job, ModelSpec, SAESpec, Shard, check_layers, derive_seed, resolve_read_layer
+from synthact.stats import ReferenceStats, compute_stats, stats_key
+
+
+class Worker:
+    """Loads (model, SAE family, statistics) once; `run_shard` is deterministic."""
+
+    def __init__(self, job: Job, group: tuple[ModelSpec, SAESpec], stats_root: str, device: str | None = None):
+        self.job = job
+        self.device = resolve_device(device or job.device)
+        model_spec, sae_spec = group
+        self.backend: Backend = load_backend(model_spec, sae_spec, job.corpus, job.layers, self.device)
+        model = self.backend.model
+        try:
+            check_layers(job, model.n_layers, model.label)
+        except ValueError as e:
+            raise SynthactError(f"{e}; fix 'layers' / 'read_layers' in the job spec") from None
+        self.read_layers = sorted({resolve_read_layer(r, model.n_layers) for r in job.read_layers})
+        self.stats: dict[int, ReferenceStats] = {}
+        self.stats_paths: dict[int, str] = {}
+        for layer in job.layers:
+            self.stats[layer], self.stats_paths[layer] = self._reference_stats(layer, stats_root)
+
+    # ------------------------------------------------------------------ statistics
+
+    def _reference_stats(self, layer: int, stats_root: str) -> tuple[ReferenceStats, str]:
+        """Load the layer's reference statistics, computing and storing them once if missing."""
+        b = self.backend
+        key = stats_key(
+            b.model.label, b.saes[layer].label, layer, b.corpus.label, self.job.n_ctx, self.job.reference, self.job.seed
+        )
+        uri = f"{stats_root.rstrip('/')}/{key}"
+        fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
+        if fs.get_file_info(path).type == pafs.FileType.Directory:  # saved atomically: present means complete
+            return _load_stats(fs, path, self.device), uri
+        stats = compute_stats(
+            b.model.model, b.saes[layer].sae, b.corpus, layer, self.job.n_ctx, self.job.reference, self.job.seed, self.device
+        )
+        _save_stats(stats, fs, path)
+        return stats, uri
+
+    # ------------------------------------------------------------------ shards
+
+    def context(self, layer: int) -> GenContext:
+        b = self.backend
+        return GenContext(
+            model=b.model.model,
+            sae=b.saes[layer].sae,
+            stats=self.stats[layer],
+            corpus=b.corpus,
+            layer=layer,
+            n_ctx=self.job.n_ctx,
+            device=self.device,
+        )
+
+    def run_shard(self, shard: Shard) -> pa.Table:
+        """Draw the shard's bases and directions, scan them, and return one row per (base, read layer)."""
+        job, cell = self.job, shard.cell
+        ctx = self.context(cell.layer)
+        indices = list(range(shard.start, shard.stop))
+        base_seeds = [derive_seed(job.seed, "base", cell.base_settings(), i) for i in indices]
+        target_seeds = [derive_seed(job.seed, "target", cell.cell_id, i) for i in indices]
+        with torch.no_grad():
+            base = draw(cell.base_kind, _rngs(base_seeds), ctx, settings_for(cell, cell.base_kind))
+            dirs = make_directions(
+                cell.direction, cell.target_kind, base, _rngs(target_seeds), ctx, settings_for(cell, cell.target_kind)
+            )
+            coeffs, step = scan_coefficients(job, dirs, len(indices), self.device)
+            result = scan(
+                ctx.model, cell.layer, self.read_layers, torch.as_tensor(base.tokens, device=self.device),
+                base.vectors, dirs.vectors, coeffs, js=job.js, dtype=job.dtype,
+            )
+            base_l0 = base.l0 if base.l0 is not None else _encoded_l0(ctx, base.vectors)
+        curves = {r: c.numpy() for r, c in result.l2.items()}
+        js_curve = result.js.numpy() if result.js is not None else None
+        for name, c in [*((f"read layer {r}", c) for r, c in curves.items()), ("JS", js_curve)]:
+            if c is not None and not np.isfinite(c).all():
+                raise SynthactError(
+                    f"shard {shard.shard_id}: the scan produced non-finite {name} distances (NaN or inf); "
+                    f"step_size {job.scan.step_size} with dtype {job.dtype} overflows; use a smaller step_size "
+                    "or float32"
+                )
+        return self._table(shard, base, dirs, base_seeds, target_seeds, base_l0, step, curves, js_curve)
+
+    def _table(self, shard, base: Activations, dirs: Directions, base_seeds, target_seeds, base_l0, step, curves, js_curve):
+        job, cell = self.job, shard.cell
+        n = shard.n_bases
+        target = dirs.target
+        js_cols = curve_metrics(js_curve, step, prefix="js_") if js_curve is not None else {}
+        blocks = []
+        for r in self.read_layers:
+            cols = {
+                "cell_id": [cell.cell_id] * n,
+                "shard_id": [shard.shard_id] * n,
+                **{k: [v] * n for k, v in cell.settings().items()},
+                "read_layer": np.full(n, r, np.int32),
+                "base_index": np.arange(shard.start, shard.stop, dtype=np.int32),
+                "seed": np.full(n, job.seed, np.int64),
+                "base_seed": np.array(base_seeds, np.int64),
+                "target_seed": np.array(target_seeds, np.int64),
+                "scan_mode": [job.scan.mode] * n,
+                "steps": np.full(n, job.scan.steps, np.int32),
+                "step_size": step,
+                **curve_metrics(curves[r], step),
+                **js_cols,
+                "base_norm": base.vectors.norm(dim=-1).double().cpu().numpy(),
+                "target_norm": dirs.target_norm,
+                "base_l0": base_l0,
+                "target_l0": target.l0 if target is not None else None,
+                "direction_latent": dirs.latent,
+                "base_doc": base.docs,
+                "base_offset": base.offsets,
+                "base_tokens": list(base.tokens),
+                **_target_prompt_columns(target, n),
+                "base_latents": base.latents,
+                "base_latent_values": base.values,
+                "target_latents": target.latents if target is not None else None,
+                "target_latent_values": target.values if target is not None else None,
+            }
+            if job.keep_curves:
+                cols["l2_curve"] = list(curves[r])
+                if js_curve is not None:
+                    cols["js_curve"] = list(js_curve)
+            blocks.append(pa.table({k: _column(k, v, n) for k, v in cols.items()}, schema=result_schema(job)))
+        table = pa.concat_tables(blocks)
+        provenance = {
+            "model_path": str(self.backend.model.path) if self.backend.model.path else None,
+            "sae_path": str(self.backend.saes[cell.layer].path) if self.backend.saes[cell.layer].path else None,
+            "sae_info": self.backend.saes[cell.layer].info,
+            "stats": self.stats_paths[cell.layer],
+            "device": self.device,
+            "dtype": job.dtype,
+        }
+        return table.replace_schema_metadata({b"synthact.provenance": json.dumps(provenance, default=str).encode()})
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def settings_for(cell: Cell, kind: str | None) -> GenerationSettings | None:
+    """The generation settings a kind uses in this cell (the baseline is C = 1 by definition)."""
+    if kind not in SYNTHETIC_KINDS:
+        return None
+    return GenerationSettings(
+        tol=cell.tol,
+        candidates=cell.candidates if kind == "synthetic_structured" else 1,
+        value_source=cell.value_source,
+        add_error=cell.add_error,
+    )
+
+
+def scan_coefficients(job: Job, dirs: Directions, n: int, device: str) -> tuple[torch.Tensor, np.ndarray]:
+    """coeffs [B, N+1] with A_n = A + coeffs[b, n] * D_b, and the per-curve step they imply."""
+    steps = job.scan.steps
+    grid = torch.arange(steps + 1, dtype=torch.float32, device=device)
+    if job.scan.mode == "step":
+        step = np.full(n, job.scan.step_size, np.float64)
+    else:
+        step = np.asarray(dirs.distance, np.float64) / steps
+    return grid[None, :] * torch.as_tensor(step, dtype=torch.float32, device=device)[:, None], step
+
+
+def _rngs(seeds: list[int]) -> list[np.random.Generator]:
+    return [np.random.default_rng(s) for s in seeds]
+
+
+def _encoded_l0(ctx: GenContext, vectors: torch.Tensor) -> np.ndarray:
+    codes = ctx.sae.encode(vectors.to(ctx.sae.W_dec.dtype))
+    return (codes != 0).sum(-1).cpu().numpy().astype(np.int32)
+
+
+def _target_prompt_columns(target: Activations | None, n: int) -> dict:
+    if target is None or not target.prompt_based:
+        return {"target_doc": None, "target_offset": None, "target_tokens": None}
+    return {"target_doc": target.docs, "target_offset": target.offsets, "target_tokens": list(target.tokens)}
+
+
+def _column(name: str, value, n: int):
+    if value is None:
+        return [None] * n
+    if isinstance(value, list) and value and isinstance(value[0], np.ndarray):
+        return [v.tolist() for v in value]
+    return value
+
+
+def result_schema(job: Job) -> pa.Schema:
+    """The columns of every result row (docs/results.md explains each)."""
+    f64, i32, i64, s = pa.float64(), pa.int32(), pa.int64(), pa.string()
+    fields = [
+        ("cell_id", s), ("shard_id", s), ("model", s), ("sae", s), ("layer", i32), ("base_kind", s),
+        ("direction", s), ("target_kind", s), ("tol", f64), ("candidates", i32), ("value_source", s),
+        ("add_error", pa.bool_()), ("read_layer", i32), ("base_index", i32), ("seed", i64), ("base_seed", i64),
+        ("target_seed", i64), ("scan_mode", s), ("steps", i32), ("step_size", f64),
+        ("max_slope", f64), ("blowup_step", i32), ("plateau_len", i32), ("early_slope_ratio", f64), ("final_l2", f64),
+    ]
+    if job.js:
+        fields += [("js_max_slope", f64), ("js_blowup_step", i32), ("js_plateau_len", i32),
+                   ("js_early_slope_ratio", f64), ("js_final", f64)]
+    fields += [
+        ("base_norm", f64), ("target_norm", f64), ("base_l0", i32), ("target_l0", i32), ("direction_latent", i32),
+        ("base_doc", i64), ("base_offset", i64), ("base_tokens", pa.list_(i32)),
+        ("target_doc", i64), ("target_offset", i64), ("target_tokens", pa.list_(i32)),
+        ("base_latents", pa.list_(i32)), ("base_latent_values", pa.list_(pa.float32())),
+        ("target_latents", pa.list_(i32)), ("target_latent_values", pa.list_(pa.float32())),
+    ]
+    if job.keep_curves:
+        fields.append(("l2_curve", pa.list_(pa.float32())))
+        if job.js:
+            fields.append(("js_curve", pa.list_(pa.float32())))
+    return pa.schema(fields)
+
+
+def _load_stats(fs: pafs.FileSystem, path: str, device: str) -> ReferenceStats:
+    if isinstance(fs, pafs.LocalFileSystem):
+        return ReferenceStats.load(Path(path), device=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        return ReferenceStats.load(Path(tmp), device=device)
+
+
+def _save_stats(stats: ReferenceStats, fs: pafs.FileSystem, path: str) -> None:
+    if isinstance(fs, pafs.LocalFileSystem):
+        stats.save(Path(path))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        stats.save(Path(tmp) / "stats")
+        pafs.copy_files(str(Path(tmp) / "stats"), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
