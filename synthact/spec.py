@@ -44,6 +44,9 @@ class SpecError(SynthactError):
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def __hash__(self) -> int:  # by value, also for specs holding dicts (from_pretrained_kwargs)
+        return hash(digest(self.model_dump(mode="json")))
+
 
 def _exactly_one(obj: BaseModel, fields: tuple[str, ...], what: str) -> None:
     given = [f for f in fields if getattr(obj, f) is not None]

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -33,11 +35,12 @@ with warnings.catch_warnings():
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.sae import SAEMetadata
 
-MODEL_BATCH = 32  # documents per toy-model training step
+MODEL_BATCH = 16  # documents per toy-model training step
 MODEL_LR = 3e-3
 SAE_BATCH = 1024  # activations per SAE training step
 SAE_LR = 3e-3
 SAE_HELD_OUT = 4096  # activations kept aside to measure L0 / explained variance
+BUILD_VERSION = 1  # part of every cache key: bump it when training changes, so old caches are not reused
 
 
 def cache_dir() -> Path:
@@ -99,15 +102,21 @@ def model_config(spec: ToyModelSpec) -> dict:
 def toy_model(spec: ToyModelSpec, corpus_spec: ToyCorpusSpec | None) -> tuple[HookedTransformer, Path]:
     """The trained toy model (CPU) and its cache directory; built and saved on first use."""
     corpus_spec = corpus_spec or ToyCorpusSpec()
-    key = digest({"toy_model": spec.model_dump(), "corpus": corpus_spec.model_dump()})
+    key = digest({"toy_model": spec.model_dump(), "corpus": corpus_spec.model_dump(), "version": BUILD_VERSION})
     path = cache_dir() / "models" / f"toy-{key[:16]}"
     _build_once(path, lambda tmp: _train_and_save_model(spec, corpus_spec, tmp))
     return load_toy_model(path), path
 
 
 def load_toy_model(path: Path) -> HookedTransformer:
-    """Rebuild a toy model from config.json + model.safetensors."""
-    cfg = HookedTransformerConfig(**json.loads((path / "config.json").read_text()), device="cpu")
+    """Rebuild a toy model from config.json + model.safetensors.
+
+    The seed is left out: HookedTransformerConfig would reseed the global RNGs with it,
+    and the weights come from the file anyway.
+    """
+    fields = json.loads((path / "config.json").read_text())
+    fields.pop("seed", None)
+    cfg = HookedTransformerConfig(**fields, init_weights=False, device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer(cfg)
@@ -135,7 +144,7 @@ def _train_and_save_model(spec: ToyModelSpec, corpus_spec: ToyCorpusSpec, out: P
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "training.json").write_text(
@@ -165,7 +174,7 @@ def toy_sae(
     `training.json` beside it records L0, explained variance and MSE on held-out activations.
     """
     corpus_key = hashlib.sha256(np.ascontiguousarray(corpus, dtype=np.int64).tobytes()).hexdigest()
-    key = digest({"toy_sae": spec.model_dump(), "layer": layer, "corpus": corpus_key})
+    key = digest({"toy_sae": spec.model_dump(), "layer": layer, "corpus": corpus_key, "version": BUILD_VERSION})
     path = model_dir / "saes" / f"L{layer}-{key[:16]}"
     _build_once(path, lambda tmp: _train_and_save_sae(spec, model, model_dir, layer, corpus, tmp))
     return SAE.load_from_disk(path, device="cpu"), path
@@ -208,7 +217,9 @@ def _train_and_save_sae(
     acts = resid_pre_activations(model, layer, corpus)
     gen = torch.Generator().manual_seed(spec.seed)
     acts = acts[torch.randperm(acts.shape[0], generator=gen)]
-    held_out, train = acts[:SAE_HELD_OUT], acts[SAE_HELD_OUT:]
+    n_held_out = min(SAE_HELD_OUT, acts.shape[0] // 5)
+    held_out, train = acts[:n_held_out], acts[n_held_out:]
+    batch = min(SAE_BATCH, train.shape[0])
 
     torch.manual_seed(spec.seed)
     cfg = StandardTrainingSAEConfig(
@@ -226,10 +237,10 @@ def _train_and_save_sae(
         ),
     )
     sae = StandardTrainingSAE(cfg)
-    steps = max(spec.training_tokens // SAE_BATCH, 1)
+    steps = max(spec.training_tokens // batch, 1)
     trainer_cfg = SAETrainerConfig(
-        total_training_samples=steps * SAE_BATCH,
-        train_batch_size_samples=SAE_BATCH,
+        total_training_samples=steps * batch,
+        train_batch_size_samples=batch,
         lr=SAE_LR,
         lr_end=SAE_LR,
         lr_warm_up_steps=steps // 20,
@@ -240,13 +251,13 @@ def _train_and_save_sae(
         n_batches_for_norm_estimate=16,
     )
     with _quiet():
-        SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_activation_batches(train, SAE_BATCH, spec.seed)).fit()
+        SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_activation_batches(train, batch, spec.seed)).fit()
     sae.save_inference_model(out)
     info = {
         "hook_name": hook,
         "layer": layer,
         "d_sae": spec.d_sae,
-        "training_tokens": steps * SAE_BATCH,
+        "training_tokens": steps * batch,
         "seconds": time.perf_counter() - start,
         **sae_quality(SAE.load_from_disk(out, device="cpu"), held_out),
     }
@@ -287,7 +298,9 @@ def _build_once(path: Path, build: Callable[[Path], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        build(tmp)
+        with _one_thread(), _global_rng_preserved():
+            build(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a cache is for every process that may read it
         try:
             os.rename(tmp, path)
         except OSError:
@@ -299,16 +312,62 @@ def _build_once(path: Path, build: Callable[[Path], None]) -> None:
 
 
 @contextlib.contextmanager
-def _quiet():
-    """Silence sae_lens's progress bar and deprecation chatter during toy training."""
-    old = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+def _one_thread():
+    """Train on one thread: these matmuls are tiny, and on a shared machine two
+    threads were measured 10x slower than one (OpenMP threads waiting for each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
+        yield
     finally:
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _global_rng_preserved():
+    """Seeded builds touch the global RNGs (TransformerLens reseeds them); give callers theirs back."""
+    py, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(py)
+    np.random.set_state(np_state)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence sae_lens's progress bars (stderr) and warnings during toy training."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def main() -> None:
+    """Benchmark: build (or load) the smoke job's toy model and SAEs, print seconds and quality."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--layers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    model_spec, corpus_spec, sae_spec = ToyModelSpec(), ToyCorpusSpec(), ToySAESpec()
+    print(f"cache: {cache_dir()}  torch threads: {torch.get_num_threads()}")
+    start = time.perf_counter()
+    model, model_dir = toy_model(model_spec, corpus_spec)
+    info = read_training_info(model_dir)
+    print(
+        f"model {model_dir.name}: {time.perf_counter() - start:.1f} s here (training took {info['seconds']:.1f} s), "
+        f"loss {info['first_loss']:.3f} -> {info['final_loss']:.3f} (uniform {info['uniform_loss']:.3f})"
+    )
+    corpus = toy_corpus(corpus_spec, model_spec.d_vocab)
+    for layer in args.layers:
+        start = time.perf_counter()
+        _, path = toy_sae(sae_spec, model, model_dir, layer, corpus)
+        q = read_training_info(path)
+        print(
+            f"SAE layer {layer}: {time.perf_counter() - start:.1f} s here (training took {q['seconds']:.1f} s), "
+            f"L0 {q['l0_mean']:.1f} +- {q['l0_std']:.1f}, explained variance {q['explained_variance']:.3f}, "
+            f"MSE {q['mse']:.4f}, alive {q['alive_latents']}/{sae_spec.d_sae}"
+        )
+
+
+if __name__ == "__main__":
+    main()

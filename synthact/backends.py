@@ -1,0 +1,356 @@
+"""Model + SAE loading (pretrained, local directory, toy), compatibility checks, hub errors.
+
+Pretrained path: the SAE comes first, because its config says how the model must be
+loaded (`sae.cfg.metadata.model_from_pretrained_kwargs`); the job's own
+`from_pretrained_kwargs` override those. Without the Hugging Face hub every loader fails
+within seconds with a `SynthactError` that says how to point the spec at local copies.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from synthact.corpus import Corpus, load_corpus
+from synthact.errors import SynthactError
+from synthact.spec import CorpusSpec, ModelSpec, SAESpec
+from synthact.toy import load_toy_model, read_training_info, toy_model, toy_sae
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+
+HUB_PROBE_TIMEOUT_S = 3.0
+# Weight processing HookedTransformer.from_pretrained applies, with its defaults.
+PROCESSING_DEFAULTS = {
+    "fold_ln": True,
+    "center_writing_weights": True,
+    "center_unembed": True,
+    "fold_value_biases": True,
+    "refactor_factored_attn_matrices": False,
+}
+LOCAL_MODEL_HINT = "model: {local: DIR} (a Hugging Face GPT-2 directory from save_pretrained)"
+LOCAL_SAE_HINT = "sae: {local: DIR} (an sae_lens directory from save_model; DIR may contain '{layer}')"
+
+
+@dataclass
+class LoadedModel:
+    model: HookedTransformer
+    label: str
+    path: Path | None
+    n_layers: int
+    d_model: int
+    d_vocab: int
+
+
+@dataclass
+class LoadedSAE:
+    sae: SAE
+    label: str
+    path: Path | None
+    layer: int
+    hook_name: str
+    d_sae: int
+    info: dict = field(default_factory=dict)  # e.g. toy training L0 / explained variance / MSE
+
+
+@dataclass
+class Backend:
+    model: LoadedModel
+    saes: dict[int, LoadedSAE]
+    corpus: Corpus
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' if available, else 'cpu'; a CUDA device that is absent is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SynthactError(f"device '{device}' was asked for, but CUDA is not available here; use device: auto or cpu")
+    return device
+
+
+def hook_name(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def load_backend(
+    model_spec: ModelSpec,
+    sae_spec: SAESpec,
+    corpus_spec: CorpusSpec,
+    layers: list[int],
+    device: str,
+    n_ctx: int = 2,
+) -> Backend:
+    """Model, one SAE per layer, and the corpus, checked against each other.
+
+    `n_ctx` is the prompt length the corpus documents must fit (pass the job's n_ctx).
+    """
+    if not layers:
+        raise SynthactError("load_backend needs at least one layer")
+    device = resolve_device(device)
+    first = None
+    sae_kwargs: dict = {}
+    if not sae_spec.toy:  # the SAE's config says how to load the model
+        first = _fetch_sae(sae_spec, layers[0], device)
+        sae_kwargs = dict(first[0].cfg.metadata.model_from_pretrained_kwargs or {})
+    model = load_model(model_spec, device, sae_kwargs, corpus_spec)
+    corpus = load_corpus(corpus_spec, model.d_vocab, n_ctx)
+    saes = {}
+    for layer in layers:
+        if first is not None and layer == layers[0]:
+            saes[layer] = _checked(sae_spec, layer, model, *first)
+        else:
+            saes[layer] = load_sae(sae_spec, layer, model, device, corpus)
+    return Backend(model=model, saes=saes, corpus=corpus)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def load_model(
+    spec: ModelSpec, device: str, sae_model_kwargs: dict | None = None, corpus_spec: CorpusSpec | None = None
+) -> LoadedModel:
+    """A HookedTransformer in eval mode on `device`.
+
+    Weight processing: the SAE's `model_from_pretrained_kwargs` overridden by the spec's
+    `from_pretrained_kwargs`. Pretrained and local models start from from_pretrained's
+    defaults (fold_ln, center_writing_weights, center_unembed, fold_value_biases); the toy
+    model starts unprocessed, exactly as trained.
+    """
+    device = resolve_device(device)
+    kwargs = {**(sae_model_kwargs or {}), **spec.from_pretrained_kwargs}
+    if spec.toy:
+        corpus_toy = corpus_spec.toy if corpus_spec is not None else None
+        model, path = toy_model(spec.toy, corpus_toy)
+        if kwargs:
+            state = model.state_dict()
+            model.load_and_process_state_dict(state, **_processing(kwargs, spec.label, all_false=True))
+    elif spec.local:
+        path = Path(spec.local).expanduser()
+        model = _local_gpt2(path, kwargs)
+    else:
+        path = None
+        model = _pretrained_model(spec.pretrained, kwargs, device)
+    model.to(device, print_details=False).eval()
+    cfg = model.cfg
+    return LoadedModel(model=model, label=spec.label, path=path, n_layers=cfg.n_layers, d_model=cfg.d_model, d_vocab=cfg.d_vocab)
+
+
+def _processing(kwargs: dict, label: str, all_false: bool = False) -> dict:
+    """from_pretrained-style weight-processing flags, with unknown keys refused."""
+    unknown = sorted(set(kwargs) - set(PROCESSING_DEFAULTS))
+    if unknown:
+        raise SynthactError(
+            f"model '{label}' is not loaded through from_pretrained, so only the weight-processing kwargs "
+            f"{', '.join(PROCESSING_DEFAULTS)} apply; remove {', '.join(unknown)} from from_pretrained_kwargs"
+        )
+    base = dict.fromkeys(PROCESSING_DEFAULTS, False) if all_false else dict(PROCESSING_DEFAULTS)
+    return {**base, **kwargs}
+
+
+def _pretrained_model(name: str, kwargs: dict, device: str) -> HookedTransformer:
+    what = f"model '{name}'"
+    require_hub(what, LOCAL_MODEL_HINT)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return HookedTransformer.from_pretrained(name, device=device, **kwargs)
+    except TypeError as e:
+        raise SynthactError(f"from_pretrained_kwargs for {what} are not accepted: {e}") from None
+    except Exception as e:  # hub, cache and name errors come in many types
+        raise hub_error(what, LOCAL_MODEL_HINT, e) from None
+
+
+def _local_gpt2(path: Path, kwargs: dict) -> HookedTransformer:
+    """A Hugging Face-format GPT-2 directory -> HookedTransformer, processed like from_pretrained."""
+    if not (path / "config.json").is_file():
+        raise SynthactError(
+            f"local model directory '{path}' has no config.json; point model.local at a directory written by "
+            "transformers' save_pretrained (config.json + model.safetensors)"
+        )
+    from transformers import AutoConfig, GPT2LMHeadModel
+
+    hf_cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    if hf_cfg.model_type != "gpt2":
+        raise SynthactError(
+            f"local model '{path}' is a '{hf_cfg.model_type}' model; model.local supports GPT-2-architecture "
+            "checkpoints only. For other architectures use model: {pretrained: NAME} with the Hugging Face cache"
+        )
+    try:
+        hf = GPT2LMHeadModel.from_pretrained(path, local_files_only=True)
+    except OSError as e:
+        raise SynthactError(f"could not read the weights in local model directory '{path}': {e}") from None
+    cfg = HookedTransformerConfig(
+        d_model=hf_cfg.n_embd,
+        d_head=hf_cfg.n_embd // hf_cfg.n_head,
+        n_heads=hf_cfg.n_head,
+        d_mlp=hf_cfg.n_inner or 4 * hf_cfg.n_embd,
+        n_layers=hf_cfg.n_layer,
+        n_ctx=hf_cfg.n_positions,
+        eps=hf_cfg.layer_norm_epsilon,
+        d_vocab=hf_cfg.vocab_size,
+        act_fn=hf_cfg.activation_function,
+        use_attn_scale=hf_cfg.scale_attn_weights,
+        scale_attn_by_inverse_layer_idx=hf_cfg.scale_attn_by_inverse_layer_idx,
+        normalization_type="LN",
+        positional_embedding_type="standard",
+        original_architecture="GPT2LMHeadModel",
+        model_name=path.name,
+        device="cpu",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(cfg)
+    with torch.no_grad():
+        state = {k: v.detach().clone() for k, v in convert_gpt2_weights(hf, cfg).items()}
+    model.load_and_process_state_dict(state, **_processing(kwargs, f"local:{path}"))
+    return model
+
+
+# --------------------------------------------------------------------------- SAE
+
+
+def load_sae(spec: SAESpec, layer: int, model: LoadedModel, device: str, corpus: Corpus | None = None) -> LoadedSAE:
+    """The SAE for `blocks.{layer}.hook_resid_pre`, checked against the model.
+
+    A toy SAE is trained (once, then cached) on the toy model over `corpus`.
+    """
+    device = resolve_device(device)
+    _check_layer(layer, model)
+    if spec.toy:
+        if model.path is None or not model.label.startswith("toy"):
+            raise SynthactError(
+                f"a toy SAE is trained on the toy model, but the model is '{model.label}'; use model: {{toy: ...}} "
+                f"with sae: {{toy: ...}}, or give a pretrained or local SAE for this model ({LOCAL_SAE_HINT})"
+            )
+        if corpus is None:
+            raise SynthactError("training a toy SAE needs the corpus; pass corpus= to load_sae")
+        sae, path = toy_sae(spec.toy, load_toy_model(model.path), model.path, layer, corpus.docs)
+        fetched = (sae.to(device), path, read_training_info(path))
+    else:
+        fetched = _fetch_sae(spec, layer, device)
+    return _checked(spec, layer, model, *fetched)
+
+
+def _fetch_sae(spec: SAESpec, layer: int, device: str) -> tuple[SAE, Path | None, dict]:
+    """A release or local SAE for `layer`: (sae, path or None, info)."""
+    if spec.local:
+        path = Path(spec.local.format(layer=layer)).expanduser()
+        if not (path / "cfg.json").is_file():
+            raise SynthactError(
+                f"local SAE directory '{path}' (layer {layer}) has no cfg.json; point sae.local at a directory "
+                "written by sae_lens's save_model (cfg.json + sae_weights.safetensors), with '{layer}' where the "
+                "layer number goes"
+            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # advice about model_from_pretrained_kwargs
+                sae = SAE.load_from_disk(path, device=device)
+            return sae, path, read_training_info(path)
+        except Exception as e:
+            raise SynthactError(f"could not load the sae_lens SAE in '{path}': {type(e).__name__}: {e}") from None
+    sae_id = spec.id.format(layer=layer)
+    what = f"SAE '{sae_id}' of release '{spec.release}'"
+    require_hub(what, LOCAL_SAE_HINT)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return SAE.from_pretrained(spec.release, sae_id, device=device), None, {}
+    except Exception as e:  # hub, cache, unknown release/id errors come in many types
+        raise hub_error(what, LOCAL_SAE_HINT, e) from None
+
+
+def _check_layer(layer: int, model: LoadedModel) -> None:
+    if not 0 <= layer < model.n_layers:
+        raise SynthactError(
+            f"layer {layer} is out of range for model '{model.label}' with {model.n_layers} blocks "
+            f"(valid: 0..{model.n_layers - 1})"
+        )
+
+
+def _checked(spec: SAESpec, layer: int, model: LoadedModel, sae: SAE, path: Path | None, info: dict) -> LoadedSAE:
+    """Refuse an SAE that does not read `blocks.{layer}.hook_resid_pre` of a d_model-wide stream."""
+    _check_layer(layer, model)
+    where = f"SAE '{spec.label}'" + (f" at '{path}'" if path else "") + f" for layer {layer}"
+    got = sae.cfg.metadata.hook_name
+    want = hook_name(layer)
+    if got != want:
+        raise SynthactError(
+            f"{where} was trained on hook '{got}', but synthact perturbs '{want}'; give an SAE trained on "
+            f"{want} (for a release, set sae.id so that it names that hook, e.g. 'blocks.{{layer}}.hook_resid_pre')"
+        )
+    if sae.cfg.d_in != model.d_model:
+        raise SynthactError(
+            f"{where} reads vectors of width d_in={sae.cfg.d_in}, but model '{model.label}' has d_model="
+            f"{model.d_model}; use an SAE trained on this model"
+        )
+    return LoadedSAE(
+        sae=sae.eval(),
+        label=spec.label,
+        path=path,
+        layer=layer,
+        hook_name=want,
+        d_sae=sae.cfg.d_sae,
+        info=info,
+    )
+
+
+# --------------------------------------------------------------------------- hub
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face libraries were told to stay offline (HF_HUB_OFFLINE)."""
+    import huggingface_hub.constants
+
+    return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
+
+
+@functools.lru_cache(maxsize=8)
+def _hub_reachable(endpoint: str) -> bool:
+    try:
+        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S)
+    except urllib.error.HTTPError:
+        return True  # the server answered
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def require_hub(what: str, local_hint: str) -> None:
+    """Fail within seconds when the hub cannot be reached (instead of minutes of library retries).
+
+    In offline mode (HF_HUB_OFFLINE=1) the libraries read only their local cache, which is fast,
+    so no probe is made.
+    """
+    if hub_offline():
+        return
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if not _hub_reachable(endpoint):
+        raise SynthactError(
+            f"cannot fetch {what}: the Hugging Face hub ({endpoint}) cannot be reached from here. "
+            f"Point the spec at local copies instead ({local_hint}); or, if it is already in the local "
+            "Hugging Face cache, set HF_HUB_OFFLINE=1"
+        )
+
+
+def hub_error(what: str, local_hint: str, error: Exception) -> SynthactError:
+    """A readable error for a failed hub fetch."""
+    detail = " ".join(str(error).split())[:300]
+    offline = " Offline mode (HF_HUB_OFFLINE=1) is on, so only the local Hugging Face cache was searched." if hub_offline() else ""
+    return SynthactError(
+        f"could not load {what} ({type(error).__name__}: {detail}).{offline} Check the name, or point the spec "
+        f"at local copies instead: {local_hint}"
+    )

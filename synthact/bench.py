@@ -1,0 +1,273 @@
+"""Measure scan speed: the paper's plain path vs the fast path at each precision, against a matmul probe.
+
+All paths run in one process on the same inputs: a GPT-2-small-shaped model with random weights
+(built locally, no hub), real activations at blocks.L.hook_resid_pre as bases, random unit
+directions, N+1 scan points per base, read at the last block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from synthact.errors import SynthactError
+from synthact.metrics import curve_metrics
+from synthact.scan import matmul_precision, scan_fast, scan_plain
+
+MODEL_SHAPES = {
+    "toy": dict(n_layers=4, d_model=64, n_heads=4, d_head=16, d_mlp=256, d_vocab=512),
+    "gpt2-small-shape": dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257),
+}
+SCAN_SPAN = 5.0  # the scan runs from A to A + SCAN_SPAN * ||A|| * D
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", choices=sorted(MODEL_SHAPES), default="gpt2-small-shape", help="model shape (random weights)")
+    parser.add_argument("--layer", type=int, default=1, help="perturbation layer L (default 1)")
+    parser.add_argument("--n-ctx", type=int, default=10, help="prompt length (default 10)")
+    parser.add_argument("--steps", type=int, default=100, help="N: N+1 scan points per base (default 100)")
+    parser.add_argument("--bases", type=int, help="bases for the fast path (default: 40 on CPU, 4000 on CUDA)")
+    parser.add_argument("--plain-bases", type=int, default=3, help="bases for the plain paths (default 3)")
+    parser.add_argument("--batch", type=int, help="scan points per fast-path batch (default: from free memory)")
+    parser.add_argument("--js", action="store_true", help="also compute the JS distance (runs the unembedding)")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SynthactError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    report = benchmark(
+        model_name=args.model, layer=args.layer, n_ctx=args.n_ctx, steps=args.steps, device=device,
+        n_bases=args.bases or (4000 if device.type == "cuda" else 40), plain_bases=args.plain_bases,
+        batch=args.batch, js=args.js,
+    )
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def build_model(name: str, n_ctx: int, device: torch.device):
+    """Random-weight model of the named shape, processed like from_pretrained (LayerNorm folded)."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        **MODEL_SHAPES[name], n_ctx=max(n_ctx, 64), act_fn="gelu_new", normalization_type="LN",
+        seed=0, device=str(device),
+    )
+    model = HookedTransformer(cfg)
+    model.load_and_process_state_dict(
+        model.state_dict(), fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
+    )
+    return model.eval()
+
+
+def scan_inputs(model, layer: int, n_bases: int, n_ctx: int, steps: int, seed: int = 0):
+    """Random prompts, their real activations at resid_pre L as bases, random unit directions, coefficients."""
+    device = model.W_E.device
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, model.cfg.d_vocab, (n_bases, n_ctx), generator=gen).to(device)
+    bases = []
+    with torch.inference_mode():
+        for chunk in tokens.split(1024):
+            resid = model(chunk, stop_at_layer=layer)  # residual entering block L
+            bases.append(resid[:, -1].float())
+    base = torch.cat(bases)
+    direction = torch.randn(n_bases, model.cfg.d_model, generator=gen).to(device)
+    direction = direction / direction.norm(dim=-1, keepdim=True)
+    step = SCAN_SPAN * base.norm(dim=-1, keepdim=True) / steps
+    coeffs = torch.arange(steps + 1, device=device).float() * step
+    return tokens, base, direction, coeffs
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best_time(fn, device: torch.device, min_seconds: float, min_repeats: int = 1, max_repeats: int = 5):
+    """Best wall time of fn over repeats (at least min_repeats, more while the total is under min_seconds), and fn's output."""
+    times = []
+    while len(times) < min_repeats or (sum(times) < min_seconds and len(times) < max_repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def _per_base(fn, inputs, device: torch.device) -> tuple[np.ndarray, float]:
+    """Run fn base by base; return the stacked curves and the best time of one base."""
+    curves, times = [], []
+    for b in range(inputs[0].shape[0]):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn(*(t[b : b + 1] for t in inputs))
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        curves.append(out if isinstance(out, np.ndarray) else next(iter(out.l2.values())).numpy())
+    return np.concatenate(curves), min(times)
+
+
+# ----------------------------------------------------------------------------- the paths
+
+
+def plain_paper_way(model, layer, read_layer, tokens, base, direction, coeffs) -> np.ndarray:
+    """The paper's loop: per direction, a hooked run_with_cache of all N+1 points, the cache copied to host."""
+    M = coeffs.shape[1]
+    curves = []
+    with torch.inference_mode():
+        for b in range(tokens.shape[0]):
+            points = base[b] + coeffs[b, :, None] * direction[b]
+
+            def patch(resid, hook, points=points):
+                resid[:, -1, :] = points
+                return resid
+
+            with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", patch)]):
+                _, cache = model.run_with_cache(tokens[b].expand(M, -1))
+            cache = cache.to("cpu")
+            h = cache[f"blocks.{read_layer}.hook_resid_post"][:, -1]
+            curves.append((h - h[0]).norm(dim=-1).numpy())
+    return np.stack(curves)
+
+
+def matmul_peak(device: torch.device, dtype: str) -> float:
+    """Peak matmul rate in TFLOP/s: best of a few square matmuls."""
+    n = 8192 if device.type == "cuda" else 2048
+    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
+    a = torch.randn(n, n, device=device).to(torch_dtype)
+    b = torch.randn(n, n, device=device).to(torch_dtype)
+    reps = 10 if device.type == "cuda" else 3
+    with matmul_precision(dtype):
+        a @ b
+        seconds, _ = _best_time(lambda: [a @ b for _ in range(reps)], device, min_seconds=0.5, max_repeats=3)
+    return 2 * n**3 * reps / seconds / 1e12
+
+
+def flops_per_point(cfg, layer: int, last: int, n_ctx: int, js: bool) -> int:
+    """Matmul FLOPs of one scan point: QKV, attention over n_ctx keys, O, MLP per block; unembedding if js."""
+    d, hd = cfg.d_model, cfg.n_heads * cfg.d_head
+    per_block = 2 * d * 3 * hd + 2 * 2 * hd * n_ctx + 2 * hd * d + 2 * 2 * d * cfg.d_mlp
+    return (last - layer + 1) * per_block + (2 * d * cfg.d_vocab_out if js else 0)
+
+
+def precisions(device: torch.device) -> list[str]:
+    if device.type == "cuda":
+        return ["float32", "tf32", "bfloat16"]
+    return ["float32", "bfloat16"]
+
+
+def benchmark(model_name, layer, n_ctx, steps, device, n_bases, plain_bases, batch, js) -> dict:
+    """Run every path on the same inputs and return the measured numbers."""
+    model = build_model(model_name, n_ctx, device)
+    cfg = model.cfg
+    if not 0 <= layer < cfg.n_layers:
+        raise SynthactError(f"--layer {layer} is outside the model's blocks 0..{cfg.n_layers - 1}")
+    read = cfg.n_layers - 1
+    plain_bases = min(plain_bases, n_bases)
+    tokens, base, direction, coeffs = scan_inputs(model, layer, n_bases, n_ctx, steps)
+    points = n_bases * (steps + 1)
+    sub = (tokens[:plain_bases], base[:plain_bases], direction[:plain_bases], coeffs[:plain_bases])
+    step = coeffs[:plain_bases, 1].cpu().double().numpy()
+
+    with matmul_precision("float32"):
+        plain_paper_way(model, layer, read, *(t[:1] for t in sub))  # warm-up
+        reference, plain_seconds = _per_base(lambda *t: plain_paper_way(model, layer, read, *t), sub, device)
+        _, hooked_seconds = _per_base(lambda *t: scan_plain(model, layer, [read], *t, js=js), sub, device)
+    ref_slope = curve_metrics(reference, step)["max_slope"]
+
+    peaks = {p: matmul_peak(device, p) for p in precisions(device)}
+    flops = flops_per_point(cfg, layer, cfg.n_layers - 1 if js else read, n_ctx, js)
+    fast = {}
+    for precision in precisions(device):
+        def run_fast(precision=precision):
+            return scan_fast(model, layer, [read], tokens, base, direction, coeffs, js=js, dtype=precision, max_points=batch)
+
+        try:
+            scan_fast(model, layer, [read], *(t[:2] for t in (tokens, base, direction, coeffs)), js=js, dtype=precision)
+        except RuntimeError as e:  # e.g. bf16 matmuls unsupported on this CPU
+            fast[precision] = {"error": str(e).splitlines()[0]}
+            continue
+        on_cuda = device.type == "cuda"  # CUDA: the first full-size run also grows the allocator
+        seconds, result = _best_time(run_fast, device, min_seconds=float(on_cuda), min_repeats=1 + on_cuda, max_repeats=3)
+        curves = result.l2[read][:plain_bases].numpy()
+        rate = points / seconds
+        fast[precision] = {
+            "points_per_s": rate,
+            "speedup_vs_plain": rate / ((steps + 1) / plain_seconds),
+            "tflops": rate * flops / 1e12,
+            "fraction_of_peak": rate * flops / 1e12 / peaks[precision],
+            "max_abs_dev_l2": float(np.abs(curves - reference).max()),
+            "max_rel_dev_l2": float(np.abs(curves - reference).max() / reference.max()),
+            "max_abs_dev_max_slope": float(np.abs(curve_metrics(curves, step)["max_slope"] - ref_slope).max()),
+        }
+
+    fp32 = fast["float32"]
+    return {
+        "device": _device_name(device),
+        "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "model": model_name,
+        "layer": layer,
+        "read_layer": read,
+        "n_ctx": n_ctx,
+        "points_per_base": steps + 1,
+        "bases": n_bases,
+        "plain_bases": plain_bases,
+        "js": js,
+        "flops_per_point": flops,
+        "plain_points_per_s": (steps + 1) / plain_seconds,
+        "plain_hooked_points_per_s": (steps + 1) / hooked_seconds,
+        "fast_points_per_s": fp32["points_per_s"],
+        "speedup_vs_plain": fp32["speedup_vs_plain"],
+        "fast_tflops": fp32["tflops"],
+        "peak_tflops_fp32": peaks["float32"],
+        "max_abs_dev_l2": fp32["max_abs_dev_l2"],
+        "peak_tflops": peaks,
+        "precisions": fast,
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def format_table(r: dict) -> str:
+    """The report as a table a person reads."""
+    lines = [
+        f"synthact bench: {r['model']}, L={r['layer']}, read layer {r['read_layer']}, n_ctx {r['n_ctx']}, "
+        f"{r['points_per_base']} points/base, js={r['js']}",
+        f"device {r['device']}, torch {r['torch']}, {r['date']}; fast path: {r['bases']} bases, "
+        f"plain paths: {r['plain_bases']} bases; {r['flops_per_point'] / 1e6:.1f} MFLOP per scan point",
+        "",
+        f"{'path':<28}{'points/s':>12}{'x plain':>9}{'TFLOP/s':>9}{'% peak':>8}{'max|dd|':>11}{'max|d slope|':>14}",
+        f"{'plain (paper: cache->host)':<28}{r['plain_points_per_s']:>12,.0f}{1:>9.1f}",
+        f"{'plain (scan_plain)':<28}{r['plain_hooked_points_per_s']:>12,.0f}"
+        f"{r['plain_hooked_points_per_s'] / r['plain_points_per_s']:>9.1f}",
+    ]
+    for name, p in r["precisions"].items():
+        if "error" in p:
+            lines.append(f"{'fast ' + name:<28}  unavailable: {p['error']}")
+            continue
+        lines.append(
+            f"{'fast ' + name:<28}{p['points_per_s']:>12,.0f}{p['speedup_vs_plain']:>9.1f}{p['tflops']:>9.3f}"
+            f"{100 * p['fraction_of_peak']:>7.0f}%{p['max_abs_dev_l2']:>11.2e}{p['max_abs_dev_max_slope']:>14.2e}"
+        )
+    peaks = ", ".join(f"{k} {v:.3f}" for k, v in r["peak_tflops"].items())
+    lines += ["", f"matmul probe peak (TFLOP/s): {peaks}", "deviations are against the plain path in float32."]
+    return "\n".join(lines)

@@ -1,0 +1,454 @@
+"""The scan: push A_n = A + c_n D through the model from layer L and measure how the read layers move.
+
+Two paths, one result. `scan_plain` is the reference: a full forward of the prompt with a hook
+that replaces the last position of `blocks.{L}.hook_resid_pre`. `scan_fast` uses that attention
+is causal and only the last position changes: the prefix keys/values at every layer >= L are those
+of the unperturbed prompt, so they are computed once per prompt and every scan point is a single
+position pushed through blocks L..R, all points of many bases in one large batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from synthact.errors import SynthactError
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float32", "tf32", "bfloat16")
+CPU_MAX_POINTS = 4096  # largest batch of scan points on CPU
+CPU_MEMORY_BUDGET = 512 * 2**20  # bytes a CPU chunk may use
+CUDA_MAX_POINTS = 131072  # measured on an H200: 3% faster than 65536
+CUDA_MEMORY_FRACTION = 0.5  # of the free device memory a chunk may use
+
+
+@dataclass
+class ScanResult:
+    """Curves of one scan: `l2[r]` per read layer and optionally `js`, each `[B, N+1]` float32 on CPU."""
+
+    l2: dict[int, torch.Tensor]
+    js: torch.Tensor | None
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+
+def _check_inputs(model, layer, read_layers, tokens, base, direction, coeffs, dtype="float32") -> None:
+    """Raise SynthactError when the scan inputs do not fit together."""
+    n_layers = model.cfg.n_layers
+    problems = []
+    if not 0 <= layer < n_layers:
+        problems.append(f"layer {layer} is outside the model's blocks 0..{n_layers - 1}")
+    if not read_layers:
+        problems.append("read_layers is empty")
+    bad = [r for r in read_layers if not layer <= r < n_layers]
+    if bad:
+        problems.append(f"read layers {bad} are not resolved block indices in {layer}..{n_layers - 1}")
+    if tokens.ndim != 2 or tokens.shape[1] < 1:
+        problems.append(f"tokens must be [B, n_ctx] with n_ctx >= 1, got shape {tuple(tokens.shape)}")
+    B, d = tokens.shape[0], model.cfg.d_model
+    for name, t in (("base", base), ("direction", direction)):
+        if tuple(t.shape) != (B, d):
+            problems.append(f"{name} must be [B, d_model] = [{B}, {d}], got {tuple(t.shape)}")
+    if coeffs.ndim != 2 or coeffs.shape[0] != B or coeffs.shape[1] < 1:
+        problems.append(f"coeffs must be [B, N+1] with B = {B}, got {tuple(coeffs.shape)}")
+    if dtype not in DTYPES:
+        problems.append(f"dtype '{dtype}' is not one of {DTYPES}")
+    if problems:
+        raise SynthactError(
+            "scan inputs do not fit together: " + "; ".join(problems) + ". Pass tokens [B, n_ctx], base and "
+            "direction [B, d_model], coeffs [B, N+1] and read layers resolved to block indices >= layer."
+        )
+
+
+def _device(model) -> torch.device:
+    return model.W_E.device
+
+
+@contextlib.contextmanager
+def matmul_precision(dtype: str):
+    """Full fp32 matmuls on CUDA unless dtype is 'tf32' (CPU matmuls are always full fp32)."""
+    matmul = torch.backends.cuda.matmul
+    use_tf32 = dtype == "tf32"
+    if hasattr(matmul, "fp32_precision"):
+        previous = matmul.fp32_precision
+        matmul.fp32_precision = "tf32" if use_tf32 else "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = previous
+    else:
+        previous = matmul.allow_tf32
+        matmul.allow_tf32 = use_tf32
+        try:
+            yield
+        finally:
+            matmul.allow_tf32 = previous
+
+
+def js_distance(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
+    """sqrt of the base-2 Jensen-Shannon divergence between softmax(logits) and softmax(ref_logits), float32.
+
+    Written with d = log q - log p so that identical inputs give exactly 0.
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)
+    logq = F.log_softmax(ref_logits.float(), dim=-1)
+    d = logq - logp
+    ln2 = torch.log(torch.tensor(2.0, device=d.device))
+    # log m - log p = softplus(d) - ln2 ;  log m - log q = softplus(-d) - ln2
+    kl_pm = -(logp.exp() * (F.softplus(d) - ln2)).sum(-1)
+    kl_qm = -(logq.exp() * (F.softplus(-d) - ln2)).sum(-1)
+    js_bits = (0.5 * (kl_pm + kl_qm) / ln2).clamp(0.0, 1.0)
+    return js_bits.sqrt()
+
+
+def _resid_post(r: int) -> str:
+    return f"blocks.{r}.hook_resid_post"
+
+
+# ----------------------------------------------------------------------------- plain path
+
+
+def scan_plain(model, layer, read_layers, tokens, base, direction, coeffs, js=False) -> ScanResult:
+    """Reference scan: per base, one batch of N+1 full forwards with the last position of resid_pre L replaced."""
+    _check_inputs(model, layer, read_layers, tokens, base, direction, coeffs)
+    device = _device(model)
+    tokens, base, direction = tokens.to(device), base.to(device).float(), direction.to(device).float()
+    coeffs = coeffs.to(device).float()
+    B, M = coeffs.shape
+    l2 = {r: torch.zeros(B, M) for r in read_layers}
+    js_out = torch.zeros(B, M) if js else None
+    names = [_resid_post(r) for r in read_layers]
+    stop = None if js else max(read_layers) + 1
+    with torch.inference_mode(), matmul_precision("float32"):
+        for b in range(B):
+            points = base[b] + coeffs[b, :, None] * direction[b]  # [M, d_model]
+
+            def set_last_position(resid, hook, points=points):
+                resid[:, -1, :] = points.to(resid.dtype)
+                return resid
+
+            with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", set_last_position)]):
+                out, cache = model.run_with_cache(
+                    tokens[b].expand(M, -1), names_filter=names, stop_at_layer=stop
+                )
+            for r in read_layers:
+                h = cache[_resid_post(r)][:, -1].float()
+                l2[r][b] = (h - h[:1]).norm(dim=-1).cpu()
+            if js:
+                last = out[:, -1]
+                js_out[b] = js_distance(last, last[:1]).cpu()
+    return ScanResult(l2=l2, js=js_out)
+
+
+# ----------------------------------------------------------------------------- fast path
+
+
+def fast_path_unsupported(model) -> str | None:
+    """Why `scan_fast` cannot run this model, or None when it can."""
+    from transformer_lens import HookedTransformer
+
+    try:
+        from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+    except ImportError:  # older TransformerLens: no post-norm architectures
+        POST_NORM_ARCHITECTURES = ()
+
+    if not isinstance(model, HookedTransformer):
+        return f"the model is a {type(model).__name__}, not a TransformerLens HookedTransformer"
+    cfg = model.cfg
+
+    def flag(name: str) -> bool:  # config fields that older TransformerLens versions lack
+        value = getattr(cfg, name, None)
+        return bool(value) and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0)
+
+    layer_norm_activation = getattr(cfg, "is_layer_norm_activation", lambda: False)
+    checks = [
+        (cfg.positional_embedding_type != "standard", f"{cfg.positional_embedding_type} positional embeddings"),
+        (flag("n_key_value_heads"), "grouped-query attention"),
+        (flag("parallel_attn_mlp"), "parallel attention and MLP"),
+        (getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES, "post-norm blocks"),
+        (flag("use_normalization_before_and_after"), "normalization before and after sublayers"),
+        (cfg.normalization_type not in ("LN", "LNPre"), f"normalization_type {cfg.normalization_type}"),
+        (flag("attn_only"), "attention-only blocks"),
+        (flag("gated_mlp") or flag("num_experts"), "gated or mixture-of-experts MLPs"),
+        (cfg.act_fn is not None and layer_norm_activation(), f"activation {cfg.act_fn} with its own LayerNorm"),
+        (getattr(cfg, "attention_dir", "causal") != "causal", "non-causal attention"),
+        (flag("use_local_attn"), "local attention"),
+        (flag("attn_scores_soft_cap") or flag("output_logits_soft_cap"), "soft-capped scores or logits"),
+        (flag("use_qk_norm") or flag("clip_qkv") or flag("use_logn_attn"), "QK norm, QKV clipping or log-n scaling"),
+        (flag("use_attention_sinks"), "attention sinks"),
+        (flag("load_in_4bit"), "4-bit weights"),
+        (getattr(cfg, "n_devices", 1) != 1, "a model split over several devices"),
+        (
+            getattr(model, "tokenizer", None) is not None and model.tokenizer.padding_side == "left",
+            "a left-padding tokenizer (TransformerLens masks pad tokens)",
+        ),
+    ]
+    reasons = [why for bad, why in checks if bad]
+    return "; ".join(reasons) if reasons else None
+
+
+@dataclass
+class _Block:
+    """One block's weights, flattened for single-position matmuls, in the compute dtype."""
+
+    ln1: tuple[torch.Tensor | None, torch.Tensor | None]
+    w_qkv: torch.Tensor  # [d_model, 3 * n_heads * d_head], queries scaled by 1/attn_scale
+    b_qkv: torch.Tensor
+    w_o: torch.Tensor  # [n_heads * d_head, d_model]
+    b_o: torch.Tensor
+    ln2: tuple[torch.Tensor | None, torch.Tensor | None]
+    w_in: torch.Tensor
+    b_in: torch.Tensor
+    w_out: torch.Tensor
+    b_out: torch.Tensor
+
+
+@dataclass
+class _Weights:
+    blocks: list[_Block]
+    ln_final: tuple[torch.Tensor | None, torch.Tensor | None]
+    w_u: torch.Tensor
+    b_u: torch.Tensor
+    act: Callable[[torch.Tensor], torch.Tensor]
+    eps: float
+
+
+_WEIGHT_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _compute_dtype(dtype: str) -> torch.dtype:
+    return torch.bfloat16 if dtype == "bfloat16" else torch.float32
+
+
+def _activation(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The MLP activation; the fused tanh GELU for GPT-2's gelu_new (same function, one kernel)."""
+    fused = {
+        "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+        "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+        "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+        "gelu": F.gelu,
+        "relu": F.relu,
+        "silu": F.silu,
+    }
+    return fused.get(model.cfg.act_fn, model.blocks[0].mlp.act_fn)
+
+
+def _weights(model, dtype: str) -> _Weights:
+    """Cast copies of the model's weights for the fast path, cached per model, dtype and weight version."""
+    signature = (dtype, tuple((p.data_ptr(), p._version) for p in model.parameters()))
+    cached = _WEIGHT_CACHE.get(model)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    cdt = _compute_dtype(dtype)
+
+    def cast(t):
+        return t.detach().to(cdt).contiguous()
+
+    def norm(ln):
+        w = getattr(ln, "w", None)
+        return (None, None) if w is None else (ln.w.detach().float(), ln.b.detach().float())
+
+    blocks = []
+    for block in model.blocks:
+        a, m = block.attn, block.mlp
+        inv_scale = 1.0 / float(a.attn_scale)  # folded into the queries
+        w_qkv = torch.cat([a.W_Q * inv_scale, a.W_K, a.W_V], dim=0)  # [3H, d_model, d_head]
+        w_qkv = w_qkv.permute(1, 0, 2).reshape(model.cfg.d_model, -1)
+        b_qkv = torch.cat([a.b_Q * inv_scale, a.b_K, a.b_V], dim=0).reshape(-1)
+        blocks.append(
+            _Block(
+                ln1=norm(block.ln1),
+                w_qkv=cast(w_qkv),
+                b_qkv=cast(b_qkv),
+                w_o=cast(a.W_O.reshape(-1, model.cfg.d_model)),
+                b_o=cast(a.b_O),
+                ln2=norm(block.ln2),
+                w_in=cast(m.W_in),
+                b_in=cast(m.b_in),
+                w_out=cast(m.W_out),
+                b_out=cast(m.b_out),
+            )
+        )
+    weights = _Weights(
+        blocks=blocks,
+        ln_final=norm(model.ln_final),
+        w_u=cast(model.unembed.W_U),
+        b_u=cast(model.unembed.b_U),
+        act=_activation(model),
+        eps=float(model.cfg.eps),
+    )
+    _WEIGHT_CACHE[model] = (signature, weights)
+    return weights
+
+
+def _prefix_kv(model, tokens: torch.Tensor, first: int, last: int, cdt: torch.dtype):
+    """Keys and values of the prompt prefix (all but the last position) at blocks first..last.
+
+    Returns per layer (K [B, H, d_head, T], V [B, H, T, d_head]) in the compute dtype.
+    """
+    B, n_ctx = tokens.shape
+    H, dh = model.cfg.n_heads, model.cfg.d_head
+    if n_ctx == 1:
+        empty_k = torch.zeros(B, H, dh, 0, device=tokens.device, dtype=cdt)
+        empty_v = torch.zeros(B, H, 0, dh, device=tokens.device, dtype=cdt)
+        return {l: (empty_k, empty_v) for l in range(first, last + 1)}
+    names = {f"blocks.{l}.attn.hook_{kv}" for l in range(first, last + 1) for kv in "kv"}
+    # bfloat16 scans take the prefix in TF32: faster than fp32 and still far more precise than bf16
+    with matmul_precision("tf32") if cdt == torch.bfloat16 else contextlib.nullcontext():
+        _, cache = model.run_with_cache(tokens[:, :-1], names_filter=lambda n: n in names, stop_at_layer=last + 1)
+    out = {}
+    for l in range(first, last + 1):
+        k = cache[f"blocks.{l}.attn.hook_k"]  # [B, T, H, dh]
+        v = cache[f"blocks.{l}.attn.hook_v"]
+        out[l] = (k.permute(0, 2, 3, 1).to(cdt).contiguous(), v.permute(0, 2, 1, 3).to(cdt).contiguous())
+    return out
+
+
+def _layer_norm(x: torch.Tensor, wb, eps: float) -> torch.Tensor:
+    w, b = wb
+    return F.layer_norm(x, (x.shape[-1],), w, b, eps)
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.addmm(b, x.to(w.dtype), w)
+
+
+def _block_forward(blk: _Block, x: torch.Tensor, k_pre: torch.Tensor, v_pre: torch.Tensor, act, eps: float):
+    """One block for single positions x [nb, m, d_model] (float32) attending to their base's prefix."""
+    nb, m, d = x.shape
+    H, dh, T = k_pre.shape[1], k_pre.shape[2], k_pre.shape[3]
+    qkv = _linear(_layer_norm(x, blk.ln1, eps).reshape(nb * m, d), blk.w_qkv, blk.b_qkv)
+    q, k, v = qkv.view(nb, m, 3, H, dh).unbind(2)  # each [nb, m, H, dh]; q is pre-scaled by 1/attn_scale
+    q = q.transpose(1, 2)  # [nb, H, m, dh]
+    scores_prefix = torch.matmul(q, k_pre)  # [nb, H, m, T]
+    score_self = (q * k.transpose(1, 2)).sum(-1, keepdim=True)  # [nb, H, m, 1]
+    pattern = torch.softmax(torch.cat([scores_prefix, score_self], dim=-1), dim=-1, dtype=torch.float32)
+    pattern = pattern.to(q.dtype)
+    z = torch.matmul(pattern[..., :T], v_pre) + pattern[..., T:] * v.transpose(1, 2)  # [nb, H, m, dh]
+    z = z.transpose(1, 2).reshape(nb * m, H * dh)
+    x = x + _linear(z, blk.w_o, blk.b_o).view(nb, m, d)  # float32 residual (type promotion)
+    hidden = act(_linear(_layer_norm(x, blk.ln2, eps).reshape(nb * m, d), blk.w_in, blk.b_in))
+    return x + _linear(hidden, blk.w_out, blk.b_out).view(nb, m, d)
+
+
+def _run_chunk(weights: _Weights, layer: int, read_layers, kv, points: torch.Tensor, js: bool):
+    """Push points [nb, m, d_model] (column 0 = A_0) through the blocks; distances to column 0 on the device."""
+    last = len(weights.blocks) - 1 if js else max(read_layers)
+    x = points
+    dists = {}
+    for l in range(layer, last + 1):
+        k_pre, v_pre = kv[l]
+        x = _block_forward(weights.blocks[l], x, k_pre, v_pre, weights.act, weights.eps)
+        if l in read_layers:
+            dists[l] = (x - x[:, :1]).norm(dim=-1)
+    js_d = None
+    if js:
+        nb, m, d = x.shape
+        logits = _linear(_layer_norm(x, weights.ln_final, weights.eps).reshape(nb * m, d), weights.w_u, weights.b_u)
+        logits = logits.view(nb, m, -1)
+        js_d = js_distance(logits, logits[:, :1])
+    return dists, js_d
+
+
+def _bytes_per_point(model, n_read: int, n_ctx: int, js: bool) -> int:
+    """A generous estimate of the device memory one scan point needs during a chunk."""
+    cfg = model.cfg
+    per = 4 * (16 * cfg.d_model + 3 * cfg.d_mlp + 4 * cfg.n_heads * (n_ctx + 1) + n_read)
+    return per + (48 * cfg.d_vocab_out if js else 0)  # logits and the JS temporaries
+
+
+def _default_max_points(model, device: torch.device, n_read: int, n_ctx: int, js: bool) -> int:
+    """Chunk size: from free device memory on CUDA, a fixed budget on CPU."""
+    per_point = _bytes_per_point(model, n_read, n_ctx, js)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(2, min(CUDA_MAX_POINTS, int(free * CUDA_MEMORY_FRACTION) // per_point))
+    return max(2, min(CPU_MAX_POINTS, CPU_MEMORY_BUDGET // per_point))
+
+
+def scan_fast(
+    model, layer, read_layers, tokens, base, direction, coeffs, js=False, dtype: str = "float32",
+    max_points: int | None = None,
+) -> ScanResult:
+    """Fast scan (same result as `scan_plain`): prefix K/V once per prompt, scan points as single positions.
+
+    dtype: 'float32' (full fp32 matmuls), 'tf32' (CUDA TF32 matmuls; same as float32 on CPU) or
+    'bfloat16' (bf16 weights and matmuls, float32 residual stream and distances).
+    max_points: scan points per batch; default from free device memory. Halved on CUDA out-of-memory.
+    """
+    _check_inputs(model, layer, read_layers, tokens, base, direction, coeffs, dtype)
+    why = fast_path_unsupported(model)
+    if why:
+        raise SynthactError(f"the fast scan path cannot run this model ({why}); use scan() or scan_plain()")
+    if max_points is not None and max_points < 2:
+        raise SynthactError(f"max_points must be at least 2 (A_0 and one more point), got {max_points}")
+    device = _device(model)
+    tokens, base, direction = tokens.to(device), base.to(device).float(), direction.to(device).float()
+    coeffs = coeffs.to(device).float()
+    B, M = coeffs.shape
+    read_set = set(read_layers)
+    last = model.cfg.n_layers - 1 if js else max(read_layers)
+    if max_points is None:
+        max_points = _default_max_points(model, device, len(read_set), tokens.shape[1], js)
+    l2 = {r: torch.zeros(B, M, device=device) for r in read_set}
+    js_out = torch.zeros(B, M, device=device) if js else None
+    cdt = _compute_dtype(dtype)
+
+    with torch.inference_mode(), matmul_precision(dtype):
+        weights = _weights(model, dtype)
+        b0 = 0
+        while b0 < B:
+            whole_bases = max_points >= M
+            nb = min(max_points // M, B - b0) if whole_bases else 1
+            bases = slice(b0, b0 + nb)
+            try:
+                kv = _prefix_kv(model, tokens[bases], layer, last, cdt)
+                if whole_bases:
+                    column_sets = [torch.arange(M, device=device)]
+                else:  # one base in slices of columns, each led by column 0 (the reference A_0)
+                    step = max_points - 1
+                    column_sets = [
+                        torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(s, min(s + step, M))]).to(device)
+                        for s in range(1, M, step)
+                    ] or [torch.zeros(1, dtype=torch.long, device=device)]
+                for cols in column_sets:
+                    c = coeffs[bases][:, cols]
+                    points = base[bases, None, :] + c[..., None] * direction[bases, None, :]
+                    dists, js_d = _run_chunk(weights, layer, read_set, kv, points, js)
+                    for r, d in dists.items():
+                        l2[r][bases, cols] = d.float()
+                    if js:
+                        js_out[bases, cols] = js_d
+            except torch.OutOfMemoryError:
+                if max_points <= 2:
+                    raise
+                max_points //= 2
+                log.warning("scan_fast: out of memory; retrying with %d points per batch", max_points)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            b0 += nb
+    return ScanResult(
+        l2={r: l2[r].cpu() for r in read_layers},
+        js=js_out.cpu() if js else None,
+    )
+
+
+def scan(model, layer, read_layers, tokens, base, direction, coeffs, js=False, dtype="float32") -> ScanResult:
+    """The fast path when the model allows it, else the plain path with a logged warning."""
+    why = fast_path_unsupported(model)
+    if why is None:
+        return scan_fast(model, layer, read_layers, tokens, base, direction, coeffs, js=js, dtype=dtype)
+    log.warning("fast scan path unsupported (%s); using the plain path (much slower)", why)
+    if dtype != "float32":
+        warnings.warn(f"the plain scan path runs in the model's own precision; dtype '{dtype}' is ignored")
+    return scan_plain(model, layer, read_layers, tokens, base, direction, coeffs, js=js)

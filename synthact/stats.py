@@ -1,0 +1,276 @@
+"""Reference statistics: a pool of real activations and everything the kinds draw from.
+
+One `ReferenceStats` per (model, SAE, layer, corpus, n_ctx, reference spec, seed): the pool's
+activations at `blocks.{L}.hook_resid_pre` (last position), their SAE codes, latent firing
+frequencies, per-latent non-zero value samples, L0s, norms, and a Gaussian fit.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from synthact.errors import SynthactError
+from synthact.spec import ReferenceSpec, derive_seed, digest
+
+FORMAT_VERSION = 1
+# Decoders that rescale by statistics of the input are not a fixed affine map: a code alone
+# cannot be decoded, so SAE-built activations are impossible with them.
+NON_AFFINE_NORMALIZATIONS = ("constant_norm_rescale", "layer_norm")
+
+
+@dataclass
+class ReferenceStats:
+    """A pool of P real activations at one layer and the statistics derived from it."""
+
+    layer: int
+    acts: torch.Tensor  # [P, d_model] float32
+    code_offsets: torch.Tensor  # [P + 1] int64, CSR row pointers into code_latents / code_values
+    code_latents: torch.Tensor  # [nnz] int32
+    code_values: torch.Tensor  # [nnz] float32
+    freq: torch.Tensor  # [d_sae] float64, fraction of pool codes in which each latent fires
+    value_samples: torch.Tensor  # [d_sae, V] float32, non-zero values per latent (first value_counts valid)
+    value_counts: torch.Tensor  # [d_sae] int64
+    l0: torch.Tensor  # [P] int64
+    mean: torch.Tensor  # [d_model] float64
+    cov: torch.Tensor  # [d_model, d_model] float64, positive definite (jitter added if needed)
+    chol: torch.Tensor  # [d_model, d_model] float64, lower Cholesky factor of cov
+    norms: torch.Tensor  # [P] float32, ||activation||
+    code_norms: torch.Tensor  # [P] float32, ||z @ W_dec||
+    cov_jitter: float = 0.0  # what was added to cov's diagonal to make it positive definite
+
+    @property
+    def n(self) -> int:
+        return self.acts.shape[0]
+
+    @property
+    def d_sae(self) -> int:
+        return self.freq.shape[0]
+
+    @functools.cached_property
+    def alive(self) -> torch.Tensor:
+        """int64 ids of latents that fired at least once in the pool, ascending."""
+        return torch.nonzero(self.freq > 0).flatten()
+
+    @functools.cached_property
+    def alive_by_log_freq(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alive ids sorted by log10 frequency, those log10 frequencies): the frequency-matching table."""
+        logf = torch.log10(self.freq[self.alive])
+        order = torch.argsort(logf, stable=True)
+        return self.alive[order], logf[order]
+
+    def code(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Latent ids and values of pool code i."""
+        a, b = int(self.code_offsets[i]), int(self.code_offsets[i + 1])
+        return self.code_latents[a:b].cpu().numpy(), self.code_values[a:b].cpu().numpy()
+
+    def summary(self) -> dict:
+        """Headline numbers (JSON-able): pool size, L0, alive latents, norms."""
+        l0 = self.l0.double()
+        return {
+            "layer": self.layer,
+            "n": self.n,
+            "d_model": int(self.acts.shape[1]),
+            "d_sae": self.d_sae,
+            "mean_l0": float(l0.mean()),
+            "median_l0": float(l0.median()),
+            "frac_l0_zero": float((self.l0 == 0).double().mean()),
+            "alive_latents": int(self.alive.numel()),
+            "mean_norm": float(self.norms.double().mean()),
+            "std_norm": float(self.norms.double().std()),
+            "mean_code_norm": float(self.code_norms.double().mean()),
+            "value_samples_per_latent": int(self.value_samples.shape[1]),
+            "cov_jitter": self.cov_jitter,
+        }
+
+    def to(self, device: str) -> "ReferenceStats":
+        return ReferenceStats(
+            **{f.name: _move(getattr(self, f.name), device) for f in fields(self)}
+        )
+
+    def save(self, directory: Path) -> None:
+        """Write tensors.safetensors + stats.json atomically (temp directory, then rename).
+
+        If `directory` already exists (another worker finished first), it is kept as is:
+        statistics are deterministic, so both copies are the same.
+        """
+        directory = Path(directory)
+        if directory.is_dir():
+            return
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            tensors = {
+                f.name: getattr(self, f.name).detach().cpu().contiguous()
+                for f in fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)
+            }
+            save_file(tensors, tmp / "tensors.safetensors")
+            meta = {"format_version": FORMAT_VERSION, "layer": self.layer, "cov_jitter": self.cov_jitter}
+            (tmp / "stats.json").write_text(json.dumps({**meta, "summary": self.summary()}, indent=2))
+            try:
+                os.rename(tmp, directory)
+            except OSError:
+                if not directory.is_dir():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def load(cls, directory: Path, device: str = "cpu") -> "ReferenceStats":
+        directory = Path(directory)
+        meta_path, tensor_path = directory / "stats.json", directory / "tensors.safetensors"
+        if not (meta_path.exists() and tensor_path.exists()):
+            raise SynthactError(
+                f"'{directory}' is not a reference-statistics directory (stats.json and tensors.safetensors "
+                "expected); delete it so synthact recomputes the statistics"
+            )
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise SynthactError(
+                f"reference statistics in '{directory}' have format version {meta.get('format_version')}, "
+                f"this synthact reads version {FORMAT_VERSION}; delete the directory so they are recomputed"
+            )
+        tensors = load_file(tensor_path, device=str(device))
+        return cls(layer=int(meta["layer"]), cov_jitter=float(meta["cov_jitter"]), **tensors)
+
+
+def _move(value, device: str):
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
+def stats_key(
+    model_label: str, sae_label: str, layer: int, corpus_label: str, n_ctx: int, spec: ReferenceSpec, seed: int
+) -> str:
+    """Short digest naming the statistics directory of one (model, SAE, layer, corpus, n_ctx, spec, seed)."""
+    parts = {
+        "format_version": FORMAT_VERSION,
+        "model": model_label,
+        "sae": sae_label,
+        "layer": layer,
+        "corpus": corpus_label,
+        "n_ctx": n_ctx,
+        "reference": spec.model_dump(mode="json"),
+        "seed": seed,
+    }
+    return f"L{layer}-{digest(parts)[:16]}"
+
+
+def check_affine_decoder(sae) -> None:
+    """Refuse SAEs whose decoder depends on the input (codes alone cannot be decoded)."""
+    norm = getattr(sae.cfg, "normalize_activations", "none")
+    if norm in NON_AFFINE_NORMALIZATIONS:
+        raise SynthactError(
+            f"the SAE normalises activations with '{norm}', so its decoder depends on the input and a "
+            "sparse code alone cannot be decoded; SAE-built kinds (synthetic_*, single_latent) need an SAE "
+            "with normalize_activations 'none' or 'expected_average_only_in' (fold the scaling into the weights)"
+        )
+
+
+@torch.no_grad()
+def real_activations(model, tokens: torch.Tensor, layer: int, batch_size: int = 512) -> torch.Tensor:
+    """The model's `blocks.{layer}.hook_resid_pre` at the last position, float32 [B, d_model]."""
+    out = [
+        model(tokens[i : i + batch_size], stop_at_layer=layer)[:, -1].float()
+        for i in range(0, tokens.shape[0], batch_size)
+    ]
+    return torch.cat(out) if out else torch.empty(0, model.cfg.d_model)
+
+
+@torch.no_grad()
+def compute_stats(
+    model,
+    sae,
+    corpus,
+    layer: int,
+    n_ctx: int,
+    spec: ReferenceSpec,
+    seed: int,
+    device: str,
+    batch_size: int = 256,
+) -> ReferenceStats:
+    """Sample `spec.n_prompts` prompts, run model + SAE on them, and derive the pool's statistics."""
+    check_affine_decoder(sae)
+    rng = np.random.default_rng(derive_seed("reference", seed, layer))
+    _, _, tokens = corpus.sample(rng, spec.n_prompts, n_ctx)
+    tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=device)
+    w_dec = sae.W_dec
+    acts, rows, latents, values, code_norms = [], [], [], [], []
+    for start in range(0, tokens.shape[0], batch_size):
+        x = real_activations(model, tokens[start : start + batch_size], layer)
+        z = sae.encode(x.to(w_dec.dtype))
+        r, c = torch.nonzero(z, as_tuple=True)
+        acts.append(x)
+        rows.append(r + start)
+        latents.append(c)
+        values.append(z[r, c].float())
+        code_norms.append((z @ w_dec).float().norm(dim=-1))
+    acts_t = torch.cat(acts)
+    rows_t, lat_t, val_t = torch.cat(rows), torch.cat(latents), torch.cat(values)
+    n, d_sae = acts_t.shape[0], w_dec.shape[0]
+    l0 = torch.bincount(rows_t, minlength=n)
+    offsets = torch.zeros(n + 1, dtype=torch.int64, device=acts_t.device)
+    offsets[1:] = torch.cumsum(l0, 0)
+    counts = torch.bincount(lat_t, minlength=d_sae)
+    samples, sample_counts = _value_samples(lat_t.cpu().numpy(), val_t.cpu().numpy(), d_sae, spec.value_samples, rng)
+    mean, cov, chol, jitter = _gaussian_fit(acts_t)
+    return ReferenceStats(
+        layer=layer,
+        acts=acts_t,
+        code_offsets=offsets,
+        code_latents=lat_t.to(torch.int32),
+        code_values=val_t,
+        freq=counts.double() / n,
+        value_samples=torch.from_numpy(samples).to(acts_t.device),
+        value_counts=torch.from_numpy(sample_counts).to(acts_t.device),
+        l0=l0,
+        mean=mean,
+        cov=cov,
+        chol=chol,
+        norms=acts_t.norm(dim=-1),
+        code_norms=torch.cat(code_norms),
+        cov_jitter=jitter,
+    )
+
+
+def _value_samples(
+    latents: np.ndarray, values: np.ndarray, d_sae: int, per_latent: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to `per_latent` non-zero values per latent, a uniform random subset where there are more."""
+    order = np.lexsort((rng.random(latents.shape[0]), latents))
+    lat, val = latents[order], values[order]
+    starts = np.searchsorted(lat, np.arange(d_sae))
+    rank = np.arange(lat.shape[0]) - starts[lat]
+    keep = rank < per_latent
+    samples = np.zeros((d_sae, per_latent), np.float32)
+    samples[lat[keep], rank[keep]] = val[keep]
+    counts = np.minimum(np.bincount(lat, minlength=d_sae), per_latent).astype(np.int64)
+    return samples, counts
+
+
+def _gaussian_fit(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mean, covariance and its Cholesky factor (float64); jitter on the diagonal until positive definite."""
+    x = acts.double()
+    mean = x.mean(0)
+    centred = x - mean
+    cov = centred.T @ centred / max(x.shape[0] - 1, 1)
+    scale = float(cov.diagonal().mean()) or 1.0
+    eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+    for jitter in [0.0, *(scale * 10.0**e for e in range(-10, 1))]:
+        chol, info = torch.linalg.cholesky_ex(cov + jitter * eye)
+        if int(info) == 0:
+            return mean, cov + jitter * eye, chol, jitter
+    raise SynthactError(
+        "the covariance of the reference activations could not be made positive definite; the pool is "
+        "degenerate (constant or non-finite activations?); check the model and increase reference.n_prompts"
+    )

@@ -1,0 +1,59 @@
+"""`synthact compare`: the printed table and verdicts, and the saved CSV."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from synthact import aggregate, compare
+from synthact.errors import SynthactError
+from tests.test_aggregate import make_job, write_results
+
+
+def run_compare(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    compare.add_arguments(parser)
+    return compare.run(parser.parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp")
+    write_results(make_job(), out)
+    return out
+
+
+def test_compare_prints_table_and_verdicts_and_saves_csv(out, capsys):
+    assert run_compare([str(out)]) == 0
+    text = capsys.readouterr().out
+    saved = pd.read_csv(out / "compare.csv")
+    expected = aggregate.compare_to_real(aggregate.load_rows(out))
+    assert len(saved) == len(expected) > 0
+    np.testing.assert_allclose(saved.ks_stat, expected.ks_stat)
+    np.testing.assert_allclose(saved.diff_ci_high, expected.diff_ci_high)
+    verdicts = aggregate.verdicts(expected)
+    for line in aggregate.verdict_lines(verdicts):
+        assert line in text
+    for check in (aggregate.CHECK_STRUCTURE, aggregate.CHECK_PLATEAU, aggregate.CHECK_GAUSSIAN, aggregate.CHECK_CLOSEST):
+        assert check in text
+    assert "synthetic_structured C=16 tol=0.1 sampled vs synthetic_baseline tol=0.1 sampled: YES" in text
+
+
+def test_compare_csv_option(out, tmp_path):
+    target = tmp_path / "sub" / "c.csv"
+    assert run_compare([str(out), "--csv", str(target)]) == 0
+    assert set(pd.read_csv(target).metric) == set(aggregate.COMPARED)
+
+
+def test_compare_without_real_says_so(tmp_path, capsys):
+    write_results(make_job(bases=6, base_kinds=["gaussian", "synthetic_baseline"]), tmp_path)
+    assert run_compare([str(tmp_path)]) == 0
+    assert "No comparison" in capsys.readouterr().out
+
+
+def test_compare_on_an_empty_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(SynthactError, match="no results"):
+        run_compare([str(tmp_path)])

@@ -1,0 +1,193 @@
+"""The six kinds on the toy backend: statistics, frequency matching, structure, determinism, provenance."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import ks_2samp
+
+from synthact.errors import SynthactError
+from synthact.kinds import GenerationSettings, cosine_structure_error, draw, from_provenance
+from synthact.spec import KINDS, ReferenceSpec, SYNTHETIC_KINDS
+from synthact.stats import compute_stats
+from tests.test_stats import LAYER, N_CTX, toy_backend, toy_context
+
+SETTINGS = GenerationSettings(tol=0.1, candidates=16)
+
+
+def rngs(n: int, start: int = 0) -> list[np.random.Generator]:
+    return [np.random.default_rng(start + i) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return toy_context()
+
+
+@pytest.mark.parametrize("kind", SYNTHETIC_KINDS)
+def test_synthetic_l0_matches_real_templates(ctx, kind):
+    acts = draw(kind, rngs(600), ctx, SETTINGS)
+    assert ks_2samp(acts.l0, ctx.stats.l0.numpy()).statistic < 0.1
+    assert np.array_equal(acts.l0, [len(ids) for ids in acts.latents])
+    assert np.array_equal(acts.l0, [len(ids) for ids in acts.template_latents])
+
+
+def test_cosine_structure_error_falls_with_candidates(ctx):
+    w_dec = ctx.sae.W_dec
+    base = draw("synthetic_baseline", rngs(200), ctx, SETTINGS)
+    errors = [np.nanmean(cosine_structure_error(base.template_latents, base.latents, w_dec))]
+    for c in (4, 16, 64):
+        acts = draw("synthetic_structured", rngs(200), ctx, dataclasses.replace(SETTINGS, candidates=c))
+        errors.append(np.nanmean(cosine_structure_error(acts.template_latents, acts.latents, w_dec)))
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.5 * errors[0], errors
+
+
+def test_structured_with_one_candidate_is_the_baseline(ctx):
+    settings = dataclasses.replace(SETTINGS, candidates=1)
+    a = draw("synthetic_baseline", rngs(20), ctx, settings)
+    b = draw("synthetic_structured", rngs(20), ctx, settings)
+    assert all(np.array_equal(x, y) for x, y in zip(a.latents, b.latents))
+    torch.testing.assert_close(a.vectors, b.vectors)
+
+
+@pytest.mark.parametrize("tol", [0.1, 0.3])
+@pytest.mark.parametrize("kind", SYNTHETIC_KINDS)
+def test_replacements_are_frequency_matched_distinct_and_sampled(ctx, kind, tol):
+    stats = ctx.stats
+    with np.errstate(divide="ignore"):
+        logf = np.log10(stats.freq.numpy())
+    samples, counts = stats.value_samples.numpy(), stats.value_counts.numpy()
+    settings = GenerationSettings(tol=tol, candidates=4, match_norm=False)
+    acts = draw(kind, rngs(100), ctx, settings)
+    checked = 0
+    for i_ids, j_ids, values in zip(acts.template_latents, acts.latents, acts.values):
+        assert len(set(j_ids.tolist())) == len(j_ids)
+        assert (stats.freq.numpy()[j_ids] > 0).all()
+        seen = stats.freq.numpy()[i_ids] > 0  # template latents that fired in the pool
+        assert (np.abs(logf[j_ids[seen]] - logf[i_ids[seen]]) <= tol + 1e-9).all()
+        checked += seen.sum()
+        assert (values > 0).all()
+        assert all(v in samples[j, : counts[j]] for j, v in zip(j_ids, values))
+    assert checked > 500
+
+
+def test_template_values_and_norm_matching(ctx):
+    sae = ctx.sae
+    plain = draw("synthetic_baseline", rngs(50), ctx, GenerationSettings(value_source="template", match_norm=False))
+    matched = draw("synthetic_baseline", rngs(50), ctx, GenerationSettings(value_source="template"))
+    real = draw("real", rngs(50), ctx)  # the same RNGs draw the same template prompts
+    assert np.array_equal(plain.tokens, real.tokens)
+    with torch.no_grad():
+        z = sae.encode(real.vectors)
+        template_norm = (z @ sae.W_dec).norm(dim=-1)
+    for b in range(50):
+        ids = plain.template_latents[b]
+        np.testing.assert_allclose(plain.values[b], z[b, torch.as_tensor(ids, dtype=torch.long)].numpy(), rtol=1e-6)
+        ratio = matched.values[b] / plain.values[b]
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)  # one common scale per draw
+    code_norm = (matched.vectors - sae.b_dec).norm(dim=-1).detach()
+    torch.testing.assert_close(code_norm, template_norm, rtol=1e-4, atol=1e-4)
+
+
+def test_gaussian_has_the_pool_moments(ctx):
+    n = 4000
+    x = draw("gaussian", rngs(n), ctx).vectors.double()
+    mu, sigma = ctx.stats.mean, ctx.stats.cov
+    tr, fro2 = float(sigma.trace()), float((sigma**2).sum())
+    # E||mean_hat - mu||^2 = tr(S)/n; E||S_hat - S||_F^2 ~= (tr(S)^2 + ||S||_F^2) / n.
+    assert float((x.mean(0) - mu).norm()) < 2 * np.sqrt(tr / n)
+    assert float((torch.cov(x.T) - sigma).norm()) < 2 * np.sqrt((tr**2 + fro2) / n)
+    assert float((torch.cov(x.T) - sigma).norm()) < 0.2 * float(sigma.norm())
+
+
+def test_real_sae_recon_and_single_latent_are_what_they_say(ctx):
+    sae, stats = ctx.sae, ctx.stats
+    real = draw("real", rngs(8), ctx)
+    recon = draw("sae_recon", rngs(8), ctx)
+    model = toy_backend().model.model
+    with torch.no_grad():
+        x = model(torch.as_tensor(real.tokens), stop_at_layer=LAYER)[:, -1]
+        z = sae.encode(x)
+    torch.testing.assert_close(real.vectors, x)
+    torch.testing.assert_close(recon.vectors, sae.decode(z).detach())
+    assert np.array_equal(real.l0, (z > 0).sum(-1).numpy()) and np.array_equal(recon.l0, real.l0)
+    assert real.prompt_based and recon.prompt_based
+
+    single = draw("single_latent", rngs(50), ctx)
+    assert not single.prompt_based and (single.l0 == 1).all()
+    ids = np.concatenate(single.latents)
+    assert (stats.freq.numpy()[ids] > 0).all()
+    code_norm = (single.vectors - sae.b_dec).norm(dim=-1).detach().numpy()
+    pool = stats.code_norms.numpy()
+    assert all(np.isclose(pool, c, rtol=1e-4).any() for c in code_norm)
+
+
+def test_norms_are_in_the_range_of_real_norms(ctx):
+    real = draw("real", rngs(300), ctx).vectors.norm(dim=-1).mean()
+    recon = draw("sae_recon", rngs(300), ctx).vectors.norm(dim=-1).mean()
+    for kind in SYNTHETIC_KINDS:
+        plain = draw(kind, rngs(300, 10_000), ctx, SETTINGS).vectors.norm(dim=-1).mean()
+        with_error = draw(kind, rngs(300, 10_000), ctx, dataclasses.replace(SETTINGS, add_error=True))
+        with_error = with_error.vectors.norm(dim=-1).mean()
+        assert abs(plain / recon - 1) < 0.1, (kind, plain, recon)
+        assert abs(with_error / real - 1) < 0.1, (kind, with_error, real)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_draw_depends_only_on_its_own_rng(ctx, kind):
+    seeds = [11, 22, 33]
+    batch = draw(kind, [np.random.default_rng(s) for s in seeds], ctx, SETTINGS)
+    alone = draw(kind, [np.random.default_rng(22)], ctx, SETTINGS)
+    torch.testing.assert_close(batch.vectors[1:2], alone.vectors, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(batch.tokens[1], alone.tokens[0])
+    assert batch.docs[1] == alone.docs[0] and batch.offsets[1] == alone.offsets[0]
+    if batch.latents is not None:
+        assert np.array_equal(batch.latents[1], alone.latents[0])
+        np.testing.assert_allclose(batch.values[1], alone.values[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("kind", "add_error"), [(k, False) for k in KINDS] + [(k, True) for k in SYNTHETIC_KINDS])
+def test_from_provenance_rebuilds_each_draw(ctx, kind, add_error):
+    seeds = [5, 6, 7]
+    acts = draw(kind, [np.random.default_rng(s) for s in seeds], ctx, dataclasses.replace(SETTINGS, add_error=add_error))
+    for b, seed in enumerate(seeds):
+        rebuilt = from_provenance(
+            kind, acts.tokens[b], acts.latents[b] if acts.latents else None, acts.values[b] if acts.values else None,
+            add_error, ctx, seed=seed,
+        )
+        rel = float((rebuilt - acts.vectors[b]).norm() / acts.vectors[b].norm())
+        assert rel <= 1e-5, (kind, rel)
+
+
+def test_empty_templates_are_redrawn_or_refused(ctx):
+    b = toy_backend()
+    quiet = copy.deepcopy(ctx.sae)
+    with torch.no_grad():
+        z = quiet.encode(ctx.stats.acts)
+        # Shift encoder biases so that about half of the prompts have an empty code.
+        top = z.max(dim=1).values
+        quiet.b_enc -= float(top.median())
+        assert 0.2 < float((quiet.encode(ctx.stats.acts) > 0).any(-1).float().mean()) < 0.8
+    stats = compute_stats(b.model.model, quiet, b.corpus, LAYER, N_CTX, ReferenceSpec(n_prompts=512), 0, "cpu")
+    quiet_ctx = dataclasses.replace(ctx, sae=quiet, stats=stats)
+    acts = draw("synthetic_baseline", rngs(40), quiet_ctx, SETTINGS)
+    assert (acts.l0 > 0).all()
+    with torch.no_grad():
+        quiet.b_enc -= 1e6  # now every code is empty
+    with pytest.raises(SynthactError, match="empty SAE code"):
+        draw("synthetic_baseline", rngs(2), quiet_ctx, SETTINGS)
+
+
+def test_bad_input_is_refused(ctx):
+    with pytest.raises(SynthactError, match="unknown kind"):
+        draw("imaginary", rngs(1), ctx)
+    with pytest.raises(SynthactError, match="value_source"):
+        draw("synthetic_baseline", rngs(1), ctx, GenerationSettings(value_source="median"))
+    with pytest.raises(SynthactError, match="seed"):
+        from_provenance("gaussian", None, None, None, False, ctx)
+    assert N_CTX == ctx.n_ctx

@@ -1,0 +1,195 @@
+"""The Ray executor on a real local multi-node cluster (ray.cluster_utils.Cluster), toy model.
+
+One cluster serves the whole module: a head node with no CPUs (it runs nothing) and two
+worker nodes with one CPU each, so the two worker actors land on different nodes.
+"""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+import yaml
+from ray.cluster_utils import Cluster
+
+from synthact.execute import run_local
+from synthact.ray_exec import run_ray
+from synthact.spec import parse_job
+from synthact.store import Store, open_results
+
+ROOT = Path(__file__).resolve().parents[1]
+LOGGER = "synthact.ray_exec"
+
+# 8 cells of 4 shards each: 32 shards, enough for both worker actors to get some.
+TINY = {
+    "name": "ray-tiny",
+    "model": {"toy": {}},
+    "sae": {"toy": {}},
+    "corpus": {"toy": {}},
+    "layers": [1],
+    "read_layers": [-1],
+    "base_kinds": ["real", "gaussian", "synthetic_structured"],
+    "directions": ["toward:same", "isotropic"],
+    "generation": {"candidates": [4, 16]},
+    "scan": {"steps": 8},
+    "bases_per_cell": 8,
+    "shard_size": 2,
+    "reference": {"n_prompts": 256},
+    "device": "cpu",
+    "wandb": False,
+    "ray": {"num_gpus": 0, "num_cpus": 1, "max_in_flight": 2, "max_retries": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        workers = [c.add_node(num_cpus=1) for _ in range(2)]
+        c.wait_for_nodes()
+        ray.init(address=c.address, log_to_driver=False)
+        c.worker_nodes_in_order = workers
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def job():
+    return parse_job(dict(TINY))
+
+
+@pytest.fixture(scope="module")
+def local_rows(job, tmp_path_factory):
+    """The undisturbed reference: the same spec in local mode."""
+    out = tmp_path_factory.mktemp("local") / "out"
+    summary = run_local(job, Store(out, job), progress=False)
+    assert summary.ok and summary.shards_done == len(job.shards())
+    return canonical(open_results(out))
+
+
+def canonical(table: pa.Table) -> pa.Table:
+    """Rows in a fixed order, so two runs compare row for row."""
+    return table.sort_by([("cell_id", "ascending"), ("read_layer", "ascending"), ("base_index", "ascending")])
+
+
+def assert_same_rows(out: Path, expected: pa.Table) -> None:
+    rows = canonical(open_results(out))
+    keys = list(zip(rows["cell_id"].to_pylist(), rows["read_layer"].to_pylist(), rows["base_index"].to_pylist()))
+    assert len(keys) == len(set(keys)), "a curve was written twice"
+    assert rows.num_rows == expected.num_rows
+    assert rows.equals(expected), "Ray rows differ from the undisturbed run"
+
+
+def visible_files(out: Path) -> list[Path]:
+    return [p for p in (out / "results").rglob("*") if p.is_file() and not p.name.startswith(".")]
+
+
+class Disturb:
+    """A cell listener that disturbs the cluster after given numbers of finished cells."""
+
+    def __init__(self, actions: dict[int, callable]):
+        self.actions, self.finished = actions, 0
+
+    def cell_finished(self, cell_rows) -> None:
+        self.finished += 1
+        if self.finished in self.actions:
+            self.actions[self.finished]()
+
+
+def kill_a_busy_actor() -> None:
+    """Kill a worker actor while shards are queued on it (every live actor has some mid-sweep)."""
+    names = sorted(n for n in ray.util.list_named_actors() if n.startswith("synthact-worker"))
+    ray.kill(ray.get_actor(names[0]))
+
+
+def test_ray_rows_equal_local_and_shards_spread_over_nodes(cluster, job, local_rows, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    summary = run_ray(job, Store(tmp_path / "out", job), cluster.address, progress=False)
+    assert summary.ok and summary.shards_done == len(job.shards()) and summary.curves == local_rows.num_rows
+    assert_same_rows(tmp_path / "out", local_rows)
+    nodes = {r.args[1] for r in caplog.records if r.msg.startswith("shard %s ran on node")}
+    assert len(nodes) == 2, f"shards ran on {nodes}; expected both worker nodes"
+    # Statistics computed once: one directory per layer, written by the first actor only.
+    assert len(list((tmp_path / "out" / "stats").iterdir())) == len(job.layers)
+
+
+def test_actor_killed_and_node_removed_lose_nothing(cluster, job, local_rows, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    removed = []
+
+    def remove_a_worker_node():
+        node = cluster.worker_nodes_in_order.pop()
+        cluster.remove_node(node)
+        removed.append(node)
+
+    disturb = Disturb({2: kill_a_busy_actor, 4: remove_a_worker_node})
+    try:
+        summary = run_ray(job, Store(tmp_path / "out", job), cluster.address, progress=False, listeners=[disturb])
+    finally:
+        if removed:  # give the later tests their second node back
+            cluster.worker_nodes_in_order.append(cluster.add_node(num_cpus=1))
+            cluster.wait_for_nodes()
+    assert removed and summary.ok, summary.failures
+    died = [r for r in caplog.records if "died" in r.getMessage()]
+    retried = [r for r in caplog.records if "retried" in r.getMessage()]
+    assert len(died) >= 2 and retried, "the disturbances hit no shard in flight"
+    assert_same_rows(tmp_path / "out", local_rows)
+
+
+def test_driver_killed_mid_sweep_resumes_from_manifest(cluster, job, local_rows, tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "synthact.cli", "run", str(spec), "--out", str(out), "--ray", cluster.address,
+           "--no-progress", "--no-wandb"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    total = len(job.shards())
+    driver = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((out / "manifest").glob("*.json"))) < 2 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(driver.pid, signal.SIGKILL)
+    finally:
+        driver.wait()
+    done_at_kill = len(list((out / "manifest").glob("*.json")))
+    assert 0 < done_at_kill < total, f"the driver was not killed mid-sweep ({done_at_kill}/{total} shards done)"
+    for f in visible_files(out):  # every visible file is a complete Parquet file
+        pq.read_table(f)
+
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{total - done_at_kill} run now, {done_at_kill} already done" in rerun.stdout
+    assert not [p for p in out.rglob(".tmp-*")], "a temporary file was left behind"
+    assert len(visible_files(out)) == total
+    assert_same_rows(out, local_rows)
+
+
+def test_failing_shard_is_retried_then_reported_rest_completes_exit_code_1(cluster, tmp_path):
+    # latent:512 is out of range for the toy SAE's 512 latents: that cell's shards fail every time.
+    data = dict(TINY, base_kinds=["real"], directions=["toward:same", "latent:512"], bases_per_cell=4, shard_size=2)
+    data["ray"] = dict(TINY["ray"], max_retries=1)
+    job = parse_job(data)
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "synthact.cli", "run", str(spec), "--out", str(out), "--ray", cluster.address,
+           "--no-progress", "--no-wandb"]
+    result = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 1, result.stdout + result.stderr
+    bad = {s.shard_id for s in job.shards() if s.cell.direction == "latent:512"}
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
+    assert {line.split()[1].rstrip(":") for line in failed} == bad and len(bad) == 2
+    assert all("failed 2 times" in line and "latent:512" in line for line in failed), failed
+    rows = open_results(out)
+    assert set(rows["direction"].to_pylist()) == {"toward:same"} and rows.num_rows == 4

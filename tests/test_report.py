@@ -1,0 +1,99 @@
+"""`synthact report`: PNG figures and a self-contained HTML page that renders in headless Chromium."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synthact import aggregate, report
+from synthact.errors import SynthactError
+from tests.test_aggregate import make_job, write_results
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"]
+
+
+def run_report(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    report.add_arguments(parser)
+    return report.run(parser.parse_args(argv))
+
+
+def pixel_std(png: bytes) -> float:
+    return float(np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64).std())
+
+
+def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    if CHROMIUM is None:
+        pytest.fail("headless Chromium is needed for this test: apt-get install -y chromium")
+    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
+                          capture_output=True, timeout=120, check=True)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rep")
+    job = make_job()
+    write_results(job, out)
+    assert run_report([str(out)]) == 0
+    rows = aggregate.load_rows(out)
+    return out, rows
+
+
+def expected_figures(rows) -> set[str]:
+    names = {"comparison"}
+    for panel, _ in report.panels(rows):
+        slug = report.panel_slug(panel)
+        names |= {f"curves_{slug}", f"distributions_{slug}"}
+    return names
+
+
+def test_every_figure_is_written_as_a_non_blank_png(built):
+    out, rows = built
+    written = {p.stem: p for p in (out / "report").glob("*.png")}
+    assert set(written) == expected_figures(rows)
+    for path in written.values():
+        assert pixel_std(path.read_bytes()) > 10, path
+
+
+def test_page_renders_in_chromium_with_every_figure(built, tmp_path):
+    out, rows = built
+    page = out / "report.html"
+    dom = chromium(tmp_path, "--dump-dom", page.as_uri()).stdout.decode()
+    images = dict(re.findall(r'<img id="([^"]+)"[^>]*src="data:image/png;base64,([^"]+)"', dom))
+    assert set(images) == expected_figures(rows)
+    for name, data in images.items():
+        png = base64.b64decode(data)
+        assert png == (out / "report" / f"{name}.png").read_bytes()
+        assert pixel_std(png) > 10, name
+    assert "Replication checks" in dom and "YES" in dom
+    assert "http://" not in page.read_text() and "https://" not in page.read_text()  # self-contained
+    shot = tmp_path / "shot.png"
+    chromium(tmp_path, "--window-size=1200,4000", f"--screenshot={shot}", page.as_uri())
+    assert pixel_std(shot.read_bytes()) > 10
+
+
+def test_html_option_and_no_curves(tmp_path):
+    job = make_job(bases=6)
+    write_results(job, tmp_path / "out", keep_curves=False)
+    target = tmp_path / "elsewhere" / "r.html"
+    assert run_report([str(tmp_path / "out"), "--html", str(target)]) == 0
+    text = target.read_text()
+    assert "keep_curves: false" in text
+    assert not list((tmp_path / "out" / "report").glob("curves_*.png"))
+    assert len(list((tmp_path / "out" / "report").glob("distributions_*.png"))) == 4
+
+
+def test_report_on_an_empty_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(SynthactError, match="no results"):
+        run_report([str(tmp_path)])

@@ -1,0 +1,126 @@
+"""The job spec: validation messages, the grid, ids and seeds."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synthact.spec import KINDS, SpecError, derive_seed, load_job, parse_job
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toy_job(**overrides) -> dict:
+    job = {
+        "name": "t",
+        "model": {"toy": {}},
+        "sae": {"toy": {}},
+        "corpus": {"toy": {}},
+        "layers": [1],
+        "base_kinds": ["real", "synthetic_structured"],
+        "directions": ["toward:same", "isotropic"],
+        "bases_per_cell": 10,
+        "shard_size": 4,
+    }
+    job.update(overrides)
+    return job
+
+
+def error_of(data: dict) -> str:
+    with pytest.raises(SpecError) as e:
+        parse_job(data)
+    return str(e.value)
+
+
+def test_shipped_jobs_validate():
+    for path in (ROOT / "jobs").glob("*.yaml"):
+        job = load_job(path)
+        assert job.cells(), path
+
+
+def test_smoke_job_covers_every_kind_and_direction():
+    job = load_job(ROOT / "jobs" / "smoke.yaml")
+    assert set(job.base_kinds) == set(KINDS)
+    heads = {d.split(":")[0] for d in job.directions}
+    assert heads == {"toward", "isotropic", "latent", "toward_recon"}
+    assert len(job.layers) == 2 and job.js
+
+
+def test_unknown_key_is_named():
+    msg = error_of(toy_job(scna={"steps": 3}))
+    assert "unknown key 'scna'" in msg
+
+
+def test_unknown_nested_key_is_named():
+    msg = error_of(toy_job(scan={"stepz": 3}))
+    assert "unknown key 'scan.stepz'" in msg
+
+
+def test_layer_out_of_range_for_toy_model():
+    msg = error_of(toy_job(layers=[9]))
+    assert "layer 9 is out of range" in msg and "0..3" in msg
+
+
+def test_read_layer_before_perturbation_layer():
+    msg = error_of(toy_job(layers=[2], read_layers=[1]))
+    assert "read layer 1" in msg and "comes before perturbation layer 2" in msg
+
+
+def test_empty_axis_is_an_empty_grid():
+    msg = error_of(toy_job(base_kinds=[]))
+    assert "grid is empty" in msg
+
+
+def test_unknown_direction_and_kind():
+    assert "unknown direction 'towards:real'" in error_of(toy_job(directions=["towards:real"]))
+    assert "base_kinds" in error_of(toy_job(base_kinds=["fake"]))
+
+
+def test_interpolate_needs_a_target():
+    msg = error_of(toy_job(scan={"mode": "interpolate"}))
+    assert "needs a target" in msg
+
+
+def test_model_needs_exactly_one_source():
+    msg = error_of(toy_job(model={"pretrained": "gpt2", "toy": {}}))
+    assert "exactly one of" in msg
+
+
+def test_missing_file_is_clear(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_job(tmp_path / "nope.yaml")
+
+
+def test_grid_expansion_and_shards():
+    job = parse_job(toy_job(generation={"candidates": [1, 8]}, directions=["toward:same", "toward:real"]))
+    cells = job.cells()
+    # real x toward:same, real x toward:real: no generation axes; structured x 2 directions x 2 C
+    assert len(cells) == 2 + 4
+    assert len({c.cell_id for c in cells}) == len(cells)
+    shards = job.shards()
+    assert len(shards) == len(cells) * 3
+    assert [s.n_bases for s in shards[:3]] == [4, 4, 2]
+    structured = [c for c in cells if c.base_kind == "synthetic_structured"]
+    assert {c.candidates for c in structured} == {1, 8}
+    assert {c.target_kind for c in structured if c.direction == "toward:same"} == {"synthetic_structured"}
+
+
+def test_bases_are_shared_across_directions_but_not_kinds():
+    job = parse_job(toy_job())
+    by = {(c.base_kind, c.direction): c for c in job.cells()}
+    assert by[("real", "toward:same")].base_settings() == by[("real", "isotropic")].base_settings()
+    assert by[("real", "isotropic")].base_settings() != by[("synthetic_structured", "isotropic")].base_settings()
+    assert by[("real", "toward:same")].cell_id != by[("real", "isotropic")].cell_id
+
+
+def test_ids_and_seeds_are_stable():
+    a, b = parse_job(toy_job()), parse_job(yaml.safe_load(yaml.safe_dump(toy_job())))
+    assert [c.cell_id for c in a.cells()] == [c.cell_id for c in b.cells()]
+    assert a.spec_hash == b.spec_hash
+    assert parse_job(toy_job(seed=1)).spec_hash != a.spec_hash
+    assert derive_seed(0, "base", 1) == derive_seed(0, "base", 1) != derive_seed(0, "base", 2)
+    assert 0 <= derive_seed(0, "x") < 2**63
+
+
+def test_wandb_false_shorthand():
+    assert parse_job(toy_job(wandb=False)).wandb.enabled is False

@@ -1,0 +1,213 @@
+"""The W&B tracker, run offline for real and read back from its files."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from tests.test_aggregate import finite, make_job, write_results
+
+from synthact import aggregate, tracking
+from synthact.tracking import Tracker, TrackingWarning, read_offline_run
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_KEY = "local-0123456789abcdef0123456789abcdef01234567"
+GRID = {"cells": 8, "shards": 16, "curves": 640}
+
+
+def run_dirs(out: Path) -> list[Path]:
+    return sorted((out / "wandb").glob("offline-run-*"))
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    """A whole sweep's worth of cells logged live, then finished, with an API key set but offline."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WANDB_API_KEY", FAKE_KEY)
+    mp.setenv("WANDB_MODE", "offline")
+    job = make_job(wandb={"project": "synthact-tests", "group": "g1", "tags": ["t1"]})
+    out = tmp_path_factory.mktemp("tracked")
+    cells = write_results(job, out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TrackingWarning)
+        tracker = Tracker(job, out, GRID)
+        for table in cells.values():
+            tracker.cell_finished(table)
+        tracker.finish({"curves": 640, "wall_s": 1.5, "nested": {"shards_done": 16}}, out)
+    mp.undo()
+    (run_dir,) = run_dirs(out)
+    return job, out, run_dir, read_offline_run(run_dir), aggregate.load_rows(out)
+
+
+def same(a, b) -> bool:
+    """Equal, treating None and NaN as the same missing value and floats approximately."""
+    missing = [x is None or (isinstance(x, float) and math.isnan(x)) for x in (a, b)]
+    if any(missing):
+        return all(missing)
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-9, abs=1e-12)
+    return a == b
+
+
+def test_config_is_the_job_spec_and_grid(tracked):
+    job, _, _, run, _ = tracked
+    assert run["finished"]
+    assert run["config"]["job"] == job.canonical()
+    assert run["config"]["grid"] == GRID
+
+
+def test_cells_table_equals_parquet_aggregates(tracked):
+    job, _, _, run, rows = tracked
+    logged = run["tables"]["cells"]
+    assert list(logged.columns) == tracking.CELL_COLUMNS
+    assert len(logged) == len(job.cells()) * 2
+    for _, got in logged.iterrows():
+        mine = rows[(rows.cell_id == got.cell_id) & (rows.read_layer == got.read_layer)]
+        cell = next(c for c in job.cells() if c.cell_id == got.cell_id)
+        for axis, value in cell.settings().items():
+            assert same(got[axis], value), axis
+        assert got["curves"] == len(mine)
+        for metric in aggregate.METRICS:
+            x = finite(mine[metric])
+            assert got[f"{metric}_count"] == x.size
+            assert same(got[f"{metric}_mean"], float(x.mean()))
+            assert same(got[f"{metric}_median"], float(np.median(x)))
+            assert same(got[f"{metric}_q95"], float(np.quantile(x, 0.95)))
+            assert got[f"{metric}_ci_low"] <= x.mean() <= got[f"{metric}_ci_high"]
+
+
+def test_live_table_has_every_cell_once(tracked):
+    _, _, _, run, _ = tracked
+    live, final = run["tables"]["cells_live"], run["tables"]["cells"]
+    key = ["cell_id", "read_layer"]
+    pd.testing.assert_frame_equal(live.sort_values(key).reset_index(drop=True),
+                                  final.sort_values(key).reset_index(drop=True))
+    progress = [h["progress/cells_done"] for h in run["history"] if "progress/cells_done" in h]
+    assert progress == list(range(1, 9))
+
+
+def test_comparison_and_verdicts_are_logged(tracked):
+    _, _, _, run, rows = tracked
+    expected = aggregate.compare_to_real(rows)
+    logged = run["tables"]["comparison"]
+    assert len(logged) == len(expected)
+    for column in ("ks_stat", "ks_pvalue", "wasserstein", "mean_diff"):
+        np.testing.assert_allclose(logged[column].astype(float), expected[column], rtol=1e-9)
+    assert set(run["tables"]["verdicts"].verdict) >= {"YES"}
+
+
+def test_summary_metrics(tracked):
+    _, _, _, run, rows = tracked
+    s = run["summary"]
+    assert s["curves"] == 640 and s["wall_s"] == 1.5 and s["nested/shards_done"] == 16
+    assert s["total/curves"] == len(rows) and s["total/cells"] == rows.cell_id.nunique()
+    for kind, group in rows.groupby("base_kind"):
+        assert s[f"kind/{kind}/max_slope_mean"] == pytest.approx(group.max_slope.mean())
+    assert s["replication/yes"] > 0 and s["replication/no"] == 0
+
+
+def test_figures_are_logged_per_panel(tracked):
+    _, _, run_dir, run, rows = tracked
+    panels = rows.groupby(list(aggregate.PANEL)).ngroups
+    last = {}
+    for step in run["history"]:
+        last |= {k: v for k, v in step.items() if isinstance(v, dict) and v.get("_type") == "image-file"}
+    assert sum(k.startswith("curves/") for k in last) == panels
+    assert sum(k.startswith("distributions/") for k in last) == panels
+    assert "comparison_ks" in last
+    for value in last.values():
+        assert (run_dir / "files" / value["path"]).stat().st_size > 1000
+
+
+def test_api_key_never_lands_in_run_files_or_results(tracked):
+    _, out, _, _, _ = tracked
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert FAKE_KEY.encode() not in path.read_bytes(), path
+
+
+def test_no_api_key_means_offline_under_out(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert not tracking.has_api_key()
+    job = make_job(bases=4)
+    Tracker(job, tmp_path / "out", GRID).finish({}, tmp_path / "out")
+    assert len(run_dirs(tmp_path / "out")) == 1
+
+
+def test_netrc_entry_counts_as_a_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    netrc_file = tmp_path / "netrc"
+    netrc_file.write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n")
+    netrc_file.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc_file))
+    assert tracking.has_api_key()
+
+
+def test_disabled_tracker_writes_nothing(tmp_path):
+    job = make_job(bases=4)
+    cells = write_results(job, tmp_path)
+    for tracker in (Tracker(job, tmp_path, GRID, enabled=False), Tracker(make_job(bases=4, wandb=False), tmp_path, GRID)):
+        tracker.cell_finished(next(iter(cells.values())))
+        tracker.finish({}, tmp_path)
+    assert not (tmp_path / "wandb").exists()
+
+
+UNREACHABLE = """
+import warnings
+from pathlib import Path
+from tests.test_aggregate import make_job, write_results
+from synthact.tracking import Tracker, TrackingWarning
+
+out = Path({out!r})
+job = make_job(bases=4)
+cells = write_results(job, out)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    tracker = Tracker(job, out, {{"cells": 8}})
+    for table in cells.values():
+        tracker.cell_finished(table)
+    tracker.finish({{}}, out)
+tracking = [w for w in caught if issubclass(w.category, TrackingWarning)]
+print("TRACKING_WARNINGS", len(tracking))
+print(tracking[0].message if tracking else "")
+"""
+
+
+def test_unreachable_server_is_one_warning_and_the_sweep_goes_on(tmp_path):
+    """Online mode against a closed port (a fresh process: W&B reads its environment once per process)."""
+    env = dict(os.environ, WANDB_MODE="online", WANDB_BASE_URL="http://127.0.0.1:9", WANDB_API_KEY=FAKE_KEY,
+               WANDB_INIT_TIMEOUT="5", WANDB_SILENT="false", PYTHONPATH=str(ROOT))
+    result = subprocess.run([sys.executable, "-c", UNREACHABLE.format(out=str(tmp_path))], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "TRACKING_WARNINGS 1" in result.stdout, result.stdout + result.stderr[-3000:]
+    assert "tracking is off" in result.stdout
+    assert FAKE_KEY not in result.stdout + result.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert FAKE_KEY.encode() not in path.read_bytes(), path
+
+
+def test_failure_mid_sweep_closes_the_run_with_one_warning(tmp_path, monkeypatch):
+    job = make_job(bases=4)
+    cells = list(write_results(job, tmp_path).values())
+    tracker = Tracker(job, tmp_path, GRID)
+    tracker.cell_finished(cells[0])
+    with pytest.warns(TrackingWarning) as record:
+        tracker.cell_finished(cells[1].drop(["max_slope"]))  # aggregates cannot be computed: a tracking failure
+        tracker.cell_finished(cells[2])
+        tracker.finish({}, tmp_path)
+    assert len(record) == 1 and tracker.run is None
+    (run_dir,) = run_dirs(tmp_path)
+    run = read_offline_run(run_dir)
+    assert run["finished"] and run["tables"]["cells_live"].shape[0] == 2
