@@ -25,6 +25,9 @@ MODEL_SHAPES = {
     "gpt2-small-shape": dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257),
 }
 SCAN_SPAN = 5.0  # the scan runs from A to A + SCAN_SPAN * ||A|| * D
+GEN_D_SAE = 24576  # gpt2-small-res-jb's width
+GEN_TARGET_L0 = 32  # the random SAE's encoder bias is set for about this many active latents
+STRUCTURED_CANDIDATES = 16  # the job spec's default C
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, help="scan points per fast-path batch (default: from free memory)")
     parser.add_argument("--js", action="store_true", help="also compute the JS distance (runs the unembedding)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    parser.add_argument(
+        "--generation", action="store_true",
+        help=f"also time reference statistics and drawing bases + targets of each kind (random d_sae {GEN_D_SAE} SAE)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -49,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         n_bases=args.bases or (4000 if device.type == "cuda" else 40), plain_bases=args.plain_bases,
         batch=args.batch, js=args.js,
     )
+    if args.generation:
+        report["generation"] = generation_timing(
+            args.model, args.layer, args.n_ctx, report["bases"], device, report["fast_points_per_s"], args.steps
+        )
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
 
@@ -145,7 +156,7 @@ def plain_paper_way(model, layer, read_layer, tokens, base, direction, coeffs) -
 
 def matmul_peak(device: torch.device, dtype: str) -> float:
     """Peak matmul rate in TFLOP/s: best of a few square matmuls."""
-    n = 8192 if device.type == "cuda" else 2048
+    n = 8192 if device.type == "cuda" else 1024
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     a = torch.randn(n, n, device=device).to(torch_dtype)
     b = torch.randn(n, n, device=device).to(torch_dtype)
@@ -241,6 +252,69 @@ def benchmark(model_name, layer, n_ctx, steps, device, n_bases, plain_bases, bat
     }
 
 
+def random_sae(model, layer: int, d_sae: int, device: torch.device):
+    """An sae_lens StandardSAE of the given width with random weights and realistic sparsity (L0 ~ 32)."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    d = model.cfg.d_model
+    gen = torch.Generator().manual_seed(layer)
+    tokens = torch.randint(0, model.cfg.d_vocab, (64, 10), generator=gen).to(device)
+    with torch.inference_mode():
+        typical_norm = model(tokens, stop_at_layer=layer)[:, -1].norm(dim=-1).mean().item()
+    sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=d_sae, device=str(device)))
+    w_enc = torch.randn(d, d_sae, generator=gen) / typical_norm  # pre-activations ~ N(0, 1)
+    threshold = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - GEN_TARGET_L0 / d_sae)))
+    with torch.no_grad():
+        sae.W_enc.copy_(w_enc)
+        sae.b_enc.fill_(-threshold)
+        sae.W_dec.copy_(torch.nn.functional.normalize(w_enc.T, dim=-1))
+        sae.b_dec.zero_()
+    return sae
+
+
+def generation_timing(model_name, layer, n_ctx, n_bases, device, scan_points_per_s, steps) -> dict:
+    """Seconds for reference statistics and for drawing n_bases bases + toward-targets of each kind.
+
+    Each kind's time is also given as a fraction of the time the fast fp32 scan takes for those bases.
+    """
+    from synthact.corpus import Corpus
+    from synthact.directions import make_directions
+    from synthact.kinds import GenContext, GenerationSettings, draw
+    from synthact.spec import KINDS, ReferenceSpec
+    from synthact.stats import compute_stats
+
+    model = build_model(model_name, n_ctx, device)
+    sae = random_sae(model, layer, GEN_D_SAE, device)
+    rng = np.random.default_rng(0)
+    corpus = Corpus(docs=rng.integers(0, model.cfg.d_vocab, (512, 256), dtype=np.int64), label="bench-random")
+    _sync(device)
+    t0 = time.perf_counter()
+    stats = compute_stats(model, sae, corpus, layer, n_ctx, ReferenceSpec(), seed=0, device=str(device))
+    _sync(device)
+    stats_seconds = time.perf_counter() - t0
+    ctx = GenContext(model=model, sae=sae, stats=stats, corpus=corpus, layer=layer, n_ctx=n_ctx, device=str(device))
+    scan_seconds = n_bases * (steps + 1) / scan_points_per_s
+    kinds = {}
+    for kind in KINDS:
+        settings = GenerationSettings(candidates=STRUCTURED_CANDIDATES if kind == "synthetic_structured" else 1)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            base = draw(kind, [np.random.default_rng([0, i]) for i in range(n_bases)], ctx, settings)
+            make_directions(f"toward:{kind}", kind, base, [np.random.default_rng([1, i]) for i in range(n_bases)], ctx, settings)
+        _sync(device)
+        seconds = time.perf_counter() - t0
+        kinds[kind] = {"seconds": seconds, "bases_per_s": n_bases / seconds, "fraction_of_scan": seconds / scan_seconds}
+    return {
+        "d_sae": GEN_D_SAE,
+        "reference_prompts": ReferenceSpec().n_prompts,
+        "mean_l0": float(stats.l0.float().mean()),
+        "stats_seconds": stats_seconds,
+        "bases": n_bases,
+        "scan_seconds_fast_fp32": scan_seconds,
+        "kinds": kinds,
+    }
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -270,4 +344,15 @@ def format_table(r: dict) -> str:
         )
     peaks = ", ".join(f"{k} {v:.3f}" for k, v in r["peak_tflops"].items())
     lines += ["", f"matmul probe peak (TFLOP/s): {peaks}", "deviations are against the plain path in float32."]
+    g = r.get("generation")
+    if g:
+        lines += [
+            "",
+            f"generation (random SAE d_sae {g['d_sae']}, mean L0 {g['mean_l0']:.0f}): reference statistics of "
+            f"{g['reference_prompts']} prompts {g['stats_seconds']:.1f} s; {g['bases']} bases + targets per kind "
+            f"(fast fp32 scan of them: {g['scan_seconds_fast_fp32']:.2f} s)",
+            f"{'kind':<24}{'seconds':>9}{'bases/s':>10}{'x scan':>9}",
+        ]
+        for kind, k in g["kinds"].items():
+            lines.append(f"{kind:<24}{k['seconds']:>9.2f}{k['bases_per_s']:>10,.0f}{k['fraction_of_scan']:>9.2f}")
     return "\n".join(lines)

@@ -66,7 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if job.wandb.enabled and not args.no_wandb:
         from synthact.tracking import Tracker
 
-        tracker = Tracker(job, Path(out), grid_size(job))
+        tracker = Tracker(job, out, grid_size(job))
         listeners.append(tracker)
     if args.ray:
         from synthact.ray_exec import run_ray
@@ -77,8 +77,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         result = run_local(job, store, progress=not args.no_progress, listeners=listeners)
     if tracker is not None:
-        tracker.finish(result.as_dict(), Path(out))
-    print(summary.render(result, store.read_table(), out))
+        tracker.finish(result.as_dict(), out)
+    rows = store.read_table()
+    comparison = verdicts = None
+    if rows.num_rows:
+        from synthact.compare import compare
+
+        comparison, verdicts, _ = compare(out)
+    print(summary.render(result, rows, out, comparison, verdicts))
     return 0 if result.ok else 1
 
 

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 import pandas as pd
 import pyarrow as pa
-from scipy.stats import ks_2samp
 
+from synthact.aggregate import verdict_lines
 from synthact.execute import RunSummary
 
 AXES = ["layer", "read_layer", "base_kind", "direction", "tol", "candidates", "value_source", "add_error"]
 METRICS = ["max_slope", "plateau_len", "early_slope_ratio"]
+MAX_CHECK_LINES = 30
+
+
+SHORT = {"max_slope": "slope", "plateau_len": "plateau", "early_slope_ratio": "early"}
 
 
 def cell_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per cell and read layer: curves, and mean / median of the headline metrics."""
+    axes = [a for a in AXES if rows[a].nunique(dropna=True) > 1 or a in ("layer", "read_layer", "base_kind", "direction")]
     agg = {"curves": ("max_slope", "size")}
     for m in METRICS:
-        agg[f"{m}_mean"] = (m, "mean")
-        agg[f"{m}_median"] = (m, "median")
-    return rows.groupby(AXES, dropna=False, sort=True).agg(**agg).reset_index()
+        agg[f"{SHORT[m]}_mean"] = (m, "mean")
+        agg[f"{SHORT[m]}_med"] = (m, "median")
+    table = rows.groupby(axes, dropna=False, sort=True).agg(**agg).reset_index()
+    return table.rename(columns={"read_layer": "read", "base_kind": "kind"})
 
 
 def kind_table(rows: pd.DataFrame) -> pd.DataFrame:
@@ -32,37 +38,36 @@ def kind_table(rows: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def ks_against_real(rows: pd.DataFrame) -> pd.DataFrame:
-    """KS statistic of each kind's max_slope and plateau_len against `real` in the same layer, read layer, direction."""
-    out = []
-    keys = ["model", "sae", "layer", "read_layer", "direction"]
-    for key, group in rows.groupby(keys, sort=True):
-        real = group[group.base_kind == "real"]
-        if real.empty:
-            continue
-        for setting, other in group[group.base_kind != "real"].groupby(["base_kind", "candidates", "tol"], dropna=False):
-            entry = dict(zip(keys, key)) | {"kind": setting[0], "candidates": setting[1], "tol": setting[2]}
-            for m in ("max_slope", "plateau_len"):
-                entry[f"ks_{m}"] = ks_2samp(real[m], other[m]).statistic
-            out.append(entry)
-    return pd.DataFrame(out)
+def ks_table(comparison: pd.DataFrame) -> pd.DataFrame:
+    """KS statistic of each kind against `real`, per panel, one column per metric."""
+    keys = ["layer", "read_layer", "direction", "variant"]
+    table = comparison.pivot_table(index=keys, columns="metric", values="ks_stat", sort=True).reset_index()
+    table.columns.name = None
+    return table.rename(columns={"read_layer": "read", "variant": "kind", **{m: f"ks_{SHORT[m]}" for m in METRICS}})
 
 
-def render(summary: RunSummary, rows: pa.Table, out: str) -> str:
-    """The text printed after a run."""
+def render(summary: RunSummary, rows: pa.Table, out: str, comparison: pd.DataFrame | None = None,
+           verdicts: pd.DataFrame | None = None) -> str:
+    """The text printed after a run: cells, kinds, each kind against real, replication checks, totals."""
     lines = []
     if rows.num_rows:
         df = rows.select([c for c in rows.column_names if not c.endswith("_curve") and not c.endswith("tokens")
                           and "latent" not in c]).to_pandas()
         with pd.option_context("display.width", 200, "display.max_rows", 400, "display.max_columns", 30,
                                "display.float_format", "{:.3g}".format):
-            lines += ["Per cell:", cell_table(df).to_string(index=False), ""]
+            lines += ["Per cell (slope = max_slope, plateau = plateau_len, early = early_slope_ratio):",
+                      cell_table(df).to_string(index=False), ""]
             lines += ["Bases per kind (synthetic kinds should match real L0 and norm):",
                       kind_table(df).to_string(index=False), ""]
-            ks = ks_against_real(df)
-            if not ks.empty:
+            if comparison is not None and not comparison.empty:
                 lines += ["Each kind against real (two-sample KS statistic; smaller = closer to real):",
-                          ks.drop(columns=["model", "sae"]).to_string(index=False), ""]
+                          ks_table(comparison).to_string(index=False), ""]
+            if verdicts is not None and not verdicts.empty:
+                checks = verdict_lines(verdicts)
+                lines += ["Replication checks (YES = the paper's finding holds):", *checks[:MAX_CHECK_LINES]]
+                if len(checks) > MAX_CHECK_LINES:
+                    lines.append(f"  ... {len(checks) - MAX_CHECK_LINES} more lines: synthact compare {out}")
+                lines.append("")
     s = summary
     lines.append(
         f"{s.cells} cells, {s.shards} shards ({s.shards_done} run now, {s.shards_skipped} already done, "

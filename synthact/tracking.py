@@ -5,7 +5,8 @@
   its own column, plus the cell's aggregates) and progress counters; the mean-curve and distribution
   figures of the panels that changed, redrawn at most every `figure_interval_s`;
 - at the end, from the Parquet results: the complete `cells` table, the kind-vs-real `comparison`,
-  the replication `verdicts`, every panel's figures, and summary metrics.
+  the replication `verdicts`, every panel's figures, and summary metrics (the driver's numbers as
+  `sweep/<name>`, `total/*`, `kind/<kind>/<metric>_mean`, `replication/yes|no|inconclusive`).
 
 No API key (env, netrc) and no WANDB_MODE set -> offline mode, files under OUT/wandb/ (sync later with
 `wandb sync OUT/wandb/offline-run-*`). Any W&B failure becomes one warning and turns tracking off.
@@ -152,7 +153,8 @@ class Tracker:
     def _finish(self, summary: dict, out_dir: str | Path) -> None:
         import wandb
 
-        self.run.summary.update({k: v for k, v in _flatten(summary).items() if isinstance(v, (int, float, str, bool))})
+        numbers = _flatten(summary, "sweep/")  # prefixed: the driver's "cells" count must not clash with the table
+        self.run.summary.update({k: v for k, v in numbers.items() if isinstance(v, (int, float, str, bool))})
         try:
             rows = aggregate.load_rows(out_dir, curves=True)
         except SynthactError:  # no rows at all (every shard failed): the driver's numbers are all there is
@@ -309,7 +311,9 @@ def _apply(target: dict, items) -> None:
         keys = list(item.nested_key) or [item.key]
         node = target
         for key in keys[:-1]:
-            node = node.setdefault(key, {})
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
         node[keys[-1]] = json.loads(item.value_json)
 
 

@@ -31,7 +31,7 @@ class Worker:
         self.job = job
         self.device = resolve_device(device or job.device)
         model_spec, sae_spec = group
-        self.backend: Backend = load_backend(model_spec, sae_spec, job.corpus, job.layers, self.device)
+        self.backend: Backend = load_backend(model_spec, sae_spec, job.corpus, job.layers, self.device, n_ctx=job.n_ctx)
         model = self.backend.model
         try:
             check_layers(job, model.n_layers, model.label)

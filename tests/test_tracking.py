@@ -40,7 +40,7 @@ def tracked(tmp_path_factory):
         tracker = Tracker(job, out, GRID)
         for table in cells.values():
             tracker.cell_finished(table)
-        tracker.finish({"curves": 640, "wall_s": 1.5, "nested": {"shards_done": 16}}, out)
+        tracker.finish({"cells": 8, "curves": 640, "wall_s": 1.5, "nested": {"shards_done": 16}}, out)
     mp.undo()
     (run_dir,) = run_dirs(out)
     return job, out, run_dir, read_offline_run(run_dir), aggregate.load_rows(out)
@@ -106,7 +106,8 @@ def test_comparison_and_verdicts_are_logged(tracked):
 def test_summary_metrics(tracked):
     _, _, _, run, rows = tracked
     s = run["summary"]
-    assert s["curves"] == 640 and s["wall_s"] == 1.5 and s["nested/shards_done"] == 16
+    assert s["sweep/cells"] == 8 and s["sweep/curves"] == 640 and s["sweep/wall_s"] == 1.5
+    assert s["sweep/nested/shards_done"] == 16
     assert s["total/curves"] == len(rows) and s["total/cells"] == rows.cell_id.nunique()
     for kind, group in rows.groupby("base_kind"):
         assert s[f"kind/{kind}/max_slope_mean"] == pytest.approx(group.max_slope.mean())

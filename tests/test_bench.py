@@ -1,0 +1,45 @@
+"""`synthact bench` runs end to end on a toy model and reports consistent numbers (speed is not asserted)."""
+
+import argparse
+import json
+
+import pytest
+
+import synthact.bench as bench
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def run_bench(capsys, *argv) -> str:
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert bench.run(parser.parse_args(list(argv))) == 0
+    return capsys.readouterr().out
+
+
+def test_bench_json_on_toy_model(capsys):
+    out = run_bench(capsys, "--json", "--model", "toy", "--device", "cpu", "--bases", "4", "--plain-bases", "2",
+                    "--steps", "10", "--js")
+    r = json.loads(out)
+    for key in ("plain_points_per_s", "fast_points_per_s", "speedup_vs_plain", "fast_tflops",
+                "peak_tflops_fp32", "max_abs_dev_l2", "device"):
+        assert key in r, key
+    assert r["device"].startswith("cpu") and r["points_per_base"] == 11 and r["js"] is True
+    assert set(r["precisions"]) == {"float32", "bfloat16"}
+    fp32 = r["precisions"]["float32"]
+    assert r["fast_points_per_s"] == fp32["points_per_s"] > 0 and r["plain_points_per_s"] > 0
+    assert r["speedup_vs_plain"] == pytest.approx(r["fast_points_per_s"] / r["plain_points_per_s"])
+    assert r["fast_tflops"] == pytest.approx(r["fast_points_per_s"] * r["flops_per_point"] / 1e12)
+    assert r["peak_tflops_fp32"] > 0
+    assert 0 <= r["max_abs_dev_l2"] < 1e-3  # fp32 fast vs the paper's plain path
+    table = bench.format_table(r)
+    for row in ("plain (paper: cache->host)", "plain (scan_plain)", "fast float32", "fast bfloat16", "matmul probe"):
+        assert row in table
+
+
+def test_flops_per_point_counts_the_matmuls():
+    cfg = bench.build_model("toy", 10, bench.torch.device("cpu")).cfg
+    d, f, v = cfg.d_model, cfg.d_mlp, cfg.d_vocab_out
+    per_block = 2 * d * 3 * d + 2 * 2 * d * 10 + 2 * d * d + 2 * 2 * d * f
+    assert bench.flops_per_point(cfg, 1, 3, 10, js=False) == 3 * per_block
+    assert bench.flops_per_point(cfg, 0, 3, 10, js=True) == 4 * per_block + 2 * d * v

@@ -1,0 +1,110 @@
+"""The command line: help, validate, and bad input as one readable message with exit code 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synthact.backends import load_backend
+from synthact.spec import CorpusSpec, ModelSpec, SAESpec, ToyCorpusSpec, ToyModelSpec, ToySAESpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthact(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "synthact.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def write_job(path: Path, **fields) -> Path:
+    job = {
+        "name": "cli",
+        "model": {"toy": {}},
+        "sae": {"toy": {}},
+        "corpus": {"toy": {}},
+        "layers": [1],
+        "base_kinds": ["real"],
+        "directions": ["isotropic"],
+        "scan": {"steps": 10},
+        "bases_per_cell": 2,
+        "shard_size": 2,
+        "reference": {"n_prompts": 128},
+        "device": "cpu",
+        "wandb": False,
+    }
+    job.update(fields)
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "compare", "report", "bench", "bench-ray"])
+def test_every_command_has_help(command):
+    result = synthact(command, "--help")
+    assert result.returncode == 0 and "usage: synthact" in result.stdout
+
+
+def test_validate_prints_the_grid():
+    result = synthact("validate", "jobs/paper.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "6 cells x 1000 bases = 6000 curves" in result.stdout
+    assert "606,000 scan points" in result.stdout
+
+
+def test_unknown_key(tmp_path):
+    result = synthact("validate", str(write_job(tmp_path / "j.yaml", bases_per_cel=3)))
+    assert_clean_error(result, "unknown key 'bases_per_cel'")
+
+
+def test_empty_grid(tmp_path):
+    assert_clean_error(synthact("validate", str(write_job(tmp_path / "j.yaml", layers=[]))), "grid is empty")
+
+
+def test_missing_job_file(tmp_path):
+    assert_clean_error(synthact("run", str(tmp_path / "missing.yaml")), "does not exist")
+
+
+def test_read_layer_before_perturbation_layer(tmp_path):
+    job = write_job(tmp_path / "j.yaml", layers=[2], read_layers=[1])
+    assert_clean_error(synthact("validate", str(job)), "comes before perturbation layer 2")
+
+
+def test_used_output_directory_is_refused(tmp_path):
+    out = tmp_path / "out"
+    first = synthact("run", str(write_job(tmp_path / "a.yaml")), "--out", str(out), "--no-progress")
+    assert first.returncode == 0, first.stderr
+    files = sorted(p.relative_to(out) for p in out.rglob("*"))
+    other = synthact("run", str(write_job(tmp_path / "b.yaml", seed=5)), "--out", str(out), "--no-progress")
+    assert_clean_error(other, "already holds results of another job spec")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == files  # nothing touched
+
+
+def test_missing_local_model_directory(tmp_path):
+    job = write_job(tmp_path / "j.yaml", model={"local": str(tmp_path / "no-such-checkpoint")})
+    assert_clean_error(synthact("run", str(job), "--out", str(tmp_path / "o"), "--no-progress"), "no-such-checkpoint")
+
+
+def saved_toy_sae(layer: int, **model) -> str:
+    backend = load_backend(ModelSpec(toy=ToyModelSpec(**model)), SAESpec(toy=ToySAESpec()),
+                           CorpusSpec(toy=ToyCorpusSpec()), [layer], "cpu")
+    return str(backend.saes[layer].path)
+
+
+def test_sae_for_another_hook(tmp_path):
+    job = write_job(tmp_path / "j.yaml", sae={"local": saved_toy_sae(2)})
+    result = synthact("run", str(job), "--out", str(tmp_path / "o"), "--no-progress")
+    assert_clean_error(result, "blocks.2.hook_resid_pre", "blocks.1.hook_resid_pre")
+
+
+def test_sae_for_another_d_model(tmp_path):
+    job = write_job(tmp_path / "j.yaml", sae={"local": saved_toy_sae(1, d_model=32, d_mlp=128)})
+    result = synthact("run", str(job), "--out", str(tmp_path / "o"), "--no-progress")
+    assert_clean_error(result, "32", "64")
