@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--generation", action="store_true",
         help=f"also time reference statistics and drawing bases + targets of each kind (random d_sae {GEN_D_SAE} SAE)",
     )
+    parser.add_argument(
+        "--e2e", type=int, nargs="?", const=1000, metavar="BASES",
+        help="instead: the paper job's volume end to end, BASES (default 1000) bases x 6 kinds, wall time by phase",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -51,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SynthactError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    if args.e2e:
+        report = end_to_end(args.model, args.layer, args.n_ctx, args.steps, args.e2e, device)
+        print(json.dumps(report, indent=2) if args.json else format_e2e(report))
+        return 0
     report = benchmark(
         model_name=args.model, layer=args.layer, n_ctx=args.n_ctx, steps=args.steps, device=device,
         n_bases=args.bases or (4000 if device.type == "cuda" else 40), plain_bases=args.plain_bases,
@@ -272,15 +280,11 @@ def random_sae(model, layer: int, d_sae: int, device: torch.device):
     return sae
 
 
-def generation_timing(model_name, layer, n_ctx, n_bases, device, scan_points_per_s, steps) -> dict:
-    """Seconds for reference statistics and for drawing n_bases bases + toward-targets of each kind.
-
-    Each kind's time is also given as a fraction of the time the fast fp32 scan takes for those bases.
-    """
+def _generation_context(model_name, layer, n_ctx, device):
+    """Model and generation context (random SAE, random-token corpus, reference statistics); seconds for statistics."""
     from synthact.corpus import Corpus
-    from synthact.directions import make_directions
-    from synthact.kinds import GenContext, GenerationSettings, draw
-    from synthact.spec import KINDS, ReferenceSpec
+    from synthact.kinds import GenContext
+    from synthact.spec import ReferenceSpec
     from synthact.stats import compute_stats
 
     model = build_model(model_name, n_ctx, device)
@@ -288,26 +292,112 @@ def generation_timing(model_name, layer, n_ctx, n_bases, device, scan_points_per
     rng = np.random.default_rng(0)
     corpus = Corpus(docs=rng.integers(0, model.cfg.d_vocab, (512, 256), dtype=np.int64), label="bench-random")
     _sync(device)
-    t0 = time.perf_counter()
+    t1 = time.perf_counter()
     stats = compute_stats(model, sae, corpus, layer, n_ctx, ReferenceSpec(), seed=0, device=str(device))
     _sync(device)
-    stats_seconds = time.perf_counter() - t0
+    t2 = time.perf_counter()
     ctx = GenContext(model=model, sae=sae, stats=stats, corpus=corpus, layer=layer, n_ctx=n_ctx, device=str(device))
+    return model, ctx, t2 - t1
+
+
+def _draw_kind(kind: str, ctx, n_bases: int):
+    """Bases of `kind` and toward-targets of the same kind, at the default generation settings."""
+    from synthact.directions import make_directions
+    from synthact.kinds import GenerationSettings, draw
+
+    settings = GenerationSettings(candidates=STRUCTURED_CANDIDATES if kind == "synthetic_structured" else 1)
+    with torch.inference_mode():
+        base = draw(kind, [np.random.default_rng([0, i]) for i in range(n_bases)], ctx, settings)
+        dirs = make_directions(
+            f"toward:{kind}", kind, base, [np.random.default_rng([1, i]) for i in range(n_bases)], ctx, settings
+        )
+    return base, dirs
+
+
+def end_to_end(model_name, layer, n_ctx, steps, n_bases, device) -> dict:
+    """The paper job's volume (n_bases x 6 kinds, toward:same, N+1 points, fp32) with wall time by phase."""
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from synthact.scan import scan
+    from synthact.spec import KINDS, ScanSpec
+
+    t_start = time.perf_counter()
+    model, ctx, stats_s = _generation_context(model_name, layer, n_ctx, device)
+    load_s = time.perf_counter() - t_start - stats_s  # imports, model, SAE, corpus
+    read = model.cfg.n_layers - 1
+    step_size = ScanSpec().step_size
+    seconds = {"load": load_s, "statistics": stats_s, "generation": 0.0, "scan": 0.0, "write": 0.0}
+    with tempfile.TemporaryDirectory() as out:
+        for kind in KINDS:
+            t0 = time.perf_counter()
+            base, dirs = _draw_kind(kind, ctx, n_bases)
+            _sync(device)
+            t1 = time.perf_counter()
+            coeffs = torch.arange(steps + 1, device=device).float()[None, :] * step_size * torch.ones(n_bases, 1, device=device)
+            result = scan(model, layer, [read], torch.as_tensor(base.tokens, device=device), base.vectors, dirs.vectors, coeffs)
+            _sync(device)
+            t2 = time.perf_counter()
+            curves = result.l2[read].numpy()
+            metrics = curve_metrics(curves, np.full(n_bases, step_size))
+            columns = {"kind": [kind] * n_bases, "base_index": np.arange(n_bases), **metrics}
+            columns["curve"] = pa.FixedSizeListArray.from_arrays(pa.array(curves.reshape(-1)), steps + 1)
+            pq.write_table(pa.table(columns), f"{out}/{kind}.parquet")
+            seconds["generation"] += t1 - t0
+            seconds["scan"] += t2 - t1
+            seconds["write"] += time.perf_counter() - t2
+    total = time.perf_counter() - t_start
+    points = n_bases * len(KINDS) * (steps + 1)
+    return {
+        "device": _device_name(device),
+        "date": datetime.date.today().isoformat(),
+        "model": model_name,
+        "layer": layer,
+        "bases_per_kind": n_bases,
+        "kinds": len(KINDS),
+        "points": points,
+        "seconds": seconds,
+        "total_seconds": total,
+        "scan_points_per_s": points / seconds["scan"],
+        "curves_per_s": n_bases * len(KINDS) / total,
+    }
+
+
+def format_e2e(r: dict) -> str:
+    """The end-to-end report as lines a person reads."""
+    lines = [
+        f"synthact bench --e2e: {r['model']}, L={r['layer']}, {r['bases_per_kind']} bases x {r['kinds']} kinds, "
+        f"{r['points']:,} scan points, device {r['device']}, {r['date']}",
+        f"{'phase':<12}{'seconds':>10}{'share':>8}",
+    ]
+    for phase, s in r["seconds"].items():
+        lines.append(f"{phase:<12}{s:>10.1f}{100 * s / r['total_seconds']:>7.0f}%")
+    lines.append(f"{'total':<12}{r['total_seconds']:>10.1f}   ({r['curves_per_s']:.1f} curves/s, scan {r['scan_points_per_s']:,.0f} points/s)")
+    return "\n".join(lines)
+
+
+def generation_timing(model_name, layer, n_ctx, n_bases, device, scan_points_per_s, steps) -> dict:
+    """Seconds for reference statistics and for drawing n_bases bases + toward-targets of each kind.
+
+    Each kind's time is also given as a fraction of the time the fast fp32 scan takes for those bases.
+    """
+    from synthact.spec import KINDS, ReferenceSpec
+
+    _, ctx, stats_seconds = _generation_context(model_name, layer, n_ctx, device)
     scan_seconds = n_bases * (steps + 1) / scan_points_per_s
     kinds = {}
     for kind in KINDS:
-        settings = GenerationSettings(candidates=STRUCTURED_CANDIDATES if kind == "synthetic_structured" else 1)
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            base = draw(kind, [np.random.default_rng([0, i]) for i in range(n_bases)], ctx, settings)
-            make_directions(f"toward:{kind}", kind, base, [np.random.default_rng([1, i]) for i in range(n_bases)], ctx, settings)
+        _draw_kind(kind, ctx, n_bases)
         _sync(device)
         seconds = time.perf_counter() - t0
         kinds[kind] = {"seconds": seconds, "bases_per_s": n_bases / seconds, "fraction_of_scan": seconds / scan_seconds}
     return {
         "d_sae": GEN_D_SAE,
         "reference_prompts": ReferenceSpec().n_prompts,
-        "mean_l0": float(stats.l0.float().mean()),
+        "mean_l0": float(ctx.stats.l0.float().mean()),
         "stats_seconds": stats_seconds,
         "bases": n_bases,
         "scan_seconds_fast_fp32": scan_seconds,
