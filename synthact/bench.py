@@ -31,7 +31,9 @@ STRUCTURED_CANDIDATES = 16  # the job spec's default C
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", choices=sorted(MODEL_SHAPES), default="gpt2-small-shape", help="model shape (random weights)")
+    parser.add_argument(
+        "--model", choices=sorted(MODEL_SHAPES), default="gpt2-small-shape", help="model shape (random weights)"
+    )
     parser.add_argument("--layer", type=int, default=1, help="perturbation layer L (default 1)")
     parser.add_argument("--n-ctx", type=int, default=10, help="prompt length (default 10)")
     parser.add_argument("--steps", type=int, default=100, help="N: N+1 scan points per base (default 100)")
@@ -41,8 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--js", action="store_true", help="also compute the JS distance (runs the unembedding)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     parser.add_argument(
-        "--generation", action="store_true",
-        help=f"also time reference statistics and drawing bases + targets of each kind (random d_sae {GEN_D_SAE} SAE)",
+        "--generation", type=int, nargs="?", const=200, metavar="BASES",
+        help="also time reference statistics and drawing BASES (default 200) bases + targets of each kind",
+    )
+    parser.add_argument(
+        "--d-sae", type=int, default=GEN_D_SAE, help=f"random SAE width for --generation/--e2e (default {GEN_D_SAE})"
     )
     parser.add_argument(
         "--e2e", type=int, nargs="?", const=1000, metavar="BASES",
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SynthactError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
     if args.e2e:
-        report = end_to_end(args.model, args.layer, args.n_ctx, args.steps, args.e2e, device)
+        report = end_to_end(args.model, args.layer, args.n_ctx, args.steps, args.e2e, device, args.d_sae)
         print(json.dumps(report, indent=2) if args.json else format_e2e(report))
         return 0
     report = benchmark(
@@ -66,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.generation:
         report["generation"] = generation_timing(
-            args.model, args.layer, args.n_ctx, report["bases"], device, report["fast_points_per_s"], args.steps
+            args.model, args.layer, args.n_ctx, args.generation, device, report["fast_points_per_s"], args.steps,
+            args.d_sae,
         )
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
@@ -115,7 +121,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _best_time(fn, device: torch.device, min_seconds: float, min_repeats: int = 1, max_repeats: int = 5):
-    """Best wall time of fn over repeats (at least min_repeats, more while the total is under min_seconds), and fn's output."""
+    """Best wall time of fn over at least min_repeats runs (more while under min_seconds), and fn's output."""
     times = []
     while len(times) < min_repeats or (sum(times) < min_seconds and len(times) < max_repeats):
         _sync(device)
@@ -211,16 +217,19 @@ def benchmark(model_name, layer, n_ctx, steps, device, n_bases, plain_bases, bat
     flops = flops_per_point(cfg, layer, cfg.n_layers - 1 if js else read, n_ctx, js)
     fast = {}
     for precision in precisions(device):
-        def run_fast(precision=precision):
-            return scan_fast(model, layer, [read], tokens, base, direction, coeffs, js=js, dtype=precision, max_points=batch)
+        def run_fast(precision=precision, n=n_bases):
+            inputs = (t[:n] for t in (tokens, base, direction, coeffs))
+            return scan_fast(model, layer, [read], *inputs, js=js, dtype=precision, max_points=batch)
 
         try:
-            scan_fast(model, layer, [read], *(t[:2] for t in (tokens, base, direction, coeffs)), js=js, dtype=precision)
+            run_fast(n=2)  # warm-up: weight copies for this precision
         except RuntimeError as e:  # e.g. bf16 matmuls unsupported on this CPU
             fast[precision] = {"error": str(e).splitlines()[0]}
             continue
         on_cuda = device.type == "cuda"  # CUDA: the first full-size run also grows the allocator
-        seconds, result = _best_time(run_fast, device, min_seconds=float(on_cuda), min_repeats=1 + on_cuda, max_repeats=3)
+        seconds, result = _best_time(
+            run_fast, device, min_seconds=float(on_cuda), min_repeats=1 + on_cuda, max_repeats=3
+        )
         curves = result.l2[read][:plain_bases].numpy()
         rate = points / seconds
         fast[precision] = {
@@ -264,6 +273,8 @@ def random_sae(model, layer: int, d_sae: int, device: torch.device):
     """An sae_lens StandardSAE of the given width with random weights and realistic sparsity (L0 ~ 32)."""
     from sae_lens import StandardSAE, StandardSAEConfig
 
+    if d_sae < 4 * GEN_TARGET_L0:
+        raise SynthactError(f"--d-sae {d_sae} is too small for a sparse random SAE; use at least {4 * GEN_TARGET_L0}")
     d = model.cfg.d_model
     gen = torch.Generator().manual_seed(layer)
     tokens = torch.randint(0, model.cfg.d_vocab, (64, 10), generator=gen).to(device)
@@ -280,15 +291,15 @@ def random_sae(model, layer: int, d_sae: int, device: torch.device):
     return sae
 
 
-def _generation_context(model_name, layer, n_ctx, device):
-    """Model and generation context (random SAE, random-token corpus, reference statistics); seconds for statistics."""
+def _generation_context(model_name, layer, n_ctx, device, d_sae: int):
+    """Model and generation context (random SAE, random-token corpus, reference statistics), statistics seconds."""
     from synthact.corpus import Corpus
     from synthact.kinds import GenContext
     from synthact.spec import ReferenceSpec
     from synthact.stats import compute_stats
 
     model = build_model(model_name, n_ctx, device)
-    sae = random_sae(model, layer, GEN_D_SAE, device)
+    sae = random_sae(model, layer, d_sae, device)
     rng = np.random.default_rng(0)
     corpus = Corpus(docs=rng.integers(0, model.cfg.d_vocab, (512, 256), dtype=np.int64), label="bench-random")
     _sync(device)
@@ -314,7 +325,7 @@ def _draw_kind(kind: str, ctx, n_bases: int):
     return base, dirs
 
 
-def end_to_end(model_name, layer, n_ctx, steps, n_bases, device) -> dict:
+def end_to_end(model_name, layer, n_ctx, steps, n_bases, device, d_sae: int = GEN_D_SAE) -> dict:
     """The paper job's volume (n_bases x 6 kinds, toward:same, N+1 points, fp32) with wall time by phase."""
     import tempfile
 
@@ -325,7 +336,7 @@ def end_to_end(model_name, layer, n_ctx, steps, n_bases, device) -> dict:
     from synthact.spec import KINDS, ScanSpec
 
     t_start = time.perf_counter()
-    model, ctx, stats_s = _generation_context(model_name, layer, n_ctx, device)
+    model, ctx, stats_s = _generation_context(model_name, layer, n_ctx, device, d_sae)
     load_s = time.perf_counter() - t_start - stats_s  # imports, model, SAE, corpus
     read = model.cfg.n_layers - 1
     step_size = ScanSpec().step_size
@@ -336,8 +347,9 @@ def end_to_end(model_name, layer, n_ctx, steps, n_bases, device) -> dict:
             base, dirs = _draw_kind(kind, ctx, n_bases)
             _sync(device)
             t1 = time.perf_counter()
-            coeffs = torch.arange(steps + 1, device=device).float()[None, :] * step_size * torch.ones(n_bases, 1, device=device)
-            result = scan(model, layer, [read], torch.as_tensor(base.tokens, device=device), base.vectors, dirs.vectors, coeffs)
+            coeffs = (step_size * torch.arange(steps + 1, device=device).float()).expand(n_bases, -1)
+            tokens = torch.as_tensor(base.tokens, device=device)
+            result = scan(model, layer, [read], tokens, base.vectors, dirs.vectors, coeffs)
             _sync(device)
             t2 = time.perf_counter()
             curves = result.l2[read].numpy()
@@ -356,6 +368,7 @@ def end_to_end(model_name, layer, n_ctx, steps, n_bases, device) -> dict:
         "model": model_name,
         "layer": layer,
         "bases_per_kind": n_bases,
+        "d_sae": d_sae,
         "kinds": len(KINDS),
         "points": points,
         "seconds": seconds,
@@ -374,18 +387,23 @@ def format_e2e(r: dict) -> str:
     ]
     for phase, s in r["seconds"].items():
         lines.append(f"{phase:<12}{s:>10.1f}{100 * s / r['total_seconds']:>7.0f}%")
-    lines.append(f"{'total':<12}{r['total_seconds']:>10.1f}   ({r['curves_per_s']:.1f} curves/s, scan {r['scan_points_per_s']:,.0f} points/s)")
+    lines.append(
+        f"{'total':<12}{r['total_seconds']:>10.1f}   "
+        f"({r['curves_per_s']:.1f} curves/s, scan {r['scan_points_per_s']:,.0f} points/s)"
+    )
     return "\n".join(lines)
 
 
-def generation_timing(model_name, layer, n_ctx, n_bases, device, scan_points_per_s, steps) -> dict:
+def generation_timing(
+    model_name, layer, n_ctx, n_bases, device, scan_points_per_s, steps, d_sae: int = GEN_D_SAE
+) -> dict:
     """Seconds for reference statistics and for drawing n_bases bases + toward-targets of each kind.
 
     Each kind's time is also given as a fraction of the time the fast fp32 scan takes for those bases.
     """
     from synthact.spec import KINDS, ReferenceSpec
 
-    _, ctx, stats_seconds = _generation_context(model_name, layer, n_ctx, device)
+    _, ctx, stats_seconds = _generation_context(model_name, layer, n_ctx, device, d_sae)
     scan_seconds = n_bases * (steps + 1) / scan_points_per_s
     kinds = {}
     for kind in KINDS:
@@ -393,9 +411,11 @@ def generation_timing(model_name, layer, n_ctx, n_bases, device, scan_points_per
         _draw_kind(kind, ctx, n_bases)
         _sync(device)
         seconds = time.perf_counter() - t0
-        kinds[kind] = {"seconds": seconds, "bases_per_s": n_bases / seconds, "fraction_of_scan": seconds / scan_seconds}
+        kinds[kind] = {
+            "seconds": seconds, "bases_per_s": n_bases / seconds, "fraction_of_scan": seconds / scan_seconds
+        }
     return {
-        "d_sae": GEN_D_SAE,
+        "d_sae": d_sae,
         "reference_prompts": ReferenceSpec().n_prompts,
         "mean_l0": float(ctx.stats.l0.float().mean()),
         "stats_seconds": stats_seconds,

@@ -10,6 +10,10 @@ Order of each base's random draws (what `from_provenance` and the tests rely on)
 - single_latent: a context prompt, then the latent, then the pool code whose norm it takes.
 - synthetic_*: the template prompt (redrawn while its SAE code is empty), then the candidate
   uniforms [k, C], then the value uniforms [k].
+
+Synthetic codes: the template's latents i_1..i_k are taken largest value first; j_t replaces
+i_t (`latents[t]` pairs with `template_latents[t]`). With `match_norm` (default) the built
+code is scaled so that ||sum_t v_t W_dec[j_t]|| equals the template code's ||z @ W_dec||.
 """
 
 from __future__ import annotations
@@ -360,28 +364,47 @@ def _match(ctx: GenContext, lat: torch.Tensor, k: np.ndarray, uc: torch.Tensor, 
 
     Candidate c for position t is the window's latent at lo + floor(u[t, c] * (hi - lo)); the
     chosen one is the unused candidate minimising sum_{m<t} (cos(j_t, j_m) - cos(i_t, i_m))^2
-    (ties: the first), so C = 1 takes the first candidate: the baseline. Bases are processed
-    longest code first, so step t only touches the bases whose code is longer than t.
+    (ties: the first), so C = 1 takes the first candidate: the baseline. If every candidate is
+    already used, the next unused latent after the first candidate in the window is taken.
+    Bases are processed longest code first, so step t only touches the bases whose code is
+    longer than t. The loop never waits for the device unless a window is exhausted (rare),
+    in which case it reruns with an exact fallback.
     """
-    b, kmax, c = uc.shape
-    device = lat.device
     order = np.argsort(-k, kind="stable")
-    order_t = torch.as_tensor(order, device=device)
+    order_t = torch.as_tensor(order, device=lat.device)
     lat, uc, k_sorted = lat[order_t], uc[order_t], k[order]
-    ids_sorted, _ = ctx.stats.alive_by_log_freq
     lo, hi = _match_windows(ctx, lat, tol)
-    pos = lo[..., None] + (uc * (hi - lo)[..., None]).long()
-    pos = torch.minimum(pos, (hi - 1)[..., None])
-    cand = ids_sorted.to(device)[pos]  # [B, K, C]
+    pos = torch.minimum(lo[..., None] + (uc * (hi - lo)[..., None]).long(), (hi - 1)[..., None])
+    walk = lo[..., None] + (pos[..., :1] - lo[..., None] + torch.arange(1, WALK + 1, device=lat.device)) % (hi - lo)[
+        ..., None
+    ]
+    ids_sorted = ctx.stats.alive_by_log_freq[0].to(lat.device)
+    chosen, exhausted = _greedy(ctx, lat, k_sorted, ids_sorted[pos], ids_sorted[walk], None)
+    if bool(exhausted):
+        chosen, _ = _greedy(ctx, lat, k_sorted, ids_sorted[pos], ids_sorted[walk], (lo, hi, pos))
+    out = torch.empty_like(chosen)
+    out[order_t] = chosen
+    return out
 
+
+WALK = 8  # window positions tried after the first candidate when every candidate is used
+
+
+def _greedy(ctx, lat, k_sorted, cand, walk, exact):
+    """The step-by-step choice of _match on bases sorted by code length; `exact` = (lo, hi, pos) enables
+    the exact (synchronising) fallback for exhausted walks. Returns (chosen, any walk exhausted)."""
+    b, kmax, c = cand.shape
+    device = lat.device
     if c > 1:
         unit = torch.nn.functional.normalize(ctx.sae.W_dec.float(), dim=-1)
         wt = unit[lat]
         target_cos = wt @ wt.transpose(1, 2)  # [B, K, K]
         chosen_dirs = torch.zeros(b, kmax, unit.shape[1], device=device)
     chosen = torch.zeros(b, kmax, dtype=torch.long, device=device)
+    exhausted = torch.zeros((), dtype=torch.bool, device=device)
     for t in range(kmax):
         n = int((k_sorted > t).sum())  # the bases still active: a prefix
+        rows = torch.arange(n, device=device)
         options = cand[:n, t]  # [n, C]
         used = (options[:, :, None] == chosen[:n, None, :t]).any(-1)
         if c > 1 and t > 0:
@@ -389,20 +412,26 @@ def _match(ctx: GenContext, lat: torch.Tensor, k: np.ndarray, uc: torch.Tensor, 
             err = ((cos - target_cos[:n, t, None, :t]) ** 2).sum(-1)
         else:
             err = torch.zeros(n, c, device=device)
-        err = err.masked_fill(used, math.inf)
-        pick = options[torch.arange(n, device=device), err.argmin(dim=1)]
-        for i in torch.nonzero(used.all(dim=1)).flatten().tolist():
-            pick[i] = _unused_near(
-                ctx, int(lo[i, t]), int(hi[i, t]), int(pos[i, t, 0]),
-                float(torch.log10(ctx.stats.freq[lat[i, t]].clamp(min=0.5 / ctx.stats.n))),
-                set(chosen[i, :t].tolist()),
-            )
+        pick = options[rows, err.masked_fill(used, math.inf).argmin(dim=1)]
+        if t > 0:
+            steps = walk[:n, t]  # [n, WALK]
+            steps_used = (steps[:, :, None] == chosen[:n, None, :t]).any(-1)
+            all_used = used.all(dim=1)
+            pick = torch.where(all_used, steps[rows, steps_used.byte().argmin(dim=1)], pick)
+            dead_end = all_used & steps_used.all(dim=1)
+            exhausted |= dead_end.any()
+            if exact is not None:
+                lo, hi, pos = exact
+                for i in torch.nonzero(dead_end).flatten().tolist():
+                    pick[i] = _unused_near(
+                        ctx, int(lo[i, t]), int(hi[i, t]), int(pos[i, t, 0]),
+                        float(torch.log10(ctx.stats.freq[lat[i, t]].clamp(min=0.5 / ctx.stats.n))),
+                        set(chosen[i, :t].tolist()),
+                    )
         chosen[:n, t] = pick
         if c > 1:
             chosen_dirs[:n, t] = unit[pick]
-    out = torch.empty_like(chosen)
-    out[order_t] = chosen
-    return out
+    return chosen, exhausted
 
 
 def cosine_structure_error(

@@ -11,8 +11,10 @@ actors of a local Ray instance (or `--address`) and prints:
 - wall ms per shard and shards/s: throughput, which on a small machine is bounded by the
   workers, not by the driver; reported for the whole run and from the moment the first
   actor is ready (actor start-up, i.e. importing torch and loading the model, excluded);
-- driver peak RSS (MiB) before and after the sweep: if the driver's memory is bounded, the
-  growth does not scale with --shards (compare two sizes).
+- driver RSS every 10% of the shards, and its peak before and after the sweep: bounded driver
+  memory shows as a flat RSS while shards are dispatched and written. (When the one cell
+  completes, the executor reads the cell back for cell listeners; that read, not dispatch,
+  grows with the cell's size and shows in the last sample.)
 """
 
 from __future__ import annotations
@@ -64,43 +66,58 @@ def run(args: argparse.Namespace) -> int:
     from synthact.store import Store
 
     job = bench_job(args.shards, args.workers, args.in_flight)
+    logger = logging.getLogger("synthact.ray_exec")
+    probe = Probe(every=max(args.shards // 10, 1))
     with tempfile.TemporaryDirectory(prefix="synthact-bench-ray-") as tmp:
         out = args.out or f"{tmp}/out"
         started = connect(args.address)
-        first_ready = FirstActorReady()
-        logging.getLogger("synthact.ray_exec").addHandler(first_ready)
-        logging.getLogger("synthact.ray_exec").setLevel(logging.DEBUG)
+        logger.addHandler(probe)
+        logger.setLevel(logging.DEBUG)
         try:
             rss_before = peak_rss_mib()
             cpu0, wall0 = time.process_time(), time.perf_counter()
             summary = run_ray(job, Store(out, job), args.address, progress=False)
             cpu1, wall1 = time.process_time(), time.perf_counter()
         finally:
-            logging.getLogger("synthact.ray_exec").removeHandler(first_ready)
+            logger.removeHandler(probe)
             if started:
                 ray.shutdown()
     n = max(summary.shards_done, 1)
-    steady_wall, steady_cpu = wall1 - first_ready.wall, cpu1 - first_ready.cpu
+    ready_wall, ready_cpu = (probe.ready_wall, probe.ready_cpu) if probe.ready_wall else (wall0, cpu0)
+    steady_wall, steady_cpu = wall1 - ready_wall, cpu1 - ready_cpu
     print(f"bench-ray: {summary.shards_done} shards done, {len(summary.failures)} failed, "
           f"{args.workers} CPU actors, {args.in_flight} in flight per actor")
-    print(f"  whole run: wall {wall1 - wall0:.1f} s (first actor ready after {first_ready.wall - wall0:.1f} s), "
+    print(f"  whole run: wall {wall1 - wall0:.1f} s (first actor ready after {ready_wall - wall0:.1f} s), "
           f"driver CPU {cpu1 - cpu0:.1f} s = {1000 * (cpu1 - cpu0) / n:.2f} ms/shard")
     print(f"  once an actor is ready: {n / steady_wall:.1f} shards/s, wall {1000 * steady_wall / n:.2f} ms/shard, "
           f"driver CPU {1000 * steady_cpu / n:.2f} ms/shard")
+    print("  driver RSS (MiB) after N shards: " + ", ".join(f"{k}: {v:.0f}" for k, v in probe.rss))
     print(f"  driver peak RSS: {rss_before:.0f} MiB before the sweep, {peak_rss_mib():.0f} MiB after")
     return 0 if summary.ok and summary.shards_done == args.shards else 1
 
 
-class FirstActorReady(logging.Handler):
-    """Notes the wall and CPU clocks when the executor logs that its first worker actor is ready."""
+class Probe(logging.Handler):
+    """Reads the executor's log: when the first worker actor is ready, and the driver's RSS every `every` shards."""
 
-    def __init__(self):
+    def __init__(self, every: int):
         super().__init__(logging.DEBUG)
-        self.wall = self.cpu = None
+        self.every, self.shards = every, 0
+        self.ready_wall = self.ready_cpu = None
+        self.rss: list[tuple[int, float]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.wall is None and record.msg.startswith("worker actor for group %s ready"):
-            self.wall, self.cpu = time.perf_counter(), time.process_time()
+        if self.ready_wall is None and record.msg.startswith("worker actor for group %s ready"):
+            self.ready_wall, self.ready_cpu = time.perf_counter(), time.process_time()
+        elif record.msg.startswith("shard %s ran on node"):
+            self.shards += 1
+            if self.shards % self.every == 0:
+                self.rss.append((self.shards, current_rss_mib()))
+
+
+def current_rss_mib() -> float:
+    """This process's resident set size now."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
 def peak_rss_mib() -> float:

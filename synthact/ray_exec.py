@@ -4,8 +4,8 @@ Each actor holds one (model, SAE family) group in memory (a `synthact.worker.Wor
 many shards. The driver keeps at most `ray.max_in_flight` shards queued per actor, so its memory
 does not grow with the sweep; every finished table comes back to the driver, which writes it
 through `Store.write_shard` (atomic, then the manifest). A group's first actor computes and
-stores its reference statistics before any other actor of that group starts, so they are
-computed once and only loaded by the rest. A shard whose actor dies (node removed, process
+stores its reference statistics before any other actor of that group loads, so they are
+computed once and only read by the rest. A shard whose actor dies (node removed, process
 killed) or whose run raises is retried on any actor of its group, at most `ray.max_retries`
 times, then reported as failed; the rest of the sweep goes on.
 """
@@ -19,6 +19,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
@@ -51,7 +52,7 @@ def run_ray(
     bar = Progress(plan, progress)
     started_here = connect(address)
     try:
-        Dispatcher(job, plan, store.stats_root, bar, listeners).run()
+        Dispatcher(job, plan, absolute(store.stats_root), bar, listeners).run()
     finally:
         bar.close()
         if started_here:
@@ -79,8 +80,13 @@ def connect(address: str) -> bool:
     return True
 
 
+def absolute(path_or_uri: str) -> str:
+    """A local path made absolute (worker processes have their own working directory); URIs as they are."""
+    return path_or_uri if "://" in path_or_uri else str(Path(path_or_uri).resolve())
+
+
 def group_key(group: tuple[ModelSpec, SAESpec]) -> str:
-    """A hashable name for a (model, SAE) group (the specs themselves hold dicts)."""
+    """A short, stable name for a (model, SAE) group (in actor names and logs)."""
     model, sae = group
     return digest([model.model_dump(mode="json"), sae.model_dump(mode="json")])[:12]
 

@@ -92,11 +92,6 @@ class ReferenceStats:
             "cov_jitter": self.cov_jitter,
         }
 
-    def to(self, device: str) -> "ReferenceStats":
-        return ReferenceStats(
-            **{f.name: _move(getattr(self, f.name), device) for f in fields(self)}
-        )
-
     def save(self, directory: Path) -> None:
         """Write tensors.safetensors + stats.json atomically (temp directory, then rename).
 
@@ -143,10 +138,6 @@ class ReferenceStats:
             )
         tensors = load_file(tensor_path, device=str(device))
         return cls(layer=int(meta["layer"]), cov_jitter=float(meta["cov_jitter"]), **tensors)
-
-
-def _move(value, device: str):
-    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 def stats_key(

@@ -43,3 +43,22 @@ def test_flops_per_point_counts_the_matmuls():
     per_block = 2 * d * 3 * d + 2 * 2 * d * 10 + 2 * d * d + 2 * 2 * d * f
     assert bench.flops_per_point(cfg, 1, 3, 10, js=False) == 3 * per_block
     assert bench.flops_per_point(cfg, 0, 3, 10, js=True) == 4 * per_block + 2 * d * v
+
+
+def test_generation_and_end_to_end_on_toy_model(capsys):
+    """--generation times every kind; --e2e splits wall time into phases that add up."""
+    from synthact.spec import KINDS
+
+    common = ["--json", "--model", "toy", "--device", "cpu", "--steps", "4", "--d-sae", "256"]
+    r = json.loads(run_bench(capsys, *common, "--bases", "2", "--plain-bases", "1", "--generation", "3"))
+    g = r["generation"]
+    assert set(g["kinds"]) == set(KINDS) and g["bases"] == 3 and g["stats_seconds"] > 0
+    assert all(k["seconds"] > 0 and k["fraction_of_scan"] > 0 for k in g["kinds"].values())
+    assert 4 <= g["mean_l0"] <= 256
+    assert "synthetic_structured" in bench.format_table(r)
+
+    e = json.loads(run_bench(capsys, *common, "--e2e", "3"))
+    assert e["points"] == 3 * len(KINDS) * 5
+    assert set(e["seconds"]) == {"load", "statistics", "generation", "scan", "write"}
+    assert sum(e["seconds"].values()) == pytest.approx(e["total_seconds"], rel=0.05)
+    assert "statistics" in bench.format_e2e(e)

@@ -63,6 +63,16 @@ def test_dockerfile_uses_ray_gpu_base_installs_synthact_runs_unprivileged():
     assert any(line[0] == "RUN" and "pip" in line and "install" in line and "." in line for line in instructions)
 
 
+def test_layers_job_asks_for_one_actor_per_gpu_node_of_the_cluster(cluster_config):
+    """Pending actors are what make the autoscaler add GPU nodes: the job asks for as many as the cluster caps."""
+    from synthact.spec import load_job
+
+    job = load_job(ROOT / "jobs" / "layers.yaml")
+    gpu_nodes = sum(t["max_workers"] for name, t in cluster_config["available_node_types"].items()
+                    if name != cluster_config["head_node_type"])
+    assert job.ray.num_gpus == 1 and job.ray.max_workers == gpu_nodes
+
+
 def test_layers_job_is_the_papers_setup_over_all_layers():
     from synthact.spec import KINDS, load_job
 

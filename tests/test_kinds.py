@@ -10,9 +10,10 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
+from synthact import kinds
 from synthact.errors import SynthactError
 from synthact.kinds import GenerationSettings, cosine_structure_error, draw, from_provenance
-from synthact.spec import KINDS, ReferenceSpec, SYNTHETIC_KINDS
+from synthact.spec import KINDS, SYNTHETIC_KINDS, ReferenceSpec
 from synthact.stats import compute_stats
 from tests.test_stats import LAYER, N_CTX, toy_backend, toy_context
 
@@ -55,7 +56,7 @@ def test_structured_with_one_candidate_is_the_baseline(ctx):
     torch.testing.assert_close(a.vectors, b.vectors)
 
 
-@pytest.mark.parametrize("tol", [0.1, 0.3])
+@pytest.mark.parametrize("tol", [0.0, 0.1, 0.3])
 @pytest.mark.parametrize("kind", SYNTHETIC_KINDS)
 def test_replacements_are_frequency_matched_distinct_and_sampled(ctx, kind, tol):
     stats = ctx.stats
@@ -74,6 +75,23 @@ def test_replacements_are_frequency_matched_distinct_and_sampled(ctx, kind, tol)
         assert (values > 0).all()
         assert all(v in samples[j, : counts[j]] for j, v in zip(j_ids, values))
     assert checked > 500
+
+
+def test_exhausted_windows_fall_back_to_unused_latents(ctx, monkeypatch):
+    # tol = 0 leaves only latents of exactly equal pool frequency; WALK = 1 exhausts the walk often.
+    monkeypatch.setattr(kinds, "WALK", 1)
+    calls = []
+    exact = kinds._unused_near
+    monkeypatch.setattr(kinds, "_unused_near", lambda *a: calls.append(a) or exact(*a))
+    freq = ctx.stats.freq.numpy()
+    acts = draw("synthetic_structured", rngs(60), ctx, GenerationSettings(tol=0.0, candidates=2))
+    assert calls, "the exact fallback was not exercised"
+    for i_ids, j_ids in zip(acts.template_latents, acts.latents):
+        assert len(set(j_ids.tolist())) == len(j_ids)
+        seen = freq[i_ids] > 0
+        # Exact fallback: equal frequency where the window still has an unused latent, else the nearest.
+        assert (freq[j_ids] > 0).all()
+        assert np.mean(freq[j_ids[seen]] == freq[i_ids[seen]]) > 0.9
 
 
 def test_template_values_and_norm_matching(ctx):
@@ -154,7 +172,8 @@ def test_a_draw_depends_only_on_its_own_rng(ctx, kind):
 @pytest.mark.parametrize(("kind", "add_error"), [(k, False) for k in KINDS] + [(k, True) for k in SYNTHETIC_KINDS])
 def test_from_provenance_rebuilds_each_draw(ctx, kind, add_error):
     seeds = [5, 6, 7]
-    acts = draw(kind, [np.random.default_rng(s) for s in seeds], ctx, dataclasses.replace(SETTINGS, add_error=add_error))
+    settings = dataclasses.replace(SETTINGS, add_error=add_error)
+    acts = draw(kind, [np.random.default_rng(s) for s in seeds], ctx, settings)
     for b, seed in enumerate(seeds):
         rebuilt = from_provenance(
             kind, acts.tokens[b], acts.latents[b] if acts.latents else None, acts.values[b] if acts.values else None,

@@ -27,7 +27,8 @@ from synthact.store import Store, open_results
 ROOT = Path(__file__).resolve().parents[1]
 LOGGER = "synthact.ray_exec"
 
-# 8 cells of 4 shards each: 32 shards, enough for both worker actors to get some.
+# 8 cells of 12 shards each: 96 shards, a few seconds of work, so the second worker actor is
+# loaded (about a second after the first) long before the sweep ends.
 TINY = {
     "name": "ray-tiny",
     "model": {"toy": {}},
@@ -39,7 +40,7 @@ TINY = {
     "directions": ["toward:same", "isotropic"],
     "generation": {"candidates": [4, 16]},
     "scan": {"steps": 8},
-    "bases_per_cell": 8,
+    "bases_per_cell": 24,
     "shard_size": 2,
     "reference": {"n_prompts": 256},
     "device": "cpu",
@@ -120,7 +121,7 @@ def test_ray_rows_equal_local_and_shards_spread_over_nodes(cluster, job, local_r
     assert_same_rows(tmp_path / "out", local_rows)
     nodes = {r.args[1] for r in caplog.records if r.msg.startswith("shard %s ran on node")}
     assert len(nodes) == 2, f"shards ran on {nodes}; expected both worker nodes"
-    # Statistics computed once: one directory per layer, written by the first actor only.
+    # Statistics live in one shared place: one directory per layer under the store.
     assert len(list((tmp_path / "out" / "stats").iterdir())) == len(job.layers)
 
 
@@ -195,3 +196,16 @@ def test_failing_shard_is_retried_then_reported_rest_completes_exit_code_1(clust
     assert all("failed 2 times" in line and "latent:512" in line for line in failed), failed
     rows = open_results(out)
     assert set(rows["direction"].to_pylist()) == {"toward:same"} and rows.num_rows == 4
+
+
+def test_worker_that_cannot_load_fails_its_group_only(cluster, tmp_path):
+    missing = tmp_path / "no-such-sae-{layer}"
+    data = dict(TINY, sae=[{"toy": {}}, {"local": str(missing)}], base_kinds=["real"], directions=["toward:same"],
+                bases_per_cell=4, shard_size=2)
+    data["ray"] = dict(TINY["ray"], max_retries=1)
+    job = parse_job(data)
+    summary = run_ray(job, Store(tmp_path / "out", job), cluster.address, progress=False)
+    bad = {s.shard_id for s in job.shards() if s.cell.sae.local}
+    assert {shard_id for shard_id, _ in summary.failures} == bad and len(bad) == 2
+    assert all("no-such-sae-1" in error and "tried 2 times" in error for _, error in summary.failures)
+    assert summary.shards_done == 2 and open_results(tmp_path / "out").num_rows == 4  # 2 shards x 2 bases

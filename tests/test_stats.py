@@ -14,7 +14,14 @@ from synthact.backends import load_backend
 from synthact.errors import SynthactError
 from synthact.kinds import GenContext
 from synthact.spec import CorpusSpec, ModelSpec, ReferenceSpec, SAESpec, ToyCorpusSpec, ToyModelSpec, ToySAESpec
-from synthact.stats import ReferenceStats, _gaussian_fit, check_affine_decoder, compute_stats, real_activations, stats_key
+from synthact.stats import (
+    ReferenceStats,
+    _gaussian_fit,
+    check_affine_decoder,
+    compute_stats,
+    real_activations,
+    stats_key,
+)
 
 LAYER, N_CTX = 1, 10
 
