@@ -87,7 +87,7 @@ class Plan:
         self.summary.curves += table.num_rows
         cell_id = shard.cell.cell_id
         self.remaining[cell_id] -= 1
-        if self.remaining[cell_id] == 0:
+        if self.remaining[cell_id] == 0 and listeners:
             _notify(listeners, self.store.read_table(cell_id))
 
     def failed(self, shard: Shard, error: BaseException | str) -> None:
@@ -95,7 +95,7 @@ class Plan:
 
     def announce_complete_cells(self, listeners: list[CellListener]) -> None:
         """Cells finished by an earlier run of this spec are reported too (a resumed sweep logs all)."""
-        for cell_id in self.complete_at_start:
+        for cell_id in self.complete_at_start if listeners else ():
             _notify(listeners, self.store.read_table(cell_id))
 
 

@@ -135,7 +135,7 @@ def comparison_figure(comparison: pd.DataFrame) -> Figure:
 
 def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=80)
     return buf.getvalue()
 
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from synthact.atomic import build_dir_once
 from synthact.errors import SynthactError
 from synthact.spec import ReferenceSpec, derive_seed, digest
 
@@ -98,28 +96,18 @@ class ReferenceStats:
         If `directory` already exists (another worker finished first), it is kept as is:
         statistics are deterministic, so both copies are the same.
         """
-        directory = Path(directory)
-        if directory.is_dir():
-            return
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            tensors = {
-                f.name: getattr(self, f.name).detach().cpu().contiguous()
-                for f in fields(self)
-                if isinstance(getattr(self, f.name), torch.Tensor)
-            }
+        tensors = {
+            f.name: getattr(self, f.name).detach().cpu().contiguous()
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        meta = {"format_version": FORMAT_VERSION, "layer": self.layer, "cov_jitter": self.cov_jitter}
+
+        def write(tmp: Path) -> None:
             save_file(tensors, tmp / "tensors.safetensors")
-            meta = {"format_version": FORMAT_VERSION, "layer": self.layer, "cov_jitter": self.cov_jitter}
             (tmp / "stats.json").write_text(json.dumps({**meta, "summary": self.summary()}, indent=2))
-            try:
-                os.rename(tmp, directory)
-            except OSError:
-                if not directory.is_dir():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+
+        build_dir_once(Path(directory), write)
 
     @classmethod
     def load(cls, directory: Path, device: str = "cpu") -> "ReferenceStats":

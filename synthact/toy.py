@@ -15,8 +15,6 @@ import io
 import json
 import os
 import random
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -26,6 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from synthact.atomic import build_dir_once
 from synthact.spec import ToyCorpusSpec, ToyModelSpec, ToySAESpec, digest
 
 with warnings.catch_warnings():
@@ -288,27 +287,13 @@ def sae_quality(sae: SAE, acts: torch.Tensor) -> dict:
 
 
 def _build_once(path: Path, build: Callable[[Path], None]) -> None:
-    """Build `path` in a temp directory beside it and rename it into place.
+    """Build a cache directory atomically, on one thread, leaving the global RNGs as they were."""
 
-    A killed build leaves only a temp directory (never a half cache); if another
-    process finished first, its result is kept and ours is discarded.
-    """
-    if path.is_dir():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    def build_quietly(tmp: Path) -> None:
         with _one_thread(), _global_rng_preserved():
             build(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; a cache is for every process that may read it
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not path.is_dir():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    build_dir_once(path, build_quietly)
 
 
 @contextlib.contextmanager

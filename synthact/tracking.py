@@ -66,10 +66,12 @@ class Tracker:
         if self.run is not None:
             self._guard("log a finished cell", lambda: self._cell_finished(cell_rows))
 
-    def finish(self, summary: dict, out_dir: str | Path) -> None:
-        """Log the final tables, comparison, figures and summary metrics from the Parquet results; close the run."""
+    def finish(self, summary: dict, out_dir: str | Path, comparison: pd.DataFrame | None = None) -> None:
+        """Log the final tables, comparison, figures and summary metrics from the Parquet results; close the run.
+
+        `comparison` is `aggregate.compare_to_real` of the results, when the caller already has it."""
         if self.run is not None:
-            self._guard("log the final results", lambda: self._finish(summary, out_dir))
+            self._guard("log the final results", lambda: self._finish(summary, out_dir, comparison))
         if self.run is not None:
             run, self.run = self.run, None
             self._guard("close the run", run.finish)
@@ -150,7 +152,7 @@ class Tracker:
             images[f"curves/{slug}"] = wandb.Image(_image(figure), caption=title)
         return images
 
-    def _finish(self, summary: dict, out_dir: str | Path) -> None:
+    def _finish(self, summary: dict, out_dir: str | Path, comparison: pd.DataFrame | None) -> None:
         import wandb
 
         numbers = _flatten(summary, "sweep/")  # prefixed: the driver's "cells" count must not clash with the table
@@ -160,7 +162,8 @@ class Tracker:
         except SynthactError:  # no rows at all (every shard failed): the driver's numbers are all there is
             return
         cells = aggregate.cell_aggregates(rows)
-        comparison = aggregate.compare_to_real(rows)
+        if comparison is None:
+            comparison = aggregate.compare_to_real(rows)
         verdicts = aggregate.verdicts(comparison)
         data = {"cells": _table(cells[CELL_COLUMNS]), "comparison": _table(comparison), "verdicts": _table(verdicts)}
         bands = aggregate.curve_bands(rows)
