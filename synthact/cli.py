@@ -43,7 +43,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a sweep (default: the offline smoke job)", description=cmd_run.__doc__)
     p.add_argument("job", nargs="?", default=str(SMOKE_JOB), help="YAML job spec (default: jobs/smoke.yaml)")
-    p.add_argument("--out", help="output directory or URI (default: runs/<job name>)")
+    p.add_argument("--out", help="output directory or URI (default: the job's `output`, else runs/<job name>)")
     p.add_argument("--ray", metavar="ADDRESS", help="run on Ray: 'auto', 'local', or a cluster address")
     p.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from synthact.store import Store
 
     job = load_job(args.job)
-    out = args.out or f"runs/{job.name}"
+    out = args.out or job.output or f"runs/{job.name}"
     store = Store(out, job)
     listeners = []
     tracker = None

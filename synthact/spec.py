@@ -280,6 +280,9 @@ class Job(Frozen):
         "float32", description="Scan precision; reduced precision moves curves (see docs/benchmarks.md)."
     )
     keep_curves: bool = Field(True, description="Store l2_curve (and js_curve) per row.")
+    output: str | None = Field(
+        None, description="Output directory or URI when `synthact run` gets no --out (default: runs/<name>)."
+    )
     wandb: WandbSpec = Field(default_factory=WandbSpec, description="W&B logging, or false.")
     ray: RaySpec = Field(default_factory=RaySpec, description="Ray execution settings.")
 

@@ -122,10 +122,12 @@ class Store:
         target = self.shard_file(shard)
         self.fs.create_dir(str(Path(target).parent), recursive=True)
         tmp = _tmp_beside(target)
+        moved = False
         try:
             with self.fs.open_output_stream(tmp) as f:
                 pq.write_table(table, f, compression="zstd")
             self.fs.move(tmp, target)
+            moved = True
             record = {
                 "shard_id": shard.shard_id,
                 "cell_id": shard.cell.cell_id,
@@ -137,7 +139,9 @@ class Store:
             self._write_atomic(self.path("manifest", f"{shard.shard_id}.json"), json.dumps(record).encode())
         except OSError as e:
             _delete_quietly(self.fs, tmp)
-            if e.errno == errno.ENOSPC or "No space left" in str(e):
+            if moved:  # no manifest record: take the file back so the dataset holds finished shards only
+                _delete_quietly(self.fs, target)
+            if is_disk_full(e):
                 raise SynthactError(
                     f"the disk under '{self.uri}' is full while writing shard {shard.shard_id}. "
                     f"Results already written are intact ({len(self.done())} shards); free space and "
@@ -147,13 +151,10 @@ class Store:
 
     def read_table(self, cell_id: str | None = None) -> pa.Table:
         """All rows (or one cell's rows) written so far."""
-        import pyarrow.dataset as ds
-
         base = self.results_path if cell_id is None else self.path("results", f"cell={cell_id}")
         if self.fs.get_file_info(base).type != pafs.FileType.Directory:
             return pa.table({})
-        dataset = ds.dataset(base, filesystem=self.fs, format="parquet", partitioning=None)
-        return dataset.to_table()
+        return _read_dataset(self.fs, base)
 
     # ------------------------------------------------------------------ small files
 
@@ -163,20 +164,32 @@ class Store:
 
     def _write_atomic(self, path: str, data: bytes) -> None:
         tmp = _tmp_beside(path)
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
-        self.fs.move(tmp, path)
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, path)
+        except OSError:
+            _delete_quietly(self.fs, tmp)
+            raise
 
 
 def open_results(out: str | Path) -> pa.Table:
     """Read every row of a finished (or partial) output directory."""
-    import pyarrow.dataset as ds
-
     fs, root = pafs.FileSystem.from_uri(_as_uri(str(out)))
     results = root.rstrip("/") + "/results"
     if fs.get_file_info(results).type != pafs.FileType.Directory:
         raise SynthactError(f"'{out}' holds no results (no results/ directory); run `synthact run JOB --out {out}` first")
-    return ds.dataset(results, filesystem=fs, format="parquet", partitioning=None).to_table()
+    return _read_dataset(fs, results)
+
+
+def is_disk_full(error: OSError) -> bool:
+    return error.errno == errno.ENOSPC or "No space left" in str(error)
+
+
+def _read_dataset(fs: pafs.FileSystem, path: str) -> pa.Table:
+    import pyarrow.dataset as ds
+
+    return ds.dataset(path, filesystem=fs, format="parquet", partitioning=None).to_table()
 
 
 def _as_uri(out: str) -> str:

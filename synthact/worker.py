@@ -22,6 +22,7 @@ from synthact.metrics import curve_metrics
 from synthact.scan import scan
 from synthact.spec import SYNTHETIC_KINDS, Cell, Job, ModelSpec, SAESpec, Shard, check_layers, derive_seed, resolve_read_layer
 from synthact.stats import ReferenceStats, compute_stats, stats_key
+from synthact.store import is_disk_full
 
 
 class Worker:
@@ -58,7 +59,15 @@ class Worker:
         stats = compute_stats(
             b.model.model, b.saes[layer].sae, b.corpus, layer, self.job.n_ctx, self.job.reference, self.job.seed, self.device
         )
-        _save_stats(stats, fs, path)
+        try:
+            _save_stats(stats, fs, path)
+        except OSError as e:
+            if is_disk_full(e):
+                raise SynthactError(
+                    f"the disk under '{stats_root}' is full while saving reference statistics; free space and rerun "
+                    "the same command (finished shards are kept)"
+                ) from None
+            raise
         return stats, uri
 
     # ------------------------------------------------------------------ shards

@@ -1,5 +1,8 @@
-"""The output directory: atomic shard files, manifest, refusing another spec's directory."""
+"""The output directory: atomic shard files, manifest, refusing another spec's directory, a full disk."""
 
+import subprocess
+
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -67,3 +70,31 @@ def test_shard_without_manifest_record_is_not_done(tmp_path):
     assert shard.shard_id not in store.done()
     store.write_shard(shard, rows(shard))  # the rerun overwrites, no duplicate rows
     assert open_results(tmp_path).num_rows == 3
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 256 KiB file system (tmpfs; the tests run as root, as CI does)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True, text=True)
+    assert done.returncode == 0, f"cannot mount a tmpfs for the disk-full test: {done.stderr}"
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_is_a_clear_error_and_keeps_what_was_written(tiny_disk):
+    job = parse_job(toy_job(bases_per_cell=400, shard_size=1))
+    store = Store(tiny_disk / "out", job)
+    written = []
+    with pytest.raises(SynthactError, match="disk under .* is full while writing shard") as error:
+        for shard in job.shards():
+            big = pa.table({"cell_id": [shard.cell.cell_id] * 2000, "shard_id": [shard.shard_id] * 2000,
+                            "x": np.random.default_rng(len(written)).random(2000)})
+            store.write_shard(shard, big)
+            written.append(shard.shard_id)
+    assert "rerun the same command to resume" in str(error.value)
+    assert 0 < len(written) < len(job.shards())
+    assert store.done() == set(written)
+    assert open_results(tiny_disk / "out").num_rows == 2000 * len(written)  # every finished file is whole
+    assert not [p for p in (tiny_disk / "out").rglob(".tmp-*")]
