@@ -13,7 +13,9 @@ Order of each base's random draws (what `from_provenance` and the tests rely on)
 
 Synthetic codes: the template's latents i_1..i_k are taken largest value first; j_t replaces
 i_t (`latents[t]` pairs with `template_latents[t]`). With `match_norm` (default) the built
-code is scaled so that ||sum_t v_t W_dec[j_t]|| equals the template code's ||z @ W_dec||.
+code's values are scaled by one factor so that the synthetic activation (decoded, plus the
+template's SAE error with `add_error`) has the norm of its real template activation: synthetic
+kinds then match real L0 (by construction) and real norms (science.md).
 """
 
 from __future__ import annotations
@@ -340,14 +342,12 @@ def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettin
         pick = torch.minimum((uv * counts).long(), (counts - 1).clamp(min=0))
         values = stats.value_samples.to(device)[chosen, pick]
     values = values * mask
+    error = templ.x - ctx.sae.decode(templ.z).float() if settings.add_error else torch.zeros_like(templ.x)
     if settings.match_norm:
-        w = ctx.sae.W_dec.float()
-        template_norm = (templ.z.float() @ w).norm(dim=-1)
-        built_norm = torch.einsum("bk,bkd->bd", values, w[chosen]).norm(dim=-1)
-        values = values * (template_norm / built_norm.clamp(min=1e-12))[:, None]
-    x = decode_sparse(ctx, chosen, values)
-    if settings.add_error:
-        x = x + (templ.x - ctx.sae.decode(templ.z).float())
+        code = torch.einsum("bk,bkd->bd", values, ctx.sae.W_dec.float()[chosen])
+        offset = ctx.sae.b_dec.float() + error
+        values = values * _scale_to_norm(code, offset, templ.x.norm(dim=-1))[:, None]
+    x = decode_sparse(ctx, chosen, values) + error
 
     chosen_np, values_np = chosen.cpu().numpy(), values.float().cpu().numpy()
     return Activations(
@@ -357,6 +357,17 @@ def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettin
         k.astype(np.int32), True,
         template_latents=[t.astype(np.int32) for t in tlat],
     )
+
+
+def _scale_to_norm(code: torch.Tensor, offset: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """alpha >= 0 per row with ||alpha * code + offset|| = target (else the alpha that comes closest)."""
+    a = (code * code).sum(-1).clamp(min=1e-12)
+    half_b = (code * offset).sum(-1)
+    c = (offset * offset).sum(-1) - target**2
+    disc = half_b**2 - a * c
+    root = (-half_b + disc.clamp(min=0).sqrt()) / a
+    closest = (-half_b / a).clamp(min=0)
+    return torch.where((disc >= 0) & (root >= 0), root, closest)
 
 
 def _match(ctx: GenContext, lat: torch.Tensor, k: np.ndarray, uc: torch.Tensor, tol: float) -> torch.Tensor:
