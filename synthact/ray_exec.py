@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import socket
 import time
 import uuid
 from collections import deque
@@ -66,6 +67,7 @@ def connect(address: str) -> bool:
     if ray.is_initialized():
         return False
     kwargs = {"log_to_driver": False, "configure_logging": False}
+    check_reachable(address)
     try:
         if address == "local":
             ray.init(**kwargs)
@@ -78,6 +80,21 @@ def connect(address: str) -> bool:
             "to start Ray on this machine"
         ) from None
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, not minutes of ray.init retries, when an explicit host:port does not answer."""
+    if address in ("auto", "local") or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as e:
+        raise SynthactError(
+            f"no Ray cluster answers at '{address}' ({e}). Check the head node's address and port (6379 by "
+            "default), or use --ray local to start Ray on this machine"
+        ) from None
 
 
 def absolute(path_or_uri: str) -> str:

@@ -108,3 +108,9 @@ def test_sae_for_another_d_model(tmp_path):
     job = write_job(tmp_path / "j.yaml", sae={"local": saved_toy_sae(1, d_model=32, d_mlp=128)})
     result = synthact("run", str(job), "--out", str(tmp_path / "o"), "--no-progress")
     assert_clean_error(result, "32", "64")
+
+
+def test_unreachable_ray_address_fails_fast(tmp_path):
+    job = write_job(tmp_path / "j.yaml")
+    result = synthact("run", str(job), "--out", str(tmp_path / "o"), "--ray", "127.0.0.1:1", "--no-progress")
+    assert_clean_error(result, "no Ray cluster answers at '127.0.0.1:1'", "--ray local")
