@@ -50,7 +50,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a job spec and print its grid", description=cmd_validate.__doc__)
-    p.add_argument("job", help="YAML job spec")
+    p.add_argument("job", nargs="?", help="YAML job spec")
+    p.add_argument("--fields", action="store_true", help="print every spec field with its description (Markdown)")
     p.set_defaults(func=cmd_validate)
 
     chosen = next((a for a in argv if not a.startswith("-")), None)
@@ -115,11 +116,16 @@ def grid_size(job) -> dict:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Validate a job spec and print its grid without loading any model."""
+    """Validate a job spec and print its grid without loading any model (or, with --fields, list the fields)."""
     import pandas as pd
 
-    from synthact.spec import load_job
+    from synthact.spec import field_reference, load_job
 
+    if args.fields:
+        print(field_reference())
+        return 0
+    if not args.job:
+        raise SynthactError("give a job spec to validate (e.g. synthact validate jobs/smoke.yaml), or --fields")
     job = load_job(args.job)
     cells = pd.DataFrame([c.settings() for c in job.cells()])
     size = grid_size(job)

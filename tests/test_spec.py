@@ -124,3 +124,12 @@ def test_ids_and_seeds_are_stable():
 
 def test_wandb_false_shorthand():
     assert parse_job(toy_job(wandb=False)).wandb.enabled is False
+
+
+def test_field_reference_is_current_and_complete():
+    from synthact.spec import Job, field_reference
+
+    text = field_reference()
+    assert (ROOT / "docs" / "spec.md").read_text().strip() == text.strip(), "regenerate: synthact validate --fields > docs/spec.md"
+    for name in Job.model_fields:
+        assert f"| `{name}` |" in text
