@@ -9,6 +9,7 @@ import yaml
 
 from synthact.backends import load_backend
 from synthact.spec import CorpusSpec, ModelSpec, SAESpec, ToyCorpusSpec, ToyModelSpec, ToySAESpec
+from tests.test_spec import toy_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,23 +20,9 @@ def synthact(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 
 def write_job(path: Path, **fields) -> Path:
-    job = {
-        "name": "cli",
-        "model": {"toy": {}},
-        "sae": {"toy": {}},
-        "corpus": {"toy": {}},
-        "layers": [1],
-        "base_kinds": ["real"],
-        "directions": ["isotropic"],
-        "scan": {"steps": 10},
-        "bases_per_cell": 2,
-        "shard_size": 2,
-        "reference": {"n_prompts": 128},
-        "device": "cpu",
-        "wandb": False,
-    }
-    job.update(fields)
-    path.write_text(yaml.safe_dump(job))
+    job = toy_job(name="cli", base_kinds=["real"], directions=["isotropic"], scan={"steps": 10}, bases_per_cell=2,
+                  shard_size=2, reference={"n_prompts": 128}, device="cpu", wandb=False)
+    path.write_text(yaml.safe_dump(job | fields))
     return path
 
 

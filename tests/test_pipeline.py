@@ -12,30 +12,17 @@ from synthact.scan import scan_plain
 from synthact.spec import parse_job
 from synthact.store import Store, open_results
 from synthact.worker import Worker
+from tests.test_spec import toy_job
 
 DIRECTIONS = ["toward:same", "toward:real", "isotropic", "latent:random", "latent:3", "toward_recon"]
 
 
 def tiny_job(**overrides):
-    job = {
-        "name": "tiny",
-        "model": {"toy": {}},
-        "sae": {"toy": {}},
-        "corpus": {"toy": {}},
-        "layers": [1],
-        "read_layers": [2, -1],
-        "base_kinds": list(KINDS),
-        "directions": DIRECTIONS,
-        "scan": {"steps": 20, "step_size": 0.5},
-        "js": True,
-        "bases_per_cell": 4,
-        "shard_size": 2,
-        "reference": {"n_prompts": 256},
-        "device": "cpu",
-        "wandb": False,
-    }
-    job.update(overrides)
-    return parse_job(job)
+    return parse_job(toy_job(
+        name="tiny", read_layers=[2, -1], base_kinds=list(KINDS), directions=DIRECTIONS,
+        scan={"steps": 20, "step_size": 0.5}, js=True, bases_per_cell=4, shard_size=2,
+        reference={"n_prompts": 256}, device="cpu", wandb=False, **overrides,
+    ))
 
 
 @pytest.fixture(scope="module")
