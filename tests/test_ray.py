@@ -23,30 +23,19 @@ from synthact.execute import run_local
 from synthact.ray_exec import run_ray
 from synthact.spec import parse_job
 from synthact.store import Store, open_results
+from tests.test_spec import toy_job
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGGER = "synthact.ray_exec"
 
 # 8 cells of 12 shards each: 96 shards, a few seconds of work, so the second worker actor is
 # loaded (about a second after the first) long before the sweep ends.
-TINY = {
-    "name": "ray-tiny",
-    "model": {"toy": {}},
-    "sae": {"toy": {}},
-    "corpus": {"toy": {}},
-    "layers": [1],
-    "read_layers": [-1],
-    "base_kinds": ["real", "gaussian", "synthetic_structured"],
-    "directions": ["toward:same", "isotropic"],
-    "generation": {"candidates": [4, 16]},
-    "scan": {"steps": 8},
-    "bases_per_cell": 24,
-    "shard_size": 2,
-    "reference": {"n_prompts": 256},
-    "device": "cpu",
-    "wandb": False,
-    "ray": {"num_gpus": 0, "num_cpus": 1, "max_in_flight": 2, "max_retries": 2},
-}
+TINY = toy_job(
+    name="ray-tiny", read_layers=[-1], base_kinds=["real", "gaussian", "synthetic_structured"],
+    generation={"candidates": [4, 16]}, scan={"steps": 8}, bases_per_cell=24, shard_size=2,
+    reference={"n_prompts": 256}, device="cpu", wandb=False,
+    ray={"num_gpus": 0, "num_cpus": 1, "max_in_flight": 2, "max_retries": 2},
+)
 
 
 @pytest.fixture(scope="module")
