@@ -8,74 +8,22 @@ a *panel* is (model, sae, layer, read_layer, direction): the kinds in one panel 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 from scipy.stats import bootstrap, ks_2samp, wasserstein_distance
 
-from synthact.errors import SynthactError
+from synthact.results import AGGREGATED, AXES, COMPARED, SETTINGS, axes_of, axis_value, frame
 from synthact.spec import SYNTHETIC_KINDS
 
-AXES = ("model", "sae", "layer", "read_layer", "base_kind", "direction", "target_kind",
-        "tol", "candidates", "value_source", "add_error")
-AXIS_TYPES = {"layer": int, "read_layer": int, "tol": float, "candidates": int, "add_error": bool}
 PANEL = ("model", "sae", "layer", "read_layer", "direction")
-SETTINGS = ("tol", "candidates", "value_source", "add_error")
-METRICS = ("max_slope", "plateau_len", "early_slope_ratio", "final_l2")
-COMPARED = ("max_slope", "plateau_len", "early_slope_ratio")
 STATS = ("count", "mean", "median", "std", "q05", "q25", "q75", "q95", "ci_low", "ci_high")
 BAND = ("mean", "q05", "q25", "median", "q75", "q95")
 N_RESAMPLES = 2000
 ALPHA = 0.05
 
 
-# --------------------------------------------------------------------------- reading
-
-
-def load_rows(out: str | Path, curves: bool = False) -> pd.DataFrame:
-    """The result rows of an output directory (local path or URI): axes, ids, metrics, and `l2_curve` if asked."""
-    out = str(out)
-    uri = out if "://" in out else str(Path(out).expanduser().resolve())
-    fs, root = pafs.FileSystem.from_uri(uri)
-    results = root.rstrip("/") + "/results"
-    if fs.get_file_info(results).type != pafs.FileType.Directory:
-        raise SynthactError(
-            f"'{out}' holds no results (no results/ directory); run `synthact run JOB --out {out}` first, "
-            "or pass the --out directory of a finished or partial sweep"
-        )
-    dataset = ds.dataset(results, filesystem=fs, format="parquet", partitioning=None)
-    wanted = ["cell_id", *AXES, *METRICS] + (["l2_curve"] if curves else [])
-    columns = [c for c in wanted if c in dataset.schema.names]
-    table = dataset.to_table(columns=columns)
-    if table.num_rows == 0:
-        raise SynthactError(f"'{out}/results' holds no rows yet; wait for the first cell to finish, or rerun the sweep")
-    return table.to_pandas()
-
-
 # --------------------------------------------------------------------------- labels
-
-
-def axis_value(name: str, value):
-    """A grid-axis value as a plain Python value (None for null, int for int axes)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return None
-    return AXIS_TYPES.get(name, str)(value)
-
-
-def frame(records: list[dict], columns=()) -> pd.DataFrame:
-    """A frame whose grid-axis columns hold plain Python values and None (not NaN) for nulls."""
-    df = pd.DataFrame(records, columns=list(columns) or None)
-    for a in AXES:
-        if a in df:
-            df[a] = pd.Series([axis_value(a, v) for v in df[a]], index=df.index, dtype=object)
-    return df
-
-
-def axes_of(row: pd.Series | dict, names=AXES) -> dict:
-    return {a: axis_value(a, row[a]) for a in names}
 
 
 def variant_label(row: pd.Series | dict) -> str:
@@ -125,7 +73,7 @@ def cell_aggregates(rows: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     out = []
     for (cell_id, read_layer), group in rows.groupby(["cell_id", "read_layer"], sort=True):
         entry = {"cell_id": cell_id} | axes_of(group.iloc[0]) | {"curves": len(group)}
-        for metric in METRICS:
+        for metric in AGGREGATED:
             if metric in group:
                 for stat, value in summarize(group[metric], seed).items():
                     entry[f"{metric}_{stat}"] = value

@@ -96,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rows.num_rows:
         from synthact.compare import compare
 
-        comparison, verdicts, _ = compare(out)
+        comparison, verdicts = compare(out)
     if tracker is not None:
         tracker.finish(result.as_dict(), out, comparison)
     print(summary.render(result, rows, out, comparison, verdicts))

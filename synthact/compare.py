@@ -2,7 +2,7 @@
 
 For each panel (model, SAE, layer, read layer, direction), each non-real cell and each of `max_slope`,
 `plateau_len`, `early_slope_ratio`: KS statistic and p-value, Wasserstein distance, difference of
-means with a bootstrap 95% CI. Printed as a table (saved as CSV, default OUT/compare.csv), then one
+means with a bootstrap 95% CI. Printed as a table (saved as CSV with --csv FILE), then one
 verdict line per replication target (science.md): which kind is closest to real, whether
 synthetic_structured beats synthetic_baseline, whether synthetic plateaus are shorter, whether
 gaussian is unlike real. YES means the paper's finding holds.
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from synthact import aggregate
+from synthact import aggregate, results
+from synthact.errors import SynthactError
 
 PRINTED = ["layer", "read_layer", "direction", "variant", "metric", "n", "mean", "mean_real", "mean_diff",
            "diff_ci_low", "diff_ci_high", "ks_stat", "ks_pvalue", "wasserstein"]
@@ -34,25 +35,30 @@ def comparison_text(comparison: pd.DataFrame, verdicts: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def compare(out: str | Path, csv: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
-    """Compute the comparison and verdicts of a results directory and save the comparison CSV."""
-    rows = aggregate.load_rows(out)
+def compare(out: str | Path, csv: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The comparison and verdicts of a results directory; the comparison is saved as CSV where `csv` says."""
+    rows = results.read_rows(out)
     comparison = aggregate.compare_to_real(rows)
     verdicts = aggregate.verdicts(comparison)
-    remote = "://" in str(out)
-    path = Path(csv) if csv else Path("compare.csv") if remote else Path(out) / "compare.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    comparison.to_csv(path, index=False)
-    return comparison, verdicts, path
+    if csv:
+        path = Path(csv).expanduser()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            comparison.to_csv(path, index=False)
+        except OSError as e:
+            raise SynthactError(f"cannot write the comparison to '{csv}' ({e.strerror or e}); pass a writable "
+                                "--csv path, or leave --csv out to only print it") from None
+    return comparison, verdicts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output directory of a sweep (its results/ folder is read)")
-    parser.add_argument("--csv", metavar="FILE", help="where to save the comparison table (default: OUT/compare.csv, or ./compare.csv when OUT is a URI)")
+    parser.add_argument("--csv", metavar="FILE", help="also save the comparison table as CSV here")
 
 
 def run(args: argparse.Namespace) -> int:
-    comparison, verdicts, path = compare(args.out, args.csv)
+    comparison, verdicts = compare(args.out, args.csv)
     print(comparison_text(comparison, verdicts))
-    print(f"\nSaved: {path}")
+    if args.csv:
+        print(f"\nSaved: {args.csv}")
     return 0

@@ -35,8 +35,7 @@ class Store:
     """One sweep's output directory."""
 
     def __init__(self, out: str | Path, job: Job):
-        self.uri = str(out)
-        self.fs, self.root = pafs.FileSystem.from_uri(_as_uri(self.uri))
+        self.fs, self.root, self.uri = resolve_location(out)
         self.job = job
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
         self._claim()
@@ -151,10 +150,9 @@ class Store:
 
     def read_table(self, cell_id: str | None = None) -> pa.Table:
         """All rows (or one cell's rows) written so far."""
-        base = self.results_path if cell_id is None else self.path("results", f"cell={cell_id}")
-        if self.fs.get_file_info(base).type != pafs.FileType.Directory:
-            return pa.table({})
-        return _read_dataset(self.fs, base)
+        from synthact.results import read_table
+
+        return read_table(self.uri, cell_id=cell_id)
 
     # ------------------------------------------------------------------ small files
 
@@ -173,27 +171,16 @@ class Store:
             raise
 
 
-def open_results(out: str | Path) -> pa.Table:
-    """Read every row of a finished (or partial) output directory."""
-    fs, root = pafs.FileSystem.from_uri(_as_uri(str(out)))
-    results = root.rstrip("/") + "/results"
-    if fs.get_file_info(results).type != pafs.FileType.Directory:
-        raise SynthactError(f"'{out}' holds no results (no results/ directory); run `synthact run JOB --out {out}` first")
-    return _read_dataset(fs, results)
-
-
 def is_disk_full(error: OSError) -> bool:
     return error.errno == errno.ENOSPC or "No space left" in str(error)
 
 
-def _read_dataset(fs: pafs.FileSystem, path: str) -> pa.Table:
-    import pyarrow.dataset as ds
-
-    return ds.dataset(path, filesystem=fs, format="parquet", partitioning=None).to_table()
-
-
-def _as_uri(out: str) -> str:
-    return out if "://" in out else str(Path(out).expanduser().resolve())
+def resolve_location(out) -> tuple[pafs.FileSystem, str, str]:
+    """(filesystem, path in it, URI) of an output location: a local path (`~` expanded) or a pyarrow URI."""
+    text = str(out)
+    uri = text if "://" in text else str(Path(text).expanduser().resolve())
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path, uri
 
 
 def _tmp_beside(path: str) -> str:

@@ -7,9 +7,9 @@ import pyarrow as pa
 
 from synthact.aggregate import verdict_lines
 from synthact.execute import RunSummary
+from synthact.results import AXES, COMPARED
 
-AXES = ["layer", "read_layer", "base_kind", "direction", "tol", "candidates", "value_source", "add_error"]
-METRICS = ["max_slope", "plateau_len", "early_slope_ratio"]
+ALWAYS = ("layer", "read_layer", "base_kind", "direction")  # shown even when they do not vary
 MAX_CHECK_LINES = 30
 
 
@@ -18,9 +18,9 @@ SHORT = {"max_slope": "slope", "plateau_len": "plateau", "early_slope_ratio": "e
 
 def cell_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per cell and read layer: curves, and mean / median of the headline metrics."""
-    axes = [a for a in AXES if rows[a].nunique(dropna=True) > 1 or a in ("layer", "read_layer", "base_kind", "direction")]
+    axes = [a for a in AXES if a in ALWAYS or (a not in ("model", "sae", "target_kind") and rows[a].nunique(dropna=True) > 1)]
     agg = {"curves": ("max_slope", "size")}
-    for m in METRICS:
+    for m in COMPARED:
         agg[f"{SHORT[m]}_mean"] = (m, "mean")
         agg[f"{SHORT[m]}_med"] = (m, "median")
     table = rows.groupby(axes, dropna=False, sort=True).agg(**agg).reset_index()
@@ -43,7 +43,7 @@ def ks_table(comparison: pd.DataFrame) -> pd.DataFrame:
     keys = ["layer", "read_layer", "direction", "variant"]
     table = comparison.pivot_table(index=keys, columns="metric", values="ks_stat", sort=True).reset_index()
     table.columns.name = None
-    return table.rename(columns={"read_layer": "read", "variant": "kind", **{m: f"ks_{SHORT[m]}" for m in METRICS}})
+    return table.rename(columns={"read_layer": "read", "variant": "kind", **{m: f"ks_{SHORT[m]}" for m in COMPARED}})
 
 
 def render(summary: RunSummary, rows: pa.Table, out: str, comparison: pd.DataFrame | None = None,

@@ -29,10 +29,12 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 
-from synthact import aggregate, report
+from synthact import aggregate, figures, results
 from synthact.errors import SynthactError
 from synthact.spec import Job
+from synthact.store import resolve_location
 
 
 FIGURE_INTERVAL_S = 30.0  # live figures are redrawn at most this often (drawing costs ~0.2 s a figure)
@@ -126,7 +128,7 @@ class Tracker:
         self.curves_done += len(rows)
         data = {"cells_live": self.live, "progress/cells_done": self.cells_done, "progress/curves_done": self.curves_done}
         bands = aggregate.curve_bands(rows)
-        for panel, group in report.panels(rows):
+        for panel, group in figures.panels(rows):
             label = aggregate.panel_label(panel)
             entry = self._panels.setdefault(label, {"panel": panel, "rows": {}, "bands": {}})
             entry["rows"][group.cell_id.iloc[0]] = group.drop(columns="l2_curve", errors="ignore")  # keep memory small
@@ -143,12 +145,12 @@ class Tracker:
     def _panel_images(self, entry: dict) -> dict:
         import wandb
 
-        panel, slug = entry["panel"], report.panel_slug(entry["panel"])
+        panel, slug = entry["panel"], figures.panel_slug(entry["panel"])
         title = aggregate.panel_label(panel)
         rows = pd.concat(entry["rows"].values())
-        images = {f"distributions/{slug}": wandb.Image(_image(report.distribution_figure(rows, title)), caption=title)}
+        images = {f"distributions/{slug}": wandb.Image(_image(figures.distribution_figure(rows, title)), caption=title)}
         if entry["bands"]:
-            figure = report.curve_figure(pd.concat(entry["bands"].values()), title)
+            figure = figures.curve_figure(pd.concat(entry["bands"].values()), title)
             images[f"curves/{slug}"] = wandb.Image(_image(figure), caption=title)
         return images
 
@@ -158,7 +160,7 @@ class Tracker:
         numbers = _flatten(summary, "sweep/")  # prefixed: the driver's "cells" count must not clash with the table
         self.run.summary.update({k: v for k, v in numbers.items() if isinstance(v, (int, float, str, bool))})
         try:
-            rows = aggregate.load_rows(out_dir, curves=True)
+            rows = results.read_rows(out_dir, curves=True)
         except SynthactError:  # no rows at all (every shard failed): the driver's numbers are all there is
             return
         cells = aggregate.cell_aggregates(rows)
@@ -167,19 +169,19 @@ class Tracker:
         verdicts = aggregate.verdicts(comparison)
         data = {"cells": _table(cells[CELL_COLUMNS]), "comparison": _table(comparison), "verdicts": _table(verdicts)}
         bands = aggregate.curve_bands(rows)
-        band_panels = {aggregate.panel_label(p): g for p, g in report.panels(bands)}
-        for panel, group in report.panels(rows):
+        band_panels = {aggregate.panel_label(p): g for p, g in figures.panels(bands)}
+        for panel, group in figures.panels(rows):
             label = aggregate.panel_label(panel)
             entry = {"panel": panel, "rows": {"all": group}, "bands": {"all": band_panels[label]} if label in band_panels else {}}
             data |= self._panel_images(entry)
         if not comparison.empty:
-            data["comparison_ks"] = wandb.Image(_image(report.comparison_figure(comparison)))
+            data["comparison_ks"] = wandb.Image(_image(figures.comparison_figure(comparison)))
         self.run.log(data)
         self.run.summary.update(summary_metrics(rows, verdicts))
 
 
-CELL_COLUMNS = ["cell_id", *aggregate.AXES, "curves"] + [
-    f"{m}_{s}" for m in aggregate.METRICS for s in aggregate.STATS
+CELL_COLUMNS = ["cell_id", *results.AXES, "curves"] + [
+    f"{m}_{s}" for m in results.AGGREGATED for s in aggregate.STATS
 ]
 
 
@@ -187,7 +189,7 @@ def summary_metrics(rows: pd.DataFrame, verdicts: pd.DataFrame) -> dict:
     """Totals, per-kind means of each metric, and counts of replication verdicts."""
     out = {"total/cells": int(rows.cell_id.nunique()), "total/curves": int(len(rows))}
     for kind, group in rows.groupby("base_kind", sort=True):
-        for metric in aggregate.METRICS:
+        for metric in results.AGGREGATED:
             values = aggregate.finite(group[metric])
             if values.size:
                 out[f"kind/{kind}/{metric}_mean"] = float(values.mean())
@@ -214,15 +216,15 @@ def has_api_key() -> bool:
 
 def wandb_dir(out_dir: str | Path) -> str | None:
     """OUT/ for a local output directory (W&B adds wandb/); W&B's default for a remote URI."""
-    text = str(out_dir)
-    if "://" in text or ":/" in Path(text).parts[0]:
+    fs, path, _ = resolve_location(out_dir)
+    if not isinstance(fs, pafs.LocalFileSystem):
         return None
-    Path(text).mkdir(parents=True, exist_ok=True)
-    return text
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _frame(table: pa.Table) -> pd.DataFrame:
-    wanted = ["cell_id", *aggregate.AXES, *aggregate.METRICS, "l2_curve"]
+    wanted = ["cell_id", *results.AXES, *results.METRICS, "l2_curve"]
     return table.select([c for c in wanted if c in table.column_names]).to_pandas()
 
 
@@ -249,7 +251,7 @@ def _image(figure):
     from PIL import Image
     import io
 
-    return Image.open(io.BytesIO(report.png_bytes(figure)))
+    return Image.open(io.BytesIO(figures.png_bytes(figure)))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

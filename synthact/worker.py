@@ -19,6 +19,7 @@ from synthact.directions import Directions, make_directions
 from synthact.errors import SynthactError
 from synthact.kinds import Activations, GenContext, GenerationSettings, draw
 from synthact.metrics import curve_metrics
+from synthact.results import result_schema
 from synthact.scan import scan
 from synthact.spec import SYNTHETIC_KINDS, Cell, Job, ModelSpec, SAESpec, Shard, check_layers, derive_seed, resolve_read_layer
 from synthact.stats import ReferenceStats, compute_stats, stats_key
@@ -152,7 +153,7 @@ class Worker:
                 cols["l2_curve"] = list(curves[r])
                 if js_curve is not None:
                     cols["js_curve"] = list(js_curve)
-            blocks.append(pa.table({k: _column(k, v, n) for k, v in cols.items()}, schema=result_schema(job)))
+            blocks.append(pa.table({k: _column(k, v, n) for k, v in cols.items()}, schema=result_schema(job.js, job.keep_curves)))
         table = pa.concat_tables(blocks)
         provenance = {
             "model_path": str(self.backend.model.path) if self.backend.model.path else None,
@@ -212,33 +213,6 @@ def _column(name: str, value, n: int):
     if isinstance(value, list) and value and isinstance(value[0], np.ndarray):
         return [v.tolist() for v in value]
     return value
-
-
-def result_schema(job: Job) -> pa.Schema:
-    """The columns of every result row (docs/results.md explains each)."""
-    f64, i32, i64, s = pa.float64(), pa.int32(), pa.int64(), pa.string()
-    fields = [
-        ("cell_id", s), ("shard_id", s), ("model", s), ("sae", s), ("layer", i32), ("base_kind", s),
-        ("direction", s), ("target_kind", s), ("tol", f64), ("candidates", i32), ("value_source", s),
-        ("add_error", pa.bool_()), ("read_layer", i32), ("base_index", i32), ("seed", i64), ("base_seed", i64),
-        ("target_seed", i64), ("scan_mode", s), ("steps", i32), ("step_size", f64),
-        ("max_slope", f64), ("blowup_step", i32), ("plateau_len", i32), ("early_slope_ratio", f64), ("final_l2", f64),
-    ]
-    if job.js:
-        fields += [("js_max_slope", f64), ("js_blowup_step", i32), ("js_plateau_len", i32),
-                   ("js_early_slope_ratio", f64), ("js_final", f64)]
-    fields += [
-        ("base_norm", f64), ("target_norm", f64), ("base_l0", i32), ("target_l0", i32), ("direction_latent", i32),
-        ("base_doc", i64), ("base_offset", i64), ("base_tokens", pa.list_(i32)),
-        ("target_doc", i64), ("target_offset", i64), ("target_tokens", pa.list_(i32)),
-        ("base_latents", pa.list_(i32)), ("base_latent_values", pa.list_(pa.float32())),
-        ("target_latents", pa.list_(i32)), ("target_latent_values", pa.list_(pa.float32())),
-    ]
-    if job.keep_curves:
-        fields.append(("l2_curve", pa.list_(pa.float32())))
-        if job.js:
-            fields.append(("js_curve", pa.list_(pa.float32())))
-    return pa.schema(fields)
 
 
 def _load_stats(fs: pafs.FileSystem, path: str, device: str) -> ReferenceStats:

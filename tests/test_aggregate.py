@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import ks_2samp
 
-from synthact import aggregate
+from synthact import aggregate, results
 from synthact.errors import SynthactError
 from synthact.metrics import curve_metrics
 from synthact.spec import Job, parse_job
@@ -130,28 +130,28 @@ def finite(x) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def sweep(tmp_path_factory):
     job = make_job()
     out = tmp_path_factory.mktemp("out")
     write_results(job, out)
-    return job, out, aggregate.load_rows(out, curves=True)
+    return job, out, results.read_rows(out, curves=True)
 
 
-def test_load_rows_reads_every_row_with_axes_and_curves(results):
-    job, out, rows = results
+def test_load_rows_reads_every_row_with_axes_and_curves(sweep):
+    job, out, rows = sweep
     assert len(rows) == len(job.cells()) * job.bases_per_cell * 2
     assert set(rows.cell_id) == {c.cell_id for c in job.cells()}
-    assert {"l2_curve", *aggregate.AXES, *aggregate.METRICS} <= set(rows.columns)
+    assert {"l2_curve", *results.AXES, *results.AGGREGATED} <= set(rows.columns)
     assert "base_tokens" not in rows.columns
 
 
 def test_load_rows_without_results_is_a_clear_error(tmp_path):
     with pytest.raises(SynthactError, match="synthact run"):
-        aggregate.load_rows(tmp_path)
+        results.read_rows(tmp_path)
 
 
-def test_cell_aggregates_match_numpy(results):
-    job, _, rows = results
+def test_cell_aggregates_match_numpy(sweep):
+    job, _, rows = sweep
     table = aggregate.cell_aggregates(rows)
     assert len(table) == len(job.cells()) * 2
     for cell in job.cells():
@@ -161,7 +161,7 @@ def test_cell_aggregates_match_numpy(results):
             for axis, value in cell.settings().items():
                 assert got[axis] == value or (value is None and got[axis] is None)
             assert got["curves"] == job.bases_per_cell
-            for metric in aggregate.METRICS:
+            for metric in results.AGGREGATED:
                 x = finite(mine[metric])
                 assert got[f"{metric}_count"] == x.size
                 assert got[f"{metric}_mean"] == pytest.approx(x.mean())
@@ -182,8 +182,8 @@ def test_summarize_edge_cases():
     assert same["ci_low"] == same["ci_high"] == 3.0
 
 
-def test_curve_bands_are_mean_and_quantiles_of_curves(results):
-    _, _, rows = results
+def test_curve_bands_are_mean_and_quantiles_of_curves(sweep):
+    _, _, rows = sweep
     bands = aggregate.curve_bands(rows)
     assert len(bands) == rows.groupby(["cell_id", "read_layer"]).ngroups
     row = bands.iloc[3]
@@ -194,11 +194,11 @@ def test_curve_bands_are_mean_and_quantiles_of_curves(results):
     assert aggregate.curve_bands(rows.drop(columns="l2_curve")).empty
 
 
-def test_compare_to_real_matches_scipy(results):
-    job, _, rows = results
+def test_compare_to_real_matches_scipy(sweep):
+    job, _, rows = sweep
     table = aggregate.compare_to_real(rows)
     non_real = [c for c in job.cells() if c.base_kind != "real"]
-    assert len(table) == len(non_real) * 2 * len(aggregate.COMPARED)
+    assert len(table) == len(non_real) * 2 * len(results.COMPARED)
     r = table[(table.base_kind == "gaussian") & (table.metric == "max_slope")].iloc[0]
     panel = rows[(rows.direction == r.direction) & (rows.read_layer == r.read_layer)]
     x = panel[panel.base_kind == "gaussian"].max_slope.to_numpy()
@@ -210,8 +210,8 @@ def test_compare_to_real_matches_scipy(results):
     assert r.n == r.n_real == job.bases_per_cell
 
 
-def test_verdicts_state_the_replication_targets(results):
-    _, _, rows = results
+def test_verdicts_state_the_replication_targets(sweep):
+    _, _, rows = sweep
     v = aggregate.verdicts(aggregate.compare_to_real(rows))
     panels = rows.groupby(list(aggregate.PANEL)).ngroups
     by_check = v.groupby("check").verdict.apply(list)
@@ -225,8 +225,8 @@ def test_verdicts_state_the_replication_targets(results):
     assert sum(line.startswith("[") and "->R" in line for line in lines) == panels
 
 
-def test_verdicts_say_no_when_the_finding_fails(results):
-    _, _, rows = results
+def test_verdicts_say_no_when_the_finding_fails(sweep):
+    _, _, rows = sweep
     swapped = rows.copy()
     kinds = swapped.base_kind.map({"synthetic_structured": "synthetic_baseline", "synthetic_baseline": "synthetic_structured"})
     swapped["base_kind"] = kinds.fillna(swapped.base_kind)
@@ -238,6 +238,6 @@ def test_generation_settings_are_distinct_variants(tmp_path):
     job = make_job(bases=10, base_kinds=["real", "synthetic_structured"], directions=["toward:same"],
                    generation={"candidates": [1, 16]})
     write_results(job, tmp_path)
-    table = aggregate.compare_to_real(aggregate.load_rows(tmp_path))
+    table = aggregate.compare_to_real(results.read_rows(tmp_path))
     assert set(table.variant) == {"synthetic_structured C=1 tol=0.1 sampled", "synthetic_structured C=16 tol=0.1 sampled"}
     assert pd.notna(table.ks_stat).all()

@@ -10,7 +10,8 @@ from synthact.execute import run_local
 from synthact.kinds import KINDS, from_provenance
 from synthact.scan import scan_plain
 from synthact.spec import parse_job
-from synthact.store import Store, open_results
+from synthact.results import read_table
+from synthact.store import Store
 from synthact.worker import Worker
 from tests.test_spec import toy_job
 
@@ -30,7 +31,7 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
     job = tiny_job()
     summary = run_local(job, Store(out, job), progress=False)
-    return job, out, summary, open_results(out)
+    return job, out, summary, read_table(out)
 
 
 def test_every_cell_and_curve_is_written(run):
@@ -75,7 +76,7 @@ def test_rerun_resumes_and_adds_nothing(run):
     job, out, _, table = run
     again = run_local(job, Store(out, job), progress=False)
     assert again.shards_done == 0 and again.shards_skipped == len(job.shards())
-    assert open_results(out).num_rows == table.num_rows
+    assert read_table(out).num_rows == table.num_rows
 
 
 def test_stored_rows_recompute_with_the_plain_path(run):

@@ -22,7 +22,8 @@ from ray.cluster_utils import Cluster
 from synthact.execute import run_local
 from synthact.ray_exec import run_ray
 from synthact.spec import parse_job
-from synthact.store import Store, open_results
+from synthact.results import read_table
+from synthact.store import Store
 from tests.test_spec import toy_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def local_rows(job, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "out"
     summary = run_local(job, Store(out, job), progress=False)
     assert summary.ok and summary.shards_done == len(job.shards())
-    return canonical(open_results(out))
+    return canonical(read_table(out))
 
 
 def canonical(table: pa.Table) -> pa.Table:
@@ -72,7 +73,7 @@ def canonical(table: pa.Table) -> pa.Table:
 
 
 def assert_same_rows(out: Path, expected: pa.Table) -> None:
-    rows = canonical(open_results(out))
+    rows = canonical(read_table(out))
     keys = list(zip(rows["cell_id"].to_pylist(), rows["read_layer"].to_pylist(), rows["base_index"].to_pylist()))
     assert len(keys) == len(set(keys)), "a curve was written twice"
     assert rows.num_rows == expected.num_rows
@@ -183,7 +184,7 @@ def test_failing_shard_is_retried_then_reported_rest_completes_exit_code_1(clust
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
     assert {line.split()[1].rstrip(":") for line in failed} == bad and len(bad) == 2
     assert all("failed 2 times" in line and "latent:512" in line for line in failed), failed
-    rows = open_results(out)
+    rows = read_table(out)
     assert set(rows["direction"].to_pylist()) == {"toward:same"} and rows.num_rows == 4
 
 
@@ -197,4 +198,4 @@ def test_worker_that_cannot_load_fails_its_group_only(cluster, tmp_path):
     bad = {s.shard_id for s in job.shards() if s.cell.sae.local}
     assert {shard_id for shard_id, _ in summary.failures} == bad and len(bad) == 2
     assert all("no-such-sae-1" in error and "tried 2 times" in error for _, error in summary.failures)
-    assert summary.shards_done == 2 and open_results(tmp_path / "out").num_rows == 4  # 2 shards x 2 bases
+    assert summary.shards_done == 2 and read_table(tmp_path / "out").num_rows == 4  # 2 shards x 2 bases

@@ -10,7 +10,8 @@ import pytest
 
 from synthact.errors import SynthactError
 from synthact.spec import parse_job
-from synthact.store import Store, open_results
+from synthact.results import read_table
+from synthact.store import Store
 from tests.test_spec import toy_job
 
 
@@ -25,7 +26,7 @@ def test_write_read_and_manifest(tmp_path):
     store.write_shard(shards[0], rows(shards[0]))
     store.write_shard(shards[1], rows(shards[1], 2))
     assert store.done() == {shards[0].shard_id, shards[1].shard_id}
-    assert open_results(tmp_path / "out").num_rows == 5
+    assert read_table(tmp_path / "out").num_rows == 5
     assert shards[0].cell == shards[1].cell
     assert store.read_table(shards[0].cell.cell_id).num_rows == 5
     # readable by pandas as a hive-partitioned dataset, with the spec in the file metadata
@@ -57,7 +58,7 @@ def test_leftover_temporaries_are_invisible_and_cleaned(tmp_path):
     store.write_shard(shard, rows(shard))
     partial = tmp_path / "results" / f"cell={shard.cell.cell_id}" / ".tmp-deadbeef-x.parquet"
     partial.write_bytes(b"PAR1 half a file")
-    assert open_results(tmp_path).num_rows == 3  # readers skip hidden files
+    assert read_table(tmp_path).num_rows == 3  # readers skip hidden files
     assert store.clean_temporaries() == 1 and not partial.exists()
 
 
@@ -69,7 +70,7 @@ def test_shard_without_manifest_record_is_not_done(tmp_path):
     (tmp_path / "manifest" / f"{shard.shard_id}.json").unlink()  # killed between the two renames
     assert shard.shard_id not in store.done()
     store.write_shard(shard, rows(shard))  # the rerun overwrites, no duplicate rows
-    assert open_results(tmp_path).num_rows == 3
+    assert read_table(tmp_path).num_rows == 3
 
 
 @pytest.fixture
@@ -96,5 +97,5 @@ def test_full_disk_is_a_clear_error_and_keeps_what_was_written(tiny_disk):
     assert "rerun the same command to resume" in str(error.value)
     assert 0 < len(written) < len(job.shards())
     assert store.done() == set(written)
-    assert open_results(tiny_disk / "out").num_rows == 2000 * len(written)  # every finished file is whole
+    assert read_table(tiny_disk / "out").num_rows == 2000 * len(written)  # every finished file is whole
     assert not [p for p in (tiny_disk / "out").rglob(".tmp-*")]

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from tests.test_aggregate import finite, make_job, write_results
 
-from synthact import aggregate, tracking
+from synthact import aggregate, results, tracking
 from synthact.tracking import Tracker, TrackingWarning, read_offline_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def tracked(tmp_path_factory):
         tracker.finish({"cells": 8, "curves": 640, "wall_s": 1.5, "nested": {"shards_done": 16}}, out)
     mp.undo()
     (run_dir,) = run_dirs(out)
-    return job, out, run_dir, read_offline_run(run_dir), aggregate.load_rows(out)
+    return job, out, run_dir, read_offline_run(run_dir), results.read_rows(out)
 
 
 def same(a, b) -> bool:
@@ -74,7 +74,7 @@ def test_cells_table_equals_parquet_aggregates(tracked):
         for axis, value in cell.settings().items():
             assert same(got[axis], value), axis
         assert got["curves"] == len(mine)
-        for metric in aggregate.METRICS:
+        for metric in results.AGGREGATED:
             x = finite(mine[metric])
             assert got[f"{metric}_count"] == x.size
             assert same(got[f"{metric}_mean"], float(x.mean()))

@@ -1,0 +1,128 @@
+"""Every figure synthact draws, used by both `synthact report` and the W&B tracker.
+
+Per panel (model, SAE, layer, read layer, direction): the mean L2 curve of every kind with quantile
+bands, and the metric distributions per kind; plus the kind-vs-real KS heatmap.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from synthact.aggregate import ALPHA, PANEL, variant_label  # noqa: E402
+from synthact.results import axes_of  # noqa: E402
+from synthact.spec import digest  # noqa: E402
+
+DISTRIBUTED = ("max_slope", "plateau_len")
+KIND_COLORS = {"real": "C3", "sae_recon": "C4", "gaussian": "C0", "synthetic_baseline": "C2",
+               "synthetic_structured": "C1", "single_latent": "C5"}
+LINESTYLES = ("-", "--", ":", "-.")
+
+# --------------------------------------------------------------------------- figures
+
+
+def panels(table: pd.DataFrame):
+    """(panel axes, rows) for each panel of a frame holding the PANEL columns."""
+    for key, group in table.groupby(list(PANEL), sort=True):
+        yield dict(zip(PANEL, key)), group
+
+
+def panel_slug(panel: dict) -> str:
+    """A file-name-safe, unique name for a panel, e.g. 'L1_R3_toward-same_1a2b3c'."""
+    direction = re.sub(r"[^A-Za-z0-9_]+", "-", str(panel["direction"]))
+    return f"L{int(panel['layer'])}_R{int(panel['read_layer'])}_{direction}_{digest(axes_of(panel, PANEL))[:6]}"
+
+
+def styled(table: pd.DataFrame) -> list[tuple[pd.Series, dict]]:
+    """One (first row, matplotlib style) per cell: real first, one colour per kind, a line style per setting."""
+    firsts = [g.iloc[0] for _, g in table.groupby("cell_id", sort=True)]
+    firsts.sort(key=lambda r: (list(KIND_COLORS).index(r["base_kind"]), variant_label(r)))
+    seen: dict[str, int] = {}
+    out = []
+    for row in firsts:
+        i = seen[row["base_kind"]] = seen.get(row["base_kind"], -1) + 1
+        out.append((row, {"color": KIND_COLORS[row["base_kind"]], "linestyle": LINESTYLES[i % len(LINESTYLES)],
+                          "label": variant_label(row)}))
+    return out
+
+
+def curve_figure(bands: pd.DataFrame, title: str) -> Figure:
+    """Mean L2 curve per kind, with the 25-75% band shaded and the 5-95% band lighter."""
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for row, style in styled(bands):
+        color = style["color"]
+        n = np.arange(len(row["mean"]))
+        ax.fill_between(n, row["q05"], row["q95"], color=color, alpha=0.08, linewidth=0)
+        ax.fill_between(n, row["q25"], row["q75"], color=color, alpha=0.22, linewidth=0)
+        ax.plot(n, row["mean"], **style)
+    ax.set_xlabel("scan step n")
+    ax.set_ylabel("L2 distance at read layer")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def distribution_figure(rows: pd.DataFrame, title: str) -> Figure:
+    """Histograms of max_slope and plateau_len per kind (densities on shared bins)."""
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    variants = styled(rows)
+    for j, metric in enumerate(DISTRIBUTED):
+        ax = fig.add_subplot(1, len(DISTRIBUTED), j + 1)
+        values = [_finite(rows.loc[rows.cell_id == row["cell_id"], metric]) for row, _ in variants]
+        ax.hist(values, bins=_bins(np.concatenate(values), integer=metric == "plateau_len"), density=True,
+                histtype="step", linewidth=1.5, color=[style["color"] for _, style in variants],
+                label=[style["label"] for _, style in variants])
+        ax.set_xlabel(metric)
+        ax.set_ylabel("density")
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _finite(values) -> np.ndarray:
+    x = np.asarray(values, dtype=np.float64)
+    return x[np.isfinite(x)]
+
+
+def _bins(values: np.ndarray, integer: bool):
+    if values.size == 0:
+        return 10
+    if integer:
+        return np.arange(values.min(), values.max() + 2) - 0.5
+    return np.histogram_bin_edges(values, bins=20)
+
+
+def comparison_figure(comparison: pd.DataFrame) -> Figure:
+    """KS statistic of each kind against `real`, per panel and metric (darker = further; * = p < 0.05)."""
+    wide = comparison.assign(
+        row=[f"L{r.layer}->R{r.read_layer} {r.direction} | {r.variant}" for r in comparison.itertuples()]
+    )
+    ks = wide.pivot_table(index="row", columns="metric", values="ks_stat", sort=False)
+    p = wide.pivot_table(index="row", columns="metric", values="ks_pvalue", sort=False).reindex_like(ks)
+    fig = Figure(figsize=(3 + 1.6 * ks.shape[1], 1.2 + 0.32 * ks.shape[0]), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(ks.to_numpy(), cmap="viridis_r", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(ks.shape[1]), ks.columns, fontsize=8)
+    ax.set_yticks(range(ks.shape[0]), ks.index, fontsize=7)
+    for (i, j), value in np.ndenumerate(ks.to_numpy()):
+        star = "*" if p.iat[i, j] < ALPHA else ""
+        ax.text(j, i, f"{value:.2f}{star}", ha="center", va="center", fontsize=7, color="white" if value > 0.5 else "black")
+    fig.colorbar(image, ax=ax, label="KS statistic vs real")
+    ax.set_title("each kind against real", fontsize=9)
+    return fig
+
+
+def png_bytes(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    return buf.getvalue()
