@@ -13,37 +13,63 @@ import numpy as np
 import pandas as pd
 from scipy.stats import bootstrap, ks_2samp, wasserstein_distance
 
+from synthact import paper
 from synthact.results import AGGREGATED, AXES, COMPARED, SETTINGS, axes_of, axis_value, frame
 from synthact.spec import SYNTHETIC_KINDS
 
-PANEL = ("model", "sae", "layer", "read_layer", "direction")
+# A panel holds the cells compared with each other. Base axis: the base kinds pushed along one direction,
+# each against `real`. Target axis: one base kind pushed toward each target kind, each against `toward:real`.
+PANELS = {"base": ("model", "sae", "layer", "read_layer", "scan", "direction"),
+          "target": ("model", "sae", "layer", "read_layer", "scan", "base_kind")}
 STATS = ("count", "mean", "median", "std", "q05", "q25", "q75", "q95", "ci_low", "ci_high")
 BAND = ("mean", "q05", "q25", "median", "q75", "q95")
 N_RESAMPLES = 2000
 ALPHA = 0.05
 
 
-# --------------------------------------------------------------------------- labels
+# --------------------------------------------------------------------------- panels and labels
 
 
-def variant_label(row: pd.Series | dict) -> str:
-    """A kind with its generation settings, e.g. 'synthetic_structured C=16 tol=0.1 sampled'."""
-    parts = [str(row["base_kind"])]
-    settings = axes_of(row, SETTINGS)
-    if settings["candidates"] is not None:
-        parts.append(f"C={settings['candidates']}")
-    if settings["tol"] is not None:
-        parts.append(f"tol={settings['tol']:g}")
-    if settings["value_source"] is not None:
-        parts.append(settings["value_source"])
-    if settings["add_error"]:
-        parts.append("+error")
+def panel_axes(rows: pd.DataFrame, axis: str) -> list[str]:
+    """The columns that fix a panel of `axis` ("base" or "target") and that `rows` has (older results lack `scan`)."""
+    return [a for a in PANELS[axis] if a in rows]
+
+
+def panels(rows: pd.DataFrame, axis: str = "base"):
+    """(panel axes as plain values, rows) for each panel of `axis`, in a stable order."""
+    keys = panel_axes(rows, axis)
+    for key, group in rows.groupby(keys, sort=True, dropna=False):
+        yield {a: axis_value(a, v) for a, v in zip(keys, key)}, group
+
+
+def settings_label(row) -> str:
+    """The generation settings a row has, e.g. 'C=16 tol=0.1 sampled' ('' for none)."""
+    parts = []
+    for name, value in axes_of(row, [s for s in SETTINGS if s in row]).items():
+        if value is None or value is False:
+            continue
+        short = SETTING_LABELS.get(name)
+        parts.append(short(value) if short else f"{name}={value}")
     return " ".join(parts)
 
 
-def panel_label(row: pd.Series | dict) -> str:
-    """'model | sae | L1->R3 | toward:same'."""
-    return f"{row['model']} | {row['sae']} | L{int(row['layer'])}->R{int(row['read_layer'])} | {row['direction']}"
+SETTING_LABELS = {"candidates": lambda v: f"C={v}", "tol": lambda v: f"tol={v:g}", "value_source": str,
+                  "add_error": lambda v: "+error"}
+
+
+def variant_label(row, axis: str = "base") -> str:
+    """What a comparison row varies: the base kind (base axis) or the target (target axis), with its settings."""
+    subject = str(row["base_kind"]) if axis == "base" else f"toward:{row['target_kind']}"
+    return " ".join(p for p in (subject, settings_label(row)) if p)
+
+
+def panel_label(row, axis: str = "base") -> str:
+    """'model | sae | L1->R3 | scan | toward:same' (base axis) or '... | base real' (target axis)."""
+    parts = [str(row["model"]), str(row["sae"]), f"L{int(row['layer'])}->R{int(row['read_layer'])}"]
+    if row.get("scan") is not None:
+        parts.append(str(row["scan"]))
+    parts.append(str(row["direction"]) if axis == "base" else f"base {row['base_kind']}")
+    return " | ".join(parts)
 
 
 # --------------------------------------------------------------------------- per cell
@@ -108,37 +134,58 @@ def mean_difference(x, y, seed: int = 0, n_resamples: int = N_RESAMPLES) -> tupl
     return diff, float(ci.low), float(ci.high)
 
 
-def compare_to_real(rows: pd.DataFrame, metrics=COMPARED, seed: int = 0) -> pd.DataFrame:
-    """Per panel, non-real cell and metric: KS statistic and p-value, Wasserstein distance, and the
-    difference of means (kind - real) with its bootstrap 95% CI. `real` is the panel's real cell(s) whose
-    generation settings (where they have any) match the compared cell's."""
+def compare_kinds(rows: pd.DataFrame, metrics=COMPARED, seed: int = 0) -> pd.DataFrame:
+    """Both axes of science.md's comparison, one row per (axis, compared cell, read layer, metric).
+
+    axis "target": per base kind, each target kind's cell against the `toward:real` cell (the paper's design);
+    axis "base": per direction, each base kind's cell against the `real` base's cell. The reference is the
+    panel's real cell(s) whose generation settings, where both have one, match. Columns: the panel axes,
+    `axis`, `cell_id`, `variant`, `metric`, n / mean / std of the cell and of real (`*_real`), `mean_diff` with
+    its bootstrap 95% CI, the two-sample KS statistic and p-value, the Wasserstein distance, and the paper's
+    reported numbers where this is the paper's setting (`paper_*`, else NaN).
+    """
+    out = [*_compare_axis(rows, "target", metrics, seed), *_compare_axis(rows, "base", metrics, seed)]
+    return frame(out, [] if out else ["axis", *PANELS["base"], "base_kind", "target_kind", "cell_id", "variant",
+                                      "metric", "n", "mean", "mean_real", "ks_stat"])
+
+
+def _compare_axis(rows: pd.DataFrame, axis: str, metrics, seed: int) -> list[dict]:
+    is_reference = (lambda g: g["base_kind"].iloc[0] == "real") if axis == "base" else \
+        (lambda g: g["target_kind"].iloc[0] == "real")
     out = []
-    for panel, group in rows.groupby(list(PANEL), sort=True):
-        cells = {cid: g for cid, g in group.groupby("cell_id", sort=True)}
-        reals = {cid: g for cid, g in cells.items() if g["base_kind"].iloc[0] == "real"}
+    for panel, group in panels(rows, axis):
+        cells = dict(tuple(group.groupby("cell_id", sort=True)))
+        reals = {cid: g for cid, g in cells.items() if is_reference(g)}
         for cell_id, cell in cells.items():
-            if cell_id in reals:
-                continue
             first = cell.iloc[0]
-            real = _matching_real(reals, axes_of(first, SETTINGS))
+            if cell_id in reals or (axis == "target" and axis_value("target_kind", first["target_kind"]) is None):
+                continue
+            real = _matching_real(reals, axes_of(first, [s for s in SETTINGS if s in first]))
             if real is None:
                 continue
-            base = dict(zip(PANEL, (axis_value(a, v) for a, v in zip(PANEL, panel))))
-            base |= {"cell_id": cell_id, "variant": variant_label(first)} | axes_of(first, ("base_kind", "target_kind", *SETTINGS))
+            base = {"axis": axis} | panel | axes_of(first, ("base_kind", "direction", "target_kind")) | {
+                "cell_id": cell_id, "variant": variant_label(first, axis), "scan_mode": first.get("scan_mode")}
+            base |= axes_of(first, [s for s in SETTINGS if s in first])
             for metric in metrics:
-                x = finite(cell[metric])
-                y = finite(real[metric])
+                if metric not in cell:
+                    continue
+                x, y = finite(cell[metric]), finite(real[metric])
                 if x.size == 0 or y.size == 0:
                     continue
                 ks = ks_2samp(x, y)
                 diff, low, high = mean_difference(x, y, seed)
-                out.append(base | {
-                    "metric": metric, "n": x.size, "n_real": y.size, "mean": float(x.mean()), "mean_real": float(y.mean()),
-                    "mean_diff": diff, "diff_ci_low": low, "diff_ci_high": high,
-                    "ks_stat": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
+                entry = base | {
+                    "metric": metric, "n": x.size, "n_real": y.size, "mean": float(x.mean()), "std": _std(x),
+                    "mean_real": float(y.mean()), "std_real": _std(y), "mean_diff": diff, "diff_ci_low": low,
+                    "diff_ci_high": high, "ks_stat": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
                     "wasserstein": float(wasserstein_distance(x, y)),
-                })
-    return frame(out)
+                }
+                out.append(entry | paper.reported(entry))
+    return out
+
+
+def _std(x: np.ndarray) -> float:
+    return float(x.std(ddof=1)) if x.size > 1 else math.nan
 
 
 def _matching_real(reals: dict[str, pd.DataFrame], settings: dict) -> pd.DataFrame | None:
@@ -158,53 +205,79 @@ def finite(values) -> np.ndarray:
 # --------------------------------------------------------------------------- verdicts
 
 
-CHECK_STRUCTURE = "synthetic_structured closer to real than synthetic_baseline (KS on max_slope)"
+SLOPE_METRIC = "max_slope_step"  # the paper's headline metric (falls back to max_slope for older results)
+CHECK_STRUCTURE = "synthetic_structured closer to real than synthetic_baseline (KS on max_slope_step)"
 CHECK_PLATEAU = "plateaus shorter than real (mean plateau_len, 95% CI)"
-CHECK_GAUSSIAN = "gaussian unlike real (KS on max_slope, p < 0.05)"
-CHECK_CLOSEST = "closest to real (KS on max_slope)"
+CHECK_GAUSSIAN = "gaussian unlike real (KS on max_slope_step, p < 0.05)"
+CHECK_CLOSEST = "closest to real (KS on max_slope_step)"
+VERDICT_COLUMNS = ["axis", *PANELS["base"], "base_kind", "check", "subject", "verdict", "detail"]
 
 
 def verdicts(comparison: pd.DataFrame) -> pd.DataFrame:
-    """science.md's replication targets, one line each per panel: YES means the paper's finding holds.
+    """science.md's three findings (and which kind is closest to real), per panel of each axis.
 
-    Columns: panel axes, `check`, `subject`, `verdict` (YES / NO / INCONCLUSIVE, or the closest variant),
-    `detail`.
+    YES means the paper's finding holds. Slope checks use the sensitivity scan (mode interpolate) and the
+    plateau check the plateau scan (mode step) where the sweep has one; otherwise every scan.
+    Columns: `axis`, the panel axes, `check`, `subject`, `verdict` (YES / NO / INCONCLUSIVE, or the closest
+    variant), `detail`.
     """
-    out = []
     if comparison.empty:
-        return frame([], [*PANEL, "check", "subject", "verdict", "detail"])
-    for panel, group in comparison.groupby(list(PANEL), sort=True):
-        base = dict(zip(PANEL, panel))
-        slope = group[group.metric == "max_slope"].sort_values("ks_stat")
-        if not slope.empty:
-            ranking = "KS " + " < ".join(f"{r.variant} {r.ks_stat:.3f}" for r in slope.itertuples())
-            out.append(base | {"check": CHECK_CLOSEST, "subject": "all kinds", "verdict": slope.iloc[0]["variant"],
-                               "detail": ranking})
-        structured = slope[slope.base_kind == "synthetic_structured"]
-        baseline = slope[slope.base_kind == "synthetic_baseline"]
-        for s in structured.itertuples():
-            for b in baseline.itertuples():
-                if all(axis_value(k, getattr(s, k)) == axis_value(k, getattr(b, k)) for k in ("tol", "value_source", "add_error")):
-                    out.append(base | {"check": CHECK_STRUCTURE, "subject": f"{s.variant} vs {b.variant}",
-                                       "verdict": "YES" if s.ks_stat < b.ks_stat else "NO",
-                                       "detail": f"KS {s.ks_stat:.3f} vs {b.ks_stat:.3f}"})
-        plateau = group[(group.metric == "plateau_len") & group.base_kind.isin(SYNTHETIC_KINDS)]
-        for p in plateau.itertuples():
-            verdict = "YES" if p.diff_ci_high < 0 else "NO" if p.diff_ci_low > 0 else "INCONCLUSIVE"
-            out.append(base | {"check": CHECK_PLATEAU, "subject": p.variant, "verdict": verdict,
-                               "detail": f"mean {p.mean:.2f} vs real {p.mean_real:.2f}, "
-                                         f"diff {p.mean_diff:+.2f} [{p.diff_ci_low:+.2f}, {p.diff_ci_high:+.2f}]"})
-        for g in slope[slope.base_kind == "gaussian"].itertuples():
-            out.append(base | {"check": CHECK_GAUSSIAN, "subject": g.variant,
-                               "verdict": "YES" if g.ks_pvalue < ALPHA else "NO",
-                               "detail": f"KS {g.ks_stat:.3f}, p={g.ks_pvalue:.2g}, Wasserstein {g.wasserstein:.3g}"})
-    return frame(out)
+        return frame([], VERDICT_COLUMNS)
+    slope_metric = SLOPE_METRIC if (comparison.metric == SLOPE_METRIC).any() else "max_slope"
+    out = []
+    for axis in ("target", "base"):
+        rows = comparison[comparison.axis == axis]
+        kind = "target_kind" if axis == "target" else "base_kind"
+        slope = _experiment(rows, slope_metric, "interpolate")
+        plateau = _experiment(rows, "plateau_len", "step")
+        for panel, group in panels(pd.concat([slope, plateau]), axis):
+            head = {"axis": axis} | panel
+            s = group[group.metric == slope_metric].sort_values("ks_stat")
+            if not s.empty:
+                ranking = "KS " + " < ".join(f"{r.variant} {r.ks_stat:.3f}" for r in s.itertuples())
+                out.append(head | {"check": CHECK_CLOSEST, "subject": "all kinds", "verdict": s.iloc[0]["variant"],
+                                   "detail": ranking})
+            structured = s[s[kind] == "synthetic_structured"]
+            for b in s[s[kind] == "synthetic_baseline"].itertuples():
+                for st in structured.itertuples():
+                    if _same_shared_settings(st, b):
+                        out.append(head | {"check": CHECK_STRUCTURE, "subject": f"{st.variant} vs {b.variant}",
+                                           "verdict": "YES" if st.ks_stat < b.ks_stat else "NO",
+                                           "detail": f"KS {st.ks_stat:.3f} vs {b.ks_stat:.3f}"})
+            for g in s[s[kind] == "gaussian"].itertuples():
+                out.append(head | {"check": CHECK_GAUSSIAN, "subject": g.variant,
+                                   "verdict": "YES" if g.ks_pvalue < ALPHA else "NO",
+                                   "detail": f"KS {g.ks_stat:.3f}, p={g.ks_pvalue:.2g}, Wasserstein {g.wasserstein:.3g}"})
+            p = group[(group.metric == "plateau_len") & group[kind].isin(SYNTHETIC_KINDS)]
+            for r in p.itertuples():
+                verdict = "YES" if r.diff_ci_high < 0 else "NO" if r.diff_ci_low > 0 else "INCONCLUSIVE"
+                out.append(head | {"check": CHECK_PLATEAU, "subject": r.variant, "verdict": verdict,
+                                   "detail": f"mean {r.mean:.2f} vs real {r.mean_real:.2f}, "
+                                             f"diff {r.mean_diff:+.2f} [{r.diff_ci_low:+.2f}, {r.diff_ci_high:+.2f}]"})
+    return frame(out, VERDICT_COLUMNS)
+
+
+def _experiment(rows: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
+    """The comparison rows of `metric`, from the scans of `mode` where there are any."""
+    picked = rows[rows.metric == metric]
+    of_mode = picked[picked.scan_mode == mode]
+    return of_mode if not of_mode.empty else picked
+
+
+def _same_shared_settings(a, b) -> bool:
+    """Whether two comparison rows agree on every generation setting both of them have."""
+    for name in SETTINGS:
+        x, y = axis_value(name, getattr(a, name, None)), axis_value(name, getattr(b, name, None))
+        if x is not None and y is not None and x != y:
+            return False
+    return True
 
 
 def verdict_lines(table: pd.DataFrame) -> list[str]:
     """A header line per panel, then '  check -- subject: VERDICT (detail)' per verdict."""
     lines = []
-    for _, group in table.groupby(list(PANEL), sort=True):
-        lines.append(f"[{panel_label(group.iloc[0])}]")
-        lines += [f"  {r.check} -- {r.subject}: {r.verdict} ({r.detail})" for r in group.itertuples()]
+    for axis in ("target", "base"):
+        for _, group in panels(table[table.axis == axis], axis):
+            lines.append(f"[{axis}: {panel_label(group.iloc[0], axis)}]")
+            lines += [f"  {r.check} -- {r.subject}: {r.verdict} ({r.detail})" for r in group.itertuples()]
     return lines

@@ -1,7 +1,8 @@
 """Every figure synthact draws, used by both `synthact report` and the W&B tracker.
 
-Per panel (model, SAE, layer, read layer, direction): the mean L2 curve of every kind with quantile
-bands, and the metric distributions per kind; plus the kind-vs-real KS heatmap.
+Per panel of each comparison axis (aggregate.PANELS): the mean L2 curve of every kind with quantile
+bands, and the metric distributions per kind (on the target axis: the paper's histogram of the
+max-slope step per target kind); plus the KS heatmap of every kind against real.
 """
 
 from __future__ import annotations
@@ -16,48 +17,71 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from synthact.aggregate import ALPHA, PANEL, variant_label  # noqa: E402
-from synthact.results import axes_of  # noqa: E402
+from synthact.aggregate import ALPHA, panel_label, panels, variant_label  # noqa: E402
 from synthact.spec import digest  # noqa: E402
 
-DISTRIBUTED = ("max_slope", "plateau_len")
+DISTRIBUTED = ("max_slope_step", "plateau_len")
 KIND_COLORS = {"real": "C3", "sae_recon": "C4", "gaussian": "C0", "synthetic_baseline": "C2",
-               "synthetic_structured": "C1", "single_latent": "C5"}
+               "synthetic_structured": "C1", "single_latent": "C5", "random_latents": "C6"}
 LINESTYLES = ("-", "--", ":", "-.")
-
-# --------------------------------------------------------------------------- figures
-
-
-def panels(table: pd.DataFrame):
-    """(panel axes, rows) for each panel of a frame holding the PANEL columns."""
-    for key, group in table.groupby(list(PANEL), sort=True):
-        yield dict(zip(PANEL, key)), group
+SUBJECT = {"base": "base_kind", "target": "target_kind"}  # what varies within a panel of each axis
 
 
-def panel_slug(panel: dict) -> str:
-    """A file-name-safe, unique name for a panel, e.g. 'L1_R3_toward-same_1a2b3c'."""
-    direction = re.sub(r"[^A-Za-z0-9_]+", "-", str(panel["direction"]))
-    return f"L{int(panel['layer'])}_R{int(panel['read_layer'])}_{direction}_{digest(axes_of(panel, PANEL))[:6]}"
+def figure_panels(rows: pd.DataFrame):
+    """(axis, panel, rows, title, slug) for every panel that compares at least two kinds."""
+    for axis, subject in SUBJECT.items():
+        with_subject = rows[rows[subject].notna()]
+        for panel, group in panels(with_subject, axis):
+            if group[subject].nunique() > 1:
+                title = f"{axis} kinds: {panel_label(group.iloc[0], axis)}"
+                yield axis, panel, group, title, panel_slug(panel, axis)
 
 
-def styled(table: pd.DataFrame) -> list[tuple[pd.Series, dict]]:
+def panel_figures(rows: pd.DataFrame, bands: pd.DataFrame, only: set[str] | None = None):
+    """(title, [(name, caption, figure), ...]) per panel: its mean curves (where bands exist) and distributions.
+
+    `only` limits it to the panels with those slugs."""
+    for axis, panel, group, title, slug in figure_panels(rows):
+        if only is not None and slug not in only:
+            continue
+        drawn = []
+        if not bands.empty:
+            mine = bands[bands.cell_id.isin(set(group.cell_id)) & (bands.read_layer == panel["read_layer"])]
+            if not mine.empty:
+                drawn.append((f"curves_{slug}", f"mean L2 curve per kind: {title}", curve_figure(mine, title, axis)))
+        drawn.append((f"distributions_{slug}", f"metric distributions per kind: {title}",
+                      distribution_figure(group, title, axis)))
+        yield title, drawn
+
+
+def panel_slug(panel: dict, axis: str) -> str:
+    """A file-name-safe, unique name for a panel, e.g. 'target_L1_R3_base-real_1a2b3c'."""
+    what = panel["direction"] if axis == "base" else f"base-{panel['base_kind']}"
+    name = re.sub(r"[^A-Za-z0-9_]+", "-", f"{axis}_L{panel['layer']}_R{panel['read_layer']}_{what}")
+    return f"{name}_{digest(panel)[:6]}"
+
+
+def styled(table: pd.DataFrame, axis: str) -> list[tuple[pd.Series, dict]]:
     """One (first row, matplotlib style) per cell: real first, one colour per kind, a line style per setting."""
+    subject = SUBJECT[axis]
+    order = list(KIND_COLORS)
     firsts = [g.iloc[0] for _, g in table.groupby("cell_id", sort=True)]
-    firsts.sort(key=lambda r: (list(KIND_COLORS).index(r["base_kind"]), variant_label(r)))
+    firsts.sort(key=lambda r: (order.index(r[subject]) if r[subject] in order else len(order), variant_label(r, axis)))
     seen: dict[str, int] = {}
     out = []
     for row in firsts:
-        i = seen[row["base_kind"]] = seen.get(row["base_kind"], -1) + 1
-        out.append((row, {"color": KIND_COLORS[row["base_kind"]], "linestyle": LINESTYLES[i % len(LINESTYLES)],
-                          "label": variant_label(row)}))
+        kind = row[subject]
+        i = seen[kind] = seen.get(kind, -1) + 1
+        out.append((row, {"color": KIND_COLORS.get(kind, "C7"), "linestyle": LINESTYLES[i % len(LINESTYLES)],
+                          "label": variant_label(row, axis)}))
     return out
 
 
-def curve_figure(bands: pd.DataFrame, title: str) -> Figure:
+def curve_figure(bands: pd.DataFrame, title: str, axis: str) -> Figure:
     """Mean L2 curve per kind, with the 25-75% band shaded and the 5-95% band lighter."""
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    for row, style in styled(bands):
+    for row, style in styled(bands, axis):
         color = style["color"]
         n = np.arange(len(row["mean"]))
         ax.fill_between(n, row["q05"], row["q95"], color=color, alpha=0.08, linewidth=0)
@@ -71,14 +95,15 @@ def curve_figure(bands: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def distribution_figure(rows: pd.DataFrame, title: str) -> Figure:
-    """Histograms of max_slope and plateau_len per kind (densities on shared bins)."""
+def distribution_figure(rows: pd.DataFrame, title: str, axis: str) -> Figure:
+    """Histograms of the max-slope step and the plateau length per kind (densities on shared bins)."""
     fig = Figure(figsize=(9, 3.6), layout="constrained")
-    variants = styled(rows)
-    for j, metric in enumerate(DISTRIBUTED):
-        ax = fig.add_subplot(1, len(DISTRIBUTED), j + 1)
+    variants = styled(rows, axis)
+    metrics = [m for m in DISTRIBUTED if m in rows] or ["max_slope", "plateau_len"]
+    for j, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), j + 1)
         values = [_finite(rows.loc[rows.cell_id == row["cell_id"], metric]) for row, _ in variants]
-        ax.hist(values, bins=_bins(np.concatenate(values), integer=metric == "plateau_len"), density=True,
+        ax.hist(values, bins=_bins(np.concatenate(values), integer=metric != "max_slope"), density=True,
                 histtype="step", linewidth=1.5, color=[style["color"] for _, style in variants],
                 label=[style["label"] for _, style in variants])
         ax.set_xlabel(metric)
@@ -104,9 +129,7 @@ def _bins(values: np.ndarray, integer: bool):
 
 def comparison_figure(comparison: pd.DataFrame) -> Figure:
     """KS statistic of each kind against `real`, per panel and metric (darker = further; * = p < 0.05)."""
-    wide = comparison.assign(
-        row=[f"L{r.layer}->R{r.read_layer} {r.direction} | {r.variant}" for r in comparison.itertuples()]
-    )
+    wide = comparison.assign(row=[f"{panel_label(r, r['axis'])} | {r['variant']}" for _, r in comparison.iterrows()])
     ks = wide.pivot_table(index="row", columns="metric", values="ks_stat", sort=False)
     p = wide.pivot_table(index="row", columns="metric", values="ks_pvalue", sort=False).reindex_like(ks)
     fig = Figure(figsize=(3 + 1.6 * ks.shape[1], 1.2 + 0.32 * ks.shape[0]), layout="constrained")

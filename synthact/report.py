@@ -1,8 +1,8 @@
 """`synthact report OUT [--html FILE]`: PNG figures under OUT/report/ and one self-contained HTML page.
 
-Figures: per panel (model, SAE, layer, read layer, direction) the mean L2 curve of every kind with
-quantile bands, and the `max_slope` / `plateau_len` distributions per kind; plus the kind-vs-real
-comparison as a KS heatmap. The page embeds every figure (base64), the replication verdicts and the
+Figures (synthact.figures): per panel of each comparison axis the mean L2 curve of every kind with
+quantile bands and the `max_slope_step` / `plateau_len` distributions per kind (on the target axis,
+the paper's histogram per target kind); plus the kind-vs-real comparison as a KS heatmap. The page embeds every figure (base64), the replication verdicts and the
 comparison table, so it can be mailed or archived as one file. The W&B tracker draws the same figures.
 """
 
@@ -18,12 +18,9 @@ import pyarrow.fs as pafs
 import yaml
 from matplotlib.figure import Figure
 
-from synthact import aggregate, figures, results
+from synthact import aggregate, compare, figures, results
 from synthact.errors import SynthactError
 from synthact.store import resolve_location
-
-TABLE_COLUMNS = ["layer", "read_layer", "direction", "variant", "metric", "n", "n_real", "mean", "mean_real",
-                 "mean_diff", "diff_ci_low", "diff_ci_high", "ks_stat", "ks_pvalue", "wasserstein"]
 
 
 # --------------------------------------------------------------------------- the report
@@ -52,7 +49,7 @@ def build_report(out: str | Path, html_path: str | Path | None = None) -> Report
                             f"e.g. {html_path / 'report.html'}")
     rows = results.read_rows(out, curves=True)
     bands = aggregate.curve_bands(rows)
-    comparison = aggregate.compare_to_real(rows)
+    comparison = aggregate.compare_kinds(rows)
     verdicts = aggregate.verdicts(comparison)
     figure_dir = out / "report"
     figure_dir.mkdir(parents=True, exist_ok=True)
@@ -67,19 +64,12 @@ def build_report(out: str | Path, html_path: str | Path | None = None) -> Report
                 f'src="data:image/png;base64,{base64.b64encode(data).decode()}"><figcaption>{html.escape(caption)}'
                 "</figcaption></figure>")
 
-    band_panels = {aggregate.panel_label(panel): group for panel, group in figures.panels(bands)}
-    for panel, group in figures.panels(rows):
-        title = aggregate.panel_label(panel)
-        slug = figures.panel_slug(panel)
+    for title, drawn in figures.panel_figures(rows, bands):
         parts = [f"<h2>{html.escape(title)}</h2>"]
-        panel_bands = band_panels.get(title)
-        if panel_bands is not None:
-            parts.append(save(figures.curve_figure(panel_bands, title), f"curves_{slug}", f"mean L2 curve per kind: {title}"))
-        parts.append(save(figures.distribution_figure(group, title), f"distributions_{slug}",
-                          f"max_slope and plateau_len per kind: {title}"))
+        parts += [save(fig, name, caption) for name, caption, fig in drawn]
         sections.append("\n".join(parts))
     if not comparison.empty:
-        sections.append("<h2>Each kind against real</h2>" + save(figures.comparison_figure(comparison), "comparison",
+        sections.append("<h2>Each kind against real (both axes)</h2>" + save(figures.comparison_figure(comparison), "comparison",
                                                                    "KS statistic of each kind against real"))
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(_page(out, rows, comparison, verdicts, sections, bands.empty))
@@ -91,10 +81,10 @@ def _page(out: Path, rows, comparison, verdicts, sections, no_curves: bool) -> s
     if verdicts.empty:
         checks = "<p>No comparison: the sweep has no <code>real</code> cells to compare other kinds against.</p>"
     else:
-        shown = verdicts.assign(panel=[aggregate.panel_label(r) for _, r in verdicts.iterrows()])
-        checks = shown[["panel", "check", "subject", "verdict", "detail"]].to_html(index=False, classes="verdicts")
+        shown = verdicts.assign(panel=[aggregate.panel_label(r, r["axis"]) for _, r in verdicts.iterrows()])
+        checks = shown[["axis", "panel", "check", "subject", "verdict", "detail"]].to_html(index=False, classes="verdicts")
     note = "<p>The job set <code>keep_curves: false</code>, so there are no curve figures.</p>" if no_curves else ""
-    table = (comparison[[c for c in TABLE_COLUMNS if c in comparison]].to_html(index=False, float_format="{:.4g}".format)
+    table = (comparison[[c for c in compare.SHOWN if c in comparison]].to_html(index=False, float_format="{:.4g}".format)
              if not comparison.empty else "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>synthact report: {html.escape(name)}</title>
@@ -106,7 +96,9 @@ table {{ border-collapse: collapse; font-size: 0.8em; }} td, th {{ border: 1px s
 <h1>synthact report: {html.escape(name)}</h1>
 <p>{len(rows)} curves in {rows.cell_id.nunique()} cells, from <code>{html.escape(str(out))}</code>.</p>
 <h2>Replication checks</h2>
-<p>YES means the paper's finding holds (science.md, "the replication target").</p>
+<p>YES means the paper's finding holds (docs/science.md, "What the paper found"). The <em>target</em> axis is
+the paper's design: real bases pushed toward each kind of target, each against <code>toward:real</code>; the
+<em>base</em> axis compares kinds of base pushed along one direction, each against <code>real</code>.</p>
 {checks}
 {note}
 {''.join(sections)}

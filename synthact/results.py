@@ -18,52 +18,101 @@ import pyarrow.parquet as pq
 from synthact.errors import SynthactError
 
 F64, I32, I64, STR = pa.float64(), pa.int32(), pa.int64(), pa.string()
+LIST_I32, LIST_F32 = pa.list_(I32), pa.list_(pa.float32())
 
+# Every column: name -> (type, what it holds). Grouped; the groups below name the columns of each role.
+IDS = {
+    "cell_id": (STR, "Hash of the cell's settings (the partition `results/cell=<cell_id>/`)."),
+    "shard_id": (STR, "`<cell_id>-<shard index>`: the unit of work and of resume."),
+}
 # The grid axes of a row: the cell's settings and the read layer, in display order.
-AXES: dict[str, pa.DataType] = {
-    "model": STR, "sae": STR, "layer": I32, "read_layer": I32, "base_kind": STR, "direction": STR,
-    "target_kind": STR, "tol": F64, "candidates": I32, "value_source": STR, "add_error": pa.bool_(),
+AXES = {
+    "model": (STR, "Model label (pretrained name, `local:<dir>` or `toy-<hash>`)."),
+    "sae": (STR, "SAE label (`<release>/<id>`, `local:<path>` or `toy-<hash>`)."),
+    "layer": (I32, "Perturbation layer L."),
+    "read_layer": (I32, "Read layer R (`blocks.R.hook_resid_post`, resolved block index)."),
+    "base_kind": (STR, "Kind of the base activation A."),
+    "direction": (STR, "Direction spec: `toward:<kind>`, `isotropic`, `latent:<id>`, `latent:random`, `toward_recon`."),
+    "target_kind": (STR, "Kind of the target T of `toward:<kind>`; null for directions without a target."),
+    "tol": (F64, "Frequency tolerance |log10 f(j) - log10 f(i)| of synthetic replacements (null if unused)."),
+    "candidates": (I32, "C, frequency-matched candidates per latent of `synthetic_structured` (pairwise structure)."),
+    "value_source": (STR, "Values of synthetic codes: `template` or `sampled`."),
+    "add_error": (pa.bool_(), "Whether the template's SAE error was added to synthetic activations."),
 }
 # The axes that only synthetic generation has (null elsewhere).
-SETTINGS = ("tol", "candidates", "value_source", "add_error")
-
-# Per-curve metrics (science.md, "Curve metrics"); JS twins carry the `js_` prefix.
-METRICS: dict[str, pa.DataType] = {
-    "max_slope": F64, "blowup_step": I32, "plateau_len": I32, "early_slope_ratio": F64, "final_l2": F64,
+SETTINGS = ("candidates", "tol", "value_source", "add_error")
+# What recomputes a row: ids, seeds, scan settings.
+PROVENANCE = {
+    "base_index": (I32, "Index of the base within its cell (0..bases_per_cell-1)."),
+    "seed": (I64, "The job's seed."),
+    "base_seed": (I64, "Seed of the base draw (derived from seed, the base settings and base_index)."),
+    "target_seed": (I64, "Seed of the target / direction draw (derived from seed, cell_id and base_index)."),
+    "scan_mode": (STR, "`step` (A + n s D) or `interpolate` (A + (n/N)(T - A))."),
+    "steps": (I32, "N: the scan has points n = 0..N."),
+    "step_size": (F64, "Distance between scan points (s in step mode, ||T - A|| / N when interpolating)."),
 }
-JS_METRICS: dict[str, pa.DataType] = {
-    "js_max_slope": F64, "js_blowup_step": I32, "js_plateau_len": I32, "js_early_slope_ratio": F64, "js_final": F64,
+# Per-curve metrics (docs/science.md, "Curve metrics"); JS twins carry the `js_` prefix.
+METRICS = {
+    "max_slope": (F64, "Largest slope (d_{n+1} - d_n) / step_size of the L2 curve."),
+    "blowup_step": (I32, "The n of that largest slope."),
+    "plateau_len": (I32, "First n whose distance reaches the plateau threshold."),
+    "early_slope_ratio": (F64, "Mean slope over the first 10% of steps / max_slope."),
+    "final_l2": (F64, "d at the last scan point."),
 }
-# The metrics whose distributions are aggregated and compared across kinds.
+JS_METRICS = {
+    "js_max_slope": (F64, "max_slope of the sqrt-JS curve (next-token distributions)."),
+    "js_blowup_step": (I32, "blowup_step of the sqrt-JS curve."),
+    "js_plateau_len": (I32, "plateau_len of the sqrt-JS curve."),
+    "js_early_slope_ratio": (F64, "early_slope_ratio of the sqrt-JS curve."),
+    "js_final": (F64, "sqrt-JS distance at the last scan point."),
+}
+# The metrics whose distributions are aggregated, and those compared across kinds.
 AGGREGATED = ("max_slope", "plateau_len", "early_slope_ratio", "final_l2")
 COMPARED = ("max_slope", "plateau_len", "early_slope_ratio")
-
-# What recomputes a row: ids, seeds, scan settings, the activations' provenance.
-PROVENANCE: dict[str, pa.DataType] = {
-    "base_index": I32, "seed": I64, "base_seed": I64, "target_seed": I64, "scan_mode": STR, "steps": I32,
-    "step_size": F64,
+# What rebuilds the base and the target or direction (kinds.from_provenance, directions.direction_from_provenance).
+ACTIVATIONS = {
+    "base_norm": (F64, "||A||."),
+    "target_norm": (F64, "||T|| (null without a target)."),
+    "base_l0": (I32, "Active latents of the base (its built code, or its SAE code)."),
+    "target_l0": (I32, "Active latents of the target's built or SAE code."),
+    "direction_latent": (I32, "Latent of `latent:<id>` / `latent:random`."),
+    "base_doc": (I64, "Corpus document of the base's prompt (or context prompt)."),
+    "base_offset": (I64, "Token offset of that prompt in its document."),
+    "base_tokens": (LIST_I32, "The base's prompt (or context prompt) tokens."),
+    "target_doc": (I64, "Corpus document of a prompt-based target."),
+    "target_offset": (I64, "Token offset of the target's prompt."),
+    "target_tokens": (LIST_I32, "The target's prompt tokens."),
+    "base_latents": (LIST_I32, "Latent ids of an SAE-built base."),
+    "base_latent_values": (LIST_F32, "Their values."),
+    "target_latents": (LIST_I32, "Latent ids of an SAE-built target."),
+    "target_latent_values": (LIST_F32, "Their values."),
 }
-ACTIVATIONS: dict[str, pa.DataType] = {
-    "base_norm": F64, "target_norm": F64, "base_l0": I32, "target_l0": I32, "direction_latent": I32,
-    "base_doc": I64, "base_offset": I64, "base_tokens": pa.list_(I32),
-    "target_doc": I64, "target_offset": I64, "target_tokens": pa.list_(I32),
-    "base_latents": pa.list_(I32), "base_latent_values": pa.list_(pa.float32()),
-    "target_latents": pa.list_(I32), "target_latent_values": pa.list_(pa.float32()),
+CURVES = {
+    "l2_curve": (LIST_F32, "d_n = ||h_R(A_n) - h_R(A_0)||, n = 0..N (with keep_curves)."),
+    "js_curve": (LIST_F32, "sqrt-JS distance of next-token distributions per scan point (with js and keep_curves)."),
 }
-CURVES = ("l2_curve", "js_curve")
 
 
 def result_schema(js: bool, keep_curves: bool) -> pa.Schema:
     """The columns of every result row of a job with these readouts."""
-    fields = {"cell_id": STR, "shard_id": STR, **AXES, **PROVENANCE, **METRICS}
-    if js:
-        fields |= JS_METRICS
-    fields |= ACTIVATIONS
+    fields = IDS | AXES | PROVENANCE | METRICS | (JS_METRICS if js else {}) | ACTIVATIONS
     if keep_curves:
-        fields["l2_curve"] = pa.list_(pa.float32())
-        if js:
-            fields["js_curve"] = pa.list_(pa.float32())
-    return pa.schema(list(fields.items()))
+        fields |= {name: CURVES[name] for name in ("l2_curve", "js_curve") if name == "l2_curve" or js}
+    return pa.schema([(name, kind) for name, (kind, _) in fields.items()])
+
+
+def column_reference() -> str:
+    """Every result column with its type and meaning, as Markdown (docs/results.md)."""
+    lines = ["# Result columns", "", "One Parquet row per curve (one base, one read layer) under",
+             "`OUT/results/cell=<cell_id>/<shard_id>.parquet`. Generated by `python -m synthact.results`",
+             "from `synthact/results.py`, where every column is declared.", ""]
+    for title, group in (("Ids", IDS), ("Grid axes", AXES), ("Provenance", PROVENANCE), ("Metrics", METRICS),
+                         ("JS metrics (with `js: true`)", JS_METRICS), ("Activations", ACTIVATIONS),
+                         ("Curves", CURVES)):
+        lines += [f"## {title}", "", "| column | type | meaning |", "|---|---|---|"]
+        lines += [f"| `{name}` | {kind} | {text.replace('|', chr(92) + '|')} |" for name, (kind, text) in group.items()]
+        lines.append("")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- axis values
@@ -73,7 +122,7 @@ def axis_value(name: str, value):
     """A grid-axis value as a plain Python value: None for null, int / float / bool / str by the axis's type."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
-    kind = AXES.get(name, STR)
+    kind = AXES[name][0] if name in AXES else STR
     if pa.types.is_integer(kind):
         return int(value)
     if pa.types.is_floating(kind):
@@ -151,3 +200,7 @@ def read_rows(out, curves: bool = False) -> pd.DataFrame:
     if table.num_rows == 0:
         raise SynthactError(f"'{out}/results' holds no rows yet; wait for the first cell to finish, or rerun the sweep")
     return table.to_pandas()
+
+
+if __name__ == "__main__":
+    print(column_reference())

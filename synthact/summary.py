@@ -13,37 +13,40 @@ ALWAYS = ("layer", "read_layer", "base_kind", "direction")  # shown even when th
 MAX_CHECK_LINES = 30
 
 
-SHORT = {"max_slope": "slope", "plateau_len": "plateau", "early_slope_ratio": "early"}
+SHORT = {"max_slope_step": "step", "max_slope": "slope", "plateau_len": "plateau", "early_slope_ratio": "early"}
 
 
 def cell_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per cell and read layer: curves, and mean / median of the headline metrics."""
     axes = [a for a in AXES if a in ALWAYS or (a not in ("model", "sae", "target_kind") and rows[a].nunique(dropna=True) > 1)]
-    agg = {"curves": ("max_slope", "size")}
-    for m in COMPARED:
-        agg[f"{SHORT[m]}_mean"] = (m, "mean")
-        agg[f"{SHORT[m]}_med"] = (m, "median")
+    agg = {"curves": ("cell_id", "size")}
+    for m in (m for m in COMPARED if m in rows):
+        agg[f"{SHORT.get(m, m)}_mean"] = (m, "mean")
+        agg[f"{SHORT.get(m, m)}_med"] = (m, "median")
     table = rows.groupby(axes, dropna=False, sort=True).agg(**agg).reset_index()
     return table.rename(columns={"read_layer": "read", "base_kind": "kind"})
 
 
-def kind_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per kind: mean L0 and norm of the bases (synthetic kinds must match real)."""
-    return (
-        rows.drop_duplicates(["cell_id", "base_index"])
-        .groupby(["layer", "base_kind"], sort=True)
-        .agg(bases=("base_norm", "size"), mean_l0=("base_l0", "mean"), mean_norm=("base_norm", "mean"),
-             std_norm=("base_norm", "std"))
-        .reset_index()
-    )
+def kind_table(rows: pd.DataFrame, role: str = "base") -> pd.DataFrame:
+    """Per kind of base (or of target): how many, mean L0 and norm (synthetic kinds should match real)."""
+    kind, l0, norm = f"{role}_kind", f"{role}_l0", f"{role}_norm"
+    drawn = rows[rows[kind].notna()].drop_duplicates(["cell_id", "base_index"])
+    return (drawn.groupby(["layer", kind], sort=True)
+            .agg(**{f"{role}s": (norm, "size"), "mean_l0": (l0, "mean"), "mean_norm": (norm, "mean"),
+                    "std_norm": (norm, "std")})
+            .reset_index())
 
 
 def ks_table(comparison: pd.DataFrame) -> pd.DataFrame:
-    """KS statistic of each kind against `real`, per panel, one column per metric."""
-    keys = ["layer", "read_layer", "direction", "variant"]
-    table = comparison.pivot_table(index=keys, columns="metric", values="ks_stat", sort=True).reset_index()
+    """KS statistic of each kind against real, per panel of each axis, one column per metric."""
+    panel = [f"base {b}" if a == "target" else d for a, b, d in
+             zip(comparison.axis, comparison.base_kind, comparison.direction)]
+    keys = ["axis", "layer", "read_layer", *(["scan"] if comparison.get("scan", pd.Series()).notna().any() else []),
+            "panel", "variant"]
+    table = comparison.assign(panel=panel).pivot_table(index=keys, columns="metric", values="ks_stat", sort=True)
+    table = table.reset_index().sort_values("axis", ascending=False, kind="stable")
     table.columns.name = None
-    return table.rename(columns={"read_layer": "read", "variant": "kind", **{m: f"ks_{SHORT[m]}" for m in COMPARED}})
+    return table.rename(columns={"read_layer": "read", "variant": "kind", **{m: f"ks_{SHORT.get(m, m)}" for m in COMPARED}})
 
 
 def render(summary: RunSummary, rows: pa.Table, out: str, comparison: pd.DataFrame | None = None,
@@ -59,8 +62,12 @@ def render(summary: RunSummary, rows: pa.Table, out: str, comparison: pd.DataFra
                       cell_table(df).to_string(index=False), ""]
             lines += ["Bases per kind (synthetic kinds should match real L0 and norm):",
                       kind_table(df).to_string(index=False), ""]
+            targets = kind_table(df, "target")
+            if not targets.empty:
+                lines += ["Targets per kind:", targets.to_string(index=False), ""]
             if comparison is not None and not comparison.empty:
-                lines += ["Each kind against real (two-sample KS statistic; smaller = closer to real):",
+                lines += ["Each kind against real (two-sample KS statistic; smaller = closer to real; target axis = "
+                          "the paper's design, toward each kind vs toward:real):",
                           ks_table(comparison).to_string(index=False), ""]
             if verdicts is not None and not verdicts.empty:
                 checks = verdict_lines(verdicts)

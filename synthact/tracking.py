@@ -56,7 +56,8 @@ class Tracker:
         self._stale: set[str] = set()
         self.cells_done = 0
         self.curves_done = 0
-        self._panels: dict[str, dict] = {}  # panel label -> {"panel", "rows": {cell_id: rows}, "bands": {cell_id: bands}}
+        self._rows: list[pd.DataFrame] = []  # finished cells' rows, without curves (memory stays small)
+        self._bands: list[pd.DataFrame] = []  # their mean curves and bands
         if not (enabled and job.wandb.enabled):
             return
         self._guard("start", lambda: self._start(out_dir, grid))
@@ -71,7 +72,7 @@ class Tracker:
     def finish(self, summary: dict, out_dir: str | Path, comparison: pd.DataFrame | None = None) -> None:
         """Log the final tables, comparison, figures and summary metrics from the Parquet results; close the run.
 
-        `comparison` is `aggregate.compare_to_real` of the results, when the caller already has it."""
+        `comparison` is `aggregate.compare_kinds` of the results, when the caller already has it."""
         if self.run is not None:
             self._guard("log the final results", lambda: self._finish(summary, out_dir, comparison))
         if self.run is not None:
@@ -127,32 +128,16 @@ class Tracker:
         self.cells_done += 1
         self.curves_done += len(rows)
         data = {"cells_live": self.live, "progress/cells_done": self.cells_done, "progress/curves_done": self.curves_done}
-        bands = aggregate.curve_bands(rows)
-        for panel, group in figures.panels(rows):
-            label = aggregate.panel_label(panel)
-            entry = self._panels.setdefault(label, {"panel": panel, "rows": {}, "bands": {}})
-            entry["rows"][group.cell_id.iloc[0]] = group.drop(columns="l2_curve", errors="ignore")  # keep memory small
-            if not bands.empty:
-                entry["bands"][group.cell_id.iloc[0]] = bands[bands.read_layer == panel["read_layer"]]
-            self._stale.add(label)
-        if time.monotonic() - self._last_figures >= self.figure_interval_s:
-            for label in sorted(self._stale):
-                data |= self._panel_images(self._panels[label])
+        self._rows.append(rows.drop(columns="l2_curve", errors="ignore"))
+        self._bands.append(aggregate.curve_bands(rows))
+        seen = pd.concat(self._rows)
+        cell_id = rows.cell_id.iloc[0]
+        self._stale |= {slug for _, _, group, _, slug in figures.figure_panels(seen) if cell_id in set(group.cell_id)}
+        if self._stale and time.monotonic() - self._last_figures >= self.figure_interval_s:
+            data |= _images(seen, pd.concat(self._bands), self._stale)
             self._stale.clear()
             self._last_figures = time.monotonic()
         self.run.log(data)
-
-    def _panel_images(self, entry: dict) -> dict:
-        import wandb
-
-        panel, slug = entry["panel"], figures.panel_slug(entry["panel"])
-        title = aggregate.panel_label(panel)
-        rows = pd.concat(entry["rows"].values())
-        images = {f"distributions/{slug}": wandb.Image(_image(figures.distribution_figure(rows, title)), caption=title)}
-        if entry["bands"]:
-            figure = figures.curve_figure(pd.concat(entry["bands"].values()), title)
-            images[f"curves/{slug}"] = wandb.Image(_image(figure), caption=title)
-        return images
 
     def _finish(self, summary: dict, out_dir: str | Path, comparison: pd.DataFrame | None) -> None:
         import wandb
@@ -165,15 +150,10 @@ class Tracker:
             return
         cells = aggregate.cell_aggregates(rows)
         if comparison is None:
-            comparison = aggregate.compare_to_real(rows)
+            comparison = aggregate.compare_kinds(rows)
         verdicts = aggregate.verdicts(comparison)
         data = {"cells": _table(cells[CELL_COLUMNS]), "comparison": _table(comparison), "verdicts": _table(verdicts)}
-        bands = aggregate.curve_bands(rows)
-        band_panels = {aggregate.panel_label(p): g for p, g in figures.panels(bands)}
-        for panel, group in figures.panels(rows):
-            label = aggregate.panel_label(panel)
-            entry = {"panel": panel, "rows": {"all": group}, "bands": {"all": band_panels[label]} if label in band_panels else {}}
-            data |= self._panel_images(entry)
+        data |= _images(rows, aggregate.curve_bands(rows))
         if not comparison.empty:
             data["comparison_ks"] = wandb.Image(_image(figures.comparison_figure(comparison)))
         self.run.log(data)
@@ -186,13 +166,14 @@ CELL_COLUMNS = ["cell_id", *results.AXES, "curves"] + [
 
 
 def summary_metrics(rows: pd.DataFrame, verdicts: pd.DataFrame) -> dict:
-    """Totals, per-kind means of each metric, and counts of replication verdicts."""
+    """Totals, per base kind and per target kind means of each metric, and counts of replication verdicts."""
     out = {"total/cells": int(rows.cell_id.nunique()), "total/curves": int(len(rows))}
-    for kind, group in rows.groupby("base_kind", sort=True):
-        for metric in results.AGGREGATED:
-            values = aggregate.finite(group[metric])
-            if values.size:
-                out[f"kind/{kind}/{metric}_mean"] = float(values.mean())
+    for prefix, column in (("kind", "base_kind"), ("target", "target_kind")):
+        for kind, group in rows.groupby(column, sort=True):
+            for metric in results.AGGREGATED:
+                values = aggregate.finite(group[metric])
+                if values.size:
+                    out[f"{prefix}/{kind}/{metric}_mean"] = float(values.mean())
     checks = verdicts[verdicts.check != aggregate.CHECK_CLOSEST].verdict.tolist()
     for verdict in ("YES", "NO", "INCONCLUSIVE"):
         out[f"replication/{verdict.lower()}"] = checks.count(verdict)
@@ -244,6 +225,17 @@ def _table(frame: pd.DataFrame):
 
     return wandb.Table(columns=list(frame.columns), data=[[_plain(v) for v in r] for r in frame.itertuples(index=False)],
                        allow_mixed_types=True)
+
+
+def _images(rows: pd.DataFrame, bands: pd.DataFrame, only: set[str] | None = None) -> dict:
+    """W&B images of the panels' figures, keyed 'curves/<slug>' and 'distributions/<slug>'."""
+    import wandb
+
+    images = {}
+    for title, drawn in figures.panel_figures(rows, bands, only):
+        for name, _, figure in drawn:
+            images[name.replace("_", "/", 1)] = wandb.Image(_image(figure), caption=title)
+    return images
 
 
 def _image(figure):

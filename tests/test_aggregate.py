@@ -24,9 +24,8 @@ from synthact.spec import Job, parse_job
 
 # Centre of the sigmoid blow-up, in steps (a later centre is a longer plateau), and its width
 # (a narrower blow-up is a larger max_slope).
-CENTRE = {"real": 12.0, "sae_recon": 11.5, "synthetic_structured": 10.5, "synthetic_baseline": 8.0, "gaussian": 4.0}
-WIDTH = {"real": 1.0, "sae_recon": 1.1, "synthetic_structured": 1.3, "synthetic_baseline": 2.0, "gaussian": 3.0}
-LIST_I32 = pa.list_(pa.int32())
+CENTRE = {"real": 12.0, "sae_recon": 11.5, "synthetic_structured": 9.0, "synthetic_baseline": 7.5, "gaussian": 4.0}
+WIDTH = {"real": 1.0, "sae_recon": 1.1, "synthetic_structured": 1.2, "synthetic_baseline": 2.5, "gaussian": 3.5}
 
 
 def make_job(bases: int = 40, steps: int = 20, **overrides) -> Job:
@@ -38,7 +37,8 @@ def make_job(bases: int = 40, steps: int = 20, **overrides) -> Job:
         "layers": [1],
         "read_layers": [2, -1],
         "base_kinds": ["real", "gaussian", "synthetic_baseline", "synthetic_structured"],
-        "directions": ["toward:same", "isotropic"],
+        "directions": ["toward:same", "isotropic", "toward:gaussian", "toward:synthetic_baseline",
+                       "toward:synthetic_structured"],
         "scan": {"steps": steps, "step_size": 0.5},
         "bases_per_cell": bases,
         "shard_size": bases // 2,
@@ -55,10 +55,12 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True) -> pa.T
     columns: dict[str, list] = {}
     for read_layer in (2, 3):
         b = shard.n_bases
-        centre = rng.normal(CENTRE[cell.base_kind], 1.5, b) + (2.0 if cell.direction == "isotropic" else 0.0)
+        # Base and target kind both shape the curve, so kinds differ along both comparison axes.
+        target = cell.target_kind or cell.base_kind
+        centre = rng.normal((CENTRE[cell.base_kind] + CENTRE[target]) / 2, 1.5, b) + (2.0 if cell.direction == "isotropic" else 0.0)
         height = rng.lognormal(np.log(10.0 * read_layer), 0.3, b)
         n = np.arange(n_steps + 1)
-        width = rng.normal(WIDTH[cell.base_kind], 0.1, b)[:, None]
+        width = rng.normal((WIDTH[cell.base_kind] + WIDTH[target]) / 2, 0.1, b)[:, None]
         curves = height[:, None] * (1 / (1 + np.exp(-(n - centre[:, None]) / width)) - 1 / (1 + np.exp(centre[:, None] / width)))
         curves = np.maximum(curves + rng.normal(0, 0.05, curves.shape), 0.0)
         curves[:, 0] = 0.0
@@ -89,27 +91,11 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True) -> pa.T
         }
         if keep_curves:
             rows["l2_curve"] = curves.tolist()
-        rows["js_curve"] = [None] * b
         for name, values in rows.items():
             columns.setdefault(name, []).extend(values)
-    return pa.table({name: pa.array(values, type=SCHEMA[name]) for name, values in columns.items()})
-
-
-SCHEMA = {
-    "cell_id": pa.string(), "shard_id": pa.string(), "model": pa.string(), "sae": pa.string(), "layer": pa.int32(),
-    "read_layer": pa.int32(), "base_kind": pa.string(), "direction": pa.string(), "target_kind": pa.string(),
-    "tol": pa.float64(), "candidates": pa.int32(), "value_source": pa.string(), "add_error": pa.bool_(),
-    "base_index": pa.int32(), "seed": pa.int64(), "base_seed": pa.int64(), "target_seed": pa.int64(),
-    "scan_mode": pa.string(), "steps": pa.int32(), "step_size": pa.float64(), "max_slope": pa.float64(),
-    "blowup_step": pa.int32(), "plateau_len": pa.int32(), "early_slope_ratio": pa.float64(), "final_l2": pa.float64(),
-    "js_max_slope": pa.float64(), "js_blowup_step": pa.int32(), "js_plateau_len": pa.int32(),
-    "js_early_slope_ratio": pa.float64(), "js_final": pa.float64(), "base_norm": pa.float64(),
-    "target_norm": pa.float64(), "base_l0": pa.int32(), "target_l0": pa.int32(), "direction_latent": pa.int32(),
-    "base_doc": pa.int64(), "base_offset": pa.int64(), "base_tokens": LIST_I32, "target_doc": pa.int64(),
-    "target_offset": pa.int64(), "target_tokens": LIST_I32, "base_latents": LIST_I32,
-    "base_latent_values": pa.list_(pa.float32()), "target_latents": LIST_I32,
-    "target_latent_values": pa.list_(pa.float32()), "l2_curve": pa.list_(pa.float32()), "js_curve": pa.list_(pa.float32()),
-}
+    schema = results.result_schema(js=True, keep_curves=keep_curves)
+    n = len(columns["cell_id"])
+    return pa.table({f.name: pa.array(columns.get(f.name, [None] * n), type=f.type) for f in schema}, schema=schema)
 
 
 def write_results(job: Job, out: Path, seed: int = 0, keep_curves: bool = True) -> dict[str, pa.Table]:
@@ -194,50 +180,79 @@ def test_curve_bands_are_mean_and_quantiles_of_curves(sweep):
     assert aggregate.curve_bands(rows.drop(columns="l2_curve")).empty
 
 
-def test_compare_to_real_matches_scipy(sweep):
+def test_compare_kinds_matches_scipy_on_both_axes(sweep):
     job, _, rows = sweep
-    table = aggregate.compare_to_real(rows)
-    non_real = [c for c in job.cells() if c.base_kind != "real"]
-    assert len(table) == len(non_real) * 2 * len(results.COMPARED)
-    r = table[(table.base_kind == "gaussian") & (table.metric == "max_slope")].iloc[0]
-    panel = rows[(rows.direction == r.direction) & (rows.read_layer == r.read_layer)]
-    x = panel[panel.base_kind == "gaussian"].max_slope.to_numpy()
-    y = panel[panel.base_kind == "real"].max_slope.to_numpy()
-    ks = ks_2samp(x, y)
-    assert r.ks_stat == pytest.approx(ks.statistic) and r.ks_pvalue == pytest.approx(ks.pvalue)
-    assert r.mean_diff == pytest.approx(x.mean() - y.mean())
-    assert r.diff_ci_low < r.mean_diff < r.diff_ci_high
-    assert r.n == r.n_real == job.bases_per_cell
+    table = aggregate.compare_kinds(rows)
+    targets = [c for c in job.cells() if c.base_kind == "real" and c.target_kind not in (None, "real")]
+    bases = [c for c in job.cells() if c.base_kind != "real"]
+    assert (table.axis == "target").sum() >= len(targets) * 2 * len(results.COMPARED)
+    assert (table.axis == "base").sum() == len(bases) * 2 * len(results.COMPARED)
+    for axis, subject, reference in (("base", rows.base_kind == "gaussian", rows.base_kind == "real"),
+                                     ("target", rows.target_kind == "gaussian", rows.target_kind == "real")):
+        r = table[(table.axis == axis) & (table.base_kind == ("gaussian" if axis == "base" else "real"))
+                  & (table.metric == "max_slope")].iloc[0]
+        same = (rows.read_layer == r.read_layer) & ((rows.direction == r.direction) if axis == "base"
+                                                    else (rows.base_kind == "real"))
+        x = rows[same & subject & (rows.direction == r.direction)].max_slope.to_numpy()
+        y = rows[same & reference].max_slope.to_numpy()
+        ks = ks_2samp(x, y)
+        assert r.ks_stat == pytest.approx(ks.statistic) and r.ks_pvalue == pytest.approx(ks.pvalue)
+        assert r.mean_diff == pytest.approx(x.mean() - y.mean()) and r["std"] == pytest.approx(x.std(ddof=1))
+        assert r.diff_ci_low < r.mean_diff < r.diff_ci_high
+        assert r.n == r.n_real == job.bases_per_cell
+
+
+def test_target_axis_compares_against_toward_real_only(sweep):
+    _, _, rows = sweep
+    table = aggregate.compare_kinds(rows)
+    target = table[table.axis == "target"]
+    assert set(target.target_kind) == {"gaussian", "synthetic_baseline", "synthetic_structured"}
+    assert not target.variant.str.startswith("toward:real").any()
+    assert paper_columns_are_empty(table)  # a toy sweep is not the paper's setting
+
+
+def paper_columns_are_empty(table) -> bool:
+    return table[["paper_mean", "paper_std", "paper_ks"]].isna().all().all()
 
 
 def test_verdicts_state_the_replication_targets(sweep):
     _, _, rows = sweep
-    v = aggregate.verdicts(aggregate.compare_to_real(rows))
-    panels = rows.groupby(list(aggregate.PANEL)).ngroups
-    by_check = v.groupby("check").verdict.apply(list)
-    # The fake data follows the paper: structured closer than baseline, shorter synthetic plateaus, gaussian far.
-    assert by_check[aggregate.CHECK_STRUCTURE] == ["YES"] * panels
-    assert by_check[aggregate.CHECK_PLATEAU] == ["YES"] * (2 * panels)
-    assert by_check[aggregate.CHECK_GAUSSIAN] == ["YES"] * panels
-    assert all(x.startswith("synthetic_structured") for x in by_check[aggregate.CHECK_CLOSEST])
+    v = aggregate.verdicts(aggregate.compare_kinds(rows))
+    by_check = v.groupby(["axis", "check"]).verdict.apply(list)
+    # The fake data follows the paper along both axes: structured closer than baseline, shorter synthetic
+    # plateaus, gaussian far.
+    for axis in ("target", "base"):
+        subject = "target_kind" if axis == "target" else "base_kind"
+        panels = [g for _, g in aggregate.panels(rows, axis)]
+        with_pair = sum({"synthetic_structured", "synthetic_baseline"} <= set(g[subject]) and "real" in set(g[subject])
+                        for g in panels)
+        assert by_check[(axis, aggregate.CHECK_STRUCTURE)] == ["YES"] * with_pair and with_pair > 0
+        assert set(by_check[(axis, aggregate.CHECK_PLATEAU)]) == {"YES"}
+        assert set(by_check[(axis, aggregate.CHECK_GAUSSIAN)]) == {"YES"}
+        closest = by_check[(axis, aggregate.CHECK_CLOSEST)]
+        assert all(x.startswith("toward:synthetic_structured" if axis == "target" else "synthetic_structured")
+                   for x in closest)
     lines = aggregate.verdict_lines(v)
-    assert len(lines) == len(v) + panels
-    assert sum(line.startswith("[") and "->R" in line for line in lines) == panels
+    headers = [line for line in lines if line.startswith("[")]
+    assert len(lines) == len(v) + len(headers)
+    assert any(h.startswith("[target:") and h.endswith("base real]") for h in headers)
 
 
 def test_verdicts_say_no_when_the_finding_fails(sweep):
     _, _, rows = sweep
     swapped = rows.copy()
-    kinds = swapped.base_kind.map({"synthetic_structured": "synthetic_baseline", "synthetic_baseline": "synthetic_structured"})
-    swapped["base_kind"] = kinds.fillna(swapped.base_kind)
-    v = aggregate.verdicts(aggregate.compare_to_real(swapped))
-    assert set(v[v.check == aggregate.CHECK_STRUCTURE].verdict) == {"NO"}
+    swap = {"synthetic_structured": "synthetic_baseline", "synthetic_baseline": "synthetic_structured"}
+    for column in ("base_kind", "target_kind"):
+        swapped[column] = swapped[column].map(swap).fillna(swapped[column])
+    v = aggregate.verdicts(aggregate.compare_kinds(swapped))
+    structure = v[v.check == aggregate.CHECK_STRUCTURE]
+    assert set(structure.verdict) == {"NO"} and set(structure.axis) == {"target", "base"}
 
 
 def test_generation_settings_are_distinct_variants(tmp_path):
     job = make_job(bases=10, base_kinds=["real", "synthetic_structured"], directions=["toward:same"],
                    generation={"candidates": [1, 16]})
     write_results(job, tmp_path)
-    table = aggregate.compare_to_real(results.read_rows(tmp_path))
+    table = aggregate.compare_kinds(results.read_rows(tmp_path))
     assert set(table.variant) == {"synthetic_structured C=1 tol=0.1 sampled", "synthetic_structured C=16 tol=0.1 sampled"}
     assert pd.notna(table.ks_stat).all()

@@ -30,7 +30,7 @@ def test_compare_prints_table_and_verdicts_and_writes_nothing_unasked(out, capsy
     assert run_compare([str(out)]) == 0
     text = capsys.readouterr().out
     assert not (out / "compare.csv").exists()  # a finished (maybe read-only) directory is only read
-    expected = aggregate.compare_to_real(results.read_rows(out))
+    expected = aggregate.compare_kinds(results.read_rows(out))
     verdicts = aggregate.verdicts(expected)
     for line in aggregate.verdict_lines(verdicts):
         assert line in text
@@ -43,7 +43,7 @@ def test_compare_csv_option(out, tmp_path):
     target = tmp_path / "sub" / "c.csv"
     assert run_compare([str(out), "--csv", str(target)]) == 0
     saved = pd.read_csv(target)
-    expected = aggregate.compare_to_real(results.read_rows(out))
+    expected = aggregate.compare_kinds(results.read_rows(out))
     assert len(saved) == len(expected) > 0
     np.testing.assert_allclose(saved.ks_stat, expected.ks_stat)
     np.testing.assert_allclose(saved.diff_ci_high, expected.diff_ci_high)

@@ -48,7 +48,7 @@ def test_offline_wandb_tables_equal_parquet_aggregates(sweep):
             assert got[f"{metric}_median"] == pytest.approx(np.median(x), rel=1e-9)
     assert run["summary"]["sweep/curves"] == 96
     comparison = run["tables"]["comparison"]
-    np.testing.assert_allclose(comparison.ks_stat.astype(float), aggregate.compare_to_real(rows).ks_stat, rtol=1e-9)
+    np.testing.assert_allclose(comparison.ks_stat.astype(float), aggregate.compare_kinds(rows).ks_stat, rtol=1e-9)
 
 
 def test_compare_and_report_commands(sweep, tmp_path):
