@@ -8,10 +8,6 @@ within seconds with a `SynthactError` that says how to point the spec at local c
 
 from __future__ import annotations
 
-import functools
-import os
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +16,8 @@ import torch
 
 from synthact.corpus import Corpus, load_corpus
 from synthact.errors import SynthactError
+from synthact.hooks import resid_post, resid_pre
+from synthact.hub import hub_error, require_hub
 from synthact.spec import CorpusSpec, ModelSpec, SAESpec
 from synthact.toy import load_toy_model, read_training_info, toy_model, toy_sae
 
@@ -29,7 +27,6 @@ with warnings.catch_warnings():
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
 
-HUB_PROBE_TIMEOUT_S = 3.0
 # Weight processing HookedTransformer.from_pretrained applies, with its defaults.
 PROCESSING_DEFAULTS = {
     "fold_ln": True,
@@ -77,10 +74,6 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SynthactError(f"device '{device}' was asked for, but CUDA is not available here; use device: auto or cpu")
     return device
-
-
-def hook_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_pre"
 
 
 # --------------------------------------------------------------------------- backend
@@ -224,7 +217,7 @@ def _local_gpt2(path: Path, kwargs: dict) -> HookedTransformer:
 
 
 def load_sae(spec: SAESpec, layer: int, model: LoadedModel, device: str, corpus: Corpus | None = None) -> LoadedSAE:
-    """The SAE for `blocks.{layer}.hook_resid_pre`, checked against the model.
+    """The SAE for layer `layer` (its hook_resid_pre or hook_resid_post), checked against the model.
 
     A toy SAE is trained (once, then cached) on the toy model over `corpus`.
     """
@@ -282,15 +275,15 @@ def _check_layer(layer: int, model: LoadedModel) -> None:
 
 
 def _checked(spec: SAESpec, layer: int, model: LoadedModel, sae: SAE, path: Path | None, info: dict) -> LoadedSAE:
-    """Refuse an SAE that does not read `blocks.{layer}.hook_resid_pre` of a d_model-wide stream."""
+    """Refuse an SAE that does not read the residual stream of block `layer` of a d_model-wide model."""
     _check_layer(layer, model)
     where = f"SAE '{spec.label}'" + (f" at '{path}'" if path else "") + f" for layer {layer}"
     got = sae.cfg.metadata.hook_name
-    want = hook_name(layer)
-    if got != want:
+    if got not in (resid_pre(layer), resid_post(layer)):
         raise SynthactError(
-            f"{where} was trained on hook '{got}', but synthact perturbs '{want}'; give an SAE trained on "
-            f"{want} (for a release, set sae.id so that it names that hook, e.g. 'blocks.{{layer}}.hook_resid_pre')"
+            f"{where} was trained on hook '{got}', but synthact perturbs the residual stream at layer {layer}: "
+            f"{resid_pre(layer)} or {resid_post(layer)}. Give an SAE trained on one of those (for a release, "
+            "set sae.id so that it names that layer's SAE, with '{layer}' where the layer number goes)"
         )
     if sae.cfg.d_in != model.d_model:
         raise SynthactError(
@@ -302,55 +295,7 @@ def _checked(spec: SAESpec, layer: int, model: LoadedModel, sae: SAE, path: Path
         label=spec.label,
         path=path,
         layer=layer,
-        hook_name=want,
+        hook_name=got,
         d_sae=sae.cfg.d_sae,
         info=info,
-    )
-
-
-# --------------------------------------------------------------------------- hub
-
-
-def hub_offline() -> bool:
-    """Whether the Hugging Face libraries were told to stay offline (HF_HUB_OFFLINE)."""
-    import huggingface_hub.constants
-
-    return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
-
-
-@functools.lru_cache(maxsize=8)
-def _hub_reachable(endpoint: str) -> bool:
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S)
-    except urllib.error.HTTPError:
-        return True  # the server answered
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def require_hub(what: str, local_hint: str) -> None:
-    """Fail within seconds when the hub cannot be reached (instead of minutes of library retries).
-
-    In offline mode (HF_HUB_OFFLINE=1) the libraries read only their local cache, which is fast,
-    so no probe is made.
-    """
-    if hub_offline():
-        return
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if not _hub_reachable(endpoint):
-        raise SynthactError(
-            f"cannot fetch {what}: the Hugging Face hub ({endpoint}) cannot be reached from here. "
-            f"Point the spec at local copies instead ({local_hint}); or, if it is already in the local "
-            "Hugging Face cache, set HF_HUB_OFFLINE=1"
-        )
-
-
-def hub_error(what: str, local_hint: str, error: Exception) -> SynthactError:
-    """A readable error for a failed hub fetch."""
-    detail = " ".join(str(error).split())[:300]
-    offline = " Offline mode (HF_HUB_OFFLINE=1) is on, so only the local Hugging Face cache was searched." if hub_offline() else ""
-    return SynthactError(
-        f"could not load {what} ({type(error).__name__}: {detail}).{offline} Check the name, or point the spec "
-        f"at local copies instead: {local_hint}"
     )
