@@ -8,6 +8,7 @@ within seconds with a `SynthactError` that says how to point the spec at local c
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from sae_lens import SAE
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+    from transformer_lens import loading_from_pretrained as loading
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 # Weight processing HookedTransformer.from_pretrained applies, with its defaults.
 PROCESSING_DEFAULTS = {
@@ -35,7 +37,12 @@ PROCESSING_DEFAULTS = {
     "fold_value_biases": True,
     "refactor_factored_attn_matrices": False,
 }
-LOCAL_MODEL_HINT = "model: {local: DIR} (a Hugging Face GPT-2 directory from save_pretrained)"
+LOCAL_MODEL_HINT = "model: {local: DIR} (a Hugging Face checkpoint directory from save_pretrained)"
+# Architectures model.local loads: those TransformerLens converts that synthact tests (see docs/families.md).
+NAMED_ARCHITECTURES = {"GPT2LMHeadModel", "GemmaForCausalLM", "Gemma2ForCausalLM"}
+LOCAL_ARCHITECTURES = NAMED_ARCHITECTURES | {
+    "GPTNeoXForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+}
 LOCAL_SAE_HINT = "sae: {local: DIR} (an sae_lens directory from save_model; DIR may contain '{layer}')"
 
 
@@ -133,7 +140,7 @@ def load_model(
             model.load_and_process_state_dict(state, **_processing(kwargs, spec.label, all_false=True))
     elif spec.local:
         path = Path(spec.local).expanduser()
-        model = _local_gpt2(path, kwargs)
+        model = _local_model(path, kwargs)
     else:
         path = None
         model = _pretrained_model(spec.pretrained, kwargs, device)
@@ -167,50 +174,103 @@ def _pretrained_model(name: str, kwargs: dict, device: str) -> HookedTransformer
         raise hub_error(what, LOCAL_MODEL_HINT, e) from None
 
 
-def _local_gpt2(path: Path, kwargs: dict) -> HookedTransformer:
-    """A Hugging Face-format GPT-2 directory -> HookedTransformer, processed like from_pretrained."""
+def _local_model(path: Path, kwargs: dict) -> HookedTransformer:
+    """A Hugging Face checkpoint directory -> HookedTransformer through TransformerLens's own conversion.
+
+    The config comes from TransformerLens's `convert_hf_model_config`, except for GPT-2 (whose mapping
+    there ignores n_inner) and Gemma/Gemma-2 (mapped there by model name only): `_named_config`. The
+    weights come from TransformerLens's per-architecture converters; processing is from_pretrained's
+    (fold_ln etc., with its exceptions for post-norm models and logit soft caps).
+    """
     if not (path / "config.json").is_file():
         raise SynthactError(
             f"local model directory '{path}' has no config.json; point model.local at a directory written by "
             "transformers' save_pretrained (config.json + model.safetensors)"
         )
-    from transformers import AutoConfig, GPT2LMHeadModel
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     hf_cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-    if hf_cfg.model_type != "gpt2":
+    arch = (getattr(hf_cfg, "architectures", None) or [None])[0]
+    if arch not in LOCAL_ARCHITECTURES:
         raise SynthactError(
-            f"local model '{path}' is a '{hf_cfg.model_type}' model; model.local supports GPT-2-architecture "
-            "checkpoints only. For other architectures use model: {pretrained: NAME} with the Hugging Face cache"
+            f"local model '{path}' is a '{hf_cfg.model_type}' model (architecture {arch}), which synthact cannot "
+            f"load from a directory; model.local supports {', '.join(sorted(LOCAL_ARCHITECTURES))} "
+            "checkpoints. For other models TransformerLens knows, use model: {pretrained: NAME} with the "
+            "Hugging Face cache"
         )
+    processing = _processing(kwargs, f"local:{path}")
     try:
-        hf = GPT2LMHeadModel.from_pretrained(path, local_files_only=True)
+        hf = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     except OSError as e:
         raise SynthactError(f"could not read the weights in local model directory '{path}': {e}") from None
-    cfg = HookedTransformerConfig(
-        d_model=hf_cfg.n_embd,
-        d_head=hf_cfg.n_embd // hf_cfg.n_head,
-        n_heads=hf_cfg.n_head,
-        d_mlp=hf_cfg.n_inner or 4 * hf_cfg.n_embd,
-        n_layers=hf_cfg.n_layer,
-        n_ctx=hf_cfg.n_positions,
-        eps=hf_cfg.layer_norm_epsilon,
+    cfg_dict = _named_config(hf_cfg, arch) if arch in NAMED_ARCHITECTURES else _converted_config(path)
+    cfg_dict.update(
+        model_name=path.name, original_architecture=arch, tokenizer_name=None, init_weights=False, device="cpu",
         d_vocab=hf_cfg.vocab_size,
-        act_fn=hf_cfg.activation_function,
-        use_attn_scale=hf_cfg.scale_attn_weights,
-        scale_attn_by_inverse_layer_idx=hf_cfg.scale_attn_by_inverse_layer_idx,
-        normalization_type="LN",
-        positional_embedding_type="standard",
-        original_architecture="GPT2LMHeadModel",
-        model_name=path.name,
-        device="cpu",
     )
+    cfg_dict.setdefault("default_prepend_bos", True)
+    if arch in POST_NORM_ARCHITECTURES:  # as from_pretrained: folding assumes pre-norm blocks
+        processing.update(fold_ln=False, center_writing_weights=False)
+    if cfg_dict.get("output_logits_soft_cap", 0) > 0:  # as from_pretrained: soft caps are not shift-invariant
+        processing["center_unembed"] = False
+    if processing["fold_ln"]:
+        pre = {"LN": "LNPre", "RMS": "RMSPre"}
+        cfg_dict["normalization_type"] = pre.get(cfg_dict["normalization_type"], cfg_dict["normalization_type"])
+    cfg = HookedTransformerConfig.from_dict(cfg_dict)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer(cfg)
     with torch.no_grad():
-        state = {k: v.detach().clone() for k, v in convert_gpt2_weights(hf, cfg).items()}
-    model.load_and_process_state_dict(state, **_processing(kwargs, f"local:{path}"))
+        state = loading.get_pretrained_state_dict(str(path), cfg, hf)
+        state = {k: v.detach().clone() for k, v in state.items()}
+    model.load_and_process_state_dict(state, **processing)
     return model
+
+
+def _converted_config(path: Path) -> dict:
+    """TransformerLens's config for a local HF directory.
+
+    TransformerLens picks some architectures by substrings of the name ('llama', 'gemma'), so it is
+    handed the directory through a neutrally named link.
+    """
+    with tempfile.TemporaryDirectory(prefix="synthact-") as tmp:
+        link = Path(tmp) / "checkpoint"
+        link.symlink_to(path.resolve(), target_is_directory=True)
+        return loading.convert_hf_model_config(str(link))
+
+
+def _named_config(hf_cfg, arch: str) -> dict:
+    """The config TransformerLens uses for its named GPT-2 and Gemma/Gemma-2 models, read from an HF config."""
+    if arch == "GPT2LMHeadModel":  # TransformerLens's own mapping ignores n_inner
+        return dict(
+            d_model=hf_cfg.n_embd, d_head=hf_cfg.n_embd // hf_cfg.n_head, n_heads=hf_cfg.n_head,
+            d_mlp=hf_cfg.n_inner or 4 * hf_cfg.n_embd, n_layers=hf_cfg.n_layer, n_ctx=hf_cfg.n_positions,
+            eps=hf_cfg.layer_norm_epsilon, act_fn=hf_cfg.activation_function, use_attn_scale=hf_cfg.scale_attn_weights,
+            scale_attn_by_inverse_layer_idx=hf_cfg.scale_attn_by_inverse_layer_idx, normalization_type="LN",
+            positional_embedding_type="standard",
+        )
+    d_head = getattr(hf_cfg, "head_dim", None) or hf_cfg.hidden_size // hf_cfg.num_attention_heads
+    cfg = dict(
+        d_model=hf_cfg.hidden_size, d_head=d_head, n_heads=hf_cfg.num_attention_heads, d_mlp=hf_cfg.intermediate_size,
+        n_layers=hf_cfg.num_hidden_layers, n_ctx=hf_cfg.max_position_embeddings, eps=hf_cfg.rms_norm_eps,
+        act_fn=getattr(hf_cfg, "hidden_activation", None) or hf_cfg.hidden_act, normalization_type="RMS",
+        positional_embedding_type="rotary", rotary_dim=d_head, rotary_base=loading._get_rope_theta(hf_cfg),
+        use_attn_scale=True, n_key_value_heads=hf_cfg.num_key_value_heads, gated_mlp=True, final_rms=True,
+    )
+    if arch == "Gemma2ForCausalLM":
+        layer_types = getattr(hf_cfg, "layer_types", None) or ["sliding_attention", "full_attention"] * (
+            (hf_cfg.num_hidden_layers + 1) // 2
+        )
+        cfg.update(
+            attn_scale=float(hf_cfg.query_pre_attn_scalar) ** 0.5,
+            window_size=hf_cfg.sliding_window,
+            use_local_attn=True,
+            attn_types=["local" if t == "sliding_attention" else "global" for t in layer_types][: hf_cfg.num_hidden_layers],
+            attn_scores_soft_cap=hf_cfg.attn_logit_softcapping or -1.0,
+            output_logits_soft_cap=hf_cfg.final_logit_softcapping or -1.0,
+            use_normalization_before_and_after=True,
+        )
+    return cfg
 
 
 # --------------------------------------------------------------------------- SAE
