@@ -1,10 +1,13 @@
-"""The scan: push A_n = A + c_n D through the model from layer L and measure how the read layers move.
+"""The scan: push A_n = A + c_n D through the model from the SAE's hook and measure how the read layers move.
 
 Two paths, one result. `scan_plain` is the reference: a full forward of the prompt with a hook
-that replaces the last position of `blocks.{L}.hook_resid_pre`. `scan_fast` uses that attention
-is causal and only the last position changes: the prefix keys/values at every layer >= L are those
-of the unperturbed prompt, so they are computed once per prompt and every scan point is a single
-position pushed through blocks L..R, all points of many bases in one large batch.
+that replaces the last position of the SAE's hook point (`blocks.{L}.hook_resid_pre` or
+`.hook_resid_post`, see `synthact.hooks`). `scan_fast` uses that attention is causal and only the
+last position changes: the prefix keys/values at every later block are those of the unperturbed
+prompt, so they are computed once per prompt and every scan point is a single position pushed
+through the blocks up to R, all points of many bases in one large batch. The fast path implements
+every block TransformerLens builds for GPT-2, GPT-NeoX, Llama/Mistral/Qwen2 and Gemma/Gemma-2
+(`fast_path_unsupported` names what it does not).
 """
 
 from __future__ import annotations
