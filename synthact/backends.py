@@ -8,10 +8,7 @@ within seconds with a `SynthactError` that says how to point the spec at local c
 
 from __future__ import annotations
 
-import functools
-import os
-import urllib.error
-import urllib.request
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +17,8 @@ import torch
 
 from synthact.corpus import Corpus, load_corpus
 from synthact.errors import SynthactError
+from synthact.hooks import resid_post, resid_pre
+from synthact.hub import hub_error, require_hub
 from synthact.spec import CorpusSpec, ModelSpec, SAESpec
 from synthact.toy import load_toy_model, read_training_info, toy_model, toy_sae
 
@@ -27,9 +26,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from sae_lens import SAE
     from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions.gpt2 import convert_gpt2_weights
+    from transformer_lens import loading_from_pretrained as loading
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
-HUB_PROBE_TIMEOUT_S = 3.0
 # Weight processing HookedTransformer.from_pretrained applies, with its defaults.
 PROCESSING_DEFAULTS = {
     "fold_ln": True,
@@ -38,7 +37,12 @@ PROCESSING_DEFAULTS = {
     "fold_value_biases": True,
     "refactor_factored_attn_matrices": False,
 }
-LOCAL_MODEL_HINT = "model: {local: DIR} (a Hugging Face GPT-2 directory from save_pretrained)"
+LOCAL_MODEL_HINT = "model: {local: DIR} (a Hugging Face checkpoint directory from save_pretrained)"
+# Architectures model.local loads: those TransformerLens converts that synthact tests (see docs/families.md).
+NAMED_ARCHITECTURES = {"GPT2LMHeadModel", "GemmaForCausalLM", "Gemma2ForCausalLM"}
+LOCAL_ARCHITECTURES = NAMED_ARCHITECTURES | {
+    "GPTNeoXForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+}
 LOCAL_SAE_HINT = "sae: {local: DIR} (an sae_lens directory from save_model; DIR may contain '{layer}')"
 
 
@@ -77,10 +81,6 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SynthactError(f"device '{device}' was asked for, but CUDA is not available here; use device: auto or cpu")
     return device
-
-
-def hook_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_pre"
 
 
 # --------------------------------------------------------------------------- backend
@@ -140,7 +140,7 @@ def load_model(
             model.load_and_process_state_dict(state, **_processing(kwargs, spec.label, all_false=True))
     elif spec.local:
         path = Path(spec.local).expanduser()
-        model = _local_gpt2(path, kwargs)
+        model = _local_model(path, kwargs)
     else:
         path = None
         model = _pretrained_model(spec.pretrained, kwargs, device)
@@ -174,57 +174,110 @@ def _pretrained_model(name: str, kwargs: dict, device: str) -> HookedTransformer
         raise hub_error(what, LOCAL_MODEL_HINT, e) from None
 
 
-def _local_gpt2(path: Path, kwargs: dict) -> HookedTransformer:
-    """A Hugging Face-format GPT-2 directory -> HookedTransformer, processed like from_pretrained."""
+def _local_model(path: Path, kwargs: dict) -> HookedTransformer:
+    """A Hugging Face checkpoint directory -> HookedTransformer through TransformerLens's own conversion.
+
+    The config comes from TransformerLens's `convert_hf_model_config`, except for GPT-2 (whose mapping
+    there ignores n_inner) and Gemma/Gemma-2 (mapped there by model name only): `_named_config`. The
+    weights come from TransformerLens's per-architecture converters; processing is from_pretrained's
+    (fold_ln etc., with its exceptions for post-norm models and logit soft caps).
+    """
     if not (path / "config.json").is_file():
         raise SynthactError(
             f"local model directory '{path}' has no config.json; point model.local at a directory written by "
             "transformers' save_pretrained (config.json + model.safetensors)"
         )
-    from transformers import AutoConfig, GPT2LMHeadModel
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     hf_cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-    if hf_cfg.model_type != "gpt2":
+    arch = (getattr(hf_cfg, "architectures", None) or [None])[0]
+    if arch not in LOCAL_ARCHITECTURES:
         raise SynthactError(
-            f"local model '{path}' is a '{hf_cfg.model_type}' model; model.local supports GPT-2-architecture "
-            "checkpoints only. For other architectures use model: {pretrained: NAME} with the Hugging Face cache"
+            f"local model '{path}' is a '{hf_cfg.model_type}' model (architecture {arch}), which synthact cannot "
+            f"load from a directory; model.local supports {', '.join(sorted(LOCAL_ARCHITECTURES))} "
+            "checkpoints. For other models TransformerLens knows, use model: {pretrained: NAME} with the "
+            "Hugging Face cache"
         )
+    processing = _processing(kwargs, f"local:{path}")
     try:
-        hf = GPT2LMHeadModel.from_pretrained(path, local_files_only=True)
+        hf = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     except OSError as e:
         raise SynthactError(f"could not read the weights in local model directory '{path}': {e}") from None
-    cfg = HookedTransformerConfig(
-        d_model=hf_cfg.n_embd,
-        d_head=hf_cfg.n_embd // hf_cfg.n_head,
-        n_heads=hf_cfg.n_head,
-        d_mlp=hf_cfg.n_inner or 4 * hf_cfg.n_embd,
-        n_layers=hf_cfg.n_layer,
-        n_ctx=hf_cfg.n_positions,
-        eps=hf_cfg.layer_norm_epsilon,
+    cfg_dict = _named_config(hf_cfg, arch) if arch in NAMED_ARCHITECTURES else _converted_config(path)
+    cfg_dict.update(
+        model_name=path.name, original_architecture=arch, tokenizer_name=None, init_weights=False, device="cpu",
         d_vocab=hf_cfg.vocab_size,
-        act_fn=hf_cfg.activation_function,
-        use_attn_scale=hf_cfg.scale_attn_weights,
-        scale_attn_by_inverse_layer_idx=hf_cfg.scale_attn_by_inverse_layer_idx,
-        normalization_type="LN",
-        positional_embedding_type="standard",
-        original_architecture="GPT2LMHeadModel",
-        model_name=path.name,
-        device="cpu",
     )
+    cfg_dict.setdefault("default_prepend_bos", True)
+    if arch in POST_NORM_ARCHITECTURES:  # as from_pretrained: folding assumes pre-norm blocks
+        processing.update(fold_ln=False, center_writing_weights=False)
+    if cfg_dict.get("output_logits_soft_cap", 0) > 0:  # as from_pretrained: soft caps are not shift-invariant
+        processing["center_unembed"] = False
+    if processing["fold_ln"]:
+        pre = {"LN": "LNPre", "RMS": "RMSPre"}
+        cfg_dict["normalization_type"] = pre.get(cfg_dict["normalization_type"], cfg_dict["normalization_type"])
+    cfg = HookedTransformerConfig.from_dict(cfg_dict)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         model = HookedTransformer(cfg)
     with torch.no_grad():
-        state = {k: v.detach().clone() for k, v in convert_gpt2_weights(hf, cfg).items()}
-    model.load_and_process_state_dict(state, **_processing(kwargs, f"local:{path}"))
+        state = loading.get_pretrained_state_dict(str(path), cfg, hf)
+        state = {k: v.detach().clone() for k, v in state.items()}
+    model.load_and_process_state_dict(state, **processing)
     return model
+
+
+def _converted_config(path: Path) -> dict:
+    """TransformerLens's config for a local HF directory.
+
+    TransformerLens picks some architectures by substrings of the name ('llama', 'gemma'), so it is
+    handed the directory through a neutrally named link.
+    """
+    with tempfile.TemporaryDirectory(prefix="synthact-") as tmp:
+        link = Path(tmp) / "checkpoint"
+        link.symlink_to(path.resolve(), target_is_directory=True)
+        return loading.convert_hf_model_config(str(link))
+
+
+def _named_config(hf_cfg, arch: str) -> dict:
+    """The config TransformerLens uses for its named GPT-2 and Gemma/Gemma-2 models, read from an HF config."""
+    if arch == "GPT2LMHeadModel":  # TransformerLens's own mapping ignores n_inner
+        return dict(
+            d_model=hf_cfg.n_embd, d_head=hf_cfg.n_embd // hf_cfg.n_head, n_heads=hf_cfg.n_head,
+            d_mlp=hf_cfg.n_inner or 4 * hf_cfg.n_embd, n_layers=hf_cfg.n_layer, n_ctx=hf_cfg.n_positions,
+            eps=hf_cfg.layer_norm_epsilon, act_fn=hf_cfg.activation_function, use_attn_scale=hf_cfg.scale_attn_weights,
+            scale_attn_by_inverse_layer_idx=hf_cfg.scale_attn_by_inverse_layer_idx, normalization_type="LN",
+            positional_embedding_type="standard",
+        )
+    d_head = getattr(hf_cfg, "head_dim", None) or hf_cfg.hidden_size // hf_cfg.num_attention_heads
+    cfg = dict(
+        d_model=hf_cfg.hidden_size, d_head=d_head, n_heads=hf_cfg.num_attention_heads, d_mlp=hf_cfg.intermediate_size,
+        n_layers=hf_cfg.num_hidden_layers, n_ctx=hf_cfg.max_position_embeddings, eps=hf_cfg.rms_norm_eps,
+        act_fn=getattr(hf_cfg, "hidden_activation", None) or hf_cfg.hidden_act, normalization_type="RMS",
+        positional_embedding_type="rotary", rotary_dim=d_head, rotary_base=loading._get_rope_theta(hf_cfg),
+        use_attn_scale=True, n_key_value_heads=hf_cfg.num_key_value_heads, gated_mlp=True, final_rms=True,
+    )
+    if arch == "Gemma2ForCausalLM":
+        layer_types = getattr(hf_cfg, "layer_types", None) or ["sliding_attention", "full_attention"] * (
+            (hf_cfg.num_hidden_layers + 1) // 2
+        )
+        cfg.update(
+            attn_scale=float(hf_cfg.query_pre_attn_scalar) ** 0.5,
+            window_size=hf_cfg.sliding_window,
+            use_local_attn=True,
+            attn_types=["local" if t == "sliding_attention" else "global" for t in layer_types][: hf_cfg.num_hidden_layers],
+            attn_scores_soft_cap=hf_cfg.attn_logit_softcapping or -1.0,
+            output_logits_soft_cap=hf_cfg.final_logit_softcapping or -1.0,
+            use_normalization_before_and_after=True,
+        )
+    return cfg
 
 
 # --------------------------------------------------------------------------- SAE
 
 
 def load_sae(spec: SAESpec, layer: int, model: LoadedModel, device: str, corpus: Corpus | None = None) -> LoadedSAE:
-    """The SAE for `blocks.{layer}.hook_resid_pre`, checked against the model.
+    """The SAE for layer `layer` (its hook_resid_pre or hook_resid_post), checked against the model.
 
     A toy SAE is trained (once, then cached) on the toy model over `corpus`.
     """
@@ -282,15 +335,15 @@ def _check_layer(layer: int, model: LoadedModel) -> None:
 
 
 def _checked(spec: SAESpec, layer: int, model: LoadedModel, sae: SAE, path: Path | None, info: dict) -> LoadedSAE:
-    """Refuse an SAE that does not read `blocks.{layer}.hook_resid_pre` of a d_model-wide stream."""
+    """Refuse an SAE that does not read the residual stream of block `layer` of a d_model-wide model."""
     _check_layer(layer, model)
     where = f"SAE '{spec.label}'" + (f" at '{path}'" if path else "") + f" for layer {layer}"
     got = sae.cfg.metadata.hook_name
-    want = hook_name(layer)
-    if got != want:
+    if got not in (resid_pre(layer), resid_post(layer)):
         raise SynthactError(
-            f"{where} was trained on hook '{got}', but synthact perturbs '{want}'; give an SAE trained on "
-            f"{want} (for a release, set sae.id so that it names that hook, e.g. 'blocks.{{layer}}.hook_resid_pre')"
+            f"{where} was trained on hook '{got}', but synthact perturbs the residual stream at layer {layer}: "
+            f"{resid_pre(layer)} or {resid_post(layer)}. Give an SAE trained on one of those (for a release, "
+            "set sae.id so that it names that layer's SAE, with '{layer}' where the layer number goes)"
         )
     if sae.cfg.d_in != model.d_model:
         raise SynthactError(
@@ -302,55 +355,7 @@ def _checked(spec: SAESpec, layer: int, model: LoadedModel, sae: SAE, path: Path
         label=spec.label,
         path=path,
         layer=layer,
-        hook_name=want,
+        hook_name=got,
         d_sae=sae.cfg.d_sae,
         info=info,
-    )
-
-
-# --------------------------------------------------------------------------- hub
-
-
-def hub_offline() -> bool:
-    """Whether the Hugging Face libraries were told to stay offline (HF_HUB_OFFLINE)."""
-    import huggingface_hub.constants
-
-    return bool(huggingface_hub.constants.HF_HUB_OFFLINE)
-
-
-@functools.lru_cache(maxsize=8)
-def _hub_reachable(endpoint: str) -> bool:
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S)
-    except urllib.error.HTTPError:
-        return True  # the server answered
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def require_hub(what: str, local_hint: str) -> None:
-    """Fail within seconds when the hub cannot be reached (instead of minutes of library retries).
-
-    In offline mode (HF_HUB_OFFLINE=1) the libraries read only their local cache, which is fast,
-    so no probe is made.
-    """
-    if hub_offline():
-        return
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if not _hub_reachable(endpoint):
-        raise SynthactError(
-            f"cannot fetch {what}: the Hugging Face hub ({endpoint}) cannot be reached from here. "
-            f"Point the spec at local copies instead ({local_hint}); or, if it is already in the local "
-            "Hugging Face cache, set HF_HUB_OFFLINE=1"
-        )
-
-
-def hub_error(what: str, local_hint: str, error: Exception) -> SynthactError:
-    """A readable error for a failed hub fetch."""
-    detail = " ".join(str(error).split())[:300]
-    offline = " Offline mode (HF_HUB_OFFLINE=1) is on, so only the local Hugging Face cache was searched." if hub_offline() else ""
-    return SynthactError(
-        f"could not load {what} ({type(error).__name__}: {detail}).{offline} Check the name, or point the spec "
-        f"at local copies instead: {local_hint}"
     )

@@ -1,8 +1,10 @@
 """Measure scan speed: the paper's plain path vs the fast path at each precision, against a matmul probe.
 
-All paths run in one process on the same inputs: a GPT-2-small-shaped model with random weights
-(built locally, no hub), real activations at blocks.L.hook_resid_pre as bases, random unit
-directions, N+1 scan points per base, read at the last block.
+All paths run in one process on the same inputs: a model with random weights (built locally, no
+hub), real activations at blocks.L.hook_resid_pre as bases, random unit directions, N+1 scan points
+per base, read at the last block. `--model` builds a GPT-2-architecture HookedTransformer directly;
+`--family` writes a realistic-shape random checkpoint of that family with `transformers` and loads it
+through `model: {local: DIR}`, as a user's checkpoint would be (`--family all`: one table of all).
 """
 
 from __future__ import annotations
@@ -24,6 +26,19 @@ MODEL_SHAPES = {
     "toy": dict(n_layers=4, d_model=64, n_heads=4, d_head=16, d_mlp=256, d_vocab=512),
     "gpt2-small-shape": dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257),
 }
+# Realistic shapes per family (random weights): HF config kwargs for `transformers`.
+# Vocabularies above 50k are cut to 32000 (they only matter with --js).
+_BLOCKS_768 = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=2048)
+FAMILIES = {
+    "gpt2": ("GPT2Config", "GPT-2 small", dict(n_embd=768, n_layer=12, n_head=12, vocab_size=50257)),
+    "neox": ("GPTNeoXConfig", "Pythia-160m", dict(**_BLOCKS_768, intermediate_size=3072, vocab_size=50304,
+                                                  rotary_pct=0.25)),
+    "llama": ("LlamaConfig", "12 x 768 Llama, GQA 12/4, gated MLP 2048", dict(
+        **_BLOCKS_768, num_key_value_heads=4, intermediate_size=2048, vocab_size=32000)),
+    "gemma2": ("Gemma2Config", "12 x 768 Gemma-2, GQA 12/4, gated MLP 3072, pre+post norms, soft caps", dict(
+        **_BLOCKS_768, num_key_value_heads=4, head_dim=64, query_pre_attn_scalar=64, intermediate_size=3072,
+        vocab_size=32000)),
+}
 SCAN_SPAN = 5.0  # the scan runs from A to A + SCAN_SPAN * ||A|| * D
 GEN_D_SAE = 24576  # gpt2-small-res-jb's width
 GEN_TARGET_L0 = 32  # the random SAE's encoder bias is set for about this many active latents
@@ -33,6 +48,10 @@ STRUCTURED_CANDIDATES = 16  # the job spec's default C
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", choices=sorted(MODEL_SHAPES), default="gpt2-small-shape", help="model shape (random weights)"
+    )
+    parser.add_argument(
+        "--family", choices=[*FAMILIES, "all"],
+        help="instead of --model: a realistic-shape random checkpoint of this family, loaded via model.local",
     )
     parser.add_argument("--layer", type=int, default=1, help="perturbation layer L (default 1)")
     parser.add_argument("--n-ctx", type=int, default=10, help="prompt length (default 10)")
@@ -64,8 +83,12 @@ def run(args: argparse.Namespace) -> int:
         report = end_to_end(args.model, args.layer, args.n_ctx, args.steps, args.e2e, device, args.d_sae)
         print(json.dumps(report, indent=2) if args.json else format_e2e(report))
         return 0
+    if args.family == "all":
+        reports = [_family_benchmark(args, family, device) for family in FAMILIES]
+        print(json.dumps(reports, indent=2) if args.json else format_families(reports))
+        return 0
     report = benchmark(
-        model_name=args.model, layer=args.layer, n_ctx=args.n_ctx, steps=args.steps, device=device,
+        model_name=args.family or args.model, layer=args.layer, n_ctx=args.n_ctx, steps=args.steps, device=device,
         n_bases=args.bases or (4000 if device.type == "cuda" else 40), plain_bases=args.plain_bases,
         batch=args.batch, js=args.js,
     )
@@ -81,9 +104,37 @@ def run(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- setup
 
 
+def _family_benchmark(args, family: str, device: torch.device) -> dict:
+    return benchmark(
+        model_name=family, layer=args.layer, n_ctx=args.n_ctx, steps=args.steps, device=device,
+        n_bases=args.bases or (4000 if device.type == "cuda" else 40), plain_bases=args.plain_bases,
+        batch=args.batch, js=args.js,
+    )
+
+
+def family_model(family: str, device: torch.device):
+    """A random-weight checkpoint of the family written with transformers, loaded through model.local."""
+    import tempfile
+
+    import transformers
+
+    from synthact.backends import load_model
+    from synthact.spec import ModelSpec
+
+    config_class, _, shape = FAMILIES[family]
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix=f"synthact-bench-{family}-") as path:
+        hf = transformers.AutoModelForCausalLM.from_config(getattr(transformers, config_class)(**shape))
+        hf.save_pretrained(path)
+        del hf
+        return load_model(ModelSpec(local=path), str(device)).model
+
+
 def build_model(name: str, n_ctx: int, device: torch.device):
-    """Random-weight model of the named shape, processed like from_pretrained (LayerNorm folded)."""
+    """Random-weight model of the named shape or family, processed like from_pretrained (LayerNorm folded)."""
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if name in FAMILIES:
+        return family_model(name, device)
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(
@@ -184,7 +235,9 @@ def matmul_peak(device: torch.device, dtype: str) -> float:
 def flops_per_point(cfg, layer: int, last: int, n_ctx: int, js: bool) -> int:
     """Matmul FLOPs of one scan point: QKV, attention over n_ctx keys, O, MLP per block; unembedding if js."""
     d, hd = cfg.d_model, cfg.n_heads * cfg.d_head
-    per_block = 2 * d * 3 * hd + 2 * 2 * hd * n_ctx + 2 * hd * d + 2 * 2 * d * cfg.d_mlp
+    hd_kv = (cfg.n_key_value_heads or cfg.n_heads) * cfg.d_head  # grouped-query attention: fewer K/V heads
+    mlp_matrices = 3 if cfg.gated_mlp else 2
+    per_block = 2 * d * (hd + 2 * hd_kv) + 2 * 2 * hd * n_ctx + 2 * hd * d + mlp_matrices * 2 * d * cfg.d_mlp
     return (last - layer + 1) * per_block + (2 * d * cfg.d_vocab_out if js else 0)
 
 
@@ -238,7 +291,7 @@ def benchmark(model_name, layer, n_ctx, steps, device, n_bases, plain_bases, bat
             "tflops": rate * flops / 1e12,
             "fraction_of_peak": rate * flops / 1e12 / peaks[precision],
             "max_abs_dev_l2": float(np.abs(curves - reference).max()),
-            "max_rel_dev_l2": float(np.abs(curves - reference).max() / reference.max()),
+            "max_rel_dev_l2": float(np.abs(curves - reference).max() / reference.max()),  # x max d
             "max_abs_dev_max_slope": float(np.abs(curve_metrics(curves, step)["max_slope"] - ref_slope).max()),
         }
 
@@ -249,6 +302,7 @@ def benchmark(model_name, layer, n_ctx, steps, device, n_bases, plain_bases, bat
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "model": model_name,
+        "shape": FAMILIES[model_name][1] if model_name in FAMILIES else f"GPT-2 architecture, {cfg.n_layers} x {cfg.d_model}",
         "layer": layer,
         "read_layer": read,
         "n_ctx": n_ctx,
@@ -264,6 +318,8 @@ def benchmark(model_name, layer, n_ctx, steps, device, n_bases, plain_bases, bat
         "fast_tflops": fp32["tflops"],
         "peak_tflops_fp32": peaks["float32"],
         "max_abs_dev_l2": fp32["max_abs_dev_l2"],
+        "max_rel_dev_l2": fp32["max_rel_dev_l2"],
+        "fraction_of_peak_fp32": fp32["fraction_of_peak"],
         "peak_tflops": peaks,
         "precisions": fast,
     }
@@ -431,10 +487,28 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+def format_families(reports: list[dict]) -> str:
+    """One line per family: fast fp32 against the plain path and the matmul probe."""
+    r0 = reports[0]
+    lines = [
+        f"synthact bench --family all: L={r0['layer']}, n_ctx {r0['n_ctx']}, {r0['points_per_base']} points/base, "
+        f"js={r0['js']}; device {r0['device']}, torch {r0['torch']}, {r0['date']}",
+        f"{'family':<8}{'shape':<62}{'plain/s':>9}{'fast/s':>9}{'x plain':>9}{'% probe':>9}{'dev/max d':>11}",
+    ]
+    for r in reports:
+        lines.append(
+            f"{r['model']:<8}{r['shape']:<62}{r['plain_points_per_s']:>9,.0f}{r['fast_points_per_s']:>9,.0f}"
+            f"{r['speedup_vs_plain']:>9.1f}{100 * r['fraction_of_peak_fp32']:>8.0f}%{r['max_rel_dev_l2']:>11.1e}"
+        )
+    lines.append(f"fast = fast path fp32; % probe = its matmul rate / the fp32 matmul probe "
+                 f"({r0['peak_tflops_fp32']:.3f} TFLOP/s); plain = the paper's loop (hook + run_with_cache).")
+    return "\n".join(lines)
+
+
 def format_table(r: dict) -> str:
     """The report as a table a person reads."""
     lines = [
-        f"synthact bench: {r['model']}, L={r['layer']}, read layer {r['read_layer']}, n_ctx {r['n_ctx']}, "
+        f"synthact bench: {r['model']} ({r['shape']}), L={r['layer']}, read layer {r['read_layer']}, n_ctx {r['n_ctx']}, "
         f"{r['points_per_base']} points/base, js={r['js']}",
         f"device {r['device']}, torch {r['torch']}, {r['date']}; fast path: {r['bases']} bases, "
         f"plain paths: {r['plain_bases']} bases; {r['flops_per_point'] / 1e6:.1f} MFLOP per scan point",

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from synthact.errors import SynthactError
+from synthact.hub import hub_error, require_hub
 from synthact.spec import CorpusSpec
 from synthact.toy import toy_corpus
 
@@ -120,8 +121,6 @@ def _read_parquet(path: Path, column: str, n_ctx: int) -> np.ndarray:
 
 
 def _read_hf(spec: CorpusSpec, n_ctx: int) -> np.ndarray:
-    from synthact.backends import hub_error, require_hub  # backends imports this module
-
     what = f"dataset '{spec.hf}'"
     local_hint = "corpus: {file: PATH} (a .npy or Parquet token file)"
     try:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from synthact.errors import SynthactError
+from synthact.hooks import stream_index
 from synthact.spec import KINDS, SYNTHETIC_KINDS
 from synthact.stats import ReferenceStats, check_affine_decoder, real_activations
 
@@ -140,7 +141,8 @@ def _prompts(rngs: list[np.random.Generator], ctx: GenContext) -> tuple[np.ndarr
 
 
 def _forward(ctx: GenContext, tokens: np.ndarray) -> torch.Tensor:
-    return real_activations(ctx.model, torch.as_tensor(tokens, dtype=torch.long, device=ctx.device), ctx.layer)
+    tokens = torch.as_tensor(tokens, dtype=torch.long, device=ctx.device)
+    return real_activations(ctx.model, tokens, stream_index(ctx.sae, ctx.layer))
 
 
 def _encode(ctx: GenContext, x: torch.Tensor) -> torch.Tensor:

@@ -260,7 +260,11 @@ class Job(Frozen):
     sae: list[SAESpec] = Field(description="SAE(s): one or a list (grid axis).")
     corpus: CorpusSpec = Field(description="Prompt source.")
     n_ctx: int = Field(10, ge=2, description="Prompt length; only the last position is perturbed and read.")
-    layers: list[int] = Field([1], description="Perturbation layers L (blocks.L.hook_resid_pre).")
+    layers: list[int] = Field(
+        [1],
+        description="Perturbation layers L: the SAE's hook, blocks.L.hook_resid_pre or blocks.L.hook_resid_post "
+        "(the input of block L+1).",
+    )
     read_layers: list[int] = Field(
         [-1], description="Read layers R (blocks.R.hook_resid_post); negative counts from the end, -1 = last block."
     )
@@ -523,7 +527,7 @@ def check_layers(job: Job, n_layers: int, model_label: str) -> None:
             if rr < layer:
                 raise ValueError(
                     f"read layer {r} (blocks.{rr}.hook_resid_post) comes before perturbation layer {layer} "
-                    f"(blocks.{layer}.hook_resid_pre); read at a layer >= {layer}"
+                    f"(its SAE's blocks.{layer}.hook_resid_pre or hook_resid_post); read at a layer >= {layer}"
                 )
 
 

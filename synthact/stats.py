@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from synthact.atomic import build_dir_once
 from synthact.errors import SynthactError
+from synthact.hooks import stream_index
 from synthact.spec import ReferenceSpec, derive_seed, digest
 
 FORMAT_VERSION = 1
@@ -158,7 +159,8 @@ def check_affine_decoder(sae) -> None:
 
 @torch.no_grad()
 def real_activations(model, tokens: torch.Tensor, layer: int, batch_size: int = 512) -> torch.Tensor:
-    """The model's `blocks.{layer}.hook_resid_pre` at the last position, float32 [B, d_model]."""
+    """The residual stream entering block `layer` (after all blocks when `layer` = n_layers) at the last
+    position, float32 [B, d_model]. For an SAE's hook point pass `synthact.hooks.stream_index(sae, L)`."""
     out = [
         model(tokens[i : i + batch_size], stop_at_layer=layer)[:, -1].float()
         for i in range(0, tokens.shape[0], batch_size)
@@ -186,7 +188,7 @@ def compute_stats(
     w_dec = sae.W_dec
     acts, rows, latents, values, code_norms = [], [], [], [], []
     for start in range(0, tokens.shape[0], batch_size):
-        x = real_activations(model, tokens[start : start + batch_size], layer)
+        x = real_activations(model, tokens[start : start + batch_size], stream_index(sae, layer))
         z = sae.encode(x.to(w_dec.dtype))
         r, c = torch.nonzero(z, as_tuple=True)
         acts.append(x)

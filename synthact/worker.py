@@ -101,6 +101,7 @@ class Worker:
             result = scan(
                 ctx.model, cell.layer, self.read_layers, torch.as_tensor(base.tokens, device=self.device),
                 base.vectors, dirs.vectors, coeffs, js=job.js, dtype=job.dtype,
+                hook=self.backend.saes[cell.layer].hook_name,
             )
             base_l0 = base.l0 if base.l0 is not None else _encoded_l0(ctx, base.vectors)
         curves = {r: c.numpy() for r, c in result.l2.items()}

@@ -83,7 +83,7 @@ def test_local_model_errors(tmp_path, gpt2_dir):
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
     _, msg = seconds(lambda: load_model(ModelSpec(local=str(tmp_path / "bert")), "cpu"))
-    assert "'bert'" in msg and "GPT-2" in msg
+    assert "'bert'" in msg and "GPT2LMHeadModel" in msg and "Gemma2ForCausalLM" in msg
     spec = ModelSpec(local=str(gpt2_dir[0]), from_pretrained_kwargs={"n_devices": 2})
     _, msg = seconds(lambda: load_model(spec, "cpu"))
     assert "n_devices" in msg and "fold_ln" in msg

@@ -62,3 +62,33 @@ def test_generation_and_end_to_end_on_toy_model(capsys):
     assert set(e["seconds"]) == {"load", "statistics", "generation", "scan", "write"}
     assert sum(e["seconds"].values()) == pytest.approx(e["total_seconds"], rel=0.05)
     assert "statistics" in bench.format_e2e(e)
+
+
+def test_family_table_with_tiny_shapes(capsys, monkeypatch):
+    """--family all: each family's checkpoint goes through model.local; fast agrees with plain (tiny shapes here)."""
+    tiny = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, max_position_embeddings=64, vocab_size=96)
+    shapes = {
+        "gpt2": dict(n_embd=32, n_layer=3, n_head=4, vocab_size=96, n_positions=64),
+        "neox": dict(**tiny, intermediate_size=64, rotary_pct=0.25),
+        "llama": dict(**tiny, num_key_value_heads=2, intermediate_size=48),
+        "gemma2": dict(**tiny, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, intermediate_size=48),
+    }
+    for family, shape in shapes.items():
+        config_class, label, _ = bench.FAMILIES[family]
+        monkeypatch.setitem(bench.FAMILIES, family, (config_class, label, shape))
+    common = ["--device", "cpu", "--bases", "3", "--plain-bases", "2", "--steps", "6", "--family", "all"]
+    reports = json.loads(run_bench(capsys, "--json", *common))
+    assert [r["model"] for r in reports] == list(bench.FAMILIES)
+    for r in reports:
+        assert r["fast_points_per_s"] > 0 and r["max_rel_dev_l2"] < 1e-4, r["model"]
+    table = run_bench(capsys, *common)
+    assert "Pythia-160m" in table and "gemma2" in table and "% probe" in table
+
+
+def test_flops_count_grouped_query_attention_and_gated_mlp():
+    from transformer_lens import HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=64, n_heads=8, d_head=8, n_key_value_heads=2, d_mlp=96,
+                                  d_vocab=10, n_ctx=16, act_fn="silu", gated_mlp=True, normalization_type="RMS")
+    per_block = 2 * 64 * (64 + 2 * 16) + 2 * 2 * 64 * 10 + 2 * 64 * 64 + 3 * 2 * 64 * 96
+    assert bench.flops_per_point(cfg, 0, 1, 10, js=False) == 2 * per_block

@@ -132,11 +132,11 @@ def test_single_token_prompt_has_no_prefix():
 
 
 def test_unsupported_model_falls_back_to_plain(caplog):
-    model = toy_model(seed=5, positional_embedding_type="rotary", rotary_dim=16)
+    model = toy_model(seed=5, positional_embedding_type="shortformer")
     why = fast_path_unsupported(model)
-    assert why and "rotary" in why
+    assert why and "shortformer" in why
     inputs = scan_inputs(model, 1, n_bases=2, steps=6)
-    with pytest.raises(SynthactError, match="rotary"):
+    with pytest.raises(SynthactError, match="shortformer"):
         scan_fast(model, 1, [3], *inputs)
     result = scan(model, 1, [3], *inputs)
     assert "plain path" in caplog.text
@@ -164,7 +164,7 @@ def test_bfloat16_is_close_and_weights_are_cached_per_dtype():
     bf16 = scan_fast(model, 1, [3], *inputs, dtype="bfloat16")
     dev = (bf16.l2[3] - ref.l2[3]).abs().max() / ref.l2[3].max()
     assert 0 < dev < 0.1, f"bf16 relative deviation {dev:.3g}"
-    assert scan_module._WEIGHT_CACHE[model][0][0] == "bfloat16"
+    assert scan_module._WEIGHT_CACHE[model][0][0] == ("bfloat16", None)  # key: dtype, rotary position
     with torch.no_grad():  # editing the weights invalidates the cache
         model.blocks[2].mlp.W_out.mul_(2.0)
     changed = scan_fast(model, 1, [3], *inputs)
