@@ -35,7 +35,7 @@ FAMILIES = {
                                                   rotary_pct=0.25)),
     "llama": ("LlamaConfig", "12 x 768 Llama, GQA 12/4, gated MLP 2048", dict(
         **_BLOCKS_768, num_key_value_heads=4, intermediate_size=2048, vocab_size=32000)),
-    "gemma2": ("Gemma2Config", "12 x 768 Gemma-2, GQA 12/4, gated MLP 3072, pre+post norms, soft caps", dict(
+    "gemma2": ("Gemma2Config", "12 x 768 Gemma-2, GQA 12/4, gated 3072, post-norms, soft caps", dict(
         **_BLOCKS_768, num_key_value_heads=4, head_dim=64, query_pre_attn_scalar=64, intermediate_size=3072,
         vocab_size=32000)),
 }
