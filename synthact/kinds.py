@@ -377,7 +377,8 @@ def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettin
     else:
         counts = stats.value_counts.to(device)[chosen]
         pick = torch.minimum((uv * counts).long(), (counts - 1).clamp(min=0))
-        values = stats.value_samples.to(device)[chosen, pick]
+        # A latent that never fired at the pool's last positions has no values: it keeps the template's.
+        values = torch.where(counts > 0, stats.value_samples.to(device)[chosen, pick], tv)
     values = values * mask
     error = templ.x - ctx.sae.decode(templ.z).float() if settings.add_error else torch.zeros_like(templ.x)
     if settings.match_norm:

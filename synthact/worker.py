@@ -61,15 +61,19 @@ class Worker:
     def _reference_stats(self, layer: int, stats_root: str) -> tuple[ReferenceStats, str]:
         """Load the layer's reference statistics, computing and storing them once if missing."""
         b = self.backend
+        # The release's own feature sparsity, where the backend loaded it (sae_lens pretrained releases).
+        log_sparsity = getattr(b.saes[layer], "log_sparsity", None)
         key = stats_key(
-            b.model.label, b.saes[layer].label, layer, b.corpus.label, self.job.n_ctx, self.job.reference, self.job.seed
+            b.model.label, b.saes[layer].label, layer, b.corpus.label, self.job.n_ctx, self.job.reference, self.job.seed,
+            sae_sparsity=log_sparsity is not None,
         )
         uri = f"{stats_root.rstrip('/')}/{key}"
         fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
         if fs.get_file_info(path).type == pafs.FileType.Directory:  # saved atomically: present means complete
             return _load_stats(fs, path, self.device), uri
         stats = compute_stats(
-            b.model.model, b.saes[layer].sae, b.corpus, layer, self.job.n_ctx, self.job.reference, self.job.seed, self.device
+            b.model.model, b.saes[layer].sae, b.corpus, layer, self.job.n_ctx, self.job.reference, self.job.seed, self.device,
+            log_sparsity=log_sparsity,
         )
         try:
             _save_stats(stats, fs, path)
