@@ -111,7 +111,7 @@ def grid_size(job) -> dict:
         "cells": len(cells),
         "shards": len(job.shards()),
         "curves": bases * len(job.read_layers),
-        "scan_points": bases * (job.scan.steps + 1),
+        "scan_points": sum(cell.scan.steps + 1 for cell in cells) * job.bases_per_cell,
     }
 
 

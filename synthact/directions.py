@@ -1,7 +1,9 @@
 """Directions D (unit vectors) along which a base activation A is perturbed.
 
-- `toward:<kind>`: D = (T - A) / ||T - A|| with T an independent draw of that kind from the
-  target RNG; a target within MIN_DISTANCE of its base is redrawn from the same RNG.
+- `toward:<kind>`: D = (T - A) / ||T - A|| with T a draw of that kind from the target RNG; a
+  template-built kind (synthetic_*, random_latents) with `paired` is built from the base's own SAE
+  code (the paper), else from an independent prompt; a target within MIN_DISTANCE of its base is
+  redrawn from the same RNG.
 - `toward_recon`: T = SAE reconstruction of A.
 - `isotropic`: uniform on the sphere (d_model float64 normals from the target RNG, normalised).
 - `latent:<id>`: the decoder row W_dec[id], normalised; `latent:random`: a random alive latent
@@ -17,7 +19,7 @@ import torch
 
 from synthact.errors import SynthactError
 from synthact.kinds import Activations, GenContext, GenerationSettings, draw
-from synthact.spec import parse_direction
+from synthact.spec import TEMPLATE_KINDS, parse_direction
 
 MIN_DISTANCE = 1e-3  # ||T - A|| below this makes (T - A) / ||T - A|| meaningless
 MAX_TARGET_TRIES = 16
@@ -42,8 +44,10 @@ def make_directions(
     rngs: list[np.random.Generator],
     ctx: GenContext,
     settings: GenerationSettings | None,
+    paired: bool = False,
 ) -> Directions:
-    """Directions for every base in `base`, drawing from `rngs[b]` (the target RNG of base b) only."""
+    """Directions for every base in `base`, drawing from `rngs[b]` (the target RNG of base b) only;
+    `paired`: template-built targets use the base as their template."""
     if len(rngs) != len(base):
         raise SynthactError(f"make_directions got {len(rngs)} RNGs for {len(base)} bases; pass one per base")
     try:
@@ -52,8 +56,9 @@ def make_directions(
         raise SynthactError(str(e)) from None
     if head == "toward":
         kind = target_kind or (base.kind if arg == "same" else arg)
-        target = draw(kind, rngs, ctx, settings)
-        _redraw_close_targets(target, base, rngs, ctx, settings)
+        template = base if paired and kind in TEMPLATE_KINDS else None
+        target = draw(kind, rngs, ctx, settings, template)
+        _redraw_close_targets(target, base, rngs, ctx, settings, template)
         return _toward(base, target)
     if head == "toward_recon":
         return _toward(base, recon_target(base, ctx))
@@ -92,16 +97,24 @@ def recon_target(base: Activations, ctx: GenContext) -> Activations:
     )
 
 
-def _redraw_close_targets(target: Activations, base: Activations, rngs, ctx: GenContext, settings) -> None:
+def _redraw_close_targets(target: Activations, base: Activations, rngs, ctx: GenContext, settings, template) -> None:
     for _ in range(MAX_TARGET_TRIES):
         close = np.flatnonzero(_distance(target.vectors, base.vectors) <= MIN_DISTANCE)
         if close.size == 0:
             return
-        target.replace_rows(close.tolist(), draw(target.kind, [rngs[i] for i in close], ctx, settings))
+        sub = _rows(template, close) if template is not None else None
+        target.replace_rows(close.tolist(), draw(target.kind, [rngs[i] for i in close], ctx, settings, sub))
     raise SynthactError(
         f"{MAX_TARGET_TRIES} '{target.kind}' targets in a row lay within {MIN_DISTANCE} of their base, so "
         f"toward:{target.kind} has no direction; the corpus has too few distinct prompts for this kind"
     )
+
+
+def _rows(acts: Activations, rows: np.ndarray) -> Activations:
+    """Draws `rows` of `acts` (vectors, prompts) as a batch of their own."""
+    idx = torch.as_tensor(rows, device=acts.vectors.device)
+    return Activations(acts.kind, acts.vectors[idx], acts.docs[rows], acts.offsets[rows], acts.tokens[rows],
+                       None, None, None, acts.prompt_based)
 
 
 def _toward(base: Activations, target: Activations) -> Directions:

@@ -1,4 +1,4 @@
-"""The six kinds of activation at `blocks.{L}.hook_resid_pre`, last position.
+"""The kinds of activation at the SAE's hook, last position (docs/science.md, "Kinds").
 
 `draw(kind, rngs, ctx, settings)` makes one activation per RNG. Base b consumes randomness
 only from `rngs[b]`, in a fixed order, so a draw does not depend on which other bases share
@@ -8,14 +8,15 @@ Order of each base's random draws (what `from_provenance` and the tests rely on)
 - real, sae_recon: the prompt.
 - gaussian: eps ~ N(0, I) (d_model float64 normals) first, then a context prompt.
 - single_latent: a context prompt, then the latent, then the pool code whose norm it takes.
-- synthetic_*: the template prompt (redrawn while its SAE code is empty), then the candidate
-  uniforms [k, C], then the value uniforms [k].
+- SAE-built from a template (synthetic_*, random_latents): the template prompt (redrawn while its
+  SAE code is empty; nothing when the template is the base), then the choice uniforms ([k, C] for
+  structure pairwise and match tol, [k] otherwise), then the value uniforms [k].
 
-Synthetic codes: the template's latents i_1..i_k are taken largest value first; j_t replaces
-i_t (`latents[t]` pairs with `template_latents[t]`). With `match_norm` (default) the built
-code's values are scaled by one factor so that the synthetic activation (decoded, plus the
-template's SAE error with `add_error`) has the norm of its real template activation: synthetic
-kinds then match real L0 (by construction) and real norms (science.md).
+Built codes: the template's latents i_1..i_k are taken in ascending id (the authors' order; largest
+value first for match tol and structure pairwise); j_t replaces i_t (`latents[t]` pairs with
+`template_latents[t]`); no j is used twice, no j_t is i_t and, with `exclude_template`, no j is any
+template latent. With `match_norm` the built code's values are scaled by one factor so that the
+activation (decoded, plus the template's SAE error with `add_error`) has the template's norm.
 """
 
 from __future__ import annotations
@@ -28,26 +29,39 @@ import torch
 
 from synthact.errors import SynthactError
 from synthact.hooks import stream_index
-from synthact.spec import KINDS, SYNTHETIC_KINDS
+from synthact.spec import KINDS, SYNTHETIC_KINDS, TEMPLATE_KINDS
 from synthact.stats import ReferenceStats, check_affine_decoder, real_activations
 
 VALUE_SOURCES = ("sampled", "template")
 MAX_TEMPLATE_TRIES = 32  # prompts tried per base before an empty SAE code is an error
-SAE_BUILT_KINDS = (*SYNTHETIC_KINDS, "single_latent")
+SAE_BUILT_KINDS = (*TEMPLATE_KINDS, "single_latent")
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How synthetic kinds are built (the grid axes of science.md)."""
+    """How SAE-built kinds are made (spec.GenerationSpec; the defaults are the paper's)."""
 
-    tol: float = 0.1  # max |log10 f(j) - log10 f(i)| between template latent i and replacement j
-    candidates: int = 1  # C: frequency-matched candidates per latent (1 = synthetic_baseline)
-    value_source: str = "sampled"  # "sampled": from j's own non-zero values; "template": i's value
+    match: str = "nearest_k"  # synthetic_baseline: "nearest_k" (the paper) or "tol"
+    nearest_k: int = 10  # k of nearest_k: random among the k allowed latents nearest in frequency
+    tol: float = 0.1  # max |log10 f(j) - log10 f(i)| of match tol and structure pairwise
+    structure: str = "anchor"  # synthetic_structured: "anchor" (the paper) or "pairwise"
+    anchor_cos: float = 0.42  # the anchor's decoder cosine to the top latent
+    anchor_pool: int = 100  # the anchor is chosen among this many latents nearest the top one in frequency
+    candidates: int = 1  # C of structure pairwise (1 = the tol baseline)
+    value_source: str = "template"  # "template": i's value (the paper); "sampled": from j's own values
+    exclude_template: bool = True  # no replacement is any template latent
+    match_norm: bool = False  # rescale the code to the template's norm
     add_error: bool = False  # add the template's SAE error (real - sae_recon)
-    # Scale the built code so ||sum_t v_t W_dec[j_t]|| equals the template code's ||z @ W_dec||:
-    # random latents add up less coherently than co-active real ones, and would otherwise give
-    # synthetic activations a smaller norm than real ones (science.md: match real norm statistics).
-    match_norm: bool = True
+
+
+def method(kind: str, s: GenerationSettings) -> str:
+    """How a template-built kind picks its latents: random, nearest_k, anchor, or the value-ordered tol /
+    pairwise search (tol is pairwise with C = 1)."""
+    if kind == "random_latents":
+        return "random"
+    if kind == "synthetic_baseline":
+        return "nearest_k" if s.match == "nearest_k" else "pairwise"
+    return "anchor" if s.structure == "anchor" else "pairwise"
 
 
 @dataclass
@@ -97,17 +111,22 @@ class Activations:
 
 
 def draw(
-    kind: str, rngs: list[np.random.Generator], ctx: GenContext, settings: GenerationSettings | None = None
+    kind: str,
+    rngs: list[np.random.Generator],
+    ctx: GenContext,
+    settings: GenerationSettings | None = None,
+    template: "Activations | None" = None,
 ) -> Activations:
-    """One activation of `kind` per RNG in `rngs`."""
+    """One activation of `kind` per RNG in `rngs`; template-built kinds take draw b's template from
+    `template[b]` (the base: paired targets) when given, else from a real prompt drawn from `rngs[b]`."""
     if kind not in KINDS:
         raise SynthactError(f"unknown kind of activation '{kind}'; use one of {', '.join(KINDS)}")
     if not rngs:
         raise SynthactError("draw needs at least one RNG (one per base)")
     settings = settings or GenerationSettings()
-    if kind in SYNTHETIC_KINDS:
+    if kind in TEMPLATE_KINDS:
         _check_settings(settings)
-        return _draw_synthetic(kind, rngs, ctx, settings)
+        return _draw_synthetic(kind, rngs, ctx, settings, template)
     return {
         "real": _draw_real,
         "sae_recon": _draw_sae_recon,
@@ -121,8 +140,10 @@ def _check_settings(s: GenerationSettings) -> None:
         raise SynthactError(f"value_source '{s.value_source}' is unknown; use one of {', '.join(VALUE_SOURCES)}")
     if not (s.tol >= 0 and math.isfinite(s.tol)):
         raise SynthactError(f"tol {s.tol} must be a finite number >= 0 (a distance in log10 frequency)")
-    if s.candidates < 1:
-        raise SynthactError(f"candidates {s.candidates} must be >= 1 (C = 1 is the baseline)")
+    if min(s.candidates, s.nearest_k, s.anchor_pool) < 1:
+        raise SynthactError(
+            f"candidates {s.candidates}, nearest_k {s.nearest_k} and anchor_pool {s.anchor_pool} must be >= 1"
+        )
 
 
 # --------------------------------------------------------------------------- prompts
@@ -306,24 +327,32 @@ def _unused_near(ctx: GenContext, lo: int, hi: int, start: int, logf_i: float, u
     )
 
 
+def _paired_templates(base: "Activations", ctx: GenContext) -> _Templates:
+    """The bases as templates: their vectors and SAE codes (an empty code gives an empty built code)."""
+    x = base.vectors.float()
+    return _Templates(base.docs.copy(), base.offsets.copy(), base.tokens.copy(), x, _encode(ctx, x))
+
+
 @torch.no_grad()
-def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettings) -> Activations:
+def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettings, template) -> Activations:
     check_affine_decoder(ctx.sae)
     stats, device = ctx.stats, ctx.device
-    c = settings.candidates if kind == "synthetic_structured" else 1
-    templ = _draw_templates(rngs, ctx)
+    how = method(kind, settings)
+    c = settings.candidates if kind == "synthetic_structured" and how == "pairwise" else 1
+    templ = _draw_templates(rngs, ctx) if template is None else _paired_templates(template, ctx)
 
-    # The template codes, largest value first: the greedy search fixes the big latents first.
+    # The template codes: ascending id (the authors' order), or largest value first for the pairwise
+    # search, which fixes the big latents first.
     tlat, tval = [], []
     for lat, val in zip(*_sparse_rows(templ.z)):
-        order = np.argsort(-val, kind="stable")
+        order = np.argsort(-val, kind="stable") if how == "pairwise" else np.arange(lat.shape[0])
         tlat.append(lat[order].astype(np.int64)), tval.append(val[order])
     k = np.array([t.shape[0] for t in tlat])
     u_cand = [rng.random((kb, c)) for rng, kb in zip(rngs, k)]
     u_val = [rng.random(kb) for rng, kb in zip(rngs, k)]
 
     b, kmax = len(rngs), int(k.max())
-    lat = torch.zeros(b, kmax, dtype=torch.long)
+    lat = torch.full((b, kmax), -1, dtype=torch.long)
     tv = torch.zeros(b, kmax)
     uc = torch.zeros(b, kmax, c, dtype=torch.float64)
     uv = torch.zeros(b, kmax, dtype=torch.float64)
@@ -333,16 +362,23 @@ def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettin
         uc[i, : k[i]] = torch.from_numpy(u_cand[i])
         uv[i, : k[i]] = torch.from_numpy(u_val[i])
     lat, tv, uc, uv = lat.to(device), tv.to(device), uc.to(device), uv.to(device)
-    mask = torch.arange(kmax, device=device)[None, :] < torch.as_tensor(k, device=device)[:, None]
+    mask = lat >= 0
 
-    chosen = _match(ctx, lat, k, uc, settings.tol)
+    if kmax == 0:
+        chosen = lat.clamp(min=0)
+    elif how == "pairwise":
+        chosen = _match(ctx, lat.clamp(min=0), k, uc, settings.tol, settings.exclude_template)
+    else:
+        pick = {"nearest_k": _nearest_k, "random": _random_latents, "anchor": _anchor}[how]
+        chosen = pick(ctx, lat, tv, uc[..., 0], settings)
 
     if settings.value_source == "template":
         values = tv
     else:
         counts = stats.value_counts.to(device)[chosen]
         pick = torch.minimum((uv * counts).long(), (counts - 1).clamp(min=0))
-        values = stats.value_samples.to(device)[chosen, pick]
+        # A latent that never fired at the pool's last positions has no values: it keeps the template's.
+        values = torch.where(counts > 0, stats.value_samples.to(device)[chosen, pick], tv)
     values = values * mask
     error = templ.x - ctx.sae.decode(templ.z).float() if settings.add_error else torch.zeros_like(templ.x)
     if settings.match_norm:
@@ -361,6 +397,124 @@ def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettin
     )
 
 
+# --------------------------------------------------------------------------- the authors' constructions
+
+
+def _blocked(ctx: GenContext, lat: torch.Tensor, exclude_template: bool) -> torch.Tensor:
+    """[B, d_sae + 1] bool: latents no replacement may be (the template's, with exclude_template);
+    column d_sae absorbs padding (-1)."""
+    d_sae = ctx.sae.W_dec.shape[0]
+    blocked = torch.zeros(lat.shape[0], d_sae + 1, dtype=torch.bool, device=lat.device)
+    if exclude_template:
+        blocked.scatter_(1, torch.where(lat >= 0, lat, d_sae), True)
+    return blocked
+
+
+def _frequency_table(ctx: GenContext, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alive ids sorted by frequency, their frequencies): the authors match on frequency itself."""
+    ids, logf = ctx.stats.alive_by_log_freq
+    return ids.to(device), (10.0 ** logf.to(device).double())
+
+
+def _nearest_in_frequency(
+    ctx: GenContext, latent: torch.Tensor, blocked: torch.Tensor, k: int, reach: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row, the k allowed alive latents nearest to `latent [B]` in frequency, nearest first
+    (ties: the lower frequency rank), never `latent` itself nor a blocked one; padded with -1.
+    `reach` bounds how many latents nearer than the k-th can be disallowed. Returns (ids [B, k], count [B])."""
+    ids, f = _frequency_table(ctx, latent.device)
+    n = ids.shape[0]
+    f_i = ctx.stats.freq.to(latent.device).double()[latent]
+    centre = torch.searchsorted(f, f_i.contiguous())
+    radius = k + reach + 1
+    pos = centre[:, None] + torch.arange(-radius, radius + 1, device=latent.device)[None, :]
+    inside = (pos >= 0) & (pos < n)
+    pos = pos.clamp(0, n - 1)
+    cand = ids[pos]
+    dist = (f[pos] - f_i[:, None]).abs()
+    allowed = inside & ~blocked.gather(1, cand) & (cand != latent[:, None])
+    dist = torch.where(allowed, dist, torch.full_like(dist, math.inf))
+    order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
+    count = allowed.sum(1).clamp(max=k)
+    nearest = torch.where(torch.arange(k, device=latent.device)[None] < count[:, None], cand.gather(1, order), -1)
+    return nearest, count
+
+
+def _nearest_k(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Tensor:
+    """synthetic_baseline (the paper): each i_t, in order, -> uniformly one of the k allowed latents
+    nearest to it in frequency; allowed = alive, not i_t, not chosen before (and not a template latent
+    with exclude_template). When nearer latents are used the k are the next nearest (the authors' rule)."""
+    blocked = _blocked(ctx, lat, s.exclude_template)
+    chosen = torch.zeros_like(lat).clamp(min=0)
+    rows = torch.arange(lat.shape[0], device=lat.device)
+    for t in range(lat.shape[1]):
+        live = lat[:, t] >= 0
+        near, count = _nearest_in_frequency(ctx, lat[:, t].clamp(min=0), blocked, s.nearest_k, 2 * lat.shape[1])
+        _check_found(count[live])
+        pick = near[rows, (u[:, t] * count.clamp(min=1)).long().clamp(max=s.nearest_k - 1)]
+        chosen[:, t] = torch.where(live, pick, 0)
+        blocked[rows[live], pick[live]] = True
+    return chosen
+
+
+def _random_latents(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Tensor:
+    """random_latents: each i_t -> a uniformly random alive latent (the first allowed one from there
+    in id order when it is not allowed); allowed as for nearest_k."""
+    ids = ctx.stats.alive.to(lat.device)
+    n = ids.shape[0]
+    blocked = _blocked(ctx, lat, s.exclude_template)
+    chosen = torch.zeros_like(lat).clamp(min=0)
+    rows = torch.arange(lat.shape[0], device=lat.device)
+    walk = torch.arange(2 * lat.shape[1] + 2, device=lat.device)
+    for t in range(lat.shape[1]):
+        live = lat[:, t] >= 0
+        cand = ids[((u[:, t] * n).long()[:, None] + walk[None]) % n]
+        allowed = ~blocked.gather(1, cand) & (cand != lat[:, t, None])
+        _check_found(allowed.any(1)[live])
+        pick = cand[rows, allowed.byte().argmax(1)]
+        chosen[:, t] = torch.where(live, pick, 0)
+        blocked[rows[live], pick[live]] = True
+    return chosen
+
+
+def _anchor(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Tensor:
+    """synthetic_structured (the paper): top latent i* (largest value; ties: lowest id); anchor a = among
+    the `anchor_pool` allowed latents nearest i* in frequency, the one whose decoder cosine to i* is
+    closest to `anchor_cos`; then each i_t, in order, -> the allowed alive latent j whose cosine to a is
+    closest to cos(i*, i_t) (ties: lowest id); i* itself maps to a where a is allowed (cosine 1)."""
+    device = lat.device
+    rows = torch.arange(lat.shape[0], device=device)
+    live_rows = (lat >= 0).any(1)
+    unit = torch.nn.functional.normalize(ctx.sae.W_dec.float(), dim=-1)
+    top = lat[rows, torch.where(lat >= 0, values, -math.inf).argmax(1)].clamp(min=0)
+    blocked = _blocked(ctx, lat, s.exclude_template)
+    pool, count = _nearest_in_frequency(ctx, top, blocked, s.anchor_pool, lat.shape[1])
+    _check_found(count[live_rows])
+    pool_cos = torch.einsum("bpd,bd->bp", unit[pool.clamp(min=0)], unit[top])
+    anchor = pool[rows, torch.where(pool >= 0, (pool_cos - s.anchor_cos).abs(), math.inf).argmin(1)].clamp(min=0)
+    alive = ctx.stats.alive.to(device)
+    cos_anchor = unit[anchor] @ unit[alive].T  # [B, alive]
+    cos_top = torch.einsum("bkd,bd->bk", unit[lat.clamp(min=0)], unit[top])
+    chosen = torch.zeros_like(lat).clamp(min=0)
+    for t in range(lat.shape[1]):
+        live = lat[:, t] >= 0
+        allowed = ~blocked[:, alive] & (alive[None] != lat[:, t, None])
+        _check_found(allowed.any(1)[live])
+        gap = torch.where(allowed, (cos_anchor - cos_top[:, t, None]).abs(), math.inf)
+        pick = alive[gap.argmin(1)]
+        chosen[:, t] = torch.where(live, pick, 0)
+        blocked[rows[live], pick[live]] = True
+    return chosen
+
+
+def _check_found(found: torch.Tensor) -> None:
+    if not bool(found.all()):
+        raise SynthactError(
+            "a template has more active latents than the reference pool has alive latents to replace them "
+            "without repeats; increase reference.n_prompts, or set generation.exclude_template: [false]"
+        )
+
+
 def _scale_to_norm(code: torch.Tensor, offset: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """alpha >= 0 per row with ||alpha * code + offset|| = target (else the alpha that comes closest)."""
     a = (code * code).sum(-1).clamp(min=1e-12)
@@ -372,11 +526,14 @@ def _scale_to_norm(code: torch.Tensor, offset: torch.Tensor, target: torch.Tenso
     return torch.where((disc >= 0) & (root >= 0), root, closest)
 
 
-def _match(ctx: GenContext, lat: torch.Tensor, k: np.ndarray, uc: torch.Tensor, tol: float) -> torch.Tensor:
-    """Replacement latents [B, K]: frequency-matched, no repeats, and (C > 1) the best cosine fit.
+def _match(
+    ctx: GenContext, lat: torch.Tensor, k: np.ndarray, uc: torch.Tensor, tol: float, exclude_template: bool
+) -> torch.Tensor:
+    """Replacement latents [B, K] of match tol / structure pairwise: frequency-matched, no repeats, never
+    the replaced latent (nor a template latent with exclude_template), and (C > 1) the best cosine fit.
 
     Candidate c for position t is the window's latent at lo + floor(u[t, c] * (hi - lo)); the
-    chosen one is the unused candidate minimising sum_{m<t} (cos(j_t, j_m) - cos(i_t, i_m))^2
+    chosen one is the allowed candidate minimising sum_{m<t} (cos(j_t, j_m) - cos(i_t, i_m))^2
     (ties: the first), so C = 1 takes the first candidate: the baseline. If every candidate is
     already used, the next unused latent after the first candidate in the window is taken.
     Bases are processed longest code first, so step t only touches the bases whose code is
@@ -392,9 +549,12 @@ def _match(ctx: GenContext, lat: torch.Tensor, k: np.ndarray, uc: torch.Tensor, 
         ..., None
     ]
     ids_sorted = ctx.stats.alive_by_log_freq[0].to(lat.device)
-    chosen, exhausted = _greedy(ctx, lat, k_sorted, ids_sorted[pos], ids_sorted[walk], None)
+    valid = torch.arange(lat.shape[1], device=lat.device)[None] < torch.as_tensor(k_sorted, device=lat.device)[:, None]
+    forbidden = torch.where(valid, lat, -1) if exclude_template else None
+    args = (ctx, lat, k_sorted, ids_sorted[pos], ids_sorted[walk], forbidden)
+    chosen, exhausted = _greedy(*args, None)
     if bool(exhausted):
-        chosen, _ = _greedy(ctx, lat, k_sorted, ids_sorted[pos], ids_sorted[walk], (lo, hi, pos))
+        chosen, _ = _greedy(*args, (lo, hi, pos))
     out = torch.empty_like(chosen)
     out[order_t] = chosen
     return out
@@ -403,9 +563,10 @@ def _match(ctx: GenContext, lat: torch.Tensor, k: np.ndarray, uc: torch.Tensor, 
 WALK = 8  # window positions tried after the first candidate when every candidate is used
 
 
-def _greedy(ctx, lat, k_sorted, cand, walk, exact):
-    """The step-by-step choice of _match on bases sorted by code length; `exact` = (lo, hi, pos) enables
-    the exact (synchronising) fallback for exhausted walks. Returns (chosen, any walk exhausted)."""
+def _greedy(ctx, lat, k_sorted, cand, walk, forbidden, exact):
+    """The step-by-step choice of _match on bases sorted by code length; `forbidden` [B, K] (pad -1) are
+    latents never chosen; `exact` = (lo, hi, pos) enables the exact (synchronising) fallback for
+    exhausted walks. Returns (chosen, any walk exhausted)."""
     b, kmax, c = cand.shape
     device = lat.device
     if c > 1:
@@ -419,28 +580,28 @@ def _greedy(ctx, lat, k_sorted, cand, walk, exact):
         n = int((k_sorted > t).sum())  # the bases still active: a prefix
         rows = torch.arange(n, device=device)
         options = cand[:n, t]  # [n, C]
-        used = (options[:, :, None] == chosen[:n, None, :t]).any(-1)
+        taken = torch.cat([chosen[:n, :t], lat[:n, t : t + 1]] + ([forbidden[:n]] if forbidden is not None else []), 1)
+        used = (options[:, :, None] == taken[:, None, :]).any(-1)
         if c > 1 and t > 0:
             cos = torch.einsum("bcd,bmd->bcm", unit[options], chosen_dirs[:n, :t])
             err = ((cos - target_cos[:n, t, None, :t]) ** 2).sum(-1)
         else:
             err = torch.zeros(n, c, device=device)
         pick = options[rows, err.masked_fill(used, math.inf).argmin(dim=1)]
-        if t > 0:
-            steps = walk[:n, t]  # [n, WALK]
-            steps_used = (steps[:, :, None] == chosen[:n, None, :t]).any(-1)
-            all_used = used.all(dim=1)
-            pick = torch.where(all_used, steps[rows, steps_used.byte().argmin(dim=1)], pick)
-            dead_end = all_used & steps_used.all(dim=1)
-            exhausted |= dead_end.any()
-            if exact is not None:
-                lo, hi, pos = exact
-                for i in torch.nonzero(dead_end).flatten().tolist():
-                    pick[i] = _unused_near(
-                        ctx, int(lo[i, t]), int(hi[i, t]), int(pos[i, t, 0]),
-                        float(torch.log10(ctx.stats.freq[lat[i, t]].clamp(min=0.5 / ctx.stats.n))),
-                        set(chosen[i, :t].tolist()),
-                    )
+        steps = walk[:n, t]  # [n, WALK]
+        steps_used = (steps[:, :, None] == taken[:, None, :]).any(-1)
+        all_used = used.all(dim=1)
+        pick = torch.where(all_used, steps[rows, steps_used.byte().argmin(dim=1)], pick)
+        dead_end = all_used & steps_used.all(dim=1)
+        exhausted |= dead_end.any()
+        if exact is not None:
+            lo, hi, pos = exact
+            for i in torch.nonzero(dead_end).flatten().tolist():
+                pick[i] = _unused_near(
+                    ctx, int(lo[i, t]), int(hi[i, t]), int(pos[i, t, 0]),
+                    float(torch.log10(ctx.stats.freq[lat[i, t]].clamp(min=0.5 / ctx.stats.n))),
+                    set(taken[i].tolist()),
+                )
         chosen[:n, t] = pick
         if c > 1:
             chosen_dirs[:n, t] = unit[pick]
@@ -489,7 +650,7 @@ def from_provenance(
             raise SynthactError("rebuilding a gaussian activation needs its draw seed (base_seed or target_seed)")
         eps = np.random.default_rng(seed).standard_normal(ctx.stats.mean.shape[0])
         return _gaussian(ctx, eps[None])[0]
-    with_error = bool(add_error) and kind in SYNTHETIC_KINDS
+    with_error = bool(add_error) and kind in TEMPLATE_KINDS
     if kind in ("real", "sae_recon") or with_error:
         if tokens is None:
             raise SynthactError(f"rebuilding a '{kind}' activation needs its prompt tokens")

@@ -34,13 +34,23 @@ AXES = {
     "base_kind": (STR, "Kind of the base activation A."),
     "direction": (STR, "Direction spec: `toward:<kind>`, `isotropic`, `latent:<id>`, `latent:random`, `toward_recon`."),
     "target_kind": (STR, "Kind of the target T of `toward:<kind>`; null for directions without a target."),
-    "tol": (F64, "Frequency tolerance |log10 f(j) - log10 f(i)| of synthetic replacements (null if unused)."),
-    "candidates": (I32, "C, frequency-matched candidates per latent of `synthetic_structured` (pairwise structure)."),
-    "value_source": (STR, "Values of synthetic codes: `template` or `sampled`."),
-    "add_error": (pa.bool_(), "Whether the template's SAE error was added to synthetic activations."),
+    "scan": (STR, "The scan's name (e.g. `sensitivity`, `plateaus`; default its mode): one experiment of the job."),
+    "template": (STR, "Template of an SAE-built target: `base` (the base's own code, paired: the paper) or `independent`."),
+    "match": (STR, "Frequency matching of `synthetic_baseline`: `nearest_k` (the paper) or `tol`."),
+    "nearest_k": (I32, "k of match `nearest_k`: random among the k allowed latents nearest in frequency."),
+    "tol": (F64, "Frequency tolerance |log10 f(j) - log10 f(i)| of match `tol` / structure `pairwise` (null if unused)."),
+    "structure": (STR, "Construction of `synthetic_structured`: `anchor` (the paper) or `pairwise`."),
+    "anchor_cos": (F64, "Anchor: target decoder cosine between anchor and top latent (the paper: 0.42)."),
+    "anchor_pool": (I32, "Anchor: chosen among this many latents nearest the top latent in frequency (the paper: 100)."),
+    "candidates": (I32, "C, frequency-matched candidates per latent of structure `pairwise`."),
+    "value_source": (STR, "Values of built codes: `template` (the paper) or `sampled`."),
+    "exclude_template": (pa.bool_(), "Whether replacements avoid every latent of the template's code."),
+    "match_norm": (pa.bool_(), "Whether built codes were rescaled to the template's norm."),
+    "add_error": (pa.bool_(), "Whether the template's SAE error was added to built activations."),
 }
-# The axes that only synthetic generation has (null elsewhere).
-SETTINGS = ("candidates", "tol", "value_source", "add_error")
+# The axes that only SAE-built generation has (null elsewhere).
+SETTINGS = ("template", "match", "nearest_k", "tol", "structure", "anchor_cos", "anchor_pool", "candidates",
+            "value_source", "exclude_template", "match_norm", "add_error")
 # What recomputes a row: ids, seeds, scan settings.
 PROVENANCE = {
     "base_index": (I32, "Index of the base within its cell (0..bases_per_cell-1)."),
@@ -50,16 +60,23 @@ PROVENANCE = {
     "scan_mode": (STR, "`step` (A + n s D) or `interpolate` (A + (n/N)(T - A))."),
     "steps": (I32, "N: the scan has points n = 0..N."),
     "step_size": (F64, "Distance between scan points (s in step mode, ||T - A|| / N when interpolating)."),
+    "stop_at_target": (pa.bool_(), "Whether metrics stop at the target (step mode): they read d_0..d_min(target_step, N)."),
+    "target_distance": (F64, "||T - A|| (null without a target)."),
+    "target_step": (I32, "The scan point reaching the target: floor(||T - A|| / s) in step mode, N when interpolating."),
 }
 # Per-curve metrics (docs/science.md, "Curve metrics"); JS twins carry the `js_` prefix.
 METRICS = {
+    "max_slope_step": (I32, "The paper's blow-up step: argmax_n s_n, s_n = d_n - d_{n-1}, s_0 := s_1 (latest on ties); "
+                            "the last point if no s_n exceeds metrics.slope_threshold."),
     "max_slope": (F64, "Largest slope (d_{n+1} - d_n) / step_size of the L2 curve."),
     "blowup_step": (I32, "The n of that largest slope."),
-    "plateau_len": (I32, "First n whose distance reaches the plateau threshold."),
+    "plateau_len": (I32, "First n with d_n >= the plateau threshold (absolute, or relative to d_last), else the "
+                         "number of points looked at."),
     "early_slope_ratio": (F64, "Mean slope over the first 10% of steps / max_slope."),
-    "final_l2": (F64, "d at the last scan point."),
+    "final_l2": (F64, "d at the last point the metrics look at (the target's, when the scan stops there)."),
 }
 JS_METRICS = {
+    "js_max_slope_step": (I32, "max_slope_step of the sqrt-JS curve."),
     "js_max_slope": (F64, "max_slope of the sqrt-JS curve (next-token distributions)."),
     "js_blowup_step": (I32, "blowup_step of the sqrt-JS curve."),
     "js_plateau_len": (I32, "plateau_len of the sqrt-JS curve."),
@@ -67,8 +84,8 @@ JS_METRICS = {
     "js_final": (F64, "sqrt-JS distance at the last scan point."),
 }
 # The metrics whose distributions are aggregated, and those compared across kinds.
-AGGREGATED = ("max_slope", "plateau_len", "early_slope_ratio", "final_l2")
-COMPARED = ("max_slope", "plateau_len", "early_slope_ratio")
+AGGREGATED = ("max_slope_step", "max_slope", "plateau_len", "early_slope_ratio", "final_l2")
+COMPARED = ("max_slope_step", "max_slope", "plateau_len", "early_slope_ratio")
 # What rebuilds the base and the target or direction (kinds.from_provenance, directions.direction_from_provenance).
 ACTIVATIONS = {
     "base_norm": (F64, "||A||."),

@@ -24,6 +24,7 @@ KINDS = (
     "gaussian",
     "synthetic_baseline",
     "synthetic_structured",
+    "random_latents",
     "single_latent",
 )
 Kind = Literal[
@@ -32,9 +33,12 @@ Kind = Literal[
     "gaussian",
     "synthetic_baseline",
     "synthetic_structured",
+    "random_latents",
     "single_latent",
 ]
 SYNTHETIC_KINDS = ("synthetic_baseline", "synthetic_structured")
+# Kinds built from a template's SAE code, latent by latent: as targets, the template is the base's own code.
+TEMPLATE_KINDS = (*SYNTHETIC_KINDS, "random_latents")
 
 
 class SpecError(SynthactError):
@@ -182,38 +186,125 @@ class CorpusSpec(Frozen):
 
 
 class GenerationSpec(Frozen):
-    """Synthetic-generation axes. Apply to cells whose base or target kind is synthetic."""
+    """How SAE-built kinds are made (docs/science.md, "Generation settings"). Every list is a grid axis;
+    an axis applies to the cells whose base or target kind uses it (null elsewhere). The defaults are
+    the paper's construction."""
 
-    tol: list[float] = Field([0.1], description="Max |log10 f(j) - log10 f(i)| between a template latent and its replacement.")
-    candidates: list[int] = Field(
-        [16], description="C: frequency-matched candidates per latent for synthetic_structured (C=1 is the baseline)."
+    template: list[Literal["base", "independent"]] = Field(
+        ["base"],
+        description="Template of SAE-built targets (synthetic_*, random_latents): the base's own SAE code (the "
+        "paper: paired) or an independent real prompt (unpaired). SAE-built bases always use an independent one.",
     )
-    value_source: list[Literal["sampled", "template"]] = Field(
-        ["sampled"], description="Replacement values: drawn from the latent's own non-zero values, or the template's."
+    match: list[Literal["nearest_k", "tol"]] = Field(
+        ["nearest_k"],
+        description="Frequency matching of synthetic_baseline: random among the k latents nearest in frequency "
+        "(the paper), or random within a log10-frequency tolerance.",
+    )
+    nearest_k: list[int] = Field([10], description="k of match nearest_k (the paper: 10).")
+    tol: list[float] = Field(
+        [0.1], description="Max |log10 f(j) - log10 f(i)| of match tol and of structure pairwise."
+    )
+    structure: list[Literal["anchor", "pairwise"]] = Field(
+        ["anchor"],
+        description="synthetic_structured: the paper's anchor construction, or synthact's pairwise-cosine "
+        "search among C frequency-matched candidates.",
+    )
+    anchor_cos: list[float] = Field(
+        [0.42], description="Anchor: the decoder cosine to the top latent it should have (the paper: 0.42)."
+    )
+    anchor_pool: list[int] = Field(
+        [100], description="Anchor: chosen among this many latents nearest to the top latent in frequency (the paper: 100)."
+    )
+    candidates: list[int] = Field(
+        [16], description="C: frequency-matched candidates per latent of structure pairwise (C=1 is the baseline)."
+    )
+    value_source: list[Literal["template", "sampled"]] = Field(
+        ["template"],
+        description="Values of a built code: the template latent's (the paper), or drawn from the replacement "
+        "latent's own non-zero values.",
+    )
+    exclude_template: list[bool] = Field(
+        [True],
+        description="Never replace a latent by any latent of the template's code (a replacement is never the "
+        "latent it replaces, whatever this says).",
+    )
+    match_norm: list[bool] = Field(
+        [False], description="Rescale a built code so its activation has the template's norm (the paper: no)."
     )
     add_error: list[bool] = Field([False], description="Add the template's SAE error (real - sae_recon).")
 
-    @field_validator("tol", "candidates", "value_source", "add_error")
+    @field_validator("*")
     @classmethod
     def _non_empty(cls, v: list) -> list:
         if not v:
             raise ValueError("a generation axis must list at least one value")
         return v
 
-    @field_validator("candidates")
+    @field_validator("candidates", "nearest_k", "anchor_pool")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
         if any(c < 1 for c in v):
-            raise ValueError("candidates must be >= 1")
+            raise ValueError("candidates, nearest_k and anchor_pool must be >= 1")
         return v
+
+    def axes_for(self, kinds: set[str], paired: bool) -> list[dict]:
+        """The distinct generation settings of a cell whose base and target kinds are `kinds`
+        (`paired`: its target is SAE-built), each with null for the axes no kind there uses."""
+        used = set()
+        if kinds & set(TEMPLATE_KINDS):
+            used |= {"value_source", "exclude_template", "match_norm", "add_error"}
+        if paired:
+            used.add("template")
+        combos = []
+        for values in itertools.product(*(getattr(self, name) for name in GENERATION_AXES)):
+            c = dict(zip(GENERATION_AXES, values))
+            keep = set(used)
+            if "synthetic_baseline" in kinds:
+                keep |= {"match", "nearest_k" if c["match"] == "nearest_k" else "tol"}
+            if "synthetic_structured" in kinds:
+                keep |= {"structure"} | ({"anchor_cos", "anchor_pool"} if c["structure"] == "anchor" else {"tol", "candidates"})
+            c = {k: (v if k in keep else None) for k, v in c.items()}
+            if c not in combos:
+                combos.append(c)
+        return combos
+
+
+GENERATION_AXES = (
+    "template", "match", "nearest_k", "tol", "structure", "anchor_cos", "anchor_pool", "candidates",
+    "value_source", "exclude_template", "match_norm", "add_error",
+)
 
 
 class ScanSpec(Frozen):
-    """The perturbation scan A_n = A + n*s*D (step) or A + (n/N)(T - A) (interpolate)."""
+    """One perturbation scan: A_n = A + n*s*D (step) or A + (n/N)(T - A) (interpolate), n = 0..N."""
 
-    steps: int = Field(100, ge=2, description="N: the scan has N+1 points n = 0..N.")
+    name: str | None = Field(
+        None, description="The scan's name (the `scan` column), e.g. sensitivity or plateaus; default: its mode."
+    )
+    steps: int = Field(100, ge=2, description="N: the scan has N+1 points n = 0..N (the paper's 100 points: N = 99).")
     step_size: float = Field(0.5, gt=0, description="s, in residual-norm units (step mode).")
     mode: Literal["step", "interpolate"] = Field("step", description="Step along D, or interpolate to the target.")
+    stop_at_target: bool = Field(
+        True,
+        description="Step mode with a target: metrics look at the points up to the target, n <= floor(||T - A|| / s) "
+        "(the paper); the curve is still stored to N.",
+    )
+
+    @property
+    def label(self) -> str:
+        return self.name or self.mode
+
+
+class MetricsSpec(Frozen):
+    """Thresholds of the curve metrics (docs/science.md, "Curve metrics")."""
+
+    slope_threshold: float = Field(
+        0.02, ge=0, description="max_slope_step: if no slope d_n - d_{n-1} exceeds it, the step is the last point."
+    )
+    plateau_threshold: float = Field(
+        20.0, gt=0, description="plateau_len: first n with d_n >= this (absolute L2) or this * d_last (relative)."
+    )
+    plateau_mode: Literal["absolute", "relative"] = Field("absolute", description="How plateau_threshold is read (the paper: absolute).")
 
 
 class ReferenceSpec(Frozen):
@@ -274,7 +365,12 @@ class Job(Frozen):
         description="toward:<kind> | toward:same (the base's own kind) | isotropic | latent:<id> | latent:random | toward_recon.",
     )
     generation: GenerationSpec = Field(default_factory=GenerationSpec, description="Synthetic-generation axes.")
-    scan: ScanSpec = Field(default_factory=ScanSpec, description="The scan.")
+    scan: list[ScanSpec] = Field(
+        default_factory=lambda: [ScanSpec()],
+        description="The scan, or a list of scans (a grid axis: each experiment of a job, e.g. the paper's "
+        "sensitivity and plateau scans).",
+    )
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Thresholds of the curve metrics.")
     js: bool = Field(False, description="Also record the sqrt-JS distance of next-token distributions (costs the unembedding).")
     bases_per_cell: int = Field(100, ge=1, description="Curves per cell (per read layer).")
     shard_size: int = Field(50, ge=1, description="Bases per shard (the unit of work and of resume).")
@@ -290,7 +386,7 @@ class Job(Frozen):
     wandb: WandbSpec = Field(default_factory=WandbSpec, description="W&B logging, or false.")
     ray: RaySpec = Field(default_factory=RaySpec, description="Ray execution settings.")
 
-    @field_validator("model", "sae", mode="before")
+    @field_validator("model", "sae", "scan", mode="before")
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return _listify(v)
@@ -300,7 +396,7 @@ class Job(Frozen):
     def _wandb_bool(cls, v: Any) -> Any:
         return {"enabled": v} if isinstance(v, bool) else v
 
-    @field_validator("model", "sae", "layers", "read_layers", "base_kinds", "directions")
+    @field_validator("model", "sae", "layers", "read_layers", "base_kinds", "directions", "scan")
     @classmethod
     def _axis_non_empty(cls, v: list, info) -> list:
         if not v:
@@ -325,10 +421,13 @@ class Job(Frozen):
 
     @model_validator(mode="after")
     def _pairs_make_sense(self) -> "Job":
-        for kind, direction in itertools.product(self.base_kinds, self.directions):
-            problem = pair_problem(kind, direction, self.scan.mode)
+        for kind, direction, scan in itertools.product(self.base_kinds, self.directions, self.scan):
+            problem = pair_problem(kind, direction, scan.mode)
             if problem:
                 raise ValueError(problem)
+        labels = [scan.label for scan in self.scan]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"scans need distinct names (got {', '.join(labels)}); give each a `name`")
         for m in self.model:
             if m.toy:
                 check_layers(self, m.toy.n_layers, m.label)
@@ -339,33 +438,13 @@ class Job(Frozen):
     def cells(self) -> list["Cell"]:
         """All cells of the grid, in a stable order."""
         out = []
-        for model, sae, layer, kind, direction in itertools.product(
-            self.model, self.sae, self.layers, self.base_kinds, self.directions
+        for model, sae, layer, kind, direction, scan in itertools.product(
+            self.model, self.sae, self.layers, self.base_kinds, self.directions, self.scan
         ):
             target = target_kind(kind, direction)
-            synthetic = kind in SYNTHETIC_KINDS or target in SYNTHETIC_KINDS
-            uses_c = "synthetic_structured" in (kind, target)
-            g = self.generation
-            settings = (
-                itertools.product(g.tol, g.candidates if uses_c else [None], g.value_source, g.add_error)
-                if synthetic
-                else [(None, None, None, None)]
-            )
-            for tol, c, source, add_error in settings:
-                out.append(
-                    Cell(
-                        model=model,
-                        sae=sae,
-                        layer=layer,
-                        base_kind=kind,
-                        direction=direction,
-                        target_kind=target,
-                        tol=tol,
-                        candidates=c,
-                        value_source=source,
-                        add_error=add_error,
-                    )
-                )
+            for generation in self.generation.axes_for({kind, target}, paired=target in TEMPLATE_KINDS):
+                out.append(Cell(model=model, sae=sae, layer=layer, base_kind=kind, direction=direction,
+                                target_kind=target, scan=scan, **generation))
         return out
 
     def shards(self) -> list["Shard"]:
@@ -388,7 +467,8 @@ class Job(Frozen):
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of the grid: everything a curve's setting depends on except the base index."""
+    """One point of the grid: everything a curve's setting depends on except the base index.
+    Generation axes are None where neither the base nor the target kind uses them."""
 
     model: ModelSpec
     sae: SAESpec
@@ -396,10 +476,23 @@ class Cell:
     base_kind: str
     direction: str
     target_kind: str | None
-    tol: float | None
-    candidates: int | None
-    value_source: str | None
-    add_error: bool | None
+    scan: ScanSpec
+    template: str | None = None
+    match: str | None = None
+    nearest_k: int | None = None
+    tol: float | None = None
+    structure: str | None = None
+    anchor_cos: float | None = None
+    anchor_pool: int | None = None
+    candidates: int | None = None
+    value_source: str | None = None
+    exclude_template: bool | None = None
+    match_norm: bool | None = None
+    add_error: bool | None = None
+
+    def generation(self) -> dict:
+        """The cell's generation axes."""
+        return {name: getattr(self, name) for name in GENERATION_AXES}
 
     def settings(self) -> dict:
         """The cell's own axes as plain, JSON-able values."""
@@ -410,15 +503,14 @@ class Cell:
             "base_kind": self.base_kind,
             "direction": self.direction,
             "target_kind": self.target_kind,
-            "tol": self.tol,
-            "candidates": self.candidates,
-            "value_source": self.value_source,
-            "add_error": self.add_error,
+            "scan": self.scan.label,
+            **self.generation(),
         }
 
     @property
     def cell_id(self) -> str:
-        key = dict(self.settings(), model=self.model.model_dump(mode="json"), sae=self.sae.model_dump(mode="json"))
+        key = dict(self.settings(), model=self.model.model_dump(mode="json"), sae=self.sae.model_dump(mode="json"),
+                   scan=self.scan.model_dump(mode="json"))
         return digest(key)[:12]
 
     @property
@@ -427,16 +519,17 @@ class Cell:
         return (self.model, self.sae)
 
     def base_settings(self) -> dict:
-        """What the base draw depends on: the same bases are reused across directions."""
+        """What the base draw depends on: the same bases are reused across directions, targets and scans."""
         s = self.settings()
-        s.pop("direction")
-        s.pop("target_kind")
-        if self.base_kind not in SYNTHETIC_KINDS:
-            for k in ("tol", "candidates", "value_source", "add_error"):
-                s[k] = None
-        elif self.base_kind != "synthetic_structured":
-            s["candidates"] = None
-        return s
+        for name in ("direction", "target_kind", "scan", "template"):
+            s.pop(name)
+        if self.base_kind not in TEMPLATE_KINDS:
+            for name in GENERATION_AXES:
+                s.pop(name, None)
+            return s
+        used = GenerationSpec(**{k: [v] for k, v in self.generation().items() if v is not None}).axes_for(
+            {self.base_kind}, paired=False)[0]
+        return s | used
 
 
 @dataclass(frozen=True)
@@ -586,6 +679,6 @@ def field_reference() -> str:
     section("job", Job)
     for title, model in [("model", ModelSpec), ("model.toy", ToyModelSpec), ("sae", SAESpec), ("sae.toy", ToySAESpec),
                          ("corpus", CorpusSpec), ("corpus.toy", ToyCorpusSpec), ("generation", GenerationSpec),
-                         ("scan", ScanSpec), ("reference", ReferenceSpec), ("wandb", WandbSpec), ("ray", RaySpec)]:
+                         ("scan", ScanSpec), ("metrics", MetricsSpec), ("reference", ReferenceSpec), ("wandb", WandbSpec), ("ray", RaySpec)]:
         section(title, model)
     return "\n".join(lines)

@@ -1,8 +1,13 @@
 """Reference statistics: a pool of real activations and everything the kinds draw from.
 
 One `ReferenceStats` per (model, SAE, layer, corpus, n_ctx, reference spec, seed): the pool's
-activations at `blocks.{L}.hook_resid_pre` (last position), their SAE codes, latent firing
-frequencies, per-latent non-zero value samples, L0s, norms, and a Gaussian fit.
+activations at the SAE's hook (last position), their SAE codes, latent firing frequencies,
+per-latent non-zero value samples, L0s, norms, and a Gaussian fit.
+
+Firing frequencies (what frequency matching reads) come from the SAE release's own feature
+sparsity where sae_lens provides it (`freq_source` "sae_lens", as the authors did; latents with
+log10 sparsity <= -10 count as dead, as in their notebooks), else from every token position of
+the pool's prompts (`freq_source` "pool_all_positions").
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from synthact.errors import SynthactError
 from synthact.hooks import stream_index
 from synthact.spec import ReferenceSpec, derive_seed, digest
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+DEAD_LOG_SPARSITY = -10.0  # the authors' cut: latents at or below this log10 density are dead
 # Decoders that rescale by statistics of the input are not a fixed affine map: a code alone
 # cannot be decoded, so SAE-built activations are impossible with them.
 NON_AFFINE_NORMALIZATIONS = ("constant_norm_rescale", "layer_norm")
@@ -36,7 +42,7 @@ class ReferenceStats:
     code_offsets: torch.Tensor  # [P + 1] int64, CSR row pointers into code_latents / code_values
     code_latents: torch.Tensor  # [nnz] int32
     code_values: torch.Tensor  # [nnz] float32
-    freq: torch.Tensor  # [d_sae] float64, fraction of pool codes in which each latent fires
+    freq: torch.Tensor  # [d_sae] float64, firing frequency of each latent (see freq_source); 0 = dead
     value_samples: torch.Tensor  # [d_sae, V] float32, non-zero values per latent (first value_counts valid)
     value_counts: torch.Tensor  # [d_sae] int64
     l0: torch.Tensor  # [P] int64
@@ -46,6 +52,7 @@ class ReferenceStats:
     norms: torch.Tensor  # [P] float32, ||activation||
     code_norms: torch.Tensor  # [P] float32, ||z @ W_dec||
     cov_jitter: float = 0.0  # what was added to cov's diagonal to make it positive definite
+    freq_source: str = "pool_all_positions"  # or "sae_lens": the release's own feature sparsity
 
     @property
     def n(self) -> int:
@@ -89,6 +96,7 @@ class ReferenceStats:
             "mean_code_norm": float(self.code_norms.double().mean()),
             "value_samples_per_latent": int(self.value_samples.shape[1]),
             "cov_jitter": self.cov_jitter,
+            "freq_source": self.freq_source,
         }
 
     def save(self, directory: Path) -> None:
@@ -102,7 +110,8 @@ class ReferenceStats:
             for f in fields(self)
             if isinstance(getattr(self, f.name), torch.Tensor)
         }
-        meta = {"format_version": FORMAT_VERSION, "layer": self.layer, "cov_jitter": self.cov_jitter}
+        meta = {"format_version": FORMAT_VERSION, "layer": self.layer, "cov_jitter": self.cov_jitter,
+                "freq_source": self.freq_source}
 
         def write(tmp: Path) -> None:
             save_file(tensors, tmp / "tensors.safetensors")
@@ -126,13 +135,16 @@ class ReferenceStats:
                 f"this synthact reads version {FORMAT_VERSION}; delete the directory so they are recomputed"
             )
         tensors = load_file(tensor_path, device=str(device))
-        return cls(layer=int(meta["layer"]), cov_jitter=float(meta["cov_jitter"]), **tensors)
+        return cls(layer=int(meta["layer"]), cov_jitter=float(meta["cov_jitter"]), freq_source=meta["freq_source"],
+                   **tensors)
 
 
 def stats_key(
-    model_label: str, sae_label: str, layer: int, corpus_label: str, n_ctx: int, spec: ReferenceSpec, seed: int
+    model_label: str, sae_label: str, layer: int, corpus_label: str, n_ctx: int, spec: ReferenceSpec, seed: int,
+    sae_sparsity: bool = False,
 ) -> str:
-    """Short digest naming the statistics directory of one (model, SAE, layer, corpus, n_ctx, spec, seed)."""
+    """Short digest naming the statistics directory of one (model, SAE, layer, corpus, n_ctx, spec, seed, and
+    whether frequencies come from the SAE release's sparsity)."""
     parts = {
         "format_version": FORMAT_VERSION,
         "model": model_label,
@@ -142,6 +154,7 @@ def stats_key(
         "n_ctx": n_ctx,
         "reference": spec.model_dump(mode="json"),
         "seed": seed,
+        "sae_sparsity": sae_sparsity,
     }
     return f"L{layer}-{digest(parts)[:16]}"
 
@@ -179,16 +192,22 @@ def compute_stats(
     seed: int,
     device: str,
     batch_size: int = 256,
+    log_sparsity: torch.Tensor | None = None,
 ) -> ReferenceStats:
-    """Sample `spec.n_prompts` prompts, run model + SAE on them, and derive the pool's statistics."""
+    """Sample `spec.n_prompts` prompts, run model + SAE on them, and derive the pool's statistics;
+    `log_sparsity` [d_sae] (log10 feature density, e.g. from `SAE.from_pretrained_with_cfg_and_sparsity`)
+    gives the firing frequencies when the SAE release has it."""
     check_affine_decoder(sae)
     rng = np.random.default_rng(derive_seed("reference", seed, layer))
     _, _, tokens = corpus.sample(rng, spec.n_prompts, n_ctx)
     tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=device)
     w_dec = sae.W_dec
     acts, rows, latents, values, code_norms = [], [], [], [], []
+    fired = torch.zeros(w_dec.shape[0], dtype=torch.float64, device=w_dec.device)
     for start in range(0, tokens.shape[0], batch_size):
-        x = real_activations(model, tokens[start : start + batch_size], stream_index(sae, layer))
+        everywhere = _all_positions(model, tokens[start : start + batch_size], stream_index(sae, layer))
+        fired += (sae.encode(everywhere.flatten(0, 1).to(w_dec.dtype)) != 0).sum(0).double()
+        x = everywhere[:, -1]
         z = sae.encode(x.to(w_dec.dtype))
         r, c = torch.nonzero(z, as_tuple=True)
         acts.append(x)
@@ -202,7 +221,11 @@ def compute_stats(
     l0 = torch.bincount(rows_t, minlength=n)
     offsets = torch.zeros(n + 1, dtype=torch.int64, device=acts_t.device)
     offsets[1:] = torch.cumsum(l0, 0)
-    counts = torch.bincount(lat_t, minlength=d_sae)
+    if log_sparsity is None:
+        freq, source = fired.to(acts_t.device) / (n * tokens.shape[1]), "pool_all_positions"
+    else:
+        log_sparsity = log_sparsity.double().to(acts_t.device)
+        freq, source = torch.where(log_sparsity > DEAD_LOG_SPARSITY, 10.0**log_sparsity, 0.0), "sae_lens"
     samples, sample_counts = _value_samples(lat_t.cpu().numpy(), val_t.cpu().numpy(), d_sae, spec.value_samples, rng)
     mean, cov, chol, jitter = _gaussian_fit(acts_t)
     return ReferenceStats(
@@ -211,7 +234,7 @@ def compute_stats(
         code_offsets=offsets,
         code_latents=lat_t.to(torch.int32),
         code_values=val_t,
-        freq=counts.double() / n,
+        freq=freq,
         value_samples=torch.from_numpy(samples).to(acts_t.device),
         value_counts=torch.from_numpy(sample_counts).to(acts_t.device),
         l0=l0,
@@ -221,7 +244,15 @@ def compute_stats(
         norms=acts_t.norm(dim=-1),
         code_norms=torch.cat(code_norms),
         cov_jitter=jitter,
+        freq_source=source,
     )
+
+
+@torch.no_grad()
+def _all_positions(model, tokens: torch.Tensor, layer: int, batch_size: int = 64) -> torch.Tensor:
+    """The residual stream entering block `layer` at every position, float32 [B, n_ctx, d_model]."""
+    return torch.cat([model(tokens[i : i + batch_size], stop_at_layer=layer).float()
+                      for i in range(0, tokens.shape[0], batch_size)])
 
 
 def _value_samples(

@@ -18,10 +18,21 @@ from synthact.backends import Backend, load_backend, resolve_device
 from synthact.directions import Directions, make_directions
 from synthact.errors import SynthactError
 from synthact.kinds import Activations, GenContext, GenerationSettings, draw
-from synthact.metrics import curve_metrics
+from synthact.metrics import MetricSettings, curve_metrics
 from synthact.results import result_schema
 from synthact.scan import scan
-from synthact.spec import SYNTHETIC_KINDS, Cell, Job, ModelSpec, SAESpec, Shard, check_layers, derive_seed, resolve_read_layer
+from synthact.spec import (
+    TEMPLATE_KINDS,
+    Cell,
+    Job,
+    ModelSpec,
+    SAESpec,
+    ScanSpec,
+    Shard,
+    check_layers,
+    derive_seed,
+    resolve_read_layer,
+)
 from synthact.stats import ReferenceStats, compute_stats, stats_key
 from synthact.store import is_disk_full
 
@@ -50,15 +61,19 @@ class Worker:
     def _reference_stats(self, layer: int, stats_root: str) -> tuple[ReferenceStats, str]:
         """Load the layer's reference statistics, computing and storing them once if missing."""
         b = self.backend
+        # The release's own feature sparsity, where the backend loaded it (sae_lens pretrained releases).
+        log_sparsity = getattr(b.saes[layer], "log_sparsity", None)
         key = stats_key(
-            b.model.label, b.saes[layer].label, layer, b.corpus.label, self.job.n_ctx, self.job.reference, self.job.seed
+            b.model.label, b.saes[layer].label, layer, b.corpus.label, self.job.n_ctx, self.job.reference, self.job.seed,
+            sae_sparsity=log_sparsity is not None,
         )
         uri = f"{stats_root.rstrip('/')}/{key}"
         fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
         if fs.get_file_info(path).type == pafs.FileType.Directory:  # saved atomically: present means complete
             return _load_stats(fs, path, self.device), uri
         stats = compute_stats(
-            b.model.model, b.saes[layer].sae, b.corpus, layer, self.job.n_ctx, self.job.reference, self.job.seed, self.device
+            b.model.model, b.saes[layer].sae, b.corpus, layer, self.job.n_ctx, self.job.reference, self.job.seed, self.device,
+            log_sparsity=log_sparsity,
         )
         try:
             _save_stats(stats, fs, path)
@@ -95,9 +110,10 @@ class Worker:
         with torch.no_grad():
             base = draw(cell.base_kind, _rngs(base_seeds), ctx, settings_for(cell, cell.base_kind))
             dirs = make_directions(
-                cell.direction, cell.target_kind, base, _rngs(target_seeds), ctx, settings_for(cell, cell.target_kind)
+                cell.direction, cell.target_kind, base, _rngs(target_seeds), ctx, settings_for(cell, cell.target_kind),
+                paired=cell.template == "base",
             )
-            coeffs, step = scan_coefficients(job, dirs, len(indices), self.device)
+            coeffs, step = scan_coefficients(cell.scan, dirs, len(indices), self.device)
             result = scan(
                 ctx.model, cell.layer, self.read_layers, torch.as_tensor(base.tokens, device=self.device),
                 base.vectors, dirs.vectors, coeffs, js=job.js, dtype=job.dtype,
@@ -110,7 +126,7 @@ class Worker:
             if c is not None and not np.isfinite(c).all():
                 raise SynthactError(
                     f"shard {shard.shard_id}: the scan produced non-finite {name} distances (NaN or inf); "
-                    f"step_size {job.scan.step_size} with dtype {job.dtype} overflows; use a smaller step_size "
+                    f"step_size {cell.scan.step_size} with dtype {job.dtype} overflows; use a smaller step_size "
                     "or float32"
                 )
         return self._table(shard, base, dirs, base_seeds, target_seeds, base_l0, step, curves, js_curve)
@@ -119,7 +135,10 @@ class Worker:
         job, cell = self.job, shard.cell
         n = shard.n_bases
         target = dirs.target
-        js_cols = curve_metrics(js_curve, step, prefix="js_") if js_curve is not None else {}
+        target_step = target_steps(cell.scan, dirs.distance)
+        last = metric_last(cell.scan, target_step, n)
+        thresholds = MetricSettings(**job.metrics.model_dump())
+        js_cols = curve_metrics(js_curve, step, "js_", last, thresholds) if js_curve is not None else {}
         blocks = []
         for r in self.read_layers:
             cols = {
@@ -131,10 +150,13 @@ class Worker:
                 "seed": np.full(n, job.seed, np.int64),
                 "base_seed": np.array(base_seeds, np.int64),
                 "target_seed": np.array(target_seeds, np.int64),
-                "scan_mode": [job.scan.mode] * n,
-                "steps": np.full(n, job.scan.steps, np.int32),
+                "scan_mode": [cell.scan.mode] * n,
+                "steps": np.full(n, cell.scan.steps, np.int32),
                 "step_size": step,
-                **curve_metrics(curves[r], step),
+                "stop_at_target": np.full(n, cell.scan.stop_at_target),
+                "target_distance": dirs.distance,
+                "target_step": target_step,
+                **curve_metrics(curves[r], step, last=last, settings=thresholds),
                 **js_cols,
                 "base_norm": base.vectors.norm(dim=-1).double().cpu().numpy(),
                 "target_norm": dirs.target_norm,
@@ -171,25 +193,39 @@ class Worker:
 
 
 def settings_for(cell: Cell, kind: str | None) -> GenerationSettings | None:
-    """The generation settings a kind uses in this cell (the baseline is C = 1 by definition)."""
-    if kind not in SYNTHETIC_KINDS:
+    """The generation settings a kind uses in this cell (the cell's axes; C = 1 unless structure pairwise)."""
+    if kind not in TEMPLATE_KINDS:
         return None
-    return GenerationSettings(
-        tol=cell.tol,
-        candidates=cell.candidates if kind == "synthetic_structured" else 1,
-        value_source=cell.value_source,
-        add_error=cell.add_error,
-    )
+    given = {k: v for k, v in cell.generation().items() if v is not None and k != "template"}
+    if not (kind == "synthetic_structured" and cell.structure == "pairwise"):
+        given["candidates"] = 1
+    return GenerationSettings(**given)
 
 
-def scan_coefficients(job: Job, dirs: Directions, n: int, device: str) -> tuple[torch.Tensor, np.ndarray]:
+def target_steps(scan: ScanSpec, distance: np.ndarray | None) -> np.ndarray | None:
+    """Per curve, the scan point that reaches the target: floor(||T - A|| / s) in step mode, N when
+    interpolating; None without a target."""
+    if distance is None:
+        return None
+    if scan.mode == "interpolate":
+        return np.full(len(distance), scan.steps, np.int32)
+    return np.floor(np.asarray(distance, np.float64) / scan.step_size + 1e-9).astype(np.int32)
+
+
+def metric_last(scan: ScanSpec, target_step: np.ndarray | None, n: int) -> np.ndarray:
+    """The last point the metrics look at: the target's step when the scan stops there, else N."""
+    if target_step is None or not scan.stop_at_target:
+        return np.full(n, scan.steps, np.int64)
+    return np.minimum(target_step, scan.steps).astype(np.int64)
+
+
+def scan_coefficients(scan: ScanSpec, dirs: Directions, n: int, device: str) -> tuple[torch.Tensor, np.ndarray]:
     """coeffs [B, N+1] with A_n = A + coeffs[b, n] * D_b, and the per-curve step they imply."""
-    steps = job.scan.steps
-    grid = torch.arange(steps + 1, dtype=torch.float32, device=device)
-    if job.scan.mode == "step":
-        step = np.full(n, job.scan.step_size, np.float64)
+    grid = torch.arange(scan.steps + 1, dtype=torch.float32, device=device)
+    if scan.mode == "step":
+        step = np.full(n, scan.step_size, np.float64)
     else:
-        step = np.asarray(dirs.distance, np.float64) / steps
+        step = np.asarray(dirs.distance, np.float64) / scan.steps
     return grid[None, :] * torch.as_tensor(step, dtype=torch.float32, device=device)[:, None], step
 
 

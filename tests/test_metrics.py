@@ -1,16 +1,20 @@
-"""Curve metrics against their definitions in science.md."""
+"""Curve metrics against hand-computed curves (docs/science.md, "Curve metrics")."""
 
 import numpy as np
 
-from synthact.metrics import curve_metrics
+from synthact.metrics import MetricSettings, curve_metrics
+
+RELATIVE = MetricSettings(plateau_threshold=0.1, plateau_mode="relative")
 
 
 def test_plateau_then_blowup():
     n = np.arange(101, dtype=float)
     flat_then_jump = 10.0 / (1.0 + np.exp(-(n - 40.5)))  # a plateau, then a blow-up between n = 40 and 41
     linear = 2.0 * n
-    m = curve_metrics(np.stack([flat_then_jump, linear]), np.array([0.5, 0.5]))
+    m = curve_metrics(np.stack([flat_then_jump, linear]), np.array([0.5, 0.5]), settings=RELATIVE)
     assert m["blowup_step"][0] == 40
+    assert m["max_slope_step"][0] == 41  # s_41 = d_41 - d_40 is the largest slope
+    assert m["max_slope_step"][1] == 100  # every slope ties: the latest step
     assert np.isclose(m["max_slope"][0], np.diff(flat_then_jump).max() / 0.5)
     assert np.isclose(m["max_slope"][1], 2.0 / 0.5)
     final = flat_then_jump[-1]
@@ -20,13 +24,47 @@ def test_plateau_then_blowup():
     assert np.allclose(m["final_l2"], [final, 200.0])
 
 
+def test_absolute_plateau_threshold():
+    d = np.array([[0.0, 5.0, 12.0, 19.9, 20.0, 30.0], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]])
+    m = curve_metrics(d, np.array([0.5, 0.5]))  # the paper: first n with d_n >= 20
+    assert m["plateau_len"].tolist() == [4, 6]  # never reached: the number of points
+
+
+def test_flat_curve_takes_the_last_step():
+    m = curve_metrics(np.full((1, 100), 3.0), np.array([1.0]))
+    assert m["max_slope_step"][0] == 99  # no slope above 0.02: N - 1 of a 100-point scan
+    assert m["max_slope"][0] == 0 and np.isnan(m["early_slope_ratio"][0])
+    below = curve_metrics(0.01 * np.arange(100.0)[None], np.array([1.0]))  # slopes 0.01 < 0.02
+    assert below["max_slope_step"][0] == 99
+    above = curve_metrics(0.25 * np.arange(100.0)[None], np.array([1.0]))
+    assert above["max_slope_step"][0] == 99  # all slopes tie above threshold: the latest
+
+
+def test_padding_of_s0():
+    d = np.array([[0.0, 5.0, 6.0, 7.0, 7.5]])  # s_1 = 5 is the largest; s_0 := s_1 ties with it
+    m = curve_metrics(d, np.array([1.0]))
+    assert m["max_slope_step"][0] == 1
+
+
+def test_curve_cut_at_the_target():
+    d = np.array([[0.0, 0.1, 0.2, 5.0, 25.0, 100.0], [0.0, 0.0, 0.0, 0.0, 50.0, 90.0]])
+    m = curve_metrics(d, np.array([0.5, 0.5]), last=np.array([3, 3]))
+    assert m["max_slope_step"].tolist() == [3, 3]  # curve 1: s_3 = 4.8; curve 2: flat up to n = 3 -> last
+    assert m["plateau_len"].tolist() == [4, 4]  # 20 is only reached after the target: the number of points
+    assert np.allclose(m["final_l2"], [5.0, 0.0])
+    assert np.isclose(m["max_slope"][0], 4.8 / 0.5)
+    at_start = curve_metrics(d, np.array([0.5, 0.5]), last=np.array([0, 0]))  # target nearer than one step
+    assert at_start["max_slope_step"].tolist() == [0, 0] and at_start["plateau_len"].tolist() == [1, 1]
+
+
 def test_per_curve_step_and_prefix():
     curves = np.array([[0.0, 1.0, 3.0], [0.0, 1.0, 3.0]])
     m = curve_metrics(curves, np.array([1.0, 2.0]), prefix="js_")
     assert np.allclose(m["js_max_slope"], [2.0, 1.0])
-    assert set(m) == {"js_max_slope", "js_blowup_step", "js_plateau_len", "js_early_slope_ratio", "js_final"}
+    assert set(m) == {"js_max_slope_step", "js_max_slope", "js_blowup_step", "js_plateau_len",
+                      "js_early_slope_ratio", "js_final"}
 
 
 def test_constant_curve_has_no_ratio():
-    m = curve_metrics(np.zeros((1, 11)), np.array([0.5]))
+    m = curve_metrics(np.zeros((1, 11)), np.array([0.5]), settings=RELATIVE)
     assert m["max_slope"][0] == 0 and np.isnan(m["early_slope_ratio"][0]) and m["plateau_len"][0] == 0

@@ -8,6 +8,7 @@ import torch
 from synthact.directions import direction_from_provenance
 from synthact.execute import run_local
 from synthact.kinds import KINDS, from_provenance
+from synthact.metrics import MetricSettings, curve_metrics
 from synthact.scan import scan_plain
 from synthact.spec import parse_job
 from synthact.results import read_table
@@ -15,7 +16,8 @@ from synthact.store import Store
 from synthact.worker import Worker
 from tests.test_spec import toy_job
 
-DIRECTIONS = ["toward:same", "toward:real", "isotropic", "latent:random", "latent:3", "toward_recon"]
+DIRECTIONS = ["toward:same", "toward:real", "toward:synthetic_structured", "isotropic", "latent:random", "latent:3",
+              "toward_recon"]
 
 
 def tiny_job(**overrides):
@@ -43,18 +45,43 @@ def test_every_cell_and_curve_is_written(run):
     assert set(df.read_layer) == {2, 3}
     assert not df.duplicated(["cell_id", "base_index", "read_layer"]).any()
     curves = np.stack(df.l2_curve.to_numpy())
-    assert curves.shape[1] == job.scan.steps + 1 and np.all(curves[:, 0] == 0) and np.isfinite(curves).all()
+    assert curves.shape[1] == job.scan[0].steps + 1 and np.all(curves[:, 0] == 0) and np.isfinite(curves).all()
     js = np.stack(df.js_curve.to_numpy())
     assert np.all(js[:, 0] == 0) and js.min() >= 0 and js.max() <= 1
-    for col in ["max_slope", "plateau_len", "early_slope_ratio", "final_l2", "js_max_slope", "base_norm"]:
+    for col in ["max_slope_step", "max_slope", "plateau_len", "early_slope_ratio", "final_l2", "js_max_slope_step",
+                "base_norm"]:
         assert df[col].notna().all(), col
+    toward = df[df.direction.str.startswith("toward")]
+    assert toward.target_distance.notna().all() and toward.target_step.notna().all()
+    assert np.array_equal(toward.target_step, np.floor(toward.target_distance / 0.5).astype(int))
+    assert df[~df.direction.str.startswith("toward")].target_step.isna().all()
+
+
+def test_metrics_read_the_curve_up_to_the_target(run):
+    _, _, _, table = run
+    df = table.to_pandas()
+    curves = np.stack(df.l2_curve.to_numpy())
+    last = np.where(df.target_step.isna(), df.steps, np.minimum(df.target_step.fillna(0), df.steps)).astype(int)
+    m = curve_metrics(curves, df.step_size.to_numpy(), last=last, settings=MetricSettings())
+    for name in ("max_slope_step", "plateau_len", "final_l2"):
+        assert np.array_equal(m[name], df[name].to_numpy()), name
+
+
+def test_paired_targets_share_the_base_code(run):
+    _, _, _, table = run
+    df = table.to_pandas()
+    paired = df[(df.base_kind == "real") & (df.target_kind == "synthetic_structured")]
+    assert len(paired) and (paired.template == "base").all() and (paired.structure == "anchor").all()
+    assert (paired.target_l0 == paired.base_l0).all()
+    assert all(np.array_equal(a, b) for a, b in zip(paired.target_tokens, paired.base_tokens))
 
 
 def test_provenance_columns(run):
     _, _, _, table = run
     df = table.to_pandas()
     assert df.base_tokens.map(len).eq(10).all()
-    sae_built = df[df.base_kind.isin(["sae_recon", "synthetic_baseline", "synthetic_structured", "single_latent"])]
+    sae_built = df[df.base_kind.isin(["sae_recon", "synthetic_baseline", "synthetic_structured", "random_latents",
+                                      "single_latent"])]
     assert sae_built.base_latents.map(len).gt(0).all()
     assert (sae_built.base_latents.map(len) == sae_built.base_latent_values.map(len)).all()
     assert (df[df.base_kind == "single_latent"].base_l0 == 1).all()
@@ -96,7 +123,7 @@ def test_stored_rows_recompute_with_the_plain_path(run):
         latent = None if np.isnan(row.direction_latent) else int(row.direction_latent)
         d = direction_from_provenance(row.direction, a, ctx, target_vector=target, target_seed=row.target_seed,
                                       latent=latent)
-        coeffs = torch.arange(job.scan.steps + 1, dtype=torch.float32)[None] * row.step_size
+        coeffs = torch.arange(int(row.steps) + 1, dtype=torch.float32)[None] * row.step_size
         tokens = torch.as_tensor(np.asarray(row.base_tokens, dtype=np.int64))[None]
         result = scan_plain(ctx.model, 1, [int(row.read_layer)], tokens, a[None], d[None], coeffs)
         recomputed = result.l2[int(row.read_layer)][0].numpy()

@@ -1,5 +1,6 @@
 """The job spec: validation messages, the grid, ids and seeds."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,8 @@ def test_unknown_key_is_named():
 
 
 def test_unknown_nested_key_is_named():
-    msg = error_of(toy_job(scan={"stepz": 3}))
-    assert "unknown key 'scan.stepz'" in msg
+    msg = error_of(toy_job(metrics={"stepz": 3}))
+    assert "unknown key 'metrics.stepz'" in msg
 
 
 def test_layer_out_of_range_for_toy_model():
@@ -92,16 +93,19 @@ def test_missing_file_is_clear(tmp_path):
 
 
 def test_grid_expansion_and_shards():
-    job = parse_job(toy_job(generation={"candidates": [1, 8]}, directions=["toward:same", "toward:real"]))
+    job = parse_job(toy_job(generation={"structure": ["anchor", "pairwise"], "candidates": [1, 8]},
+                            directions=["toward:same", "toward:real"]))
     cells = job.cells()
-    # real x toward:same, real x toward:real: no generation axes; structured x 2 directions x 2 C
-    assert len(cells) == 2 + 4
+    # real x toward:same, real x toward:real: no generation axes; structured x 2 directions x (anchor, 2 C)
+    assert len(cells) == 2 + 6
     assert len({c.cell_id for c in cells}) == len(cells)
     shards = job.shards()
     assert len(shards) == len(cells) * 3
     assert [s.n_bases for s in shards[:3]] == [4, 4, 2]
     structured = [c for c in cells if c.base_kind == "synthetic_structured"]
-    assert {c.candidates for c in structured} == {1, 8}
+    assert {c.candidates for c in structured} == {None, 1, 8}
+    assert {c.anchor_cos for c in structured if c.structure == "anchor"} == {0.42}
+    assert all(c.anchor_cos is None and c.tol == 0.1 for c in structured if c.structure == "pairwise")
     assert {c.target_kind for c in structured if c.direction == "toward:same"} == {"synthetic_structured"}
 
 
@@ -133,3 +137,34 @@ def test_field_reference_is_current_and_complete():
     assert (ROOT / "docs" / "spec.md").read_text().strip() == text.strip(), "regenerate: synthact validate --fields > docs/spec.md"
     for name in Job.model_fields:
         assert f"| `{name}` |" in text
+
+
+def test_paper_axes_scans_and_templates():
+    job = parse_job(toy_job(
+        base_kinds=["real"], directions=["toward:real", "toward:synthetic_baseline", "isotropic"],
+        generation={"template": ["base", "independent"], "match": ["nearest_k", "tol"]},
+        scan=[{"name": "sensitivity", "mode": "step", "steps": 99}, {"name": "plateaus", "steps": 60}],
+    ))
+    cells = job.cells()
+    # per scan: toward:real, isotropic (no generation axes) + baseline x 2 templates x 2 matches
+    assert len(cells) == 2 * (2 + 4)
+    assert {c.settings()["scan"] for c in cells} == {"sensitivity", "plateaus"}
+    baseline = [c for c in cells if c.target_kind == "synthetic_baseline"]
+    assert {(c.template, c.match, c.nearest_k, c.tol) for c in baseline} == {
+        ("base", "nearest_k", 10, None), ("independent", "nearest_k", 10, None),
+        ("base", "tol", None, 0.1), ("independent", "tol", None, 0.1)}
+    assert all(c.structure is None and c.candidates is None for c in baseline)
+    # the same bases in every scan, direction and target
+    assert len({json.dumps(c.base_settings(), sort_keys=True) for c in cells}) == 1
+    assert "distinct names" in error_of(toy_job(scan=[{"steps": 10}, {"steps": 20}]))
+
+
+def test_defaults_are_the_papers():
+    job = parse_job(toy_job())
+    g = job.generation
+    assert (g.template, g.match, g.nearest_k, g.structure, g.anchor_cos, g.anchor_pool) == (
+        ["base"], ["nearest_k"], [10], ["anchor"], [0.42], [100])
+    assert (g.value_source, g.match_norm, g.exclude_template) == (["template"], [False], [True])
+    assert (job.metrics.slope_threshold, job.metrics.plateau_threshold, job.metrics.plateau_mode) == (
+        0.02, 20.0, "absolute")
+    assert job.scan[0].stop_at_target

@@ -13,7 +13,16 @@ import torch
 from synthact.backends import load_backend
 from synthact.errors import SynthactError
 from synthact.kinds import GenContext
-from synthact.spec import CorpusSpec, ModelSpec, ReferenceSpec, SAESpec, ToyCorpusSpec, ToyModelSpec, ToySAESpec
+from synthact.spec import (
+    CorpusSpec,
+    ModelSpec,
+    ReferenceSpec,
+    SAESpec,
+    ToyCorpusSpec,
+    ToyModelSpec,
+    ToySAESpec,
+    derive_seed,
+)
 from synthact.stats import (
     ReferenceStats,
     _gaussian_fit,
@@ -70,7 +79,15 @@ def test_pool_content_is_consistent():
         np.testing.assert_allclose(vals, z[i, nz].numpy(), rtol=1e-6)
     assert torch.equal(stats.l0, stats.code_offsets[1:] - stats.code_offsets[:-1])
     counts = torch.bincount(stats.code_latents.long(), minlength=stats.d_sae)
-    torch.testing.assert_close(stats.freq, counts.double() / n)
+    # Frequencies: from every position of the pool's prompts (no SAE sparsity for a toy SAE).
+    b = toy_backend()
+    _, _, tokens = b.corpus.sample(np.random.default_rng(derive_seed("reference", 0, LAYER)), n, N_CTX)
+    with torch.no_grad():
+        every = b.model.model(torch.as_tensor(np.asarray(tokens)), stop_at_layer=LAYER)
+        fired = (sae.encode(every.flatten(0, 1)) != 0).double().mean(0)
+    torch.testing.assert_close(stats.freq, fired)
+    assert stats.freq_source == "pool_all_positions" and stats.summary()["freq_source"] == "pool_all_positions"
+    assert ((counts > 0) <= (stats.freq > 0)).all()
     # Value samples: positive, drawn from the latent's own pool values, up to V of them.
     assert torch.equal(stats.value_counts, counts.clamp(max=stats.value_samples.shape[1]))
     for j in stats.alive[:40].tolist():
@@ -103,6 +120,18 @@ def _fresh_stats(n_prompts: int, seed: int) -> ReferenceStats:
     return compute_stats(
         b.model.model, b.saes[LAYER].sae, b.corpus, LAYER, N_CTX, ReferenceSpec(n_prompts=n_prompts), seed, "cpu"
     )
+
+
+def test_release_sparsity_gives_the_frequencies():
+    b = toy_backend()
+    sae = b.saes[LAYER].sae
+    log_sparsity = torch.linspace(-12.0, -0.5, sae.W_dec.shape[0])
+    stats = compute_stats(b.model.model, sae, b.corpus, LAYER, N_CTX, ReferenceSpec(n_prompts=64), 0, "cpu",
+                          log_sparsity=log_sparsity)
+    dead = log_sparsity <= -10
+    assert stats.freq_source == "sae_lens" and (stats.freq[dead] == 0).all()
+    torch.testing.assert_close(stats.freq[~dead], 10.0 ** log_sparsity[~dead].double())
+    assert stats.summary()["alive_latents"] == int((~dead).sum())
 
 
 def test_save_load_round_trip(tmp_path):
