@@ -227,7 +227,7 @@ class ScanSpec(Frozen):
 
     steps: int = Field(100, ge=2, le=100_000, description="N: the scan has N+1 points n = 0..N.")
     step_size: float = Field(
-        0.5, ge=1e-6, le=1e4, description="s, in residual-norm units (step mode); 1e-6 to 1e4 (float32 scans)."
+        0.5, ge=1e-4, le=1e4, description="s, in residual-norm units (step mode); 1e-4 to 1e4 (float32 scans)."
     )
     mode: Literal["step", "interpolate"] = Field("step", description="Step along D, or interpolate to the target.")
 

@@ -3,7 +3,7 @@
 Layout of an output directory (local path or any pyarrow filesystem URI, e.g. s3://bucket/run):
 
     job.yaml                          the spec as given (validated), for humans
-    job.json                          canonical spec + its hash: a rerun must match it
+    job.json                          canonical spec + its hash + local inputs' content hashes: a rerun must match
     results/cell=<cell_id>/<shard_id>.parquet   one row per curve
     manifest/<shard_id>.json          one record per finished shard (written after its Parquet file)
     stats/<key>/                      reference statistics, shared by all workers
@@ -11,6 +11,8 @@ Layout of an output directory (local path or any pyarrow filesystem URI, e.g. s3
 Every file is written to a hidden temporary name and then renamed, so readers (pyarrow,
 pandas, polars, DuckDB skip names starting with '.') never see half a file, and a rerun
 after a crash overwrites a shard file that lacks its manifest record with identical rows.
+A rerun also verifies each record (file present, readable, rows as recorded) and redoes the
+shards that fail.
 """
 
 from __future__ import annotations

@@ -300,3 +300,22 @@ def test_uri_helper_expands_home_and_resolves_paths(monkeypatch, tmp_path):
 def test_13_names_are_identifiers():
     with pytest.raises(SpecError, match="name"):
         parse_job(toy_job(name="../../etc/x"))
+
+
+# ---------------------------------------------------------------------- 6, 7: --ray local never hangs
+
+
+def test_6_7_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatch):
+    """Default ray.num_gpus (1) on a machine without GPUs, RAY_ADDRESS pointing nowhere: it runs, on CPU actors."""
+    from synthact.ray_exec import run_ray
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    data = toy_job(base_kinds=["real"], directions=["isotropic"], bases_per_cell=2, shard_size=1, device="auto",
+                   scan={"steps": 4}, reference={"n_prompts": 128}, wandb=False)
+    job = parse_job(data)
+    start = time.perf_counter()
+    summary = run_ray(job, Store(tmp_path / "out", job), "local", progress=False)
+    assert summary.ok and summary.shards_done == 2 and time.perf_counter() - start < 240
+    cuda = parse_job(dict(data, device="cuda"))
+    with pytest.raises(SynthactError, match="asks for 1.0 GPU"):
+        run_ray(cuda, Store(tmp_path / "out2", cuda), "local", progress=False)
