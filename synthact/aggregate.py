@@ -43,18 +43,32 @@ def panels(rows: pd.DataFrame, axis: str = "base"):
 
 
 def settings_label(row) -> str:
-    """The generation settings a row has, e.g. 'C=16 tol=0.1 sampled' ('' for none)."""
+    """The generation settings a row has, e.g. 'anchor' or 'pairwise C=16 tol=0.1 sampled' ('' for none).
+
+    The paper's own choices (paired templates, template values, the anchor's 0.42 and 100, excluding the
+    template's latents, no rescaling) go unsaid, so a label names what is there and every departure."""
     parts = []
-    for name, value in axes_of(row, [s for s in SETTINGS if s in row]).items():
-        if value is None or value is False:
-            continue
-        short = SETTING_LABELS.get(name)
-        parts.append(short(value) if short else f"{name}={value}")
-    return " ".join(parts)
+    names = [*(n for n in SETTING_LABELS if n in SETTINGS), *(n for n in SETTINGS if n not in SETTING_LABELS)]
+    for name, value in axes_of(row, [n for n in names if n in row]).items():
+        if value is not None:
+            parts.append(SETTING_LABELS.get(name, lambda v, n=name: f"{n}={v}")(value))
+    return " ".join(p for p in parts if p)
 
 
-SETTING_LABELS = {"candidates": lambda v: f"C={v}", "tol": lambda v: f"tol={v:g}", "value_source": str,
-                  "add_error": lambda v: "+error"}
+SETTING_LABELS = {  # in the order labels show them
+    "template": lambda v: "" if v == "base" else "independent",
+    "structure": str,
+    "anchor_cos": lambda v: "" if v == 0.42 else f"cos={v:g}",
+    "anchor_pool": lambda v: "" if v == 100 else f"pool={v}",
+    "candidates": lambda v: f"C={v}",
+    "match": lambda v: "",  # nearest_k or tol says it
+    "nearest_k": lambda v: f"k={v}",
+    "tol": lambda v: f"tol={v:g}",
+    "value_source": lambda v: "" if v == "template" else v,
+    "exclude_template": lambda v: "" if v else "reuse-template",
+    "match_norm": lambda v: "norm-matched" if v else "",
+    "add_error": lambda v: "+error" if v else "",
+}
 
 
 def variant_label(row, axis: str = "base") -> str:

@@ -19,7 +19,7 @@ from scipy.stats import ks_2samp
 
 from synthact import aggregate, results
 from synthact.errors import SynthactError
-from synthact.metrics import curve_metrics
+from synthact.metrics import MetricSettings, curve_metrics
 from synthact.spec import Job, parse_job
 
 # Centre of the sigmoid blow-up, in steps (a later centre is a longer plateau), and its width
@@ -40,6 +40,7 @@ def make_job(bases: int = 40, steps: int = 20, **overrides) -> Job:
         "directions": ["toward:same", "isotropic", "toward:gaussian", "toward:synthetic_baseline",
                        "toward:synthetic_structured"],
         "scan": {"steps": steps, "step_size": 0.5},
+        "metrics": {"plateau_mode": "relative", "plateau_threshold": 0.1},  # the fake curves' heights vary
         "bases_per_cell": bases,
         "shard_size": bases // 2,
     } | overrides
@@ -51,7 +52,7 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True) -> pa.T
     cell = shard.cell
     s = cell.settings()
     rng = np.random.default_rng([seed, shard.start, int(cell.cell_id, 16) % 2**31])
-    n_steps, step = job.scan.steps, job.scan.step_size
+    n_steps, step = cell.scan.steps, cell.scan.step_size
     columns: dict[str, list] = {}
     for read_layer in (2, 3):
         b = shard.n_bases
@@ -64,20 +65,17 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True) -> pa.T
         curves = height[:, None] * (1 / (1 + np.exp(-(n - centre[:, None]) / width)) - 1 / (1 + np.exp(centre[:, None] / width)))
         curves = np.maximum(curves + rng.normal(0, 0.05, curves.shape), 0.0)
         curves[:, 0] = 0.0
-        metrics = curve_metrics(curves, np.full(b, step))
+        metrics = curve_metrics(curves, np.full(b, step), settings=MetricSettings(**job.metrics.model_dump()))
         synthetic = cell.base_kind.startswith("synthetic")
         k = 8
         rows = {
             "cell_id": [cell.cell_id] * b, "shard_id": [shard.shard_id] * b,
-            "model": [s["model"]] * b, "sae": [s["sae"]] * b, "layer": [cell.layer] * b, "read_layer": [read_layer] * b,
-            "base_kind": [cell.base_kind] * b, "direction": [cell.direction] * b, "target_kind": [cell.target_kind] * b,
-            "tol": [cell.tol] * b, "candidates": [cell.candidates] * b, "value_source": [cell.value_source] * b,
-            "add_error": [cell.add_error] * b, "base_index": list(range(shard.start, shard.stop)),
+            **{axis: [value] * b for axis, value in s.items()}, "read_layer": [read_layer] * b,
+            "base_index": list(range(shard.start, shard.stop)),
             "seed": [job.seed] * b, "base_seed": rng.integers(0, 2**62, b).tolist(),
-            "target_seed": rng.integers(0, 2**62, b).tolist(), "scan_mode": [job.scan.mode] * b,
+            "target_seed": rng.integers(0, 2**62, b).tolist(), "scan_mode": [cell.scan.mode] * b,
             "steps": [n_steps] * b, "step_size": [step] * b,
             **{name: values.tolist() for name, values in metrics.items()},
-            **{f"js_{m}": [None] * b for m in ("max_slope", "blowup_step", "plateau_len", "early_slope_ratio", "final")},
             "base_norm": rng.normal(50, 3, b).tolist(),
             "target_norm": rng.normal(50, 3, b).tolist() if cell.target_kind else [None] * b,
             "base_l0": rng.integers(5, 15, b).tolist() if synthetic else [None] * b,
@@ -189,8 +187,9 @@ def test_compare_kinds_matches_scipy_on_both_axes(sweep):
     assert (table.axis == "base").sum() == len(bases) * 2 * len(results.COMPARED)
     for axis, subject, reference in (("base", rows.base_kind == "gaussian", rows.base_kind == "real"),
                                      ("target", rows.target_kind == "gaussian", rows.target_kind == "real")):
-        r = table[(table.axis == axis) & (table.base_kind == ("gaussian" if axis == "base" else "real"))
-                  & (table.metric == "max_slope")].iloc[0]
+        kind = (table.base_kind == "gaussian") if axis == "base" else (table.base_kind == "real") & (
+            table.target_kind == "gaussian")
+        r = table[(table.axis == axis) & kind & (table.metric == "max_slope")].iloc[0]
         same = (rows.read_layer == r.read_layer) & ((rows.direction == r.direction) if axis == "base"
                                                     else (rows.base_kind == "real"))
         x = rows[same & subject & (rows.direction == r.direction)].max_slope.to_numpy()
@@ -251,8 +250,9 @@ def test_verdicts_say_no_when_the_finding_fails(sweep):
 
 def test_generation_settings_are_distinct_variants(tmp_path):
     job = make_job(bases=10, base_kinds=["real", "synthetic_structured"], directions=["toward:same"],
-                   generation={"candidates": [1, 16]})
+                   generation={"structure": ["anchor", "pairwise"], "candidates": [1, 16], "value_source": ["sampled"]})
     write_results(job, tmp_path)
     table = aggregate.compare_kinds(results.read_rows(tmp_path))
-    assert set(table.variant) == {"synthetic_structured C=1 tol=0.1 sampled", "synthetic_structured C=16 tol=0.1 sampled"}
+    assert set(table.variant) == {"synthetic_structured anchor sampled", "synthetic_structured pairwise C=1 tol=0.1 sampled",
+                                  "synthetic_structured pairwise C=16 tol=0.1 sampled"}, set(table.variant)
     assert pd.notna(table.ks_stat).all()

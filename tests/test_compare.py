@@ -36,7 +36,8 @@ def test_compare_prints_table_and_verdicts_and_writes_nothing_unasked(out, capsy
         assert line in text
     for check in (aggregate.CHECK_STRUCTURE, aggregate.CHECK_PLATEAU, aggregate.CHECK_GAUSSIAN, aggregate.CHECK_CLOSEST):
         assert check in text
-    assert "synthetic_structured C=16 tol=0.1 sampled vs synthetic_baseline tol=0.1 sampled: YES" in text
+    assert "toward:synthetic_structured anchor vs toward:synthetic_baseline k=10: YES" in text
+    assert "synthetic_structured anchor vs synthetic_baseline k=10: YES" in text
 
 
 def test_compare_csv_option(out, tmp_path):
