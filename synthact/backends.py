@@ -189,8 +189,11 @@ def _local_model(path: Path, kwargs: dict) -> HookedTransformer:
         )
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     hf_cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-    arch = (getattr(hf_cfg, "architectures", None) or [None])[0]
+    # A config without `architectures` (written by hand or by an old transformers) names its model type only.
+    arch = (getattr(hf_cfg, "architectures", None) or [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(hf_cfg.model_type)])[0]
     if arch not in LOCAL_ARCHITECTURES:
         raise SynthactError(
             f"local model '{path}' is a '{hf_cfg.model_type}' model (architecture {arch}), which synthact cannot "

@@ -123,7 +123,8 @@ def grid_size(job) -> dict:
         "cells": cells,
         "shards": shards,
         "curves": bases * len(job.read_layers),
-        "scan_points": sum(cell.scan.steps + 1 for cell in cells) * job.bases_per_cell,
+        # every scan has the same cells; a scan that stops at its target may use fewer points
+        "scan_points": cells // len(job.scan) * job.bases_per_cell * sum(scan.steps + 1 for scan in job.scan),
     }
 
 

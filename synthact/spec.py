@@ -472,16 +472,11 @@ class Job(Frozen):
 
     def count(self) -> tuple[int, int]:
         """(cells, shards) of the grid, counted without listing them."""
-        g = self.generation
         cells = 0
         for kind, direction in itertools.product(self.base_kinds, self.directions):
             target = target_kind(kind, direction)
-            n = 1
-            if kind in SYNTHETIC_KINDS or target in SYNTHETIC_KINDS:
-                uses_c = "synthetic_structured" in (kind, target)
-                n = len(g.tol) * (len(g.candidates) if uses_c else 1) * len(g.value_source) * len(g.add_error)
-            cells += n
-        cells *= len(self.model) * len(self.sae) * len(self.layers)
+            cells += len(self.generation.axes_for({kind, target}, paired=target in TEMPLATE_KINDS))
+        cells *= len(self.model) * len(self.sae) * len(self.layers) * len(self.scan)
         return cells, cells * -(-self.bases_per_cell // self.shard_size)
 
     # ------------------------------------------------------------------ grid
@@ -726,7 +721,7 @@ def parse_job(data: dict, source: str = "job spec") -> Job:
 def format_validation_error(e: ValidationError) -> str:
     lines = []
     for err in e.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"  - unknown key '{where}': remove it or check its spelling (see docs/spec.md)")
         else:

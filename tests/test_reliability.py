@@ -140,7 +140,7 @@ def test_11_a_spec_that_fails_to_load_leaves_the_directory_free(tmp_path, capsys
     ({"generation": {"tol": [0.1, 0.1]}}, "generation.tol: lists a value twice"),
     ({"read_layers": [-1, 3]}, "name the same block twice"),  # item 5
     ({"bases_per_cell": 10**12}, "bases_per_cell"),  # item 8
-    ({"generation": {"tol": [0.1 * i for i in range(1, 40)], "candidates": list(range(1, 40))},
+    ({"generation": {"structure": ["pairwise"], "tol": [0.1 * i for i in range(1, 40)], "candidates": list(range(1, 40))},
       "base_kinds": ["synthetic_structured"], "bases_per_cell": 1_000_000, "shard_size": 1}, "1,521,000,000 shards"),
     ({"device": "tpu:7"}, "device"),  # item 9
     ({"sae": {"local": "/x/{foo}"}}, "only the placeholder {layer}"),
@@ -149,10 +149,10 @@ def test_11_a_spec_that_fails_to_load_leaves_the_directory_free(tmp_path, capsys
     ({"directions": ["latent:999999"]}, "latent:999999 does not exist"),
     ({"directions": ["latent:²"]}, "unknown direction"),
     ({"seed": 10**30}, "seed"),
-    ({"scan": {"step_size": float("inf")}}, "scan.step_size"),
-    ({"scan": {"step_size": 1e300}}, "scan.step_size"),
-    ({"scan": {"step_size": 1e-300}}, "scan.step_size"),
-    ({"scan": {"steps": 10**9}}, "scan.steps"),
+    ({"scan": {"step_size": float("inf")}}, "scan[0].step_size"),
+    ({"scan": {"step_size": 1e300}}, "scan[0].step_size"),
+    ({"scan": {"step_size": 1e-300}}, "scan[0].step_size"),
+    ({"scan": {"steps": 10**9}}, "scan[0].steps"),
     ({"name": "../../etc/x"}, "name"),  # item 13
 ])
 def test_validate_refuses(tmp_path, capsys, fields, needle):
