@@ -112,14 +112,22 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
 def actor_gpus(job: Job, started_here: bool) -> float:
     """GPUs per worker actor: none for a CPU job; on a Ray instance started here, only GPUs it has.
 
-    There a `device: auto` job without GPUs runs on CPU actors and a CUDA job fails fast (no
-    autoscaler can add a GPU); on a cluster, GPU actors may wait for an autoscaler to add nodes.
+    There a `device: auto` job without GPUs runs on CPU actors, and a request no node can meet
+    (a CUDA job without GPUs, more CPUs than the machine has) fails fast, since no autoscaler
+    can add one; on a cluster, actors may wait for an autoscaler to add nodes.
     """
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    if started_here and job.ray.num_cpus > cpus:
+        raise SynthactError(
+            f"the job asks for {job.ray.num_cpus} CPUs per worker (ray.num_cpus) but the Ray instance started on "
+            f"this machine has {cpus}; lower ray.num_cpus"
+        )
     if job.ray.num_gpus == 0 or job.device == "cpu":
         return 0.0
     if not started_here:
         return job.ray.num_gpus
-    largest = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+    largest = max((n.get("GPU", 0) for n in nodes), default=0)
     if largest >= job.ray.num_gpus:
         return job.ray.num_gpus
     if job.device == "auto" and largest == 0:

@@ -33,7 +33,7 @@ def assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> No
         assert needle in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("command", ["run", "validate", "compare", "report", "bench", "bench-ray"])
+@pytest.mark.parametrize("command", ["run", "validate", "verify", "compare", "report", "bench", "bench-ray"])
 def test_every_command_has_help(command):
     result = synthact(command, "--help")
     assert result.returncode == 0 and "usage: synthact" in result.stdout

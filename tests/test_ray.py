@@ -167,9 +167,12 @@ def test_driver_killed_mid_sweep_resumes_from_manifest(cluster, job, local_rows,
     assert_same_rows(out, local_rows)
 
 
-def test_failing_shard_is_retried_then_reported_rest_completes_exit_code_1(cluster, tmp_path):
-    # latent:512 is out of range for the toy SAE's 512 latents: that cell's shards fail every time.
-    data = dict(TINY, base_kinds=["real"], directions=["toward:same", "latent:512"], bases_per_cell=4, shard_size=2)
+def test_group_that_cannot_load_is_retried_then_reported_rest_completes_exit_code_1(cluster, tmp_path):
+    # The second SAE's files do not exist: its actor fails to load every time (a job's bad latent ids, checked
+    # against the loaded SAE before the first shard, take the same path); the other group completes.
+    missing = tmp_path / "no-such-sae-{layer}"
+    data = dict(TINY, sae=[{"toy": {}}, {"local": str(missing)}], base_kinds=["real"], directions=["toward:same"],
+                bases_per_cell=4, shard_size=2)
     data["ray"] = dict(TINY["ray"], max_retries=1)
     job = parse_job(data)
     spec = tmp_path / "job.yaml"
@@ -180,22 +183,8 @@ def test_failing_shard_is_retried_then_reported_rest_completes_exit_code_1(clust
     result = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
                             text=True, timeout=240)
     assert result.returncode == 1, result.stdout + result.stderr
-    bad = {s.shard_id for s in job.shards() if s.cell.direction == "latent:512"}
+    bad = {s.shard_id for s in job.shards() if s.cell.sae.local}
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
     assert {line.split()[1].rstrip(":") for line in failed} == bad and len(bad) == 2
-    assert all("failed 2 times" in line and "latent:512" in line for line in failed), failed
-    rows = read_table(out)
-    assert set(rows["direction"].to_pylist()) == {"toward:same"} and rows.num_rows == 4
-
-
-def test_worker_that_cannot_load_fails_its_group_only(cluster, tmp_path):
-    missing = tmp_path / "no-such-sae-{layer}"
-    data = dict(TINY, sae=[{"toy": {}}, {"local": str(missing)}], base_kinds=["real"], directions=["toward:same"],
-                bases_per_cell=4, shard_size=2)
-    data["ray"] = dict(TINY["ray"], max_retries=1)
-    job = parse_job(data)
-    summary = run_ray(job, Store(tmp_path / "out", job), cluster.address, progress=False)
-    bad = {s.shard_id for s in job.shards() if s.cell.sae.local}
-    assert {shard_id for shard_id, _ in summary.failures} == bad and len(bad) == 2
-    assert all("no-such-sae-1" in error and "tried 2 times" in error for _, error in summary.failures)
-    assert summary.shards_done == 2 and read_table(tmp_path / "out").num_rows == 4  # 2 shards x 2 bases
+    assert all("no-such-sae-1" in line and "tried 2 times" in line for line in failed), failed
+    assert read_table(out).num_rows == 4  # the toy SAE's 2 shards x 2 bases

@@ -270,6 +270,7 @@ def test_12_bad_inputs_are_one_paragraph(tmp_path, capsys):
     assert "not a text file" in clean_error(capsys, "validate", str(tmp_path / "binary.yaml"))
     assert "is a regular file" in clean_error(capsys, "run", job, "--out", str(tmp_path / "file" / "out"))
     assert "foo://x" in clean_error(capsys, "run", job, "--out", "foo://x")
+    assert "s3://no-such-bucket-synthact/x" in clean_error(capsys, "run", job, "--out", "s3://no-such-bucket-synthact/x")
     assert "not a Ray address" in clean_error(capsys, "run", job, "--out", str(tmp_path / "o1"), "--ray", "bogus")
     for content in ("", "{not json"):
         (tmp_path / "o2").mkdir(exist_ok=True)
@@ -307,6 +308,8 @@ def test_13_names_are_identifiers():
 
 def test_6_7_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatch):
     """Default ray.num_gpus (1) on a machine without GPUs, RAY_ADDRESS pointing nowhere: it runs, on CPU actors."""
+    import ray
+
     from synthact.ray_exec import run_ray
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
@@ -319,3 +322,4 @@ def test_6_7_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatc
     cuda = parse_job(dict(data, device="cuda"))
     with pytest.raises(SynthactError, match="asks for 1.0 GPU"):
         run_ray(cuda, Store(tmp_path / "out2", cuda), "local", progress=False)
+    assert not ray.is_initialized()
