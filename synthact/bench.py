@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import time
 import warnings
 
@@ -35,7 +36,7 @@ FAMILIES = {
                                                   rotary_pct=0.25)),
     "llama": ("LlamaConfig", "12 x 768 Llama, GQA 12/4, gated MLP 2048", dict(
         **_BLOCKS_768, num_key_value_heads=4, intermediate_size=2048, vocab_size=32000)),
-    "gemma2": ("Gemma2Config", "12 x 768 Gemma-2, GQA 12/4, gated MLP 3072, pre+post norms, soft caps", dict(
+    "gemma2": ("Gemma2Config", "12 x 768 Gemma-2, GQA 12/4, gated 3072, post-norms, soft caps", dict(
         **_BLOCKS_768, num_key_value_heads=4, head_dim=64, query_pre_attn_scalar=64, intermediate_size=3072,
         vocab_size=32000)),
 }
@@ -61,29 +62,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--family", choices=[*FAMILIES, "all"],
         help="instead of --model: a realistic-shape random checkpoint of this family, loaded via model.local",
     )
-    parser.add_argument("--layer", type=int, default=1, help="perturbation layer L (default 1)")
-    parser.add_argument("--n-ctx", type=int, default=10, help="prompt length (default 10)")
-    parser.add_argument("--steps", type=int, default=100, help="N: N+1 scan points per base (default 100)")
-    parser.add_argument("--bases", type=int, help="bases for the fast path (default: 40 on CPU, 4000 on CUDA)")
-    parser.add_argument("--plain-bases", type=int, default=3, help="bases for the plain paths (default 3)")
-    parser.add_argument("--batch", type=int, help="scan points per fast-path batch (default: from free memory)")
+    parser.add_argument("--layer", type=at_least(0), default=1, help="perturbation layer L (default 1)")
+    parser.add_argument("--n-ctx", type=at_least(2), default=10, help="prompt length (default 10)")
+    parser.add_argument("--steps", type=at_least(2), default=100, help="N: N+1 scan points per base (default 100)")
+    parser.add_argument("--bases", type=at_least(1), help="bases for the fast path (default: 40 on CPU, 4000 on CUDA)")
+    parser.add_argument("--plain-bases", type=at_least(1), default=3, help="bases for the plain paths (default 3)")
+    parser.add_argument("--batch", type=at_least(1), help="scan points per fast-path batch (default: from free memory)")
     parser.add_argument("--js", action="store_true", help="also compute the JS distance (runs the unembedding)")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument(
-        "--generation", type=int, nargs="?", const=200, metavar="BASES",
+        "--generation", type=at_least(1), nargs="?", const=200, metavar="BASES",
         help="also time reference statistics and drawing BASES (default 200) bases + targets of each kind",
     )
     parser.add_argument(
-        "--d-sae", type=int, default=GEN_D_SAE, help=f"random SAE width for --generation/--e2e (default {GEN_D_SAE})"
+        "--d-sae", type=at_least(16), default=GEN_D_SAE, help=f"random SAE width for --generation/--e2e (default {GEN_D_SAE})"
     )
     parser.add_argument(
-        "--e2e", type=int, nargs="?", const=1000, metavar="BASES",
+        "--e2e", type=at_least(1), nargs="?", const=1000, metavar="BASES",
         help="instead: the paper job's volume end to end, BASES (default 1000) bases x every kind, wall time by phase",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
+def at_least(low: int):
+    """An argparse type: an integer >= low (argparse prints the message and exits 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
+        return value
+
+    return parse
+
+
+def device_name(text: str) -> str:
+    """An argparse type: cpu, cuda or cuda:N."""
+    if not re.fullmatch(r"cpu|cuda(:[0-9]{1,2})?", text):
+        raise argparse.ArgumentTypeError(f"unknown device '{text}'; use cpu, cuda or cuda:N")
+    return text
+
+
 def run(args: argparse.Namespace) -> int:
+    n_layers = MODEL_SHAPES[args.model]["n_layers"]
+    if args.layer >= n_layers:
+        raise SynthactError(f"--layer {args.layer} is out of range for {args.model} ({n_layers} blocks: 0..{n_layers - 1})")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SynthactError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")

@@ -49,6 +49,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("verify", help="check an output directory's files against its manifest",
+                       description=cmd_verify.__doc__)
+    p.add_argument("out", help="output directory or URI of a sweep")
+    p.add_argument("--deep", action="store_true", help="read every row, not only each file's footer")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("validate", help="check a job spec and print its grid", description=cmd_validate.__doc__)
     p.add_argument("job", nargs="?", help="YAML job spec")
     p.add_argument("--fields", action="store_true", help="print every spec field with its description (Markdown)")
@@ -91,6 +97,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         from synthact.execute import run_local
 
         result = run_local(job, store, progress=not args.no_progress, listeners=listeners)
+    if result.redone:
+        print(f"synthact: {len(result.redone)} finished shard(s) failed verification and were redone:", file=sys.stderr)
+        for shard_id, problem in result.redone:
+            print(f"  {shard_id}: {problem}", file=sys.stderr)
+    if result.fatal:
+        raise SynthactError(f"nothing could run: {result.fatal}")
     rows = store.read_table()
     comparison = verdicts = None
     if rows.num_rows:
@@ -104,15 +116,35 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def grid_size(job) -> dict:
-    """Cells, shards, curves and scan points of a job."""
-    cells = job.cells()
-    bases = len(cells) * job.bases_per_cell
+    """Cells, shards, curves and scan points of a job (counted, not listed)."""
+    cells, shards = job.count()
+    bases = cells * job.bases_per_cell
     return {
-        "cells": len(cells),
-        "shards": len(job.shards()),
+        "cells": cells,
+        "shards": shards,
         "curves": bases * len(job.read_layers),
         "scan_points": sum(cell.scan.steps + 1 for cell in cells) * job.bases_per_cell,
     }
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check that every shard the manifest records is present, readable and holds its rows; list stray files.
+
+    Exit 0 when all is well, 1 when something is wrong (rerunning the same `synthact run` redoes those shards).
+    """
+    from synthact.store import resolve_location, verify
+
+    fs, root, uri = resolve_location(args.out)
+    if fs.get_file_info(f"{root}/job.json").type.name != "File":
+        raise SynthactError(f"'{uri}' is not a synthact output directory (no job.json)")
+    found = verify(args.out, deep=args.deep)
+    for shard_id, problem in found.bad:
+        print(f"bad shard {shard_id}: {problem}")
+    for path in found.strays:
+        print(f"stray file (no manifest record; readers may skip or include it): {path}")
+    print(f"{uri}: {len(found.good)} shard(s) verified, {len(found.bad)} bad, {len(found.strays)} stray file(s)"
+          + ("" if found.ok else "; rerun the same `synthact run` to redo the bad shards"))
+    return 0 if found.ok else 1
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

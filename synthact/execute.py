@@ -16,7 +16,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from synthact.errors import SynthactError
-from synthact.spec import Job, Shard
+from synthact.spec import Job, Shard, parse_direction
 from synthact.store import Store
 
 
@@ -36,11 +36,20 @@ class RunSummary:
     shards_done: int = 0
     curves: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    redone: list[tuple[str, str]] = field(default_factory=list)  # finished shards that failed verification
     wall_s: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    @property
+    def fatal(self) -> str | None:
+        """The one error every shard failed with when nothing of the sweep could run, else None."""
+        messages = {message for _, message in self.failures}
+        if self.shards_done or self.shards_skipped or len(messages) != 1:
+            return None
+        return messages.pop()
 
     @property
     def curves_per_s(self) -> float:
@@ -66,11 +75,13 @@ class Plan:
         self.job = job
         self.store = store
         store.clean_temporaries()
-        done = store.done()
+        found = store.verify()
+        store.forget(found.bad)
         shards = job.shards()
-        self.pending: list[Shard] = [s for s in shards if s.shard_id not in done]
+        self.pending: list[Shard] = [s for s in shards if s.shard_id not in found.good]
         self.remaining = Counter(s.cell.cell_id for s in self.pending)
-        self.summary = RunSummary(cells=len(job.cells()), shards=len(shards), shards_skipped=len(shards) - len(self.pending))
+        self.summary = RunSummary(cells=len(job.cells()), shards=len(shards), shards_skipped=len(shards) - len(self.pending),
+                                  redone=found.bad)
         self.curves_per_shard = {s.shard_id: s.n_bases * len(job.read_layers) for s in shards}
         self.complete_at_start = sorted({s.cell.cell_id for s in shards} - set(self.remaining))
 
@@ -92,6 +103,11 @@ class Plan:
 
     def failed(self, shard: Shard, error: BaseException | str) -> None:
         self.summary.failures.append((shard.shard_id, error if isinstance(error, str) else describe(error)))
+
+    def group_failed(self, shards, message: str) -> None:
+        """A group whose worker could not load: each of its shards fails with the same message."""
+        for shard in shards:
+            self.failed(shard, message)
 
     def announce_complete_cells(self, listeners: list[CellListener]) -> None:
         """Cells finished by an earlier run of this spec are reported too (a resumed sweep logs all)."""
@@ -117,9 +133,10 @@ class Progress:
 
 
 def run_local(job: Job, store: Store, progress: bool = True, listeners: list[CellListener] | None = None) -> RunSummary:
-    """Run every pending shard in this process, one worker per (model, SAE) group."""
-    from synthact.worker import Worker
+    """Run every pending shard in this process, one worker per (model, SAE) group.
 
+    A group whose worker cannot load fails its shards only; the other groups run.
+    """
     listeners = listeners or []
     start = time.perf_counter()
     plan = Plan(job, store)
@@ -127,7 +144,11 @@ def run_local(job: Job, store: Store, progress: bool = True, listeners: list[Cel
     bar = Progress(plan, progress)
     try:
         for group, shards in plan.by_group().items():
-            worker = Worker(job, group, store.stats_root)
+            try:
+                worker = load_worker(job, group, store.stats_root)
+            except SynthactError as e:
+                plan.group_failed(shards, str(e))
+                continue
             for shard in shards:
                 try:
                     table = worker.run_shard(shard)
@@ -143,6 +164,52 @@ def run_local(job: Job, store: Store, progress: bool = True, listeners: list[Cel
         bar.close()
         plan.summary.wall_s = time.perf_counter() - start
     return plan.summary
+
+
+def load_worker(job: Job, group: tuple, stats_root: str, device: str | None = None):
+    """Build a group's `Worker` and check the job against what it loaded, before its first shard.
+
+    Every failure is one SynthactError paragraph (both executors report it for the group's shards).
+    """
+    from synthact.worker import Worker
+
+    model, sae = group
+    try:
+        worker = Worker(job, group, stats_root, device)
+    except SynthactError:
+        raise
+    except Exception as e:  # a damaged checkpoint, a refused pickle, a device that does not exist, ...
+        where = " ".join(f"{what} '{path}'" for what, path in (("model", model.local), ("SAE", sae.local)) if path)
+        raise SynthactError(
+            f"could not load model '{model.label}' with SAE '{sae.label}' ({type(e).__name__}: "
+            f"{first_line(str(e))[:300].rstrip('.')}). Check {where or 'the job spec'}: the files must be complete "
+            "(safetensors; pickled .bin checkpoints are refused), and the job's device must exist here"
+        ) from None
+    preflight(job, worker)
+    return worker
+
+
+def preflight(job: Job, worker) -> None:
+    """What the spec cannot know before loading: latent ids against d_sae, n_ctx against the model's."""
+    model = worker.backend.model
+    if model.model.cfg.n_ctx < job.n_ctx:
+        raise SynthactError(
+            f"n_ctx {job.n_ctx} is longer than model '{model.label}' allows ({model.model.cfg.n_ctx}); lower n_ctx"
+        )
+    latents = [int(arg) for head, arg in map(parse_direction, job.directions) if head == "latent" and arg != "random"]
+    for layer, loaded in worker.backend.saes.items():
+        d_sae = loaded.sae.W_dec.shape[0]
+        too_big = [i for i in latents if i >= d_sae]
+        if too_big:
+            raise SynthactError(
+                f"direction latent:{too_big[0]} does not exist in SAE '{loaded.label}' with {d_sae} latents "
+                f"(valid: latent:0..latent:{d_sae - 1})"
+            )
+
+
+def first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
 
 
 def describe(error: BaseException) -> str:

@@ -29,7 +29,7 @@ import torch
 
 from synthact.errors import SynthactError
 from synthact.hooks import stream_index
-from synthact.spec import KINDS, SYNTHETIC_KINDS, TEMPLATE_KINDS
+from synthact.spec import KINDS, TEMPLATE_KINDS
 from synthact.stats import ReferenceStats, check_affine_decoder, real_activations
 
 VALUE_SOURCES = ("sampled", "template")

@@ -15,18 +15,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import socket
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from synthact.errors import SynthactError
-from synthact.execute import CellListener, Plan, Progress, RunSummary
+from synthact.execute import CellListener, Plan, Progress, RunSummary, first_line, load_worker
 from synthact.spec import Job, ModelSpec, SAESpec, Shard, digest
 from synthact.store import Store
 
@@ -47,13 +47,15 @@ def run_ray(
     existing `ray.init` connection in this process is used as it is.
     """
     listeners = listeners or []
+    check_address(address)
     start = time.perf_counter()
     plan = Plan(job, store)
     plan.announce_complete_cells(listeners)
     bar = Progress(plan, progress)
     started_here = connect(address)
     try:
-        Dispatcher(job, plan, absolute(store.stats_root), bar, listeners).run()
+        gpus = actor_gpus(job, address == "local")
+        Dispatcher(job, plan, store.stats_root, bar, listeners, gpus).run()
     finally:
         bar.close()
         if started_here:
@@ -67,13 +69,18 @@ def connect(address: str) -> bool:
     if ray.is_initialized():
         return False
     kwargs = {"log_to_driver": False, "configure_logging": False}
-    check_reachable(address)
+    check_address(address)
     try:
-        if address == "local":
-            ray.init(**kwargs)
+        if address == "local":  # always a new instance here, whatever RAY_ADDRESS says
+            saved = os.environ.pop("RAY_ADDRESS", None)
+            try:
+                ray.init(address="local", **kwargs)
+            finally:
+                if saved is not None:
+                    os.environ["RAY_ADDRESS"] = saved
         else:
             ray.init(address=address, **kwargs)
-    except ConnectionError as e:
+    except (ConnectionError, ValueError) as e:
         raise SynthactError(
             f"could not connect to a Ray cluster at '{address}' ({e}). Start one (`ray start --head` on this "
             "machine, or `ray up cluster.yaml`), pass its address (e.g. 10.0.0.1:6379), or use --ray local "
@@ -82,11 +89,16 @@ def connect(address: str) -> bool:
     return True
 
 
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail in seconds, not minutes of ray.init retries, when an explicit host:port does not answer."""
-    if address in ("auto", "local") or "://" in address or ":" not in address:
+def check_address(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse what is not an address; fail in seconds, not minutes of ray.init retries, when host:port does not answer."""
+    if address in ("auto", "local") or address.startswith("ray://"):
         return
     host, _, port = address.rpartition(":")
+    if not host or not port.isdecimal():
+        raise SynthactError(
+            f"--ray '{address}' is not a Ray address; use 'local' (start Ray here), 'auto' (the cluster this "
+            "machine belongs to), host:port (e.g. 10.0.0.1:6379) or ray://host:10001"
+        )
     try:
         with socket.create_connection((host, int(port)), timeout=timeout_s):
             pass
@@ -97,9 +109,25 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def absolute(path_or_uri: str) -> str:
-    """A local path made absolute (worker processes have their own working directory); URIs as they are."""
-    return path_or_uri if "://" in path_or_uri else str(Path(path_or_uri).resolve())
+def actor_gpus(job: Job, started_here: bool) -> float:
+    """GPUs per worker actor: none for a CPU job; on a Ray instance started here, only GPUs it has.
+
+    There a `device: auto` job without GPUs runs on CPU actors and a CUDA job fails fast (no
+    autoscaler can add a GPU); on a cluster, GPU actors may wait for an autoscaler to add nodes.
+    """
+    if job.ray.num_gpus == 0 or job.device == "cpu":
+        return 0.0
+    if not started_here:
+        return job.ray.num_gpus
+    largest = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+    if largest >= job.ray.num_gpus:
+        return job.ray.num_gpus
+    if job.device == "auto" and largest == 0:
+        return 0.0
+    raise SynthactError(
+        f"the job asks for {job.ray.num_gpus} GPU(s) per worker (ray.num_gpus, device '{job.device}') but the Ray "
+        f"instance started on this machine has {largest} per node; set device: cpu or ray.num_gpus to what it has"
+    )
 
 
 def group_key(group: tuple[ModelSpec, SAESpec]) -> str:
@@ -123,9 +151,7 @@ class ShardServer:
 
     def load(self, job: Job, group: tuple[ModelSpec, SAESpec], stats_root: str, device: str) -> str:
         """Load the group's model, SAEs and statistics; return this actor's node id."""
-        from synthact.worker import Worker
-
-        self.worker = Worker(job, group, stats_root, device)
+        self.worker = load_worker(job, group, stats_root, device)
         return ray.get_runtime_context().get_node_id()
 
     def run_shard(self, shard: Shard):
@@ -151,7 +177,7 @@ class Slot:
 class Dispatcher:
     """Keeps every actor busy with shards of its group, bounded in flight; retries; writes results."""
 
-    def __init__(self, job: Job, plan: Plan, stats_root: str, bar: Progress, listeners: list[CellListener]):
+    def __init__(self, job: Job, plan: Plan, stats_root: str, bar: Progress, listeners: list[CellListener], gpus: float):
         self.job, self.plan, self.stats_root, self.bar, self.listeners = job, plan, stats_root, bar, listeners
         self.groups: dict[str, tuple[ModelSpec, SAESpec]] = {}
         self.queues: dict[str, deque[Shard]] = {}
@@ -164,13 +190,12 @@ class Dispatcher:
         self.start_failures: dict[str, int] = {}
         self.slots: list[Slot] = []
         self.spawned = 0  # actors so far; each is named, so the dashboard shows which is which
-        self.capacity = min(actor_capacity(job), len(plan.pending)) if plan.pending else 0
-        cpu = job.ray.num_gpus == 0 and job.device == "auto"
-        self.device = "cpu" if cpu else job.device
+        self.capacity = min(actor_capacity(job, gpus), len(plan.pending)) if plan.pending else 0
+        self.device = "cpu" if gpus == 0 and job.device == "auto" else job.device
         self.server = ray.remote(ShardServer)
         # Ray restarts nothing by itself: this class replaces dead actors and retries their shards.
         self.actor_options = dict(
-            num_gpus=job.ray.num_gpus, num_cpus=job.ray.num_cpus, max_restarts=0, max_task_retries=0,
+            num_gpus=gpus, num_cpus=job.ray.num_cpus, max_restarts=0, max_task_retries=0,
             scheduling_strategy="SPREAD",
         )
 
@@ -315,7 +340,7 @@ class Dispatcher:
         self.queues[group_key(shard.cell.group)].appendleft(shard)
 
 
-def actor_capacity(job: Job) -> int:
+def actor_capacity(job: Job, gpus: float) -> int:
     """How many worker actors to ask for: `max_workers` if set, else as many as the cluster holds now.
 
     Actors that do not fit stay pending; on an autoscaling cluster that pending demand is what
@@ -324,7 +349,7 @@ def actor_capacity(job: Job) -> int:
     if job.ray.max_workers:
         return job.ray.max_workers
     total = ray.cluster_resources()
-    resource, per_actor = ("GPU", job.ray.num_gpus) if job.ray.num_gpus > 0 else ("CPU", job.ray.num_cpus)
+    resource, per_actor = ("GPU", gpus) if gpus > 0 else ("CPU", job.ray.num_cpus)
     return max(1, math.floor(total.get(resource, 0) / per_actor + 1e-9))
 
 
@@ -341,11 +366,6 @@ def error_message(error: RayError) -> str:
             return str(cause)
         return f"{type(cause).__name__}: {cause}" if cause is not None else last_line(str(error))
     return f"{type(error).__name__}: {first_line(str(error))}"
-
-
-def first_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else ""
 
 
 def last_line(text: str) -> str:

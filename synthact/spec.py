@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_origin
@@ -39,6 +41,12 @@ Kind = Literal[
 SYNTHETIC_KINDS = ("synthetic_baseline", "synthetic_structured")
 # Kinds built from a template's SAE code, latent by latent: as targets, the template is the base's own code.
 TEMPLATE_KINDS = (*SYNTHETIC_KINDS, "random_latents")
+
+
+# Bounds that keep `validate` and planning small whatever the spec says.
+MAX_SHARDS = 1_000_000
+MAX_SPEC_BYTES = 1 << 20
+MAX_SPEC_VALUES = 100_000
 
 
 class SpecError(SynthactError):
@@ -72,7 +80,7 @@ class ToyModelSpec(Frozen):
     d_mlp: int = Field(256, ge=8, description="MLP hidden width.")
     d_vocab: int = Field(512, ge=16, description="Vocabulary size.")
     n_ctx: int = Field(64, ge=4, description="Maximum context length.")
-    seed: int = Field(0, description="Seed for the weights.")
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed for the weights.")
     train_steps: int = Field(
         300, ge=0, description="Steps of next-token training on the toy corpus, so the model has real structure."
     )
@@ -120,7 +128,7 @@ class ToySAESpec(Frozen):
     d_sae: int = Field(512, ge=16, description="Number of latents.")
     l1_coefficient: float = Field(3.0, gt=0, description="Sparsity penalty of the standard SAE.")
     training_tokens: int = Field(400_000, ge=1000, description="Activations seen in training.")
-    seed: int = Field(0, description="Seed for SAE init and training order.")
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed for SAE init and training order.")
 
 
 class SAESpec(Frozen):
@@ -136,6 +144,10 @@ class SAESpec(Frozen):
     @model_validator(mode="after")
     def _one_source(self) -> "SAESpec":
         _exactly_one(self, ("release", "local", "toy"), "sae")
+        for text in (self.local, self.id):
+            fields = {f for _, f, _, _ in string.Formatter().parse(text or "") if f is not None}
+            if fields - {"layer"}:
+                raise ValueError(f"'{text}' may contain only the placeholder {{layer}}, not {{{(fields - {'layer'}).pop()}}}")
         return self
 
     @property
@@ -155,7 +167,7 @@ class ToyCorpusSpec(Frozen):
 
     n_docs: int = Field(2048, ge=16, description="Number of documents.")
     doc_len: int = Field(64, ge=4, description="Tokens per document.")
-    seed: int = Field(0, description="Seed of the chain.")
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed of the chain.")
 
 
 class CorpusSpec(Frozen):
@@ -238,6 +250,8 @@ class GenerationSpec(Frozen):
     def _non_empty(cls, v: list) -> list:
         if not v:
             raise ValueError("a generation axis must list at least one value")
+        if len(set(map(repr, v))) != len(v):
+            raise ValueError(f"lists a value twice: {v}")
         return v
 
     @field_validator("candidates", "nearest_k", "anchor_pool")
@@ -281,8 +295,12 @@ class ScanSpec(Frozen):
     name: str | None = Field(
         None, description="The scan's name (the `scan` column), e.g. sensitivity or plateaus; default: its mode."
     )
-    steps: int = Field(100, ge=2, description="N: the scan has N+1 points n = 0..N (the paper's 100 points: N = 99).")
-    step_size: float = Field(0.5, gt=0, description="s, in residual-norm units (step mode).")
+    steps: int = Field(
+        100, ge=2, le=100_000, description="N: the scan has N+1 points n = 0..N (the paper's 100 points: N = 99)."
+    )
+    step_size: float = Field(
+        0.5, ge=1e-4, le=1e4, description="s, in residual-norm units (step mode); 1e-4 to 1e4 (float32 scans)."
+    )
     mode: Literal["step", "interpolate"] = Field("step", description="Step along D, or interpolate to the target.")
     stop_at_target: bool = Field(
         True,
@@ -310,8 +328,8 @@ class MetricsSpec(Frozen):
 class ReferenceSpec(Frozen):
     """Reference statistics: a pool of real activations per (model, SAE, layer, corpus, seed)."""
 
-    n_prompts: int = Field(4096, ge=64, description="Real activations in the pool.")
-    value_samples: int = Field(64, ge=1, description="Non-zero values kept per latent.")
+    n_prompts: int = Field(4096, ge=64, le=1_000_000, description="Real activations in the pool.")
+    value_samples: int = Field(64, ge=1, le=10_000, description="Non-zero values kept per latent.")
 
 
 class WandbSpec(Frozen):
@@ -344,9 +362,14 @@ def _listify(v: Any) -> Any:
 class Job(Frozen):
     """One sweep. Lists are grid axes; cells are their product."""
 
-    name: str = Field(description="Name of the sweep (W&B run name, output labels).")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+        description="Name of the sweep (W&B run name, output labels, runs/<name>): letters, digits, '_', '-', '.'.",
+    )
     description: str = Field("", description="Free text.")
-    seed: int = Field(0, description="Sweep seed; every draw is derived from it, the cell and the base index.")
+    seed: int = Field(
+        0, ge=0, lt=2**63, description="Sweep seed; every draw is derived from it, the cell and the base index."
+    )
     model: list[ModelSpec] = Field(description="Model(s): one or a list (grid axis).")
     sae: list[SAESpec] = Field(description="SAE(s): one or a list (grid axis).")
     corpus: CorpusSpec = Field(description="Prompt source.")
@@ -372,10 +395,13 @@ class Job(Frozen):
     )
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Thresholds of the curve metrics.")
     js: bool = Field(False, description="Also record the sqrt-JS distance of next-token distributions (costs the unembedding).")
-    bases_per_cell: int = Field(100, ge=1, description="Curves per cell (per read layer).")
-    shard_size: int = Field(50, ge=1, description="Bases per shard (the unit of work and of resume).")
+    bases_per_cell: int = Field(100, ge=1, le=10_000_000, description="Curves per cell (per read layer).")
+    shard_size: int = Field(50, ge=1, le=100_000, description="Bases per shard (the unit of work and of resume).")
     reference: ReferenceSpec = Field(default_factory=ReferenceSpec, description="Reference statistics.")
-    device: str = Field("auto", description="'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$",
+        description="'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps'.",
+    )
     dtype: Literal["float32", "tf32", "bfloat16"] = Field(
         "float32", description="Scan precision; reduced precision moves curves (see docs/benchmarks.md)."
     )
@@ -431,7 +457,32 @@ class Job(Frozen):
         for m in self.model:
             if m.toy:
                 check_layers(self, m.toy.n_layers, m.label)
+                if m.toy.n_ctx < self.n_ctx:
+                    raise ValueError(f"n_ctx {self.n_ctx} is longer than toy model n_ctx {m.toy.n_ctx}; lower n_ctx")
+        latents = [int(arg) for head, arg in map(parse_direction, self.directions) if head == "latent" and arg != "random"]
+        for sae in self.sae:
+            if sae.toy and latents and max(latents) >= sae.toy.d_sae:
+                raise ValueError(f"direction latent:{max(latents)} does not exist in a toy SAE with d_sae "
+                                 f"{sae.toy.d_sae} (valid: latent:0..latent:{sae.toy.d_sae - 1})")
+        cells, shards = self.count()
+        if shards > MAX_SHARDS:
+            raise ValueError(f"the grid has {shards:,} shards ({cells:,} cells); at most {MAX_SHARDS:,} are allowed: "
+                             "raise shard_size or shrink the grid")
         return self
+
+    def count(self) -> tuple[int, int]:
+        """(cells, shards) of the grid, counted without listing them."""
+        g = self.generation
+        cells = 0
+        for kind, direction in itertools.product(self.base_kinds, self.directions):
+            target = target_kind(kind, direction)
+            n = 1
+            if kind in SYNTHETIC_KINDS or target in SYNTHETIC_KINDS:
+                uses_c = "synthetic_structured" in (kind, target)
+                n = len(g.tol) * (len(g.candidates) if uses_c else 1) * len(g.value_source) * len(g.add_error)
+            cells += n
+        cells *= len(self.model) * len(self.sae) * len(self.layers)
+        return cells, cells * -(-self.bases_per_cell // self.shard_size)
 
     # ------------------------------------------------------------------ grid
 
@@ -570,7 +621,7 @@ def parse_direction(direction: str) -> tuple[str, str | None]:
     head, _, arg = direction.partition(":")
     if head == "toward" and (arg in KINDS or arg == "same"):
         return head, arg
-    if head == "latent" and (arg == "random" or arg.isdigit()):
+    if head == "latent" and (arg == "random" or re.fullmatch(r"[0-9]{1,9}", arg)):
         return head, arg
     raise ValueError(
         f"unknown direction '{direction}'; use toward:<kind> (kinds: {', '.join(KINDS)}), toward:same, "
@@ -609,6 +660,11 @@ def check_layers(job: Job, n_layers: int, model_label: str) -> None:
                 f"layer {layer} is out of range for model '{model_label}' with {n_layers} blocks "
                 f"(valid: 0..{n_layers - 1})"
             )
+    resolved = [resolve_read_layer(r, n_layers) for r in job.read_layers]
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(
+            f"read_layers {job.read_layers} name the same block twice on model '{model_label}' with {n_layers} blocks"
+        )
     for r in job.read_layers:
         rr = resolve_read_layer(r, n_layers)
         if not 0 <= rr < n_layers:
@@ -629,14 +685,35 @@ def load_job(path: str | Path) -> Job:
     path = Path(path)
     if not path.exists():
         raise SpecError(f"job spec '{path}' does not exist; pass the path of a YAML file such as jobs/smoke.yaml")
+    if not path.is_file():
+        raise SpecError(f"job spec '{path}' is not a file; pass the path of a YAML file such as jobs/smoke.yaml")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError(f"job spec '{path}' is larger than {MAX_SPEC_BYTES // 1024} KiB; a job spec is a short YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise SpecError(f"job spec '{path}' is not a text file; pass the path of a YAML file") from None
     except yaml.YAMLError as e:
         raise SpecError(f"job spec '{path}' is not valid YAML: {e}") from None
+    if expanded_size(data) > MAX_SPEC_VALUES:
+        raise SpecError(f"job spec '{path}' expands to more than {MAX_SPEC_VALUES:,} values (YAML aliases?); "
+                        "a job spec is a short list of fields")
     if not isinstance(data, dict):
         raise SpecError(f"job spec '{path}' must be a YAML mapping of fields (name, model, sae, ...)")
     data.setdefault("name", path.stem)
     return parse_job(data, source=str(path))
+
+
+def expanded_size(data: Any, memo: dict | None = None) -> int:
+    """How many values `data` holds once YAML aliases are expanded (each shared node counted per use)."""
+    memo = {} if memo is None else memo
+    if not isinstance(data, (dict, list)):
+        return 1
+    if id(data) not in memo:
+        children = [*data.keys(), *data.values()] if isinstance(data, dict) else data
+        memo[id(data)] = 1 + sum(expanded_size(c, memo) for c in children)
+    return memo[id(data)]
 
 
 def parse_job(data: dict, source: str = "job spec") -> Job:

@@ -286,3 +286,48 @@ def _gaussian_fit(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
         "the covariance of the reference activations could not be made positive definite; the pool is "
         "degenerate (constant or non-finite activations?); check the model and increase reference.n_prompts"
     )
+
+
+def load_or_compute_stats(backend, layer: int, job, stats_root: str, device: str) -> tuple[ReferenceStats, str]:
+    """A layer's reference statistics from `stats_root` (a path or URI), computed and stored once if missing.
+
+    Returns the statistics and where they live. A full disk or unwritable store is a SynthactError.
+    """
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    from synthact.store import is_disk_full, resolve_location
+
+    log_sparsity = getattr(backend.saes[layer], "log_sparsity", None)  # the release's own, where loaded
+    key = stats_key(backend.model.label, backend.saes[layer].label, layer, backend.corpus.label, job.n_ctx,
+                    job.reference, job.seed, sae_sparsity=log_sparsity is not None)
+    uri = f"{stats_root.rstrip('/')}/{key}"
+    fs, path, _ = resolve_location(uri)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:  # saved atomically: present means complete
+        if local:
+            return ReferenceStats.load(Path(path), device=device), uri
+        with tempfile.TemporaryDirectory() as tmp:
+            pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            return ReferenceStats.load(Path(tmp), device=device), uri
+    stats = compute_stats(backend.model.model, backend.saes[layer].sae, backend.corpus, layer, job.n_ctx,
+                          job.reference, job.seed, device, log_sparsity=log_sparsity)
+    try:
+        if local:
+            stats.save(Path(path))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                stats.save(Path(tmp) / "stats")
+                pafs.copy_files(str(Path(tmp) / "stats"), path, source_filesystem=pafs.LocalFileSystem(),
+                                destination_filesystem=fs)
+    except Exception as e:  # OSError, or safetensors' own error type for the same failed write
+        full = isinstance(e, OSError) and is_disk_full(e) or "No space left" in str(e)
+        if not full and not isinstance(e, OSError):
+            raise
+        raise SynthactError(
+            f"{'the disk under' if full else 'cannot write to'} '{stats_root}' "
+            f"{'is full' if full else f'({e})'} while saving reference statistics; "
+            f"{'free space' if full else 'use a writable --out'} and rerun the same command (finished shards are kept)"
+        ) from None
+    return stats, uri

@@ -6,12 +6,9 @@ The same class runs in-process (local mode) and inside a Ray actor (Ray mode).
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import torch
 
 from synthact.backends import Backend, load_backend, resolve_device
@@ -33,8 +30,7 @@ from synthact.spec import (
     derive_seed,
     resolve_read_layer,
 )
-from synthact.stats import ReferenceStats, compute_stats, stats_key
-from synthact.store import is_disk_full
+from synthact.stats import ReferenceStats, load_or_compute_stats
 
 
 class Worker:
@@ -54,37 +50,9 @@ class Worker:
         self.stats: dict[int, ReferenceStats] = {}
         self.stats_paths: dict[int, str] = {}
         for layer in job.layers:
-            self.stats[layer], self.stats_paths[layer] = self._reference_stats(layer, stats_root)
-
-    # ------------------------------------------------------------------ statistics
-
-    def _reference_stats(self, layer: int, stats_root: str) -> tuple[ReferenceStats, str]:
-        """Load the layer's reference statistics, computing and storing them once if missing."""
-        b = self.backend
-        # The release's own feature sparsity, where the backend loaded it (sae_lens pretrained releases).
-        log_sparsity = getattr(b.saes[layer], "log_sparsity", None)
-        key = stats_key(
-            b.model.label, b.saes[layer].label, layer, b.corpus.label, self.job.n_ctx, self.job.reference, self.job.seed,
-            sae_sparsity=log_sparsity is not None,
-        )
-        uri = f"{stats_root.rstrip('/')}/{key}"
-        fs, path = pafs.FileSystem.from_uri(uri if "://" in uri else str(Path(uri).resolve()))
-        if fs.get_file_info(path).type == pafs.FileType.Directory:  # saved atomically: present means complete
-            return _load_stats(fs, path, self.device), uri
-        stats = compute_stats(
-            b.model.model, b.saes[layer].sae, b.corpus, layer, self.job.n_ctx, self.job.reference, self.job.seed, self.device,
-            log_sparsity=log_sparsity,
-        )
-        try:
-            _save_stats(stats, fs, path)
-        except OSError as e:
-            if is_disk_full(e):
-                raise SynthactError(
-                    f"the disk under '{stats_root}' is full while saving reference statistics; free space and rerun "
-                    "the same command (finished shards are kept)"
-                ) from None
-            raise
-        return stats, uri
+            self.stats[layer], self.stats_paths[layer] = load_or_compute_stats(
+                self.backend, layer, job, stats_root, self.device
+            )
 
     # ------------------------------------------------------------------ shards
 
@@ -250,21 +218,3 @@ def _column(name: str, value, n: int):
     if isinstance(value, list) and value and isinstance(value[0], np.ndarray):
         return [v.tolist() for v in value]
     return value
-
-
-def _load_stats(fs: pafs.FileSystem, path: str, device: str) -> ReferenceStats:
-    if isinstance(fs, pafs.LocalFileSystem):
-        return ReferenceStats.load(Path(path), device=device)
-    with tempfile.TemporaryDirectory() as tmp:
-        pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        return ReferenceStats.load(Path(tmp), device=device)
-
-
-def _save_stats(stats: ReferenceStats, fs: pafs.FileSystem, path: str) -> None:
-    if isinstance(fs, pafs.LocalFileSystem):
-        stats.save(Path(path))
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        stats.save(Path(tmp) / "stats")
-        pafs.copy_files(str(Path(tmp) / "stats"), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-

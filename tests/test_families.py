@@ -15,7 +15,8 @@ from synthact.execute import run_local
 from synthact.kinds import from_provenance
 from synthact.scan import fast_path_unsupported, scan_fast, scan_plain
 from synthact.spec import ModelSpec, SAESpec, parse_job
-from synthact.store import Store, open_results
+from synthact.results import read_table
+from synthact.store import Store
 from synthact.worker import Worker
 from tests.test_scan import assert_agree, scan_inputs
 from tests.test_spec import toy_job
@@ -124,7 +125,7 @@ def test_sweep_on_fast_path_recomputes_with_plain_path(checkpoint, where, tmp_pa
     ))
     summary = run_local(job, Store(tmp_path / "out", job), progress=False)
     assert summary.ok
-    df = open_results(tmp_path / "out").to_pandas()
+    df = read_table(tmp_path / "out").to_pandas()
     assert len(df) == len(layers) * 2 * 3
     worker = Worker(job, job.shards()[0].cell.group, str(tmp_path / "out" / "stats"))
     for _, row in df.iterrows():

@@ -1,0 +1,321 @@
+"""Hostile input and damaged output directories (issue 8): each gets one clear message, nothing is lost or mixed.
+
+Runs go through `synthact.cli.main` in this process (a traceback would fail the test) on the toy
+model, with real Parquet files, a real local Ray instance and real tmpfs mounts (tests run as root).
+"""
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from synthact.cli import main
+from synthact.errors import SynthactError
+from synthact.execute import run_local
+from synthact.results import read_table
+from synthact.spec import SpecError, load_job, parse_job
+from synthact.store import Store, resolve_location
+from tests.test_cli import saved_toy_sae, write_job
+from tests.test_spec import toy_job
+from tests.test_store import rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([*args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def clean_error(capsys, *args: str) -> str:
+    code, _, err = cli(capsys, *args)
+    assert code == 2, err
+    assert "Traceback" not in err and err.startswith("synthact: error:"), err
+    return err
+
+
+def sorted_rows(out: Path) -> pa.Table:
+    table = read_table(out)
+    return table.select([c for c in table.column_names if c != "cell"]).sort_by([("shard_id", "ascending"),
+                                                                                 ("base_index", "ascending")])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished four-shard toy sweep: (job file, output directory, its rows)."""
+    tmp = tmp_path_factory.mktemp("finished")
+    job = write_job(tmp / "job.yaml", bases_per_cell=4, shard_size=1)
+    out = tmp / "out"
+    assert main(["run", str(job), "--out", str(out), "--no-progress"]) == 0
+    return job, out, sorted_rows(out)
+
+
+def copy_of(finished, tmp_path) -> tuple[Path, Path]:
+    job, out, _ = finished
+    subprocess.run(["cp", "-a", str(out), str(tmp_path / "out")], check=True)
+    return job, tmp_path / "out"
+
+
+def shard_files(out: Path) -> list[Path]:
+    return sorted(out.glob("results/cell=*/*.parquet"))
+
+
+# ---------------------------------------------------------------------- 1, 2: damaged results are redone
+
+
+def test_1_deleted_shard_file_is_regenerated(finished, tmp_path, capsys):
+    job, out = copy_of(finished, tmp_path)
+    shard_files(out)[1].unlink()
+    code, _, err = cli(capsys, "run", str(job), "--out", str(out), "--no-progress")
+    assert code == 0 and "failed verification and were redone" in err and "is missing" in err, err
+    assert sorted_rows(out).equals(finished[2])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_2_corrupt_shard_is_named_by_verify_and_redone_by_a_rerun(finished, tmp_path, capsys, damage):
+    job, out = copy_of(finished, tmp_path)
+    bad = shard_files(out)[2]
+    bad.write_bytes(bad.read_bytes()[:100] if damage == "truncate" else b"not parquet at all")
+    (out / "results" / "notes.txt").write_text("a stray file")
+    code, text, _ = cli(capsys, "verify", str(out))
+    assert code == 1 and bad.stem in text and "not readable Parquet" in text and "notes.txt" in text, text
+    code, _, err = cli(capsys, "run", str(job), "--out", str(out), "--no-progress")
+    assert code == 0, err
+    assert sorted_rows(out).equals(finished[2])
+    code, text, _ = cli(capsys, "verify", str(out), "--deep")
+    assert code == 1 and "0 bad, 1 stray" in text  # only the user's own file is left
+
+
+def test_2_row_count_mismatch_is_bad(finished, tmp_path):
+    _, out = copy_of(finished, tmp_path)
+    target = shard_files(out)[0]
+    table = pa.parquet.read_table(target)
+    pa.parquet.write_table(table.slice(0, 0), target)
+    found = Store(out, load_job(finished[0])).verify()
+    assert [problem for _, problem in found.bad] == [f"{target} holds 0 rows, its manifest record says 1"]
+
+
+# ---------------------------------------------------------------------- 3, 4, 11: the directory's claim
+
+
+def test_3_two_specs_started_together_do_not_mix(tmp_path):
+    a, b = parse_job(toy_job()), parse_job(toy_job(seed=7))
+    store_a, store_b = Store(tmp_path / "out", a), Store(tmp_path / "out", b)  # both saw an unclaimed directory
+    store_a.write_shard(a.shards()[0], rows(a.shards()[0]))
+    with pytest.raises(SynthactError, match="already holds results of another job spec"):
+        store_b.write_shard(b.shards()[0], rows(b.shards()[0]))
+    assert set(read_table(tmp_path / "out")["shard_id"].to_pylist()) == {a.shards()[0].shard_id}
+
+
+def test_4_changed_corpus_file_refuses_resume(tmp_path):
+    corpus = tmp_path / "tokens.npy"
+    np.save(corpus, np.arange(64 * 16).reshape(64, 16) % 500)
+    job = parse_job(toy_job(corpus={"file": str(corpus)}))
+    Store(tmp_path / "out", job).write_shard(job.shards()[0], rows(job.shards()[0]))
+    stat = corpus.stat()
+    np.save(corpus, (np.arange(64 * 16).reshape(64, 16) + 1) % 500)  # same size; mtime restored below
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(SynthactError, match="other contents of .*tokens.npy"):
+        Store(tmp_path / "out", job)
+
+
+def test_11_a_spec_that_fails_to_load_leaves_the_directory_free(tmp_path, capsys):
+    out = tmp_path / "out"
+    broken = write_job(tmp_path / "a.yaml", model={"local": str(tmp_path / "no-such-checkpoint")})
+    assert "no-such-checkpoint" in clean_error(capsys, "run", str(broken), "--out", str(out), "--no-progress")
+    assert not (out / "job.json").exists()
+    code, _, err = cli(capsys, "run", str(write_job(tmp_path / "b.yaml")), "--out", str(out), "--no-progress")
+    assert code == 0, err
+
+
+# ---------------------------------------------------------------------- 5, 8, 9, 13: validate refuses
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"generation": {"tol": [0.1, 0.1]}}, "generation.tol: lists a value twice"),
+    ({"read_layers": [-1, 3]}, "name the same block twice"),  # item 5
+    ({"bases_per_cell": 10**12}, "bases_per_cell"),  # item 8
+    ({"generation": {"tol": [0.1 * i for i in range(1, 40)], "candidates": list(range(1, 40))},
+      "base_kinds": ["synthetic_structured"], "bases_per_cell": 1_000_000, "shard_size": 1}, "1,521,000,000 shards"),
+    ({"device": "tpu:7"}, "device"),  # item 9
+    ({"sae": {"local": "/x/{foo}"}}, "only the placeholder {layer}"),
+    ({"n_ctx": 100}, "longer than toy model n_ctx 64"),
+    ({"reference": {"n_prompts": 10**9}}, "reference.n_prompts"),
+    ({"directions": ["latent:999999"]}, "latent:999999 does not exist"),
+    ({"directions": ["latent:²"]}, "unknown direction"),
+    ({"seed": 10**30}, "seed"),
+    ({"scan": {"step_size": float("inf")}}, "scan.step_size"),
+    ({"scan": {"step_size": 1e300}}, "scan.step_size"),
+    ({"scan": {"step_size": 1e-300}}, "scan.step_size"),
+    ({"scan": {"steps": 10**9}}, "scan.steps"),
+    ({"name": "../../etc/x"}, "name"),  # item 13
+])
+def test_validate_refuses(tmp_path, capsys, fields, needle):
+    start = time.perf_counter()
+    assert needle in clean_error(capsys, "validate", str(write_job(tmp_path / "j.yaml", **fields)))
+    assert time.perf_counter() - start < 10
+
+
+def test_8_grid_is_counted_without_listing_it():
+    job = parse_job(toy_job(generation={"tol": [0.1, 0.2], "candidates": [1, 4, 16]}, layers=[1, 2]))
+    assert job.count() == (len(job.cells()), len(job.shards()))
+
+
+def test_8_yaml_alias_bomb_is_refused(tmp_path, capsys):
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]" for p, c in zip("abcdefgh", "bcdefghi")]
+    (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n")
+    assert "more than 100,000 values (YAML aliases?)" in clean_error(capsys, "validate", str(tmp_path / "bomb.yaml"))
+
+
+# ---------------------------------------------------------------------- 9, 14: run checks what it loads
+
+
+@pytest.mark.parametrize("weights, needle", [
+    ("model.safetensors", "SafetensorError"),
+    ("pytorch_model.bin", "UnpicklingError"),
+])
+def test_9_damaged_checkpoint_is_one_paragraph(tmp_path, capsys, weights, needle):
+    from transformers import GPT2Config
+
+    model = tmp_path / "model"
+    GPT2Config(n_layer=4, n_embd=64, n_head=4, vocab_size=512, n_positions=64).save_pretrained(model)
+    (model / weights).write_bytes(b"\x80\x04garbage" * 100)
+    job = write_job(tmp_path / "j.yaml", model={"local": str(model)})
+    err = clean_error(capsys, "run", str(job), "--out", str(tmp_path / "out"), "--no-progress")
+    assert needle in err and f"model '{model}'" in err and err.count("\n") == 1, err
+
+
+def test_9_latent_beyond_a_loaded_sae_is_refused_before_any_shard(tmp_path, capsys):
+    job = write_job(tmp_path / "j.yaml", sae={"local": saved_toy_sae(1)}, directions=["latent:600"])
+    err = clean_error(capsys, "run", str(job), "--out", str(tmp_path / "out"), "--no-progress")
+    assert "latent:600 does not exist" in err and "512 latents" in err
+
+
+def test_14_local_run_fails_only_the_group_that_cannot_load(tmp_path, capsys):
+    job = write_job(tmp_path / "j.yaml", sae=[{"toy": {}}, {"local": str(tmp_path / "no-such-sae-{layer}")}])
+    code, out, err = cli(capsys, "run", str(job), "--out", str(tmp_path / "out"), "--no-progress")
+    assert code == 1 and "Traceback" not in err, err
+    assert "no-such-sae-1" in out + err
+    assert read_table(tmp_path / "out").num_rows == 2  # the toy SAE's group ran
+
+
+def test_14_both_executors_share_the_failure_path(tmp_path):
+    job = parse_job(toy_job(sae=[{"local": str(tmp_path / "no-such-sae-{layer}")}], base_kinds=["real"],
+                            directions=["isotropic"], bases_per_cell=2, shard_size=1, device="cpu", wandb=False))
+    summary = run_local(job, Store(tmp_path / "out", job), progress=False)
+    assert len(summary.failures) == 2 and summary.fatal and "no-such-sae-1" in summary.fatal
+
+
+# ---------------------------------------------------------------------- 10: full or read-only disks
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """mount(size, readonly) -> a real tmpfs directory (tests run as root, as CI does)."""
+    mounted = []
+
+    def make(size: str, readonly: bool = False) -> Path:
+        path = tmp_path / f"disk{len(mounted)}"
+        path.mkdir()
+        opts = f"size={size}" + (",ro" if readonly else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+        assert done.returncode == 0, f"cannot mount a tmpfs: {done.stderr}"
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def test_10_full_disk_while_claiming_leaves_the_directory_usable(mount):
+    disk = mount("64k")
+    (disk / "filler").write_bytes(b"x" * 60_000)
+    job = parse_job(toy_job())
+    store = Store(disk / "out", job)
+    with pytest.raises(SynthactError, match="is full while claiming"):
+        store.write_shard(job.shards()[0], rows(job.shards()[0]))
+    assert not (disk / "out" / "job.json").exists()
+    (disk / "filler").unlink()
+    Store(disk / "out", job).write_shard(job.shards()[0], rows(job.shards()[0]))
+    assert read_table(disk / "out").num_rows == 3
+
+
+def test_10_full_disk_while_saving_statistics_is_one_paragraph(mount, tmp_path, capsys):
+    disk = mount("48k")
+    err = clean_error(capsys, "run", str(write_job(tmp_path / "j.yaml")), "--out", str(disk / "out"), "--no-progress")
+    assert "full while saving reference statistics" in err, err
+
+
+def test_10_read_only_out_is_one_paragraph(mount, tmp_path, capsys):
+    err = clean_error(capsys, "run", str(write_job(tmp_path / "j.yaml")), "--out", str(mount("64k", True) / "out"),
+                      "--no-progress")
+    assert "Read-only" in err or "cannot" in err, err
+
+
+# ---------------------------------------------------------------------- 12: tracebacks become messages
+
+
+def test_12_bad_inputs_are_one_paragraph(tmp_path, capsys):
+    job = str(write_job(tmp_path / "j.yaml"))
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    (tmp_path / "file").write_text("")
+    assert "not a file" in clean_error(capsys, "validate", str(tmp_path))
+    assert "not a text file" in clean_error(capsys, "validate", str(tmp_path / "binary.yaml"))
+    assert "is a regular file" in clean_error(capsys, "run", job, "--out", str(tmp_path / "file" / "out"))
+    assert "foo://x" in clean_error(capsys, "run", job, "--out", "foo://x")
+    assert "not a Ray address" in clean_error(capsys, "run", job, "--out", str(tmp_path / "o1"), "--ray", "bogus")
+    for content in ("", "{not json"):
+        (tmp_path / "o2").mkdir(exist_ok=True)
+        (tmp_path / "o2" / "job.json").write_text(content)
+        assert "damaged" in clean_error(capsys, "run", job, "--out", str(tmp_path / "o2"))
+
+
+@pytest.mark.parametrize("args", [["--steps", "0"], ["--n-ctx", "0"], ["--bases", "-1"], ["--device", "tpu"],
+                                  ["--layer", "99", "--model", "toy"]])
+def test_12_bench_arguments(capsys, args):
+    with pytest.raises(SystemExit) as exit_code:
+        code = main(["bench", *args])
+        raise SystemExit(code)
+    assert exit_code.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_uri_helper_expands_home_and_resolves_paths(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_location("~/runs/x")[2] == str(tmp_path / "runs" / "x")
+    assert resolve_location("rel")[2] == str(tmp_path / "rel")
+    assert resolve_location(f"file://{tmp_path}/u")[1] == f"{tmp_path}/u"
+    with pytest.raises(SynthactError, match="cannot use output location 'foo://x'"):
+        resolve_location("foo://x")
+
+
+def test_13_names_are_identifiers():
+    with pytest.raises(SpecError, match="name"):
+        parse_job(toy_job(name="../../etc/x"))
+
+
+# ---------------------------------------------------------------------- 6, 7: --ray local never hangs
+
+
+def test_6_7_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatch):
+    """Default ray.num_gpus (1) on a machine without GPUs, RAY_ADDRESS pointing nowhere: it runs, on CPU actors."""
+    from synthact.ray_exec import run_ray
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    data = toy_job(base_kinds=["real"], directions=["isotropic"], bases_per_cell=2, shard_size=1, device="auto",
+                   scan={"steps": 4}, reference={"n_prompts": 128}, wandb=False)
+    job = parse_job(data)
+    start = time.perf_counter()
+    summary = run_ray(job, Store(tmp_path / "out", job), "local", progress=False)
+    assert summary.ok and summary.shards_done == 2 and time.perf_counter() - start < 240
+    cuda = parse_job(dict(data, device="cuda"))
+    with pytest.raises(SynthactError, match="asks for 1.0 GPU"):
+        run_ray(cuda, Store(tmp_path / "out2", cuda), "local", progress=False)
