@@ -123,7 +123,7 @@ def grid_size(job) -> dict:
         "cells": cells,
         "shards": shards,
         "curves": bases * len(job.read_layers),
-        "scan_points": sum(cell.scan.steps + 1 for cell in cells) * job.bases_per_cell,
+        "scan_points": job.scan_points(),
     }
 
 
