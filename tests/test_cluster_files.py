@@ -82,6 +82,6 @@ def test_layers_job_is_the_papers_setup_over_all_layers():
     assert job.sae[0].release == "gpt2-small-res-jb" and job.sae[0].id == "blocks.{layer}.hook_resid_pre"
     assert job.corpus.hf == "apollo-research/Skylion007-openwebtext-tokenizer-gpt2" and job.n_ctx == 10
     assert set(job.base_kinds) == set(KINDS) and job.directions == ["toward:same"]
-    assert (job.scan.steps, job.scan.step_size, job.scan.mode) == (100, 0.5, "step")
+    assert [(s.steps, s.step_size, s.mode) for s in job.scan] == [(100, 0.5, "step")]
     assert job.bases_per_cell == 1000 and job.ray.num_gpus == 1
     assert len(job.cells()) == 12 * len(KINDS)
