@@ -499,20 +499,20 @@ def generation_timing(
     scan_seconds = n_bases * (steps + 1) / scan_points_per_s
     kinds = {}
 
-    def timed(name, work):
+    def timed(name, work, *args, **kwargs):
         t0 = time.perf_counter()
-        work()
+        work(*args, **kwargs)
         _sync(device)
         seconds = time.perf_counter() - t0
         kinds[name] = {"seconds": seconds, "bases_per_s": n_bases / seconds, "fraction_of_scan": seconds / scan_seconds}
 
     for kind in KINDS:
-        timed(kind, lambda: _draw_kind(kind, ctx, n_bases))
+        timed(kind, _draw_kind, kind, ctx, n_bases)
     with torch.inference_mode():
         real = draw("real", [np.random.default_rng([0, i]) for i in range(n_bases)], ctx)
         for name, (kind, overrides) in CONSTRUCTIONS.items():
             rngs = [np.random.default_rng([1, i]) for i in range(n_bases)]
-            timed(f"paired {name}", lambda: draw(kind, rngs, ctx, GenerationSettings(**overrides), template=real))
+            timed(f"paired {name}", draw, kind, rngs, ctx, GenerationSettings(**overrides), template=real)
     return {
         "d_sae": d_sae,
         "reference_prompts": ReferenceSpec().n_prompts,
