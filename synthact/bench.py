@@ -43,7 +43,15 @@ FAMILIES = {
 SCAN_SPAN = 5.0  # the scan runs from A to A + SCAN_SPAN * ||A|| * D
 GEN_D_SAE = 24576  # gpt2-small-res-jb's width
 GEN_TARGET_L0 = 32  # the random SAE's encoder bias is set for about this many active latents
-STRUCTURED_CANDIDATES = 16  # the job spec's default C
+# The constructions of template-built kinds timed by --generation, each as the paper's paired target
+# of real bases: name -> (kind, GenerationSettings overrides); the bare kind is the paper's construction.
+CONSTRUCTIONS = {
+    "synthetic_baseline": ("synthetic_baseline", {}),
+    "synthetic_baseline/tol": ("synthetic_baseline", {"match": "tol"}),
+    "synthetic_structured": ("synthetic_structured", {}),
+    "synthetic_structured/pairwise": ("synthetic_structured", {"structure": "pairwise", "candidates": 16}),
+    "random_latents": ("random_latents", {}),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--e2e", type=at_least(1), nargs="?", const=1000, metavar="BASES",
-        help="instead: the paper job's volume end to end, BASES (default 1000) bases x 6 kinds, wall time by phase",
+        help="instead: the paper job's volume end to end, BASES (default 1000) bases x every kind, wall time by phase",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -394,11 +402,11 @@ def _generation_context(model_name, layer, n_ctx, device, d_sae: int):
 
 
 def _draw_kind(kind: str, ctx, n_bases: int):
-    """Bases of `kind` and toward-targets of the same kind, at the default generation settings."""
+    """Bases of `kind` and toward-targets of the same kind, at the default (the paper's) generation settings."""
     from synthact.directions import make_directions
     from synthact.kinds import GenerationSettings, draw
 
-    settings = GenerationSettings(candidates=STRUCTURED_CANDIDATES if kind == "synthetic_structured" else 1)
+    settings = GenerationSettings()
     with torch.inference_mode():
         base = draw(kind, [np.random.default_rng([0, i]) for i in range(n_bases)], ctx, settings)
         dirs = make_directions(
@@ -481,21 +489,30 @@ def generation_timing(
 ) -> dict:
     """Seconds for reference statistics and for drawing n_bases bases + toward-targets of each kind.
 
-    Each kind's time is also given as a fraction of the time the fast fp32 scan takes for those bases.
+    Each kind's time is also given as a fraction of the time the fast fp32 scan takes for those bases;
+    so is each construction of CONSTRUCTIONS, timed as paired targets built from real bases' codes.
     """
+    from synthact.kinds import GenerationSettings, draw
     from synthact.spec import KINDS, ReferenceSpec
 
     _, ctx, stats_seconds = _generation_context(model_name, layer, n_ctx, device, d_sae)
     scan_seconds = n_bases * (steps + 1) / scan_points_per_s
     kinds = {}
-    for kind in KINDS:
+
+    def timed(name, work, *args, **kwargs):
         t0 = time.perf_counter()
-        _draw_kind(kind, ctx, n_bases)
+        work(*args, **kwargs)
         _sync(device)
         seconds = time.perf_counter() - t0
-        kinds[kind] = {
-            "seconds": seconds, "bases_per_s": n_bases / seconds, "fraction_of_scan": seconds / scan_seconds
-        }
+        kinds[name] = {"seconds": seconds, "bases_per_s": n_bases / seconds, "fraction_of_scan": seconds / scan_seconds}
+
+    for kind in KINDS:
+        timed(kind, _draw_kind, kind, ctx, n_bases)
+    with torch.inference_mode():
+        real = draw("real", [np.random.default_rng([0, i]) for i in range(n_bases)], ctx)
+        for name, (kind, overrides) in CONSTRUCTIONS.items():
+            rngs = [np.random.default_rng([1, i]) for i in range(n_bases)]
+            timed(f"paired {name}", draw, kind, rngs, ctx, GenerationSettings(**overrides), template=real)
     return {
         "d_sae": d_sae,
         "reference_prompts": ReferenceSpec().n_prompts,
@@ -561,8 +578,8 @@ def format_table(r: dict) -> str:
             f"generation (random SAE d_sae {g['d_sae']}, mean L0 {g['mean_l0']:.0f}): reference statistics of "
             f"{g['reference_prompts']} prompts {g['stats_seconds']:.1f} s; {g['bases']} bases + targets per kind "
             f"(fast fp32 scan of them: {g['scan_seconds_fast_fp32']:.2f} s)",
-            f"{'kind':<24}{'seconds':>9}{'bases/s':>10}{'x scan':>9}",
+            f"{'kind':<36}{'seconds':>9}{'bases/s':>10}{'x scan':>9}",
         ]
         for kind, k in g["kinds"].items():
-            lines.append(f"{kind:<24}{k['seconds']:>9.2f}{k['bases_per_s']:>10,.0f}{k['fraction_of_scan']:>9.2f}")
+            lines.append(f"{kind:<36}{k['seconds']:>9.2f}{k['bases_per_s']:>10,.0f}{k['fraction_of_scan']:>9.2f}")
     return "\n".join(lines)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from synthact.errors import SynthactError
 
-MAX_LISTED_CELLS = 10_000  # `validate` lists the cells of grids up to this size
 SMOKE_JOB = Path(__file__).resolve().parents[1] / "jobs" / "smoke.yaml"
 
 
@@ -124,8 +123,7 @@ def grid_size(job) -> dict:
         "cells": cells,
         "shards": shards,
         "curves": bases * len(job.read_layers),
-        # every scan has the same cells; a scan that stops at its target may use fewer points
-        "scan_points": cells // len(job.scan) * job.bases_per_cell * sum(scan.steps + 1 for scan in job.scan),
+        "scan_points": job.scan_points(),
     }
 
 
@@ -161,14 +159,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not args.job:
         raise SynthactError("give a job spec to validate (e.g. synthact validate jobs/smoke.yaml), or --fields")
     job = load_job(args.job)
+    cells = pd.DataFrame([c.settings() for c in job.cells()])
     size = grid_size(job)
     print(f"job '{job.name}': valid (spec hash {job.spec_hash[:12]})")
-    if size["cells"] <= MAX_LISTED_CELLS:
-        cells = pd.DataFrame([c.settings() for c in job.cells()])
-        with pd.option_context("display.width", 200, "display.max_rows", 200):
-            print(cells.drop(columns=["model", "sae"]).to_string(index=False))
-    else:
-        print(f"({size['cells']:,} cells: too many to list; the totals follow)")
+    with pd.option_context("display.width", 200, "display.max_rows", 200):
+        print(cells.drop(columns=["model", "sae"]).to_string(index=False))
     print(
         f"{size['cells']} cells x {job.bases_per_cell} bases = {size['curves']} curves "
         f"({len(job.read_layers)} read layer(s)); {size['shards']} shards of <= {job.shard_size} bases; "

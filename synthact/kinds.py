@@ -95,7 +95,7 @@ class Activations:
     def __len__(self) -> int:
         return self.vectors.shape[0]
 
-    def replace_rows(self, rows: list[int], other: "Activations") -> None:
+    def replace_rows(self, rows: list[int], other: Activations) -> None:
         """Overwrite draws `rows` with the draws of `other` (same kind, len(other) == len(rows))."""
         idx = torch.as_tensor(rows, device=self.vectors.device)
         self.vectors[idx] = other.vectors
@@ -115,7 +115,7 @@ def draw(
     rngs: list[np.random.Generator],
     ctx: GenContext,
     settings: GenerationSettings | None = None,
-    template: "Activations | None" = None,
+    template: Activations | None = None,
 ) -> Activations:
     """One activation of `kind` per RNG in `rngs`; template-built kinds take draw b's template from
     `template[b]` (the base: paired targets) when given, else from a real prompt drawn from `rngs[b]`."""
@@ -327,7 +327,7 @@ def _unused_near(ctx: GenContext, lo: int, hi: int, start: int, logf_i: float, u
     )
 
 
-def _paired_templates(base: "Activations", ctx: GenContext) -> _Templates:
+def _paired_templates(base: Activations, ctx: GenContext) -> _Templates:
     """The bases as templates: their vectors and SAE codes (an empty code gives an empty built code)."""
     x = base.vectors.float()
     return _Templates(base.docs.copy(), base.offsets.copy(), base.tokens.copy(), x, _encode(ctx, x))

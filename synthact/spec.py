@@ -451,6 +451,14 @@ class Job(Frozen):
             problem = pair_problem(kind, direction, scan.mode)
             if problem:
                 raise ValueError(problem)
+        paired_targets = {target_kind(k, d) for k, d in itertools.product(self.base_kinds, self.directions)
+                          if k != "real"} & set(TEMPLATE_KINDS)
+        if True in self.generation.add_error and "base" in self.generation.template and paired_targets:
+            raise ValueError(
+                "add_error with template 'base' needs real bases (the error is the SAE error of the base's prompt); "
+                f"targets {', '.join(sorted(paired_targets))} of other base kinds would be paired: drop add_error or "
+                "use template: [independent]"
+            )
         labels = [scan.label for scan in self.scan]
         if len(set(labels)) != len(labels):
             raise ValueError(f"scans need distinct names (got {', '.join(labels)}); give each a `name`")
@@ -472,12 +480,21 @@ class Job(Frozen):
 
     def count(self) -> tuple[int, int]:
         """(cells, shards) of the grid, counted without listing them."""
-        cells = 0
-        for kind, direction in itertools.product(self.base_kinds, self.directions):
-            target = target_kind(kind, direction)
-            cells += len(self.generation.axes_for({kind, target}, paired=target in TEMPLATE_KINDS))
-        cells *= len(self.model) * len(self.sae) * len(self.layers) * len(self.scan)
+        cells = sum(n for n, _ in self._cells_per_scan())
         return cells, cells * -(-self.bases_per_cell // self.shard_size)
+
+    def scan_points(self) -> int:
+        """Scan points of the whole grid (every base of every cell, N+1 each), counted without listing cells."""
+        return sum(n * (scan.steps + 1) for n, scan in self._cells_per_scan()) * self.bases_per_cell
+
+    def _cells_per_scan(self) -> list[tuple[int, "ScanSpec"]]:
+        per_group = len(self.model) * len(self.sae) * len(self.layers)
+        out = []
+        for scan in self.scan:
+            n = sum(len(self.generation.axes_for({k, target_kind(k, d)}, paired=target_kind(k, d) in TEMPLATE_KINDS))
+                    for k, d in itertools.product(self.base_kinds, self.directions))
+            out.append((n * per_group, scan))
+        return out
 
     # ------------------------------------------------------------------ grid
 
@@ -721,7 +738,7 @@ def parse_job(data: dict, source: str = "job spec") -> Job:
 def format_validation_error(e: ValidationError) -> str:
     lines = []
     for err in e.errors():
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "(top level)"
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"  - unknown key '{where}': remove it or check its spelling (see docs/spec.md)")
         else:

@@ -52,7 +52,8 @@ def test_generation_and_end_to_end_on_toy_model(capsys):
     common = ["--json", "--model", "toy", "--device", "cpu", "--steps", "4", "--d-sae", "256"]
     r = json.loads(run_bench(capsys, *common, "--bases", "2", "--plain-bases", "1", "--generation", "3"))
     g = r["generation"]
-    assert set(g["kinds"]) == set(KINDS) and g["bases"] == 3 and g["stats_seconds"] > 0
+    assert set(g["kinds"]) == set(KINDS) | {f"paired {name}" for name in bench.CONSTRUCTIONS}
+    assert g["bases"] == 3 and g["stats_seconds"] > 0
     assert all(k["seconds"] > 0 and k["fraction_of_scan"] > 0 for k in g["kinds"].values())
     assert 4 <= g["mean_l0"] <= 256
     assert "synthetic_structured" in bench.format_table(r)

@@ -42,8 +42,10 @@ def test_every_command_has_help(command):
 def test_validate_prints_the_grid():
     result = synthact("validate", "jobs/paper.yaml")
     assert result.returncode == 0, result.stderr
-    assert "6 cells x 1000 bases = 6000 curves" in result.stdout
-    assert "606,000 scan points" in result.stdout
+    # the paper's grid: 7 target kinds x 2 scans (100 and 101 points)
+    assert "14 cells x 1000 bases = 14000 curves" in result.stdout
+    assert "1,407,000 scan points" in result.stdout
+    assert "sensitivity" in result.stdout and "plateaus" in result.stdout
 
 
 def test_unknown_key(tmp_path):

@@ -120,3 +120,21 @@ def test_bad_directions_are_refused(ctx, base):
         make_directions("isotropic", None, base, rngs(range(2)), ctx, None)
     with pytest.raises(SynthactError, match="target_seed"):
         direction_from_provenance("isotropic", base.vectors[0], ctx)
+
+
+@pytest.mark.parametrize("kind", ["synthetic_baseline", "synthetic_structured", "random_latents"])
+def test_paired_targets_are_built_from_the_base_code(ctx, base, kind):
+    seeds = [300 + i for i in range(len(base))]
+    dirs = make_directions(f"toward:{kind}", kind, base, rngs(seeds), ctx, SETTINGS, paired=True)
+    t = dirs.target
+    assert np.array_equal(t.tokens, base.tokens) and np.array_equal(t.l0, base.l0)
+    with torch.no_grad():
+        z = ctx.sae.encode(base.vectors)
+    for b in range(len(base)):
+        ids = torch.nonzero(z[b]).flatten()
+        assert np.array_equal(t.template_latents[b], ids.numpy())
+        np.testing.assert_allclose(t.values[b], z[b, ids].numpy(), rtol=1e-6)
+        rebuilt = from_provenance(kind, t.tokens[b], t.latents[b], t.values[b], False, ctx)
+        torch.testing.assert_close(rebuilt, t.vectors[b], rtol=1e-5, atol=1e-5)
+    unpaired = make_directions(f"toward:{kind}", kind, base, rngs(seeds), ctx, SETTINGS)
+    assert not np.array_equal(unpaired.target.tokens, base.tokens)

@@ -137,7 +137,7 @@ def test_sweep_on_fast_path_recomputes_with_plain_path(checkpoint, where, tmp_pa
         target = from_provenance(row.target_kind, row.target_tokens, row.target_latents, row.target_latent_values,
                                  row.add_error, ctx, seed=row.target_seed)
         d = direction_from_provenance(row.direction, a, ctx, target_vector=target, target_seed=row.target_seed)
-        coeffs = torch.arange(len(row.l2_curve), dtype=torch.float32)[None] * row.step_size
+        coeffs = torch.arange(int(row.steps) + 1, dtype=torch.float32)[None] * row.step_size
         tokens = torch.as_tensor(np.asarray(row.base_tokens, dtype=np.int64))[None]
         r = int(row.read_layer)
         result = scan_plain(ctx.model, int(row.layer), [r], tokens, a[None], d[None], coeffs, js=True, hook=hook)

@@ -157,6 +157,8 @@ def test_paper_axes_scans_and_templates():
     # the same bases in every scan, direction and target
     assert len({json.dumps(c.base_settings(), sort_keys=True) for c in cells}) == 1
     assert "distinct names" in error_of(toy_job(scan=[{"steps": 10}, {"steps": 20}]))
+    assert "needs real bases" in error_of(toy_job(base_kinds=["gaussian"], directions=["toward:random_latents"],
+                                                  generation={"add_error": [True]}))
 
 
 def test_defaults_are_the_papers():
