@@ -65,6 +65,7 @@ class LoadedSAE:
     hook_name: str
     d_sae: int
     info: dict = field(default_factory=dict)  # e.g. toy training L0 / explained variance / MSE
+    log_sparsity: torch.Tensor | None = None  # the release's log10 feature density, where sae_lens ships it
 
 
 @dataclass
@@ -324,7 +325,8 @@ def _fetch_sae(spec: SAESpec, layer: int, device: str) -> tuple[SAE, Path | None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return SAE.from_pretrained(spec.release, sae_id, device=device), None, {}
+            sae, _, log_sparsity = SAE.from_pretrained_with_cfg_and_sparsity(spec.release, sae_id, device=device)
+            return sae, None, {"log_sparsity": log_sparsity}
     except Exception as e:  # hub, cache, unknown release/id errors come in many types
         raise hub_error(what, LOCAL_SAE_HINT, e) from None
 
@@ -353,6 +355,8 @@ def _checked(spec: SAESpec, layer: int, model: LoadedModel, sae: SAE, path: Path
             f"{where} reads vectors of width d_in={sae.cfg.d_in}, but model '{model.label}' has d_model="
             f"{model.d_model}; use an SAE trained on this model"
         )
+    info = dict(info)
+    log_sparsity = info.pop("log_sparsity", None)  # a tensor: kept beside the JSON-able info
     return LoadedSAE(
         sae=sae.eval(),
         label=spec.label,
@@ -361,4 +365,5 @@ def _checked(spec: SAESpec, layer: int, model: LoadedModel, sae: SAE, path: Path
         hook_name=got,
         d_sae=sae.cfg.d_sae,
         info=info,
+        log_sparsity=log_sparsity,
     )
