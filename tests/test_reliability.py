@@ -310,16 +310,21 @@ def test_6_7_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatc
     """Default ray.num_gpus (1) on a machine without GPUs, RAY_ADDRESS pointing nowhere: it runs, on CPU actors."""
     import ray
 
-    from synthact.ray_exec import run_ray
+    from synthact.ray_exec import actor_gpus, run_ray
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     data = toy_job(base_kinds=["real"], directions=["isotropic"], bases_per_cell=2, shard_size=1, device="auto",
                    scan={"steps": 4}, reference={"n_prompts": 128}, wandb=False)
     job = parse_job(data)
+    refused = []
+
+    class AskForCuda:  # while the instance started by run_ray is up: a CUDA job would be refused at once
+        def cell_finished(self, rows) -> None:
+            with pytest.raises(SynthactError, match="asks for 1.0 GPU") as error:
+                actor_gpus(parse_job(dict(data, device="cuda")), started_here=True)
+            refused.append(str(error.value))
+
     start = time.perf_counter()
-    summary = run_ray(job, Store(tmp_path / "out", job), "local", progress=False)
+    summary = run_ray(job, Store(tmp_path / "out", job), "local", progress=False, listeners=[AskForCuda()])
     assert summary.ok and summary.shards_done == 2 and time.perf_counter() - start < 240
-    cuda = parse_job(dict(data, device="cuda"))
-    with pytest.raises(SynthactError, match="asks for 1.0 GPU"):
-        run_ray(cuda, Store(tmp_path / "out2", cuda), "local", progress=False)
-    assert not ray.is_initialized()
+    assert refused and not ray.is_initialized()
