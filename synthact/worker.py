@@ -94,8 +94,8 @@ class Worker:
             if c is not None and not np.isfinite(c).all():
                 raise SynthactError(
                     f"shard {shard.shard_id}: the scan produced non-finite {name} distances (NaN or inf); "
-                    f"step_size {cell.scan.step_size} with dtype {job.dtype} overflows; use a smaller step_size "
-                    "or float32"
+                    f"step_size {cell.scan.step_size} with dtype {job.dtype} overflows; use a smaller step_size"
+                    + (" or dtype float32" if job.dtype != "float32" else "")
                 )
         return self._table(shard, base, dirs, base_seeds, target_seeds, base_l0, step, curves, js_curve)
 
