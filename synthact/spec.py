@@ -738,7 +738,7 @@ def parse_job(data: dict, source: str = "job spec") -> Job:
 def format_validation_error(e: ValidationError) -> str:
     lines = []
     for err in e.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "(top level)"
         if err["type"] == "extra_forbidden":
             lines.append(f"  - unknown key '{where}': remove it or check its spelling (see docs/spec.md)")
         else:
