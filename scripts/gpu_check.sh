@@ -46,12 +46,12 @@ bench() {  # bench NAME SECONDS ARGS...: JSON to $OUT/NAME.json, table to stdout
     local name=$1 seconds=$2; shift 2
     echo "== synthact bench $*"
     timeout "$seconds" "$PY" - "$@" > "$OUT/$name.json" 2> "$OUT/$name.err" <<'PY'
-import argparse, sys, synthact.bench as b
+import argparse, sys, synthact.bench.scan_speed as b
 p = argparse.ArgumentParser(); b.add_arguments(p)
 raise SystemExit(b.run(p.parse_args(["--json", *sys.argv[1:]])))
 PY
     if [ $? -eq 0 ]; then
-        "$PY" -c "import json, sys, synthact.bench as b; r = json.load(open(sys.argv[1]))
+        "$PY" -c "import json, sys, synthact.bench.scan_speed as b; r = json.load(open(sys.argv[1]))
 print(b.format_e2e(r) if 'total_seconds' in r else b.format_table(r))" "$OUT/$name.json"
         rm -f "$OUT/$name.err"
     else

@@ -29,10 +29,10 @@ def main(argv: list[str] | None = None) -> int:
 
 # Commands whose options live in their own module; only the module of the command being run is imported.
 MODULE_COMMANDS = {
-    "compare": ("synthact.compare", "each kind against real: KS, Wasserstein, difference of means, verdicts"),
-    "report": ("synthact.report", "PNG figures and a self-contained HTML page of a sweep"),
+    "compare": ("synthact.analysis.compare", "each kind against real: KS, Wasserstein, difference of means, verdicts"),
+    "report": ("synthact.analysis.report", "PNG figures and a self-contained HTML page of a sweep"),
     "bench": ("synthact.bench", "scan speed: plain vs fast path, points/s, TFLOP/s, deviations"),
-    "bench-ray": ("synthact.loadtest", "driver overhead of a Ray sweep with thousands of shards"),
+    "bench-ray": ("synthact.bench.ray_driver", "driver overhead of a Ray sweep with thousands of shards"),
 }
 
 
@@ -75,9 +75,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a sweep into an output directory; rerunning the same command resumes it."""
-    from synthact import summary
+    from synthact.analysis import summary
+    from synthact.run.store import Store
     from synthact.spec import load_job
-    from synthact.store import Store
 
     job = load_job(args.job)
     out = args.out or job.output or f"runs/{job.name}"
@@ -85,16 +85,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     listeners = []
     tracker = None
     if job.wandb.enabled and not args.no_wandb:
-        from synthact.tracking import Tracker
+        from synthact.analysis.tracking import Tracker
 
         tracker = Tracker(job, out, grid_size(job))
         listeners.append(tracker)
     if args.ray:
-        from synthact.ray_exec import run_ray
+        from synthact.run.ray_executor import run_ray
 
         result = run_ray(job, store, args.ray, progress=not args.no_progress, listeners=listeners)
     else:
-        from synthact.execute import run_local
+        from synthact.run.local_executor import run_local
 
         result = run_local(job, store, progress=not args.no_progress, listeners=listeners)
     if result.redone:
@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows = store.read_table()
     comparison = verdicts = None
     if rows.num_rows:
-        from synthact.compare import compare
+        from synthact.analysis.compare import compare
 
         comparison, verdicts = compare(out)
     if tracker is not None:
@@ -132,7 +132,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     Exit 0 when all is well, 1 when something is wrong (rerunning the same `synthact run` redoes those shards).
     """
-    from synthact.store import resolve_location, verify
+    from synthact.layout import resolve_location
+    from synthact.run.store import verify
 
     fs, root, uri = resolve_location(args.out)
     if fs.get_file_info(f"{root}/job.json").type.name != "File":

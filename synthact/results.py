@@ -16,6 +16,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from synthact.errors import SynthactError
+from synthact.layout import RESULTS, join, resolve_location
 
 F64, I32, I64, STR = pa.float64(), pa.int32(), pa.int64(), pa.string()
 LIST_I32, LIST_F32 = pa.list_(I32), pa.list_(pa.float32())
@@ -172,10 +173,8 @@ class UnreadableResultsWarning(UserWarning):
 
 def results_location(out) -> tuple[pafs.FileSystem, str]:
     """The filesystem and path of OUT/results."""
-    from synthact.store import resolve_location
-
     fs, root, _ = resolve_location(out)
-    return fs, root.rstrip("/") + "/results"
+    return fs, join(root, RESULTS)
 
 
 def read_table(out, columns=None, cell_id: str | None = None) -> pa.Table:

@@ -17,9 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import ks_2samp
 
-from synthact import aggregate, results
+from synthact import results
+from synthact.analysis import aggregate
 from synthact.errors import SynthactError
-from synthact.metrics import MetricSettings, curve_metrics
+from synthact.scan.metrics import MetricSettings, curve_metrics
 from synthact.spec import Job, parse_job
 
 # Centre of the sigmoid blow-up, in steps (a later centre is a longer plateau), and its width

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from synthact.backends import load_backend, load_model, load_sae, resolve_device
 from synthact.errors import SynthactError
+from synthact.inputs.backends import load_backend, load_model, load_sae, resolve_device
 from synthact.spec import CorpusSpec, ModelSpec, SAESpec, ToyCorpusSpec, ToyModelSpec, ToySAESpec
 
 D_MODEL = 64
@@ -164,7 +164,7 @@ def test_unreachable_hub_fails_fast_online(monkeypatch):
 
 
 def load_corpus_hf():
-    from synthact.corpus import load_corpus
+    from synthact.inputs.corpus import load_corpus
 
     return load_corpus(CorpusSpec(hf="some/dataset"), d_vocab=10, n_ctx=2)
 

@@ -4,8 +4,10 @@ import argparse
 import json
 
 import pytest
+import torch
 
 import synthact.bench as bench
+from synthact.bench import fixtures, generation, scan_speed, timing
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -32,17 +34,17 @@ def test_bench_json_on_toy_model(capsys):
     assert r["fast_tflops"] == pytest.approx(r["fast_points_per_s"] * r["flops_per_point"] / 1e12)
     assert r["peak_tflops_fp32"] > 0
     assert 0 <= r["max_abs_dev_l2"] < 1e-3  # fp32 fast vs the paper's plain path
-    table = bench.format_table(r)
+    table = scan_speed.format_table(r)
     for row in ("plain (paper: cache->host)", "plain (scan_plain)", "fast float32", "fast bfloat16", "matmul probe"):
         assert row in table
 
 
 def test_flops_per_point_counts_the_matmuls():
-    cfg = bench.build_model("toy", 10, bench.torch.device("cpu")).cfg
+    cfg = fixtures.build_model("toy", 10, torch.device("cpu")).cfg
     d, f, v = cfg.d_model, cfg.d_mlp, cfg.d_vocab_out
     per_block = 2 * d * 3 * d + 2 * 2 * d * 10 + 2 * d * d + 2 * 2 * d * f
-    assert bench.flops_per_point(cfg, 1, 3, 10, js=False) == 3 * per_block
-    assert bench.flops_per_point(cfg, 0, 3, 10, js=True) == 4 * per_block + 2 * d * v
+    assert timing.flops_per_point(cfg, 1, 3, 10, js=False) == 3 * per_block
+    assert timing.flops_per_point(cfg, 0, 3, 10, js=True) == 4 * per_block + 2 * d * v
 
 
 def test_generation_and_end_to_end_on_toy_model(capsys):
@@ -52,17 +54,17 @@ def test_generation_and_end_to_end_on_toy_model(capsys):
     common = ["--json", "--model", "toy", "--device", "cpu", "--steps", "4", "--d-sae", "256"]
     r = json.loads(run_bench(capsys, *common, "--bases", "2", "--plain-bases", "1", "--generation", "3"))
     g = r["generation"]
-    assert set(g["kinds"]) == set(KINDS) | {f"paired {name}" for name in bench.CONSTRUCTIONS}
+    assert set(g["kinds"]) == set(KINDS) | {f"paired {name}" for name in generation.CONSTRUCTIONS}
     assert g["bases"] == 3 and g["stats_seconds"] > 0
     assert all(k["seconds"] > 0 and k["fraction_of_scan"] > 0 for k in g["kinds"].values())
     assert 4 <= g["mean_l0"] <= 256
-    assert "synthetic_structured" in bench.format_table(r)
+    assert "synthetic_structured" in scan_speed.format_table(r)
 
     e = json.loads(run_bench(capsys, *common, "--e2e", "3"))
     assert e["points"] == 3 * len(KINDS) * 5
     assert set(e["seconds"]) == {"load", "statistics", "generation", "scan", "write"}
     assert sum(e["seconds"].values()) == pytest.approx(e["total_seconds"], rel=0.05)
-    assert "statistics" in bench.format_e2e(e)
+    assert "statistics" in generation.format_e2e(e)
 
 
 def test_family_table_with_tiny_shapes(capsys, monkeypatch):
@@ -75,14 +77,14 @@ def test_family_table_with_tiny_shapes(capsys, monkeypatch):
         "gemma2": dict(**tiny, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, intermediate_size=48),
     }
     for family, shape in shapes.items():
-        config_class, label, _ = bench.FAMILIES[family]
-        monkeypatch.setitem(bench.FAMILIES, family, (config_class, label, shape))
+        config_class, label, _ = fixtures.FAMILIES[family]
+        monkeypatch.setitem(fixtures.FAMILIES, family, (config_class, label, shape))
     common = ["--device", "cpu", "--bases", "3", "--plain-bases", "2", "--steps", "6", "--family", "all"]
     reports = json.loads(run_bench(capsys, "--json", *common))
-    assert [r["model"] for r in reports] == list(bench.FAMILIES)
+    assert [r["model"] for r in reports] == list(fixtures.FAMILIES)
     for r in reports:
         assert r["fast_points_per_s"] > 0 and r["max_rel_dev_l2"] < 1e-4, r["model"]
-    table = bench.format_families(reports)
+    table = scan_speed.format_families(reports)
     assert "Pythia-160m" in table and "gemma2" in table and "% probe" in table
 
 
@@ -92,4 +94,4 @@ def test_flops_count_grouped_query_attention_and_gated_mlp():
     cfg = HookedTransformerConfig(n_layers=2, d_model=64, n_heads=8, d_head=8, n_key_value_heads=2, d_mlp=96,
                                   d_vocab=10, n_ctx=16, act_fn="silu", gated_mlp=True, normalization_type="RMS")
     per_block = 2 * 64 * (64 + 2 * 16) + 2 * 2 * 64 * 10 + 2 * 64 * 64 + 3 * 2 * 64 * 96
-    assert bench.flops_per_point(cfg, 0, 1, 10, js=False) == 2 * per_block
+    assert timing.flops_per_point(cfg, 0, 1, 10, js=False) == 2 * per_block

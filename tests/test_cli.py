@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synthact.backends import load_backend
+from synthact.inputs.backends import load_backend
 from synthact.spec import CorpusSpec, ModelSpec, SAESpec, ToyCorpusSpec, ToyModelSpec, ToySAESpec
 from tests.test_spec import toy_job
 

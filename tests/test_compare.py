@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from synthact import aggregate, compare, results
+from synthact import results
+from synthact.analysis import aggregate, compare
 from synthact.errors import SynthactError
 from tests.test_aggregate import make_job, write_results
 

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synthact.corpus import FLAT_DOC_LEN, Corpus, load_corpus
 from synthact.errors import SynthactError
+from synthact.inputs.corpus import FLAT_DOC_LEN, Corpus, load_corpus
 from synthact.spec import CorpusSpec, ToyCorpusSpec
 
 

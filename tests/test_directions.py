@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from synthact.directions import direction_from_provenance, make_directions
 from synthact.errors import SynthactError
-from synthact.kinds import GenerationSettings, draw, from_provenance
+from synthact.generation.context import GenerationSettings
+from synthact.generation.directions import direction_from_provenance, make_directions
+from synthact.generation.kinds import draw, from_provenance
 from tests.test_stats import toy_context
 
 SETTINGS = GenerationSettings(candidates=4)

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from synthact import aggregate, results
-from synthact.tracking import read_offline_run
+from synthact import results
+from synthact.analysis import aggregate
+from synthact.analysis.tracking import read_offline_run
 from tests.test_cli import synthact, write_job
 
 

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from synthact.backends import load_model, load_sae
-from synthact.directions import direction_from_provenance
 from synthact.errors import SynthactError
-from synthact.execute import run_local
-from synthact.kinds import from_provenance
+from synthact.generation.directions import direction_from_provenance
+from synthact.generation.kinds import from_provenance
+from synthact.inputs.backends import load_model, load_sae
+from synthact.results import read_table
+from synthact.run.local_executor import run_local
+from synthact.run.store import Store
+from synthact.run.worker import Worker
 from synthact.scan import fast_path_unsupported, scan_fast, scan_plain
 from synthact.spec import ModelSpec, SAESpec, parse_job
-from synthact.results import read_table
-from synthact.store import Store
-from synthact.worker import Worker
 from tests.test_scan import assert_agree, scan_inputs
 from tests.test_spec import toy_job
 

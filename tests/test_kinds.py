@@ -10,11 +10,13 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
-from synthact import kinds
 from synthact.errors import SynthactError
-from synthact.kinds import GenerationSettings, cosine_structure_error, draw, from_provenance
+from synthact.generation import kinds, matching
+from synthact.generation.context import GenContext, GenerationSettings
+from synthact.generation.kinds import draw, from_provenance
+from synthact.generation.matching import cosine_structure_error
+from synthact.generation.stats import ReferenceStats, compute_stats
 from synthact.spec import KINDS, SYNTHETIC_KINDS, TEMPLATE_KINDS, ReferenceSpec
-from synthact.stats import ReferenceStats, compute_stats
 from tests.test_stats import LAYER, N_CTX, toy_backend, toy_context
 
 SETTINGS = GenerationSettings()  # the paper's constructions
@@ -93,10 +95,10 @@ def test_replacements_are_frequency_matched_distinct_and_sampled(ctx, kind, tol)
 
 def test_exhausted_windows_fall_back_to_unused_latents(ctx, monkeypatch):
     # tol = 0 leaves only latents of exactly equal pool frequency; WALK = 1 exhausts the walk often.
-    monkeypatch.setattr(kinds, "WALK", 1)
+    monkeypatch.setattr(matching, "WALK", 1)
     calls = []
-    exact = kinds._unused_near
-    monkeypatch.setattr(kinds, "_unused_near", lambda *a: calls.append(a) or exact(*a))
+    exact = matching._unused_near
+    monkeypatch.setattr(matching, "_unused_near", lambda *a: calls.append(a) or exact(*a))
     freq = ctx.stats.freq.numpy()
     acts = draw("synthetic_structured", rngs(60), ctx, dataclasses.replace(PAIRWISE, tol=0.0, candidates=2))
     assert calls, "the exact fallback was not exercised"
@@ -271,7 +273,7 @@ def hand_context(w_dec: list[list[float]], freq: list[float]):
         cov=torch.eye(d_model, dtype=torch.float64), chol=torch.eye(d_model, dtype=torch.float64),
         norms=torch.ones(1), code_norms=torch.ones(1),
     )
-    return kinds.GenContext(model=None, sae=sae, stats=stats, corpus=None, layer=0, n_ctx=1, device="cpu")
+    return GenContext(model=None, sae=sae, stats=stats, corpus=None, layer=0, n_ctx=1, device="cpu")
 
 
 FREQ = [0.10, 0.20, 0.30, 0.42, 0.50, 0.63, 0.70, 0.90]
@@ -287,13 +289,13 @@ def test_nearest_k_has_one_answer_on_a_hand_built_sae():
     ctx = hand_context(torch.eye(8).tolist(), FREQ)
     k1 = GenerationSettings(nearest_k=1)
     # i = 3 (f .42): 3 and 4 are template latents -> 2 (.30); i = 4 (.50): 2 used -> 5 (.63).
-    assert pick(kinds._nearest_k, ctx, [3, 4], [1.0, 1.0], k1) == [2, 5]
+    assert pick(matching.nearest_k, ctx, [3, 4], [1.0, 1.0], k1) == [2, 5]
     # Without exclude_template: 3 -> 4 (.08 away); 4 -> 3 (4 is itself).
-    assert pick(kinds._nearest_k, ctx, [3, 4], [1.0, 1.0], dataclasses.replace(k1, exclude_template=False)) == [4, 3]
+    assert pick(matching.nearest_k, ctx, [3, 4], [1.0, 1.0], dataclasses.replace(k1, exclude_template=False)) == [4, 3]
     # k = 2: the two allowed nearest to 3 are 2 (.12) then 5 (.21); u picks uniformly among them.
     k2 = GenerationSettings(nearest_k=2)
-    assert pick(kinds._nearest_k, ctx, [3, 4], [1.0, 1.0], k2, u=0.4)[0] == 2
-    assert pick(kinds._nearest_k, ctx, [3, 4], [1.0, 1.0], k2, u=0.6)[0] == 5
+    assert pick(matching.nearest_k, ctx, [3, 4], [1.0, 1.0], k2, u=0.4)[0] == 2
+    assert pick(matching.nearest_k, ctx, [3, 4], [1.0, 1.0], k2, u=0.6)[0] == 5
 
 
 def test_anchor_has_one_answer_on_a_hand_built_sae():
@@ -308,9 +310,9 @@ def test_anchor_has_one_answer_on_a_hand_built_sae():
     ctx = hand_context(w, [0.50, 0.10, 0.45, 0.56, 0.20, 0.30])
     paper = GenerationSettings(anchor_pool=2)  # pool: the 2 non-template latents nearest i* in frequency: 2, 3
     # Anchor 2 (cos .40 is closest to .42); i* -> 2 (cos 1); 1 -> the unused latent with cos to 2 closest to .8: 4.
-    assert pick(kinds._anchor, ctx, [0, 1], [5.0, 2.0], paper) == [2, 4]
+    assert pick(matching.anchor, ctx, [0, 1], [5.0, 2.0], paper) == [2, 4]
     # Anchor cosine .9: anchor 3; i* -> 3; 1 -> closest to .8 among 2 (.36), 4 (0), 5 (0): 2.
-    assert pick(kinds._anchor, ctx, [0, 1], [5.0, 2.0], dataclasses.replace(paper, anchor_cos=0.9)) == [3, 2]
+    assert pick(matching.anchor, ctx, [0, 1], [5.0, 2.0], dataclasses.replace(paper, anchor_cos=0.9)) == [3, 2]
     # The top latent is the largest value: here 1 (f .10), whose nearest non-template latent in frequency is
     # 4, the anchor. 0 (cos(1, 0) = .8) -> 2 (cos .92 to 4); then the top latent 1 -> the anchor 4 (cos 1).
-    assert pick(kinds._anchor, ctx, [0, 1], [1.0, 2.0], dataclasses.replace(paper, anchor_pool=1)) == [2, 4]
+    assert pick(matching.anchor, ctx, [0, 1], [1.0, 2.0], dataclasses.replace(paper, anchor_pool=1)) == [2, 4]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from synthact.metrics import MetricSettings, curve_metrics
+from synthact.scan.metrics import MetricSettings, curve_metrics
 
 RELATIVE = MetricSettings(plateau_threshold=0.1, plateau_mode="relative")
 

@@ -5,15 +5,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from synthact.directions import direction_from_provenance
-from synthact.execute import run_local
-from synthact.kinds import KINDS, from_provenance
-from synthact.metrics import MetricSettings, curve_metrics
-from synthact.scan import scan_plain
-from synthact.spec import parse_job
+from synthact.generation.directions import direction_from_provenance
+from synthact.generation.kinds import from_provenance
 from synthact.results import read_table
-from synthact.store import Store
-from synthact.worker import Worker
+from synthact.run.local_executor import run_local
+from synthact.run.store import Store
+from synthact.run.worker import Worker
+from synthact.scan import scan_plain
+from synthact.scan.metrics import MetricSettings, curve_metrics
+from synthact.spec import KINDS, parse_job
 from tests.test_spec import toy_job
 
 DIRECTIONS = ["toward:same", "toward:real", "toward:synthetic_structured", "isotropic", "latent:random", "latent:3",

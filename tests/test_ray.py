@@ -19,15 +19,15 @@ import ray
 import yaml
 from ray.cluster_utils import Cluster
 
-from synthact.execute import run_local
-from synthact.ray_exec import run_ray
-from synthact.spec import parse_job
 from synthact.results import read_table
-from synthact.store import Store
+from synthact.run.local_executor import run_local
+from synthact.run.ray_executor import run_ray
+from synthact.run.store import Store
+from synthact.spec import parse_job
 from tests.test_spec import toy_job
 
 ROOT = Path(__file__).resolve().parents[1]
-LOGGER = "synthact.ray_exec"
+LOGGER = "synthact.run.ray_executor"
 
 # 8 cells of 12 shards each: 96 shards, a few seconds of work, so the second worker actor is
 # loaded (about a second after the first) long before the sweep ends.

@@ -15,10 +15,10 @@ import pytest
 
 from synthact.cli import main
 from synthact.errors import SynthactError
-from synthact.execute import run_local
 from synthact.results import read_table
+from synthact.run.local_executor import run_local
+from synthact.run.store import Store, resolve_location
 from synthact.spec import SpecError, load_job, parse_job
-from synthact.store import Store, resolve_location
 from tests.test_cli import saved_toy_sae, write_job
 from tests.test_spec import toy_job
 from tests.test_store import rows
@@ -310,7 +310,7 @@ def test_6_7_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatc
     """Default ray.num_gpus (1) on a machine without GPUs, RAY_ADDRESS pointing nowhere: it runs, on CPU actors."""
     import ray
 
-    from synthact.ray_exec import actor_gpus, run_ray
+    from synthact.run.ray_executor import actor_gpus, run_ray
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     data = toy_job(base_kinds=["real"], directions=["isotropic"], bases_per_cell=2, shard_size=1, device="auto",

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthact import aggregate, figures, report, results
+from synthact import results
+from synthact.analysis import figures, report
 from synthact.errors import SynthactError
 from tests.test_aggregate import make_job, write_results
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from synthact import report, results
+from synthact import results
+from synthact.analysis import report
 from synthact.errors import SynthactError
 from tests.test_aggregate import make_job, write_results
 

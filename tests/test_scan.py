@@ -104,7 +104,7 @@ def test_tiny_chunks_split_bases_and_points():
 
 def test_out_of_memory_halves_the_chunk(monkeypatch, caplog):
     """A chunk that runs out of memory is retried with half the points until it fits."""
-    import synthact.scan as scan_module
+    import synthact.scan.fast as scan_module
 
     model = toy_model(seed=2)
     inputs = scan_inputs(model, 1, n_bases=4, steps=10)
@@ -156,7 +156,7 @@ def test_bad_inputs_raise_synthact_error():
 
 
 def test_bfloat16_is_close_and_weights_are_cached_per_dtype():
-    import synthact.scan as scan_module
+    import synthact.scan.weights as weights_module
 
     model = toy_model(seed=6)
     inputs = scan_inputs(model, 1)
@@ -164,7 +164,7 @@ def test_bfloat16_is_close_and_weights_are_cached_per_dtype():
     bf16 = scan_fast(model, 1, [3], *inputs, dtype="bfloat16")
     dev = (bf16.l2[3] - ref.l2[3]).abs().max() / ref.l2[3].max()
     assert 0 < dev < 0.1, f"bf16 relative deviation {dev:.3g}"
-    assert scan_module._WEIGHT_CACHE[model][0][0] == ("bfloat16", None)  # key: dtype, rotary position
+    assert weights_module._WEIGHT_CACHE[model][0][0] == ("bfloat16", None)  # key: dtype, rotary position
     with torch.no_grad():  # editing the weights invalidates the cache
         model.blocks[2].mlp.W_out.mul_(2.0)
     changed = scan_fast(model, 1, [3], *inputs)
@@ -172,10 +172,10 @@ def test_bfloat16_is_close_and_weights_are_cached_per_dtype():
 
 
 def test_local_gpt2_checkpoint_loaded_through_backends(tmp_path):
-    """A GPT-2 checkpoint saved by transformers, loaded by synthact.backends, scanned both ways."""
+    """A GPT-2 checkpoint saved by transformers, loaded by synthact.inputs.backends, scanned both ways."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from synthact.backends import load_model
+    from synthact.inputs.backends import load_model
     from synthact.spec import ModelSpec
 
     torch.manual_seed(0)

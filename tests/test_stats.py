@@ -10,9 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from synthact.backends import load_backend
 from synthact.errors import SynthactError
-from synthact.kinds import GenContext
+from synthact.generation.context import GenContext
+from synthact.generation.stats import (
+    ReferenceStats,
+    _gaussian_fit,
+    check_affine_decoder,
+    compute_stats,
+    stats_key,
+)
+from synthact.inputs.hooks import real_activations
+from synthact.inputs.backends import load_backend
 from synthact.spec import (
     CorpusSpec,
     ModelSpec,
@@ -22,14 +30,6 @@ from synthact.spec import (
     ToyModelSpec,
     ToySAESpec,
     derive_seed,
-)
-from synthact.stats import (
-    ReferenceStats,
-    _gaussian_fit,
-    check_affine_decoder,
-    compute_stats,
-    real_activations,
-    stats_key,
 )
 
 LAYER, N_CTX = 1, 10

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthact.errors import SynthactError
-from synthact.spec import parse_job
 from synthact.results import read_table
-from synthact.store import Store
+from synthact.run.store import Store
+from synthact.spec import parse_job
 from tests.test_spec import toy_job
 
 

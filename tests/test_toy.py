@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from synthact import toy
+from synthact.inputs import toy
+from synthact.layout import cache_dir
 from synthact.spec import ToyCorpusSpec, ToyModelSpec, ToySAESpec
 
 SMALL_MODEL = ToyModelSpec(n_layers=3, d_model=32, n_heads=2, d_mlp=64, d_vocab=64, n_ctx=16, train_steps=40, seed=1)
@@ -20,7 +21,7 @@ def fresh_cache(tmp_path, monkeypatch):
 
 
 def test_cache_dir_follows_env(fresh_cache):
-    assert toy.cache_dir() == fresh_cache
+    assert cache_dir() == fresh_cache
 
 
 def test_toy_corpus_is_seeded_and_has_structure():

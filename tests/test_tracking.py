@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.test_aggregate import finite, make_job, write_results
 
-from synthact import aggregate, figures, results, tracking
-from synthact.tracking import Tracker, TrackingWarning, read_offline_run
+from synthact import results
+from synthact.analysis import aggregate, figures, tracking
+from synthact.analysis.tracking import Tracker, TrackingWarning, read_offline_run
+from tests.test_aggregate import finite, make_job, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_KEY = "local-0123456789abcdef0123456789abcdef01234567"
@@ -169,7 +170,7 @@ UNREACHABLE = """
 import warnings
 from pathlib import Path
 from tests.test_aggregate import make_job, write_results
-from synthact.tracking import Tracker, TrackingWarning
+from synthact.analysis.tracking import Tracker, TrackingWarning
 
 out = Path({out!r})
 job = make_job(bases=4)

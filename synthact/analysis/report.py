@@ -1,0 +1,128 @@
+"""`synthact report OUT [--html FILE]`: PNG figures under OUT/report/ and one self-contained HTML page.
+
+Figures (synthact.analysis.figures): per panel of each comparison axis the mean L2 curve of every kind with
+quantile bands and the `max_slope_step` / `plateau_len` distributions per kind (on the target axis,
+the paper's histogram per target kind); plus the kind-vs-real comparison as a KS heatmap. The page embeds every figure (base64), the replication verdicts and the
+comparison table, so it can be mailed or archived as one file. The W&B tracker draws the same figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import yaml
+from matplotlib.figure import Figure
+
+from synthact import results
+from synthact.analysis import aggregate, compare, figures
+from synthact.errors import SynthactError
+from synthact.layout import resolve_location
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass
+class Report:
+    """What `build_report` wrote."""
+
+    html: Path
+    figures: list[Path] = field(default_factory=list)
+
+
+def build_report(out: str | Path, html_path: str | Path | None = None) -> Report:
+    """Write OUT/report/*.png and the HTML page (default OUT/report.html) from a results directory."""
+    fs, local, _ = resolve_location(out)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        raise SynthactError(
+            f"report needs a local output directory, got '{out}'; copy the sweep's directory locally "
+            "(e.g. `aws s3 sync`) and run `synthact report` on the copy"
+        )
+    out = Path(local)
+    html_path = Path(html_path).expanduser() if html_path else out / "report.html"
+    if html_path.is_dir():
+        raise SynthactError(f"--html '{html_path}' is a directory; give the path of the HTML file to write, "
+                            f"e.g. {html_path / 'report.html'}")
+    rows = results.read_rows(out, curves=True)
+    bands = aggregate.curve_bands(rows)
+    comparison = aggregate.compare_kinds(rows)
+    verdicts = aggregate.verdicts(comparison)
+    figure_dir = out / "report"
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    sections, written = [], []
+
+    def save(fig: Figure, name: str, caption: str) -> str:
+        data = figures.png_bytes(fig)
+        path = figure_dir / f"{name}.png"
+        path.write_bytes(data)
+        written.append(path)
+        return (f'<figure><img id="{html.escape(name)}" alt="{html.escape(caption)}" '
+                f'src="data:image/png;base64,{base64.b64encode(data).decode()}"><figcaption>{html.escape(caption)}'
+                "</figcaption></figure>")
+
+    for title, drawn in figures.panel_figures(rows, bands):
+        parts = [f"<h2>{html.escape(title)}</h2>"]
+        parts += [save(fig, name, caption) for name, caption, fig in drawn]
+        sections.append("\n".join(parts))
+    if not comparison.empty:
+        sections.append("<h2>Each kind against real (both axes)</h2>" + save(figures.comparison_figure(comparison), "comparison",
+                                                                   "KS statistic of each kind against real"))
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.write_text(_page(out, rows, comparison, verdicts, sections, bands.empty))
+    return Report(html=html_path, figures=written)
+
+
+def _page(out: Path, rows, comparison, verdicts, sections, no_curves: bool) -> str:
+    name = _job_name(out)
+    if verdicts.empty:
+        checks = "<p>No comparison: the sweep has no <code>real</code> cells to compare other kinds against.</p>"
+    else:
+        shown = verdicts.assign(panel=[aggregate.panel_label(r, r["axis"]) for _, r in verdicts.iterrows()])
+        checks = shown[["axis", "panel", "check", "subject", "verdict", "detail"]].to_html(index=False, classes="verdicts")
+    note = "<p>The job set <code>keep_curves: false</code>, so there are no curve figures.</p>" if no_curves else ""
+    table = (comparison[[c for c in compare.SHOWN if c in comparison]].to_html(index=False, float_format="{:.4g}".format)
+             if not comparison.empty else "")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>synthact report: {html.escape(name)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
+img {{ max-width: 100%; }} figure {{ margin: 1em 0; }} figcaption {{ font-size: 0.85em; color: #555; }}
+table {{ border-collapse: collapse; font-size: 0.8em; }} td, th {{ border: 1px solid #ccc; padding: 2px 6px; }}
+</style></head><body>
+<h1>synthact report: {html.escape(name)}</h1>
+<p>{len(rows)} curves in {rows.cell_id.nunique()} cells, from <code>{html.escape(str(out))}</code>.</p>
+<h2>Replication checks</h2>
+<p>YES means the paper's finding holds (docs/science.md, "What the paper found"). The <em>target</em> axis is
+the paper's design: real bases pushed toward each kind of target, each against <code>toward:real</code>; the
+<em>base</em> axis compares kinds of base pushed along one direction, each against <code>real</code>.</p>
+{checks}
+{note}
+{''.join(sections)}
+<h2>Comparison table</h2>{table}
+</body></html>
+"""
+
+
+def _job_name(out: Path) -> str:
+    spec = out / "job.yaml"
+    if spec.exists():
+        return str((yaml.safe_load(spec.read_text()) or {}).get("name", out.name))
+    return out.name
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", help="output directory of a sweep (its results/ folder is read)")
+    parser.add_argument("--html", metavar="FILE", help="where to write the HTML page (default: OUT/report.html)")
+
+
+def run(args: argparse.Namespace) -> int:
+    report = build_report(args.out, args.html)
+    print(f"{len(report.figures)} figures in {Path(args.out) / 'report'}; page: {report.html}")
+    return 0

@@ -1,0 +1,149 @@
+"""Generation and end-to-end timings: reference statistics, drawing each kind, each construction of the
+SAE-built kinds against the fast scan of the same bases, and the paper job's volume phase by phase."""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+import numpy as np
+import torch
+
+from synthact.bench.fixtures import GEN_D_SAE, generation_context
+from synthact.bench.timing import device_label, sync
+from synthact.scan.metrics import curve_metrics
+
+# The constructions of template-built kinds timed by --generation, each as the paper's paired target
+# of real bases: name -> (kind, GenerationSettings overrides); the bare kind is the paper's construction.
+CONSTRUCTIONS = {
+    "synthetic_baseline": ("synthetic_baseline", {}),
+    "synthetic_baseline/tol": ("synthetic_baseline", {"match": "tol"}),
+    "synthetic_structured": ("synthetic_structured", {}),
+    "synthetic_structured/pairwise": ("synthetic_structured", {"structure": "pairwise", "candidates": 16}),
+    "random_latents": ("random_latents", {}),
+}
+
+
+def _draw_kind(kind: str, ctx, n_bases: int):
+    """Bases of `kind` and toward-targets of the same kind, at the default (the paper's) generation settings."""
+    from synthact.generation.context import GenerationSettings
+    from synthact.generation.directions import make_directions
+    from synthact.generation.kinds import draw
+
+    settings = GenerationSettings()
+    with torch.inference_mode():
+        base = draw(kind, [np.random.default_rng([0, i]) for i in range(n_bases)], ctx, settings)
+        dirs = make_directions(
+            f"toward:{kind}", kind, base, [np.random.default_rng([1, i]) for i in range(n_bases)], ctx, settings
+        )
+    return base, dirs
+
+
+def generation_timing(
+    model_name, layer, n_ctx, n_bases, device, scan_points_per_s, steps, d_sae: int = GEN_D_SAE
+) -> dict:
+    """Seconds for reference statistics and for drawing n_bases bases + toward-targets of each kind.
+
+    Each kind's time is also given as a fraction of the time the fast fp32 scan takes for those bases;
+    so is each construction of CONSTRUCTIONS, timed as paired targets built from real bases' codes.
+    """
+    from synthact.generation.context import GenerationSettings
+    from synthact.generation.kinds import draw
+    from synthact.spec import KINDS, ReferenceSpec
+
+    _, ctx, stats_seconds = generation_context(model_name, layer, n_ctx, device, d_sae)
+    scan_seconds = n_bases * (steps + 1) / scan_points_per_s
+    kinds = {}
+
+    def timed(name, work, *args, **kwargs):
+        t0 = time.perf_counter()
+        work(*args, **kwargs)
+        sync(device)
+        seconds = time.perf_counter() - t0
+        kinds[name] = {"seconds": seconds, "bases_per_s": n_bases / seconds, "fraction_of_scan": seconds / scan_seconds}
+
+    for kind in KINDS:
+        timed(kind, _draw_kind, kind, ctx, n_bases)
+    with torch.inference_mode():
+        real = draw("real", [np.random.default_rng([0, i]) for i in range(n_bases)], ctx)
+        for name, (kind, overrides) in CONSTRUCTIONS.items():
+            rngs = [np.random.default_rng([1, i]) for i in range(n_bases)]
+            timed(f"paired {name}", draw, kind, rngs, ctx, GenerationSettings(**overrides), template=real)
+    return {
+        "d_sae": d_sae,
+        "reference_prompts": ReferenceSpec().n_prompts,
+        "mean_l0": float(ctx.stats.l0.float().mean()),
+        "stats_seconds": stats_seconds,
+        "bases": n_bases,
+        "scan_seconds_fast_fp32": scan_seconds,
+        "kinds": kinds,
+    }
+
+
+def end_to_end(model_name, layer, n_ctx, steps, n_bases, device, d_sae: int = GEN_D_SAE) -> dict:
+    """The paper job's volume (n_bases x 6 kinds, toward:same, N+1 points, fp32) with wall time by phase."""
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from synthact.scan import scan
+    from synthact.spec import KINDS, ScanSpec
+
+    t_start = time.perf_counter()
+    model, ctx, stats_s = generation_context(model_name, layer, n_ctx, device, d_sae)
+    load_s = time.perf_counter() - t_start - stats_s  # imports, model, SAE, corpus
+    read = model.cfg.n_layers - 1
+    step_size = ScanSpec().step_size
+    seconds = {"load": load_s, "statistics": stats_s, "generation": 0.0, "scan": 0.0, "write": 0.0}
+    with tempfile.TemporaryDirectory() as out:
+        for kind in KINDS:
+            t0 = time.perf_counter()
+            base, dirs = _draw_kind(kind, ctx, n_bases)
+            sync(device)
+            t1 = time.perf_counter()
+            coeffs = (step_size * torch.arange(steps + 1, device=device).float()).expand(n_bases, -1)
+            tokens = torch.as_tensor(base.tokens, device=device)
+            result = scan(model, layer, [read], tokens, base.vectors, dirs.vectors, coeffs)
+            sync(device)
+            t2 = time.perf_counter()
+            curves = result.l2[read].numpy()
+            metrics = curve_metrics(curves, np.full(n_bases, step_size))
+            columns = {"kind": [kind] * n_bases, "base_index": np.arange(n_bases), **metrics}
+            columns["curve"] = pa.FixedSizeListArray.from_arrays(pa.array(curves.reshape(-1)), steps + 1)
+            pq.write_table(pa.table(columns), f"{out}/{kind}.parquet")
+            seconds["generation"] += t1 - t0
+            seconds["scan"] += t2 - t1
+            seconds["write"] += time.perf_counter() - t2
+    total = time.perf_counter() - t_start
+    points = n_bases * len(KINDS) * (steps + 1)
+    return {
+        "device": device_label(device),
+        "date": datetime.date.today().isoformat(),
+        "model": model_name,
+        "layer": layer,
+        "bases_per_kind": n_bases,
+        "d_sae": d_sae,
+        "kinds": len(KINDS),
+        "points": points,
+        "seconds": seconds,
+        "total_seconds": total,
+        "scan_points_per_s": points / seconds["scan"],
+        "curves_per_s": n_bases * len(KINDS) / total,
+    }
+
+
+def format_e2e(r: dict) -> str:
+    """The end-to-end report as lines a person reads."""
+    lines = [
+        f"synthact bench --e2e: {r['model']}, L={r['layer']}, {r['bases_per_kind']} bases x {r['kinds']} kinds, "
+        f"{r['points']:,} scan points, device {r['device']}, {r['date']}",
+        f"{'phase':<12}{'seconds':>10}{'share':>8}",
+    ]
+    for phase, s in r["seconds"].items():
+        lines.append(f"{phase:<12}{s:>10.1f}{100 * s / r['total_seconds']:>7.0f}%")
+    lines.append(
+        f"{'total':<12}{r['total_seconds']:>10.1f}   "
+        f"({r['curves_per_s']:.1f} curves/s, scan {r['scan_points_per_s']:,.0f} points/s)"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""What a draw needs (GenContext), how SAE-built kinds are made (GenerationSettings), and what a draw
+returns (Activations: the batch with what is needed to rebuild each draw)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from synthact.generation.stats import ReferenceStats
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How SAE-built kinds are made (spec.GenerationSpec; the defaults are the paper's)."""
+
+    match: str = "nearest_k"  # synthetic_baseline: "nearest_k" (the paper) or "tol"
+    nearest_k: int = 10  # k of nearest_k: random among the k allowed latents nearest in frequency
+    tol: float = 0.1  # max |log10 f(j) - log10 f(i)| of match tol and structure pairwise
+    structure: str = "anchor"  # synthetic_structured: "anchor" (the paper) or "pairwise"
+    anchor_cos: float = 0.42  # the anchor's decoder cosine to the top latent
+    anchor_pool: int = 100  # the anchor is chosen among this many latents nearest the top one in frequency
+    candidates: int = 1  # C of structure pairwise (1 = the tol baseline)
+    value_source: str = "template"  # "template": i's value (the paper); "sampled": from j's own values
+    exclude_template: bool = True  # no replacement is any template latent
+    match_norm: bool = False  # rescale the code to the template's norm
+    add_error: bool = False  # add the template's SAE error (real - sae_recon)
+
+
+def method(kind: str, s: GenerationSettings) -> str:
+    """How a template-built kind picks its latents: random, nearest_k, anchor, or the value-ordered tol /
+    pairwise search (tol is pairwise with C = 1)."""
+    if kind == "random_latents":
+        return "random"
+    if kind == "synthetic_baseline":
+        return "nearest_k" if s.match == "nearest_k" else "pairwise"
+    return "anchor" if s.structure == "anchor" else "pairwise"
+
+
+@dataclass
+class GenContext:
+    """Everything a draw needs: model, SAE, reference statistics, prompts, layer."""
+
+    model: object
+    sae: object
+    stats: ReferenceStats
+    corpus: object
+    layer: int
+    n_ctx: int
+    device: str
+
+
+@dataclass
+class Activations:
+    """A batch of B draws of one kind, with what is needed to rebuild each one."""
+
+    kind: str
+    vectors: torch.Tensor  # [B, d_model] float32 on ctx.device
+    docs: np.ndarray  # int64 [B]
+    offsets: np.ndarray  # int64 [B]
+    tokens: np.ndarray  # int64 [B, n_ctx]: the source/template prompt, or a context prompt
+    latents: list[np.ndarray] | None  # int32 latent ids per draw (SAE-built and sae_recon)
+    values: list[np.ndarray] | None  # float32 values per draw
+    l0: np.ndarray | None  # int32 [B]: size of the built code, or L0 of the SAE code of the vector
+    prompt_based: bool  # the activation is a function of `tokens`
+    template_latents: list[np.ndarray] | None = None  # synthetic kinds: i_1..i_k, aligned with latents
+
+    def __len__(self) -> int:
+        return self.vectors.shape[0]
+
+    def replace_rows(self, rows: list[int], other: Activations) -> None:
+        """Overwrite draws `rows` with the draws of `other` (same kind, len(other) == len(rows))."""
+        idx = torch.as_tensor(rows, device=self.vectors.device)
+        self.vectors[idx] = other.vectors
+        for name in ("docs", "offsets", "tokens", "l0"):
+            mine = getattr(self, name)
+            if mine is not None:
+                mine[rows] = getattr(other, name)
+        for name in ("latents", "values", "template_latents"):
+            mine = getattr(self, name)
+            if mine is not None:
+                for r, item in zip(rows, getattr(other, name)):
+                    mine[r] = item
+
+

@@ -1,0 +1,102 @@
+"""Where everything lives: an output directory's layout, the cache directory, atomic directories, disk checks.
+
+Layout of an output directory (local path or any pyarrow filesystem URI, e.g. s3://bucket/run):
+
+    job.yaml                          the spec as given (validated), for humans
+    job.json                          canonical spec + its hash + local inputs' content hashes: a rerun must match
+    results/cell=<cell_id>/<shard_id>.parquet   one row per curve
+    manifest/<shard_id>.json          one record per finished shard (written after its Parquet file)
+    stats/<key>/                      reference statistics, shared by all workers
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from synthact.errors import SynthactError
+
+RESULTS = "results"
+MANIFEST = "manifest"
+STATS = "stats"
+JOB_JSON = "job.json"
+JOB_YAML = "job.yaml"
+
+
+def join(root: str, *parts: str) -> str:
+    """A path (or URI) below `root`, '/'-separated whatever the filesystem."""
+    return "/".join([str(root).rstrip("/"), *parts])
+
+
+def cell_dir(root: str, cell_id: str) -> str:
+    return join(root, RESULTS, f"cell={cell_id}")
+
+
+def shard_file(root: str, cell_id: str, shard_id: str) -> str:
+    return join(cell_dir(root, cell_id), f"{shard_id}.parquet")
+
+
+def cache_dir() -> Path:
+    """Where toy artefacts live: $SYNTHACT_CACHE, else ~/.cache/synthact."""
+    return Path(os.environ.get("SYNTHACT_CACHE") or Path.home() / ".cache" / "synthact")
+
+
+def build_dir_once(path: Path, build: Callable[[Path], None]) -> None:
+    """Run `build(tmp)` in a temporary directory beside `path`, then rename it into place.
+
+    A killed build leaves only a hidden temporary directory (never half a result); if another
+    process finished first, its result is kept and ours is discarded.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        build(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is for every process that may read it
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_disk_full(error: OSError) -> bool:
+    return error.errno == errno.ENOSPC or "No space left" in str(error)
+
+
+def resolve_location(out) -> tuple[pafs.FileSystem, str, str]:
+    """(filesystem, path in it, URI) of an output location; every output location goes through here.
+
+    A local path has `~` expanded and is made absolute (worker processes have their own working
+    directory); `scheme://...` must be a URI pyarrow knows (file, s3, gs, hdfs, ...). Unknown
+    schemes, unreachable stores and paths below a regular file are a SynthactError.
+    """
+    text = str(out)
+    if "://" in text:
+        try:
+            fs, path = pafs.FileSystem.from_uri(text)
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise SynthactError(
+                f"cannot use output location '{text}': {e}. Give a local directory, or a URI pyarrow knows "
+                "(file://, s3://bucket/path, gs://bucket/path, hdfs://...) whose bucket exists and is reachable"
+            ) from None
+        return fs, path, text
+    local = Path(text).expanduser().resolve()
+    for parent in [local, *local.parents]:
+        if parent.exists():
+            if not parent.is_dir() and parent != local:
+                raise SynthactError(f"cannot use '{text}': '{parent}' is a regular file, not a directory")
+            break
+    return pafs.LocalFileSystem(), str(local), str(local)

@@ -1,0 +1,85 @@
+"""The local executor: every pending shard in this process, one worker per (model, SAE) group."""
+
+from __future__ import annotations
+
+import time
+
+from synthact.errors import SynthactError, first_line
+from synthact.run.plan import CellListener, Plan, Progress, RunSummary
+from synthact.run.store import Store
+from synthact.spec import Job, parse_direction
+
+
+def run_local(job: Job, store: Store, progress: bool = True, listeners: list[CellListener] | None = None) -> RunSummary:
+    """Run every pending shard in this process, one worker per (model, SAE) group.
+
+    A group whose worker cannot load fails its shards only; the other groups run.
+    """
+    listeners = listeners or []
+    start = time.perf_counter()
+    plan = Plan(job, store)
+    plan.announce_complete_cells(listeners)
+    bar = Progress(plan, progress)
+    try:
+        for group, shards in plan.by_group().items():
+            try:
+                worker = load_worker(job, group, store.stats_root)
+            except SynthactError as e:
+                plan.group_failed(shards, str(e))
+                continue
+            for shard in shards:
+                try:
+                    table = worker.run_shard(shard)
+                except SynthactError as e:
+                    plan.failed(shard, str(e))
+                    continue
+                except Exception as e:  # a bug or a device fault: keep going, report at the end
+                    plan.failed(shard, e)
+                    continue
+                plan.finished(shard, table, listeners)
+                bar.update(shard)
+    finally:
+        bar.close()
+        plan.summary.wall_s = time.perf_counter() - start
+    return plan.summary
+
+
+def load_worker(job: Job, group: tuple, stats_root: str, device: str | None = None):
+    """Build a group's `Worker` and check the job against what it loaded, before its first shard.
+
+    Every failure is one SynthactError paragraph (both executors report it for the group's shards).
+    """
+    from synthact.run.worker import Worker
+
+    model, sae = group
+    try:
+        worker = Worker(job, group, stats_root, device)
+    except SynthactError:
+        raise
+    except Exception as e:  # a damaged checkpoint, a refused pickle, a device that does not exist, ...
+        where = " ".join(f"{what} '{path}'" for what, path in (("model", model.local), ("SAE", sae.local)) if path)
+        raise SynthactError(
+            f"could not load model '{model.label}' with SAE '{sae.label}' ({type(e).__name__}: "
+            f"{first_line(str(e))[:300].rstrip('.')}). Check {where or 'the job spec'}: the files must be complete "
+            "(safetensors; pickled .bin checkpoints are refused), and the job's device must exist here"
+        ) from None
+    preflight(job, worker)
+    return worker
+
+
+def preflight(job: Job, worker) -> None:
+    """What the spec cannot know before loading: latent ids against d_sae, n_ctx against the model's."""
+    model = worker.backend.model
+    if model.model.cfg.n_ctx < job.n_ctx:
+        raise SynthactError(
+            f"n_ctx {job.n_ctx} is longer than model '{model.label}' allows ({model.model.cfg.n_ctx}); lower n_ctx"
+        )
+    latents = [int(arg) for head, arg in map(parse_direction, job.directions) if head == "latent" and arg != "random"]
+    for layer, loaded in worker.backend.saes.items():
+        d_sae = loaded.sae.W_dec.shape[0]
+        too_big = [i for i in latents if i >= d_sae]
+        if too_big:
+            raise SynthactError(
+                f"direction latent:{too_big[0]} does not exist in SAE '{loaded.label}' with {d_sae} latents "
+                f"(valid: latent:0..latent:{d_sae - 1})"
+            )

@@ -1,0 +1,135 @@
+"""Running a sweep: plan the pending shards, run them (here: in-process), write, track, summarise.
+
+`run_local` is the local executor; `synthact.ray_exec.run_ray` shares `Plan`, `Progress` and
+`RunSummary` with it, so both behave the same apart from where shards run.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from synthact.errors import describe
+from synthact.run.store import Store
+from synthact.spec import Job, Shard
+
+
+class CellListener(Protocol):
+    """Told about each cell as soon as all its shards are written (e.g. the W&B tracker)."""
+
+    def cell_finished(self, cell_rows: pa.Table) -> None: ...
+
+
+@dataclass
+class RunSummary:
+    """What a sweep did; `ok` is False when any shard failed."""
+
+    cells: int
+    shards: int
+    shards_skipped: int
+    shards_done: int = 0
+    curves: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    redone: list[tuple[str, str]] = field(default_factory=list)  # finished shards that failed verification
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def fatal(self) -> str | None:
+        """The one error every shard failed with when nothing of the sweep could run, else None."""
+        messages = {message for _, message in self.failures}
+        if self.shards_done or self.shards_skipped or len(messages) != 1:
+            return None
+        return messages.pop()
+
+    @property
+    def curves_per_s(self) -> float:
+        return self.curves / self.wall_s if self.wall_s > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "cells": self.cells,
+            "shards": self.shards,
+            "shards_skipped": self.shards_skipped,
+            "shards_done": self.shards_done,
+            "shards_failed": len(self.failures),
+            "curves": self.curves,
+            "wall_s": round(self.wall_s, 2),
+            "curves_per_s": round(self.curves_per_s, 2),
+        }
+
+
+class Plan:
+    """The shards still to run, and which cells each finished shard completes."""
+
+    def __init__(self, job: Job, store: Store):
+        self.job = job
+        self.store = store
+        store.clean_temporaries()
+        found = store.verify()
+        store.forget(found.bad)
+        shards = job.shards()
+        self.pending: list[Shard] = [s for s in shards if s.shard_id not in found.good]
+        self.remaining = Counter(s.cell.cell_id for s in self.pending)
+        self.summary = RunSummary(cells=len(job.cells()), shards=len(shards), shards_skipped=len(shards) - len(self.pending),
+                                  redone=found.bad)
+        self.curves_per_shard = {s.shard_id: s.n_bases * len(job.read_layers) for s in shards}
+        self.complete_at_start = sorted({s.cell.cell_id for s in shards} - set(self.remaining))
+
+    def by_group(self) -> dict[tuple, list[Shard]]:
+        groups: dict[tuple, list[Shard]] = defaultdict(list)
+        for s in self.pending:
+            groups[s.cell.group].append(s)
+        return groups
+
+    def finished(self, shard: Shard, table: pa.Table, listeners: list[CellListener]) -> None:
+        """Write a shard and tell listeners about a cell it completes."""
+        self.store.write_shard(shard, table)
+        self.summary.shards_done += 1
+        self.summary.curves += table.num_rows
+        cell_id = shard.cell.cell_id
+        self.remaining[cell_id] -= 1
+        if self.remaining[cell_id] == 0 and listeners:
+            _notify(listeners, self.store.read_table(cell_id))
+
+    def failed(self, shard: Shard, error: BaseException | str) -> None:
+        self.summary.failures.append((shard.shard_id, error if isinstance(error, str) else describe(error)))
+
+    def group_failed(self, shards, message: str) -> None:
+        """A group whose worker could not load: each of its shards fails with the same message."""
+        for shard in shards:
+            self.failed(shard, message)
+
+    def announce_complete_cells(self, listeners: list[CellListener]) -> None:
+        """Cells finished by an earlier run of this spec are reported too (a resumed sweep logs all)."""
+        for cell_id in self.complete_at_start if listeners else ():
+            _notify(listeners, self.store.read_table(cell_id))
+
+
+class Progress:
+    """A progress bar over curves, with shards done, curves/s and ETA."""
+
+    def __init__(self, plan: Plan, enabled: bool = True):
+        total = sum(plan.curves_per_shard[s.shard_id] for s in plan.pending)
+        self.bar = tqdm(total=total, unit="curve", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+        self.plan = plan
+
+    def update(self, shard: Shard) -> None:
+        s = self.plan.summary
+        self.bar.update(self.plan.curves_per_shard[shard.shard_id])
+        self.bar.set_postfix_str(f"shards {s.shards_done + s.shards_skipped}/{s.shards}, failed {len(s.failures)}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _notify(listeners: list[CellListener], rows: pa.Table) -> None:
+    for listener in listeners:
+        listener.cell_finished(rows)

@@ -1,0 +1,300 @@
+"""Results on disk: a Parquet dataset partitioned by cell, a manifest of finished shards, resume.
+
+The directory's layout is `synthact.layout`'s.
+
+Every file is written to a hidden temporary name and then renamed, so readers (pyarrow,
+pandas, polars, DuckDB skip names starting with '.') never see half a file, and a rerun
+after a crash overwrites a shard file that lacks its manifest record with identical rows.
+A rerun also verifies each record (file present, readable, rows as recorded) and redoes the
+shards that fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import yaml
+
+from synthact.errors import SynthactError
+from synthact.layout import STATS, is_disk_full, join, resolve_location, shard_file
+from synthact.run.provenance import input_fingerprints, package_versions
+from synthact.spec import Job, Shard
+
+
+class Store:
+    """One sweep's output directory.
+
+    Opening it checks any existing claim (job.json) without writing; the claim is written,
+    create-exclusive, just before the first shard, so a spec that fails to load leaves the
+    directory free, and it is checked again before every shard write.
+    """
+
+    def __init__(self, out: str | Path, job: Job):
+        self.fs, self.root, self.uri = resolve_location(out)
+        self.job = job
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.inputs = input_fingerprints(job)
+        if not self._check_claim():
+            self._check_free()
+
+    # ------------------------------------------------------------------ layout
+
+    def path(self, *parts: str) -> str:
+        return join(self.root, *parts)
+
+    @property
+    def stats_root(self) -> str:
+        """Where reference statistics live (a local path or a URI)."""
+        return join(self.uri, STATS)
+
+    def shard_file(self, shard: Shard) -> str:
+        return shard_file(self.root, shard.cell.cell_id, shard.shard_id)
+
+    # ------------------------------------------------------------------ claim / resume
+
+    def _check_claim(self) -> bool:
+        """True when job.json records this spec and inputs; error when it records another; False when absent."""
+        record = self.path("job.json")
+        try:
+            if self.fs.get_file_info(record).type != pafs.FileType.File:
+                return False
+            theirs = json.loads(self._read(record))
+            spec_hash = theirs["spec_hash"]
+        except OSError as e:
+            raise SynthactError(f"cannot read '{self.uri}/job.json' ({e}); check the directory's permissions") from None
+        except (ValueError, KeyError, TypeError):
+            raise SynthactError(
+                f"'{self.uri}/job.json' is damaged (empty or not a synthact claim), so it is unknown which spec "
+                "these results belong to; use a new --out directory, or delete the directory to start over"
+            ) from None
+        if spec_hash != self.job.spec_hash:
+            raise SynthactError(
+                f"output directory '{self.uri}' already holds results of another job spec "
+                f"('{theirs.get('spec', {}).get('name', '?')}', spec hash {str(spec_hash)[:12]}); "
+                "rerunning only resumes the same spec. Use a new --out directory, or delete that one."
+            )
+        changed = [p for p, h in theirs.get("inputs", {}).items() if self.inputs.get(p) != h]
+        if changed:
+            raise SynthactError(
+                f"output directory '{self.uri}' holds results computed from other contents of {', '.join(changed)} "
+                "(the file changed since); resuming would mix old and new rows. Use a new --out directory, "
+                "or restore the file."
+            )
+        return True
+
+    def _check_free(self) -> None:
+        """A new claim needs a missing or empty directory (what a failed start leaves, stats and job.yaml, is fine)."""
+        try:
+            listing = self.fs.get_file_info(self.root)
+            if listing.type == pafs.FileType.File:
+                raise SynthactError(f"--out '{self.uri}' is a file; give a directory path")
+            entries = []
+            if listing.type == pafs.FileType.Directory:
+                entries = [i.base_name for i in self.fs.get_file_info(pafs.FileSelector(self.root))]
+        except OSError as e:
+            raise SynthactError(f"cannot use --out '{self.uri}': {e}") from None
+        if [e for e in entries if e not in ("stats", "job.yaml") and not e.startswith(".tmp-")]:
+            raise SynthactError(
+                f"output directory '{self.uri}' is not empty and was not made by synthact (no job.json); "
+                "use a new or empty --out directory"
+            )
+
+    def _claim(self) -> None:
+        """Write job.json unless it exists (create-exclusive where the filesystem allows); recheck it."""
+        if self._check_claim():
+            return
+        data = {"spec_hash": self.job.spec_hash, "spec": self.job.canonical(), "inputs": self.inputs,
+                "versions": package_versions()}
+        try:
+            self.fs.create_dir(self.root, recursive=True)
+            self._write_atomic(self.path("job.yaml"), yaml.safe_dump(self.job.canonical(), sort_keys=False).encode())
+            self._write_atomic(self.path("job.json"), json.dumps(data, indent=1).encode(), exclusive=True)
+        except FileExistsError:
+            pass  # another run claimed it first: the check below says whether it ran this spec
+        except OSError as e:
+            raise self._write_error(e, "claiming the directory (job.json)") from None
+        self._check_claim()
+
+    def verify(self, deep: bool = False) -> "Verification":
+        """What the manifest claims, checked against the files (see `verify`)."""
+        return verify(self.uri, deep)
+
+    def done(self) -> set[str]:
+        """Shard ids recorded as finished whose files are present, readable and hold the recorded rows."""
+        return self.verify().good
+
+    def forget(self, bad: list[tuple[str, str]]) -> None:
+        """Remove the manifest records and files of shards that failed verification, so they are redone."""
+        for shard_id, _ in bad:
+            record = self.path("manifest", f"{shard_id}.json")
+            try:
+                shard_file = self.path(json.loads(self._read(record))["file"])
+            except (OSError, ValueError, KeyError, TypeError):
+                shard_file = None
+            _delete_quietly(self.fs, record)
+            if shard_file:
+                _delete_quietly(self.fs, shard_file)
+
+    def clean_temporaries(self) -> int:
+        """Remove hidden temporary files a killed run left behind; return how many."""
+        removed = 0
+        for base in ("results", "manifest"):
+            selector = pafs.FileSelector(self.path(base), recursive=True, allow_not_found=True)
+            for info in self.fs.get_file_info(selector):
+                if info.type == pafs.FileType.File and Path(info.path).name.startswith(".tmp-"):
+                    self.fs.delete_file(info.path)
+                    removed += 1
+        return removed
+
+    # ------------------------------------------------------------------ writing
+
+    def write_shard(self, shard: Shard, table: pa.Table) -> None:
+        """Write a shard's rows, then its manifest record; each atomically."""
+        meta = dict(table.schema.metadata or {})
+        meta.update(
+            {
+                b"synthact.job": json.dumps(self.job.canonical()).encode(),
+                b"synthact.spec_hash": self.job.spec_hash.encode(),
+                b"synthact.versions": json.dumps(package_versions()).encode(),
+            }
+        )
+        table = table.replace_schema_metadata(meta)
+        self._claim()
+        target = self.shard_file(shard)
+        self.fs.create_dir(str(Path(target).parent), recursive=True)
+        tmp = _tmp_beside(target)
+        moved = False
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                pq.write_table(table, f, compression="zstd")
+            self.fs.move(tmp, target)
+            moved = True
+            record = {
+                "shard_id": shard.shard_id,
+                "cell_id": shard.cell.cell_id,
+                "rows": table.num_rows,
+                "file": f"results/cell={shard.cell.cell_id}/{shard.shard_id}.parquet",
+                "finished": time.time(),
+            }
+            self.fs.create_dir(self.path("manifest"), recursive=True)
+            self._write_atomic(self.path("manifest", f"{shard.shard_id}.json"), json.dumps(record).encode())
+        except OSError as e:
+            _delete_quietly(self.fs, tmp)
+            if moved:  # no manifest record: take the file back so the dataset holds finished shards only
+                _delete_quietly(self.fs, target)
+            raise self._write_error(e, f"writing shard {shard.shard_id}") from None
+
+    def _write_error(self, error: OSError, doing: str) -> SynthactError:
+        if is_disk_full(error):
+            return SynthactError(
+                f"the disk under '{self.uri}' is full while {doing}. Results already written are intact "
+                f"({len(self.done())} shards); free space and rerun the same command to resume."
+            )
+        return SynthactError(f"cannot write to '{self.uri}' while {doing}: {error}; use a writable --out directory")
+
+    def read_table(self, cell_id: str | None = None) -> pa.Table:
+        """All rows (or one cell's rows) written so far."""
+        from synthact.results import read_table
+
+        return read_table(self.uri, cell_id=cell_id)
+
+    # ------------------------------------------------------------------ small files
+
+    def _read(self, path: str) -> bytes:
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def _write_atomic(self, path: str, data: bytes, exclusive: bool = False) -> None:
+        """Write to a hidden name, then rename; `exclusive`: FileExistsError if `path` exists (hard link locally)."""
+        tmp = _tmp_beside(path)
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            if exclusive and self.is_local:
+                os.link(tmp, path)
+                self.fs.delete_file(tmp)
+            elif exclusive and self.fs.get_file_info(path).type == pafs.FileType.File:
+                raise FileExistsError(path)
+            else:
+                self.fs.move(tmp, path)
+        except OSError:
+            _delete_quietly(self.fs, tmp)
+            raise
+
+
+@dataclass
+class Verification:
+    """What an output directory holds: good shards, shards whose record lies (id, problem), stray files."""
+
+    good: set[str] = field(default_factory=set)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    strays: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad and not self.strays
+
+
+def verify(out, deep: bool = False) -> Verification:
+    """Check every manifest record: its file present, readable Parquet, holding the recorded rows.
+
+    The rows are counted from each file's footer, or (`deep`) by reading every row. Files under
+    results/ that no record names (other than hidden temporaries) are listed as strays.
+    """
+    fs, root, _ = resolve_location(out)
+    found, named = Verification(), set()
+    manifest = pafs.FileSelector(f"{root}/manifest", allow_not_found=True)
+    for info in fs.get_file_info(manifest):
+        if not info.base_name.endswith(".json") or info.base_name.startswith("."):
+            continue
+        shard_id = info.base_name.removesuffix(".json")
+        try:
+            with fs.open_input_stream(info.path) as f:
+                record = json.loads(f.read())
+            named.add(f"{root}/{record['file']}")
+            expected = int(record["rows"])
+        except (OSError, ValueError, KeyError, TypeError):
+            found.bad.append((shard_id, "its manifest record is damaged"))
+            continue
+        problem = _file_problem(fs, f"{root}/{record['file']}", expected, deep)
+        if problem:
+            found.bad.append((shard_id, problem))
+        else:
+            found.good.add(shard_id)
+    results = pafs.FileSelector(f"{root}/results", recursive=True, allow_not_found=True)
+    found.strays = sorted(i.path for i in fs.get_file_info(results) if i.type == pafs.FileType.File
+                          and not i.base_name.startswith(".") and i.path not in named)
+    return found
+
+
+def _file_problem(fs: pafs.FileSystem, path: str, expected: int, deep: bool) -> str | None:
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return f"{path} is missing"
+    try:
+        with fs.open_input_file(path) as f:
+            rows = pq.read_table(f).num_rows if deep else pq.ParquetFile(f).metadata.num_rows
+    except (pa.ArrowException, OSError) as e:
+        return f"{path} is not readable Parquet ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if rows != expected:
+        return f"{path} holds {rows} rows, its manifest record says {expected}"
+    return None
+
+
+def _tmp_beside(path: str) -> str:
+    parent, _, name = path.rpartition("/")
+    return f"{parent}/.tmp-{uuid.uuid4().hex[:8]}-{name}"
+
+
+def _delete_quietly(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except OSError:
+        pass

@@ -1,0 +1,221 @@
+"""A worker holds one model, its SAEs and reference statistics, and turns shards into Arrow tables.
+
+The same class runs in-process (local mode) and inside a Ray actor (Ray mode).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from synthact.errors import SynthactError
+from synthact.generation.context import Activations, GenContext, GenerationSettings
+from synthact.generation.directions import Directions, make_directions
+from synthact.generation.kinds import draw
+from synthact.generation.stats import ReferenceStats, load_or_compute_stats
+from synthact.inputs.backends import Backend, load_backend, resolve_device
+from synthact.results import result_schema
+from synthact.scan import scan
+from synthact.scan.metrics import MetricSettings, curve_metrics
+from synthact.spec import (
+    TEMPLATE_KINDS,
+    Cell,
+    Job,
+    ModelSpec,
+    SAESpec,
+    ScanSpec,
+    Shard,
+    check_layers,
+    derive_seed,
+    resolve_read_layer,
+)
+
+
+class Worker:
+    """Loads (model, SAE family, statistics) once; `run_shard` is deterministic."""
+
+    def __init__(self, job: Job, group: tuple[ModelSpec, SAESpec], stats_root: str, device: str | None = None):
+        self.job = job
+        self.device = resolve_device(device or job.device)
+        model_spec, sae_spec = group
+        self.backend: Backend = load_backend(model_spec, sae_spec, job.corpus, job.layers, self.device, n_ctx=job.n_ctx)
+        model = self.backend.model
+        try:
+            check_layers(job, model.n_layers, model.label)
+        except ValueError as e:
+            raise SynthactError(f"{e}; fix 'layers' / 'read_layers' in the job spec") from None
+        self.read_layers = sorted({resolve_read_layer(r, model.n_layers) for r in job.read_layers})
+        self.stats: dict[int, ReferenceStats] = {}
+        self.stats_paths: dict[int, str] = {}
+        for layer in job.layers:
+            self.stats[layer], self.stats_paths[layer] = load_or_compute_stats(
+                self.backend, layer, job, stats_root, self.device
+            )
+
+    # ------------------------------------------------------------------ shards
+
+    def context(self, layer: int) -> GenContext:
+        b = self.backend
+        return GenContext(
+            model=b.model.model,
+            sae=b.saes[layer].sae,
+            stats=self.stats[layer],
+            corpus=b.corpus,
+            layer=layer,
+            n_ctx=self.job.n_ctx,
+            device=self.device,
+        )
+
+    def run_shard(self, shard: Shard) -> pa.Table:
+        """Draw the shard's bases and directions, scan them, and return one row per (base, read layer)."""
+        job, cell = self.job, shard.cell
+        ctx = self.context(cell.layer)
+        indices = list(range(shard.start, shard.stop))
+        base_seeds = [derive_seed(job.seed, "base", cell.base_settings(), i) for i in indices]
+        target_seeds = [derive_seed(job.seed, "target", cell.cell_id, i) for i in indices]
+        with torch.no_grad():
+            base = draw(cell.base_kind, _rngs(base_seeds), ctx, settings_for(cell, cell.base_kind))
+            dirs = make_directions(
+                cell.direction, cell.target_kind, base, _rngs(target_seeds), ctx, settings_for(cell, cell.target_kind),
+                paired=cell.template == "base",
+            )
+            coeffs, step = scan_coefficients(cell.scan, dirs, len(indices), self.device)
+            result = scan(
+                ctx.model, cell.layer, self.read_layers, torch.as_tensor(base.tokens, device=self.device),
+                base.vectors, dirs.vectors, coeffs, js=job.js, dtype=job.dtype,
+                hook=self.backend.saes[cell.layer].hook_name,
+            )
+            base_l0 = base.l0 if base.l0 is not None else _encoded_l0(ctx, base.vectors)
+        curves = {r: c.numpy() for r, c in result.l2.items()}
+        js_curve = result.js.numpy() if result.js is not None else None
+        for name, c in [*((f"read layer {r}", c) for r, c in curves.items()), ("JS", js_curve)]:
+            if c is not None and not np.isfinite(c).all():
+                raise SynthactError(
+                    f"shard {shard.shard_id}: the scan produced non-finite {name} distances (NaN or inf); "
+                    f"step_size {cell.scan.step_size} with dtype {job.dtype} overflows; use a smaller step_size"
+                    + (" or dtype float32" if job.dtype != "float32" else "")
+                )
+        return self._table(shard, base, dirs, base_seeds, target_seeds, base_l0, step, curves, js_curve)
+
+    def _table(self, shard, base: Activations, dirs: Directions, base_seeds, target_seeds, base_l0, step, curves, js_curve):
+        job, cell = self.job, shard.cell
+        n = shard.n_bases
+        target = dirs.target
+        target_step = target_steps(cell.scan, dirs.distance)
+        last = metric_last(cell.scan, target_step, n)
+        thresholds = MetricSettings(**job.metrics.model_dump())
+        js_cols = curve_metrics(js_curve, step, "js_", last, thresholds) if js_curve is not None else {}
+        blocks = []
+        for r in self.read_layers:
+            cols = {
+                "cell_id": [cell.cell_id] * n,
+                "shard_id": [shard.shard_id] * n,
+                **{k: [v] * n for k, v in cell.settings().items()},
+                "read_layer": np.full(n, r, np.int32),
+                "base_index": np.arange(shard.start, shard.stop, dtype=np.int32),
+                "seed": np.full(n, job.seed, np.int64),
+                "base_seed": np.array(base_seeds, np.int64),
+                "target_seed": np.array(target_seeds, np.int64),
+                "scan_mode": [cell.scan.mode] * n,
+                "steps": np.full(n, cell.scan.steps, np.int32),
+                "step_size": step,
+                "stop_at_target": np.full(n, cell.scan.stop_at_target),
+                "target_distance": dirs.distance,
+                "target_step": target_step,
+                **curve_metrics(curves[r], step, last=last, settings=thresholds),
+                **js_cols,
+                "base_norm": base.vectors.norm(dim=-1).double().cpu().numpy(),
+                "target_norm": dirs.target_norm,
+                "base_l0": base_l0,
+                "target_l0": target.l0 if target is not None else None,
+                "direction_latent": dirs.latent,
+                "base_doc": base.docs,
+                "base_offset": base.offsets,
+                "base_tokens": list(base.tokens),
+                **_target_prompt_columns(target, n),
+                "base_latents": base.latents,
+                "base_latent_values": base.values,
+                "target_latents": target.latents if target is not None else None,
+                "target_latent_values": target.values if target is not None else None,
+            }
+            if job.keep_curves:
+                cols["l2_curve"] = list(curves[r])
+                if js_curve is not None:
+                    cols["js_curve"] = list(js_curve)
+            blocks.append(pa.table({k: _column(k, v, n) for k, v in cols.items()}, schema=result_schema(job.js, job.keep_curves)))
+        table = pa.concat_tables(blocks)
+        provenance = {
+            "model_path": str(self.backend.model.path) if self.backend.model.path else None,
+            "sae_path": str(self.backend.saes[cell.layer].path) if self.backend.saes[cell.layer].path else None,
+            "sae_info": self.backend.saes[cell.layer].info,
+            "stats": self.stats_paths[cell.layer],
+            "device": self.device,
+            "dtype": job.dtype,
+        }
+        return table.replace_schema_metadata({b"synthact.run.provenance": json.dumps(provenance, default=str).encode()})
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def settings_for(cell: Cell, kind: str | None) -> GenerationSettings | None:
+    """The generation settings a kind uses in this cell (the cell's axes; C = 1 unless structure pairwise)."""
+    if kind not in TEMPLATE_KINDS:
+        return None
+    given = {k: v for k, v in cell.generation().items() if v is not None and k != "template"}
+    if not (kind == "synthetic_structured" and cell.structure == "pairwise"):
+        given["candidates"] = 1
+    return GenerationSettings(**given)
+
+
+def target_steps(scan: ScanSpec, distance: np.ndarray | None) -> np.ndarray | None:
+    """Per curve, the scan point that reaches the target: floor(||T - A|| / s) in step mode, N when
+    interpolating; None without a target."""
+    if distance is None:
+        return None
+    if scan.mode == "interpolate":
+        return np.full(len(distance), scan.steps, np.int32)
+    return np.floor(np.asarray(distance, np.float64) / scan.step_size + 1e-9).astype(np.int32)
+
+
+def metric_last(scan: ScanSpec, target_step: np.ndarray | None, n: int) -> np.ndarray:
+    """The last point the metrics look at: the target's step when the scan stops there, else N."""
+    if target_step is None or not scan.stop_at_target:
+        return np.full(n, scan.steps, np.int64)
+    return np.minimum(target_step, scan.steps).astype(np.int64)
+
+
+def scan_coefficients(scan: ScanSpec, dirs: Directions, n: int, device: str) -> tuple[torch.Tensor, np.ndarray]:
+    """coeffs [B, N+1] with A_n = A + coeffs[b, n] * D_b, and the per-curve step they imply."""
+    grid = torch.arange(scan.steps + 1, dtype=torch.float32, device=device)
+    if scan.mode == "step":
+        step = np.full(n, scan.step_size, np.float64)
+    else:
+        step = np.asarray(dirs.distance, np.float64) / scan.steps
+    return grid[None, :] * torch.as_tensor(step, dtype=torch.float32, device=device)[:, None], step
+
+
+def _rngs(seeds: list[int]) -> list[np.random.Generator]:
+    return [np.random.default_rng(s) for s in seeds]
+
+
+def _encoded_l0(ctx: GenContext, vectors: torch.Tensor) -> np.ndarray:
+    codes = ctx.sae.encode(vectors.to(ctx.sae.W_dec.dtype))
+    return (codes != 0).sum(-1).cpu().numpy().astype(np.int32)
+
+
+def _target_prompt_columns(target: Activations | None, n: int) -> dict:
+    if target is None or not target.prompt_based:
+        return {"target_doc": None, "target_offset": None, "target_tokens": None}
+    return {"target_doc": target.docs, "target_offset": target.offsets, "target_tokens": list(target.tokens)}
+
+
+def _column(name: str, value, n: int):
+    if value is None:
+        return [None] * n
+    if isinstance(value, list) and value and isinstance(value[0], np.ndarray):
+        return [v.tolist() for v in value]
+    return value

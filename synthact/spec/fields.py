@@ -1,0 +1,310 @@
+"""The sections of a job spec (model, SAE, corpus, generation, scan, metrics, ...): frozen pydantic
+models that document every field where it is declared."""
+
+from __future__ import annotations
+
+import itertools
+import string
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from synthact.spec.ids import digest
+from synthact.spec.vocabulary import GENERATION_AXES, TEMPLATE_KINDS
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __hash__(self) -> int:  # by value, also for specs holding dicts (from_pretrained_kwargs)
+        return hash(digest(self.model_dump(mode="json")))
+
+
+def _exactly_one(obj: BaseModel, fields: tuple[str, ...], what: str) -> None:
+    given = [f for f in fields if getattr(obj, f) is not None]
+    if len(given) != 1:
+        raise ValueError(
+            f"{what} needs exactly one of {', '.join(fields)}; got {given or 'none'}"
+        )
+
+
+# --------------------------------------------------------------------------- model
+
+
+class ToyModelSpec(Frozen):
+    """A small GPT-2-architecture HookedTransformer built from a seed (offline, tests)."""
+
+    n_layers: int = Field(4, ge=3, description="Transformer blocks.")
+    d_model: int = Field(64, ge=8, le=128, description="Residual stream width.")
+    n_heads: int = Field(4, ge=1, description="Attention heads per block.")
+    d_mlp: int = Field(256, ge=8, description="MLP hidden width.")
+    d_vocab: int = Field(512, ge=16, description="Vocabulary size.")
+    n_ctx: int = Field(64, ge=4, description="Maximum context length.")
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed for the weights.")
+    train_steps: int = Field(
+        300, ge=0, description="Steps of next-token training on the toy corpus, so the model has real structure."
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ToyModelSpec":
+        if self.d_model % self.n_heads:
+            raise ValueError(f"toy d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        return self
+
+
+class ModelSpec(Frozen):
+    """Which language model. Exactly one of `pretrained`, `local`, `toy`."""
+
+    pretrained: str | None = Field(None, description="TransformerLens model name, e.g. 'gpt2'.")
+    local: str | None = Field(
+        None, description="Path to a local Hugging Face-format checkpoint directory (GPT-2 architecture)."
+    )
+    toy: ToyModelSpec | None = Field(None, description="Build a toy model instead (no network).")
+    from_pretrained_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra HookedTransformer.from_pretrained kwargs; they override the SAE release's own.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSpec":
+        _exactly_one(self, ("pretrained", "local", "toy"), "model")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.pretrained:
+            return self.pretrained
+        if self.local:
+            return f"local:{Path(self.local).name}"
+        return "toy-" + digest(self.toy.model_dump())[:8]
+
+
+# --------------------------------------------------------------------------- SAE
+
+
+class ToySAESpec(Frozen):
+    """An SAE trained with sae_lens on the toy model's activations (offline, tests)."""
+
+    d_sae: int = Field(512, ge=16, description="Number of latents.")
+    l1_coefficient: float = Field(3.0, gt=0, description="Sparsity penalty of the standard SAE.")
+    training_tokens: int = Field(400_000, ge=1000, description="Activations seen in training.")
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed for SAE init and training order.")
+
+
+class SAESpec(Frozen):
+    """Which SAE. Exactly one of `release`, `local`, `toy`. `{layer}` is replaced per layer."""
+
+    release: str | None = Field(None, description="sae_lens pretrained release, e.g. 'gpt2-small-res-jb'.")
+    id: str = Field("blocks.{layer}.hook_resid_pre", description="SAE id inside the release.")
+    local: str | None = Field(
+        None, description="Path to a sae_lens SAE directory (from save_model); may contain '{layer}'."
+    )
+    toy: ToySAESpec | None = Field(None, description="Train a toy SAE on the toy model (no network).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SAESpec":
+        _exactly_one(self, ("release", "local", "toy"), "sae")
+        for text in (self.local, self.id):
+            fields = {f for _, f, _, _ in string.Formatter().parse(text or "") if f is not None}
+            if fields - {"layer"}:
+                raise ValueError(f"'{text}' may contain only the placeholder {{layer}}, not {{{(fields - {'layer'}).pop()}}}")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.release:
+            return f"{self.release}/{self.id}"
+        if self.local:
+            return f"local:{self.local}"
+        return "toy-" + digest(self.toy.model_dump())[:8]
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+class ToyCorpusSpec(Frozen):
+    """Token sequences from a seeded Markov chain over the toy vocabulary."""
+
+    n_docs: int = Field(2048, ge=16, description="Number of documents.")
+    doc_len: int = Field(64, ge=4, description="Tokens per document.")
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed of the chain.")
+
+
+class CorpusSpec(Frozen):
+    """Where prompts come from. Exactly one of `hf`, `file`, `toy`."""
+
+    hf: str | None = Field(None, description="Hugging Face dataset of token ids, e.g. the pre-tokenized OpenWebText.")
+    split: str = Field("train", description="Dataset split (hf only).")
+    column: str = Field("input_ids", description="Column holding token ids (hf and Parquet files).")
+    max_docs: int = Field(20_000, ge=1, description="Documents read from an hf dataset (streamed).")
+    file: str | None = Field(None, description="Local token file: .npy (2-D [docs, tokens] or 1-D) or Parquet.")
+    toy: ToyCorpusSpec | None = Field(None, description="Toy corpus for the toy model.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "CorpusSpec":
+        _exactly_one(self, ("hf", "file", "toy"), "corpus")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.hf:
+            return f"{self.hf}:{self.split}"
+        if self.file:
+            return f"file:{self.file}"
+        return "toy-" + digest(self.toy.model_dump())[:8]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class GenerationSpec(Frozen):
+    """How SAE-built kinds are made (docs/science.md, "Generation settings"). Every list is a grid axis;
+    an axis applies to the cells whose base or target kind uses it (null elsewhere). The defaults are
+    the paper's construction."""
+
+    template: list[Literal["base", "independent"]] = Field(
+        ["base"],
+        description="Template of SAE-built targets (synthetic_*, random_latents): the base's own SAE code (the "
+        "paper: paired) or an independent real prompt (unpaired). SAE-built bases always use an independent one.",
+    )
+    match: list[Literal["nearest_k", "tol"]] = Field(
+        ["nearest_k"],
+        description="Frequency matching of synthetic_baseline: random among the k latents nearest in frequency "
+        "(the paper), or random within a log10-frequency tolerance.",
+    )
+    nearest_k: list[int] = Field([10], description="k of match nearest_k (the paper: 10).")
+    tol: list[float] = Field(
+        [0.1], description="Max |log10 f(j) - log10 f(i)| of match tol and of structure pairwise."
+    )
+    structure: list[Literal["anchor", "pairwise"]] = Field(
+        ["anchor"],
+        description="synthetic_structured: the paper's anchor construction, or synthact's pairwise-cosine "
+        "search among C frequency-matched candidates.",
+    )
+    anchor_cos: list[float] = Field(
+        [0.42], description="Anchor: the decoder cosine to the top latent it should have (the paper: 0.42)."
+    )
+    anchor_pool: list[int] = Field(
+        [100], description="Anchor: chosen among this many latents nearest to the top latent in frequency (the paper: 100)."
+    )
+    candidates: list[int] = Field(
+        [16], description="C: frequency-matched candidates per latent of structure pairwise (C=1 is the baseline)."
+    )
+    value_source: list[Literal["template", "sampled"]] = Field(
+        ["template"],
+        description="Values of a built code: the template latent's (the paper), or drawn from the replacement "
+        "latent's own non-zero values.",
+    )
+    exclude_template: list[bool] = Field(
+        [True],
+        description="Never replace a latent by any latent of the template's code (a replacement is never the "
+        "latent it replaces, whatever this says).",
+    )
+    match_norm: list[bool] = Field(
+        [False], description="Rescale a built code so its activation has the template's norm (the paper: no)."
+    )
+    add_error: list[bool] = Field([False], description="Add the template's SAE error (real - sae_recon).")
+
+    @field_validator("*")
+    @classmethod
+    def _non_empty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("a generation axis must list at least one value")
+        if len(set(map(repr, v))) != len(v):
+            raise ValueError(f"lists a value twice: {v}")
+        return v
+
+    @field_validator("candidates", "nearest_k", "anchor_pool")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(c < 1 for c in v):
+            raise ValueError("candidates, nearest_k and anchor_pool must be >= 1")
+        return v
+
+    def axes_for(self, kinds: set[str], paired: bool) -> list[dict]:
+        """The distinct generation settings of a cell whose base and target kinds are `kinds`
+        (`paired`: its target is SAE-built), each with null for the axes no kind there uses."""
+        used = set()
+        if kinds & set(TEMPLATE_KINDS):
+            used |= {"value_source", "exclude_template", "match_norm", "add_error"}
+        if paired:
+            used.add("template")
+        combos = []
+        for values in itertools.product(*(getattr(self, name) for name in GENERATION_AXES)):
+            c = dict(zip(GENERATION_AXES, values))
+            keep = set(used)
+            if "synthetic_baseline" in kinds:
+                keep |= {"match", "nearest_k" if c["match"] == "nearest_k" else "tol"}
+            if "synthetic_structured" in kinds:
+                keep |= {"structure"} | ({"anchor_cos", "anchor_pool"} if c["structure"] == "anchor" else {"tol", "candidates"})
+            c = {k: (v if k in keep else None) for k, v in c.items()}
+            if c not in combos:
+                combos.append(c)
+        return combos
+
+
+
+class ScanSpec(Frozen):
+    """One perturbation scan: A_n = A + n*s*D (step) or A + (n/N)(T - A) (interpolate), n = 0..N."""
+
+    name: str | None = Field(
+        None, description="The scan's name (the `scan` column), e.g. sensitivity or plateaus; default: its mode."
+    )
+    steps: int = Field(
+        100, ge=2, le=100_000, description="N: the scan has N+1 points n = 0..N (the paper's 100 points: N = 99)."
+    )
+    step_size: float = Field(
+        0.5, ge=1e-4, le=1e4, description="s, in residual-norm units (step mode); 1e-4 to 1e4 (float32 scans)."
+    )
+    mode: Literal["step", "interpolate"] = Field("step", description="Step along D, or interpolate to the target.")
+    stop_at_target: bool = Field(
+        True,
+        description="Step mode with a target: metrics look at the points up to the target, n <= floor(||T - A|| / s) "
+        "(the paper); the curve is still stored to N.",
+    )
+
+    @property
+    def label(self) -> str:
+        return self.name or self.mode
+
+
+class MetricsSpec(Frozen):
+    """Thresholds of the curve metrics (docs/science.md, "Curve metrics")."""
+
+    slope_threshold: float = Field(
+        0.02, ge=0, description="max_slope_step: if no slope d_n - d_{n-1} exceeds it, the step is the last point."
+    )
+    plateau_threshold: float = Field(
+        20.0, gt=0, description="plateau_len: first n with d_n >= this (absolute L2) or this * d_last (relative)."
+    )
+    plateau_mode: Literal["absolute", "relative"] = Field("absolute", description="How plateau_threshold is read (the paper: absolute).")
+
+
+class ReferenceSpec(Frozen):
+    """Reference statistics: a pool of real activations per (model, SAE, layer, corpus, seed)."""
+
+    n_prompts: int = Field(4096, ge=64, le=1_000_000, description="Real activations in the pool.")
+    value_samples: int = Field(64, ge=1, le=10_000, description="Non-zero values kept per latent.")
+
+
+class WandbSpec(Frozen):
+    """Weights & Biases logging; `wandb: false` turns it off."""
+
+    enabled: bool = Field(True, description="Log to W&B (offline when no API key).")
+    project: str | None = Field(None, description="Project; default WANDB_PROJECT or 'synthact'.")
+    entity: str | None = Field(None, description="Entity; default WANDB_ENTITY.")
+    group: str | None = Field(None, description="Run group.")
+    tags: list[str] = Field(default_factory=list, description="Run tags.")
+
+
+class RaySpec(Frozen):
+    """How the sweep runs on a Ray cluster (`--ray ADDRESS`)."""
+
+    num_gpus: float = Field(1.0, ge=0, description="GPUs per worker actor; 0 gives CPU actors.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per worker actor.")
+    max_workers: int | None = Field(None, ge=1, description="Cap on worker actors; default: as many as fit.")
+    max_in_flight: int = Field(2, ge=1, description="Shards queued per worker at once.")
+    max_retries: int = Field(2, ge=0, description="Retries of a failing shard before it is reported.")
+
+

@@ -1,0 +1,69 @@
+"""The vocabulary of a job spec: kinds of activation, the direction grammar, the generation axes."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+KINDS = (
+    "real",
+    "sae_recon",
+    "gaussian",
+    "synthetic_baseline",
+    "synthetic_structured",
+    "random_latents",
+    "single_latent",
+)
+Kind = Literal[
+    "real",
+    "sae_recon",
+    "gaussian",
+    "synthetic_baseline",
+    "synthetic_structured",
+    "random_latents",
+    "single_latent",
+]
+SYNTHETIC_KINDS = ("synthetic_baseline", "synthetic_structured")
+# Kinds built from a template's SAE code, latent by latent: as targets, the template is the base's own code.
+TEMPLATE_KINDS = (*SYNTHETIC_KINDS, "random_latents")
+
+
+GENERATION_AXES = (
+    "template", "match", "nearest_k", "tol", "structure", "anchor_cos", "anchor_pool", "candidates",
+    "value_source", "exclude_template", "match_norm", "add_error",
+)
+
+
+def parse_direction(direction: str) -> tuple[str, str | None]:
+    """'toward:real' -> ('toward', 'real'); 'latent:12' -> ('latent', '12'); 'isotropic' -> ('isotropic', None)."""
+    if direction in ("isotropic", "toward_recon"):
+        return direction, None
+    head, _, arg = direction.partition(":")
+    if head == "toward" and (arg in KINDS or arg == "same"):
+        return head, arg
+    if head == "latent" and (arg == "random" or re.fullmatch(r"[0-9]{1,9}", arg)):
+        return head, arg
+    raise ValueError(
+        f"unknown direction '{direction}'; use toward:<kind> (kinds: {', '.join(KINDS)}), toward:same, "
+        "isotropic, latent:<id>, latent:random or toward_recon"
+    )
+
+
+def target_kind(base_kind: str, direction: str) -> str | None:
+    """The kind of the target activation a direction points at, if any."""
+    head, arg = parse_direction(direction)
+    if head == "toward":
+        return base_kind if arg == "same" else arg
+    return None
+
+
+def pair_problem(base_kind: str, direction: str, mode: str) -> str | None:
+    """Why a (base kind, direction) pair makes no sense, or None."""
+    head, _ = parse_direction(direction)
+    if mode == "interpolate" and head in ("isotropic", "latent"):
+        return (
+            f"scan mode 'interpolate' needs a target, but direction '{direction}' has none; "
+            "use mode: step, or a toward:<kind> / toward_recon direction"
+        )
+    return None
+
