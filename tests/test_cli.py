@@ -1,29 +1,13 @@
 """The command line: help, validate, and bad input as one readable message with exit code 2."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from synthact.inputs.backends import load_backend
-from synthact.spec import CorpusSpec, ModelSpec, SAESpec, ToyCorpusSpec, ToyModelSpec, ToySAESpec
-from tests.test_spec import toy_job
+from tests.helpers import saved_toy_sae, synthact, write_job
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def synthact(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "synthact.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
-
-
-def write_job(path: Path, **fields) -> Path:
-    job = toy_job(name="cli", base_kinds=["real"], directions=["isotropic"], scan={"steps": 10}, bases_per_cell=2,
-                  shard_size=2, reference={"n_prompts": 128}, device="cpu", wandb=False)
-    path.write_text(yaml.safe_dump(job | fields))
-    return path
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -79,12 +63,6 @@ def test_used_output_directory_is_refused(tmp_path):
 def test_missing_local_model_directory(tmp_path):
     job = write_job(tmp_path / "j.yaml", model={"local": str(tmp_path / "no-such-checkpoint")})
     assert_clean_error(synthact("run", str(job), "--out", str(tmp_path / "o"), "--no-progress"), "no-such-checkpoint")
-
-
-def saved_toy_sae(layer: int, **model) -> str:
-    backend = load_backend(ModelSpec(toy=ToyModelSpec(**model)), SAESpec(toy=ToySAESpec()),
-                           CorpusSpec(toy=ToyCorpusSpec()), [layer], "cpu")
-    return str(backend.saes[layer].path)
 
 
 def test_sae_for_another_hook(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from synthact import results
 from synthact.analysis import aggregate
 from synthact.analysis.tracking import read_offline_run
-from tests.test_cli import synthact, write_job
+from tests.helpers import synthact, write_job
 
 
 @pytest.fixture(scope="module")

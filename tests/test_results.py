@@ -11,7 +11,7 @@ import pytest
 from synthact import results
 from synthact.analysis import report
 from synthact.errors import SynthactError
-from tests.test_aggregate import make_job, write_results
+from tests.helpers import make_job, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ from synthact.generation.kinds import draw, from_provenance
 from synthact.generation.matching import cosine_structure_error
 from synthact.generation.stats import ReferenceStats, compute_stats
 from synthact.spec import KINDS, SYNTHETIC_KINDS, TEMPLATE_KINDS, ReferenceSpec
-from tests.test_stats import LAYER, N_CTX, toy_backend, toy_context
+from tests.helpers import LAYER, N_CTX, toy_backend, toy_context
 
 SETTINGS = GenerationSettings()  # the paper's constructions
 # synthact's own: log-frequency windows, pairwise cosine search among C candidates, sampled values

@@ -18,8 +18,7 @@ from synthact.run.store import Store
 from synthact.run.worker import Worker
 from synthact.scan import fast_path_unsupported, scan_fast, scan_plain
 from synthact.spec import ModelSpec, SAESpec, parse_job
-from tests.test_scan import assert_agree, scan_inputs
-from tests.test_spec import toy_job
+from tests.helpers import assert_agree, scan_inputs, toy_job
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 

@@ -10,7 +10,7 @@ from synthact.errors import SynthactError
 from synthact.generation.context import GenerationSettings
 from synthact.generation.directions import direction_from_provenance, make_directions
 from synthact.generation.kinds import draw, from_provenance
-from tests.test_stats import toy_context
+from tests.helpers import toy_context
 
 SETTINGS = GenerationSettings(candidates=4)
 DIRECTIONS = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import warnings
 
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 import torch
 
 from synthact.errors import SynthactError
-from synthact.generation.context import GenContext
 from synthact.generation.stats import (
     ReferenceStats,
     _gaussian_fit,
@@ -20,41 +18,11 @@ from synthact.generation.stats import (
     stats_key,
 )
 from synthact.inputs.hooks import real_activations
-from synthact.inputs.backends import load_backend
 from synthact.spec import (
-    CorpusSpec,
-    ModelSpec,
     ReferenceSpec,
-    SAESpec,
-    ToyCorpusSpec,
-    ToyModelSpec,
-    ToySAESpec,
     derive_seed,
 )
-
-LAYER, N_CTX = 1, 10
-
-
-@functools.cache
-def toy_backend():
-    """The trained toy model + SAE (layer 1) + toy corpus, built once per test process."""
-    return load_backend(
-        ModelSpec(toy=ToyModelSpec()), SAESpec(toy=ToySAESpec()), CorpusSpec(toy=ToyCorpusSpec()), [LAYER], "cpu",
-        n_ctx=N_CTX,
-    )
-
-
-@functools.cache
-def toy_stats(n_prompts: int = 2048, seed: int = 0) -> ReferenceStats:
-    b = toy_backend()
-    return compute_stats(
-        b.model.model, b.saes[LAYER].sae, b.corpus, LAYER, N_CTX, ReferenceSpec(n_prompts=n_prompts), seed, "cpu"
-    )
-
-
-def toy_context(n_prompts: int = 2048) -> GenContext:
-    b = toy_backend()
-    return GenContext(b.model.model, b.saes[LAYER].sae, toy_stats(n_prompts), b.corpus, LAYER, N_CTX, "cpu")
+from tests.helpers import LAYER, N_CTX, toy_backend, toy_stats
 
 
 def test_real_activations_are_resid_pre_at_the_last_position():

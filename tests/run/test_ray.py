@@ -24,9 +24,9 @@ from synthact.run.local_executor import run_local
 from synthact.run.ray_executor import run_ray
 from synthact.run.store import Store
 from synthact.spec import parse_job
-from tests.test_spec import toy_job
+from tests.helpers import toy_job
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LOGGER = "synthact.run.ray_executor"
 
 # 8 cells of 12 shards each: 96 shards, a few seconds of work, so the second worker actor is

@@ -19,11 +19,9 @@ from synthact.results import read_table
 from synthact.run.local_executor import run_local
 from synthact.run.store import Store, resolve_location
 from synthact.spec import SpecError, load_job, parse_job
-from tests.test_cli import saved_toy_sae, write_job
-from tests.test_spec import toy_job
-from tests.test_store import rows
+from tests.helpers import rows, saved_toy_sae, toy_job, write_job
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:

@@ -17,7 +17,7 @@ from PIL import Image
 from synthact import results
 from synthact.analysis import figures, report
 from synthact.errors import SynthactError
-from tests.test_aggregate import make_job, write_results
+from tests.helpers import make_job, write_results
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -8,110 +8,19 @@ whose plateau length depends on the kind (real longest, gaussian shortest).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from scipy.stats import ks_2samp
 
 from synthact import results
 from synthact.analysis import aggregate
 from synthact.errors import SynthactError
-from synthact.scan.metrics import MetricSettings, curve_metrics
-from synthact.spec import Job, parse_job
+from tests.helpers import finite, make_job, write_results
 
 # Centre of the sigmoid blow-up, in steps (a later centre is a longer plateau), and its width
 # (a narrower blow-up is a larger max_slope).
-CENTRE = {"real": 12.0, "sae_recon": 11.5, "synthetic_structured": 9.0, "synthetic_baseline": 7.5, "gaussian": 4.0}
-WIDTH = {"real": 1.0, "sae_recon": 1.1, "synthetic_structured": 1.2, "synthetic_baseline": 2.5, "gaussian": 3.5}
-
-
-def make_job(bases: int = 40, steps: int = 20, **overrides) -> Job:
-    spec = {
-        "name": "fake",
-        "model": {"toy": {"n_layers": 4}},
-        "sae": {"toy": {}},
-        "corpus": {"toy": {}},
-        "layers": [1],
-        "read_layers": [2, -1],
-        "base_kinds": ["real", "gaussian", "synthetic_baseline", "synthetic_structured"],
-        "directions": ["toward:same", "isotropic", "toward:gaussian", "toward:synthetic_baseline",
-                       "toward:synthetic_structured"],
-        "scan": {"steps": steps, "step_size": 0.5},
-        "metrics": {"plateau_mode": "relative", "plateau_threshold": 0.1},  # the fake curves' heights vary
-        "bases_per_cell": bases,
-        "shard_size": bases // 2,
-    } | overrides
-    return parse_job(spec)
-
-
-def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True) -> pa.Table:
-    """Rows of one shard with every column of the result schema; curves from a seeded sigmoid process."""
-    cell = shard.cell
-    s = cell.settings()
-    rng = np.random.default_rng([seed, shard.start, int(cell.cell_id, 16) % 2**31])
-    n_steps, step = cell.scan.steps, cell.scan.step_size
-    columns: dict[str, list] = {}
-    for read_layer in (2, 3):
-        b = shard.n_bases
-        # Base and target kind both shape the curve, so kinds differ along both comparison axes.
-        target = cell.target_kind or cell.base_kind
-        centre = rng.normal((CENTRE[cell.base_kind] + CENTRE[target]) / 2, 1.5, b) + (2.0 if cell.direction == "isotropic" else 0.0)
-        height = rng.lognormal(np.log(10.0 * read_layer), 0.3, b)
-        n = np.arange(n_steps + 1)
-        width = rng.normal((WIDTH[cell.base_kind] + WIDTH[target]) / 2, 0.1, b)[:, None]
-        curves = height[:, None] * (1 / (1 + np.exp(-(n - centre[:, None]) / width)) - 1 / (1 + np.exp(centre[:, None] / width)))
-        curves = np.maximum(curves + rng.normal(0, 0.05, curves.shape), 0.0)
-        curves[:, 0] = 0.0
-        metrics = curve_metrics(curves, np.full(b, step), settings=MetricSettings(**job.metrics.model_dump()))
-        synthetic = cell.base_kind.startswith("synthetic")
-        k = 8
-        rows = {
-            "cell_id": [cell.cell_id] * b, "shard_id": [shard.shard_id] * b,
-            **{axis: [value] * b for axis, value in s.items()}, "read_layer": [read_layer] * b,
-            "base_index": list(range(shard.start, shard.stop)),
-            "seed": [job.seed] * b, "base_seed": rng.integers(0, 2**62, b).tolist(),
-            "target_seed": rng.integers(0, 2**62, b).tolist(), "scan_mode": [cell.scan.mode] * b,
-            "steps": [n_steps] * b, "step_size": [step] * b,
-            **{name: values.tolist() for name, values in metrics.items()},
-            "base_norm": rng.normal(50, 3, b).tolist(),
-            "target_norm": rng.normal(50, 3, b).tolist() if cell.target_kind else [None] * b,
-            "base_l0": rng.integers(5, 15, b).tolist() if synthetic else [None] * b,
-            "target_l0": [None] * b, "direction_latent": [None] * b,
-            "base_doc": rng.integers(0, 1000, b).tolist(), "base_offset": rng.integers(0, 50, b).tolist(),
-            "base_tokens": rng.integers(0, 512, (b, job.n_ctx)).tolist(),
-            "target_doc": [None] * b, "target_offset": [None] * b, "target_tokens": [None] * b,
-            "base_latents": rng.integers(0, 512, (b, k)).tolist() if synthetic else [None] * b,
-            "base_latent_values": rng.random((b, k)).tolist() if synthetic else [None] * b,
-            "target_latents": [None] * b, "target_latent_values": [None] * b,
-        }
-        if keep_curves:
-            rows["l2_curve"] = curves.tolist()
-        for name, values in rows.items():
-            columns.setdefault(name, []).extend(values)
-    schema = results.result_schema(js=True, keep_curves=keep_curves)
-    n = len(columns["cell_id"])
-    return pa.table({f.name: pa.array(columns.get(f.name, [None] * n), type=f.type) for f in schema}, schema=schema)
-
-
-def write_results(job: Job, out: Path, seed: int = 0, keep_curves: bool = True) -> dict[str, pa.Table]:
-    """Write every shard as `synthact run` lays it out; return each cell's rows."""
-    cells: dict[str, list[pa.Table]] = {}
-    for shard in job.shards():
-        table = shard_rows(job, shard, seed, keep_curves)
-        path = out / "results" / f"cell={shard.cell.cell_id}" / f"{shard.shard_id}.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
-        cells.setdefault(shard.cell.cell_id, []).append(table)
-    return {cid: pa.concat_tables(tables) for cid, tables in cells.items()}
-
-
-def finite(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x[np.isfinite(x)]
 
 
 @pytest.fixture(scope="module")

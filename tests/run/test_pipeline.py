@@ -14,7 +14,7 @@ from synthact.run.worker import Worker
 from synthact.scan import scan_plain
 from synthact.scan.metrics import MetricSettings, curve_metrics
 from synthact.spec import KINDS, parse_job
-from tests.test_spec import toy_job
+from tests.helpers import toy_job
 
 DIRECTIONS = ["toward:same", "toward:real", "toward:synthetic_structured", "isotropic", "latent:random", "latent:3",
               "toward_recon"]

@@ -7,24 +7,9 @@ import pytest
 import yaml
 
 from synthact.spec import KINDS, SpecError, derive_seed, load_job, parse_job
+from tests.helpers import toy_job
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def toy_job(**overrides) -> dict:
-    job = {
-        "name": "t",
-        "model": {"toy": {}},
-        "sae": {"toy": {}},
-        "corpus": {"toy": {}},
-        "layers": [1],
-        "base_kinds": ["real", "synthetic_structured"],
-        "directions": ["toward:same", "isotropic"],
-        "bases_per_cell": 10,
-        "shard_size": 4,
-    }
-    job.update(overrides)
-    return job
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def error_of(data: dict) -> str:

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
 
-TOL = 1e-4  # max |fast - plain| relative to the largest distance
+from tests.helpers import TOL, assert_agree, scan_inputs
 
 
 def toy_model(seed=0, folded=False, device="cpu", **overrides) -> HookedTransformer:
@@ -32,33 +32,6 @@ def toy_model(seed=0, folded=False, device="cpu", **overrides) -> HookedTransfor
             model.state_dict(), fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
         )
     return model.to(device, print_details=False).eval()
-
-
-def scan_inputs(model, layer, n_bases=3, n_ctx=7, steps=20, seed=0):
-    """Real activations at resid_pre L as bases, random unit directions, step coefficients of 0.5*||A||/steps*4."""
-    gen = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, model.cfg.d_vocab, (n_bases, n_ctx), generator=gen)
-    _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=f"blocks.{layer}.hook_resid_pre")
-    base = cache[f"blocks.{layer}.hook_resid_pre"][:, -1].detach().cpu()
-    direction = torch.randn(n_bases, model.cfg.d_model, generator=gen)
-    direction = direction / direction.norm(dim=-1, keepdim=True)
-    step = 4 * base.norm(dim=-1, keepdim=True) / steps
-    coeffs = torch.arange(steps + 1).float() * step
-    return tokens, base, direction, coeffs
-
-
-def assert_agree(fast, plain, read_layers, js):
-    for r in read_layers:
-        scale = plain.l2[r].abs().max()
-        assert scale > 1e-3, "degenerate curves: the test would pass trivially"
-        dev = (fast.l2[r] - plain.l2[r]).abs().max()
-        assert dev <= TOL * scale, f"read layer {r}: max |fast - plain| = {dev:.3g} vs scale {scale:.3g}"
-    if js:
-        assert plain.js.max() > 1e-2
-        dev = (fast.js - plain.js).abs().max()
-        assert dev <= 10 * TOL * plain.js.max(), f"JS: max |fast - plain| = {dev:.3g}"
-    else:
-        assert fast.js is None and plain.js is None
 
 
 @pytest.mark.parametrize("folded", [False, True], ids=["LN", "LNPre-folded"])

@@ -11,7 +11,7 @@ import pytest
 from synthact import results
 from synthact.analysis import aggregate, compare
 from synthact.errors import SynthactError
-from tests.test_aggregate import make_job, write_results
+from tests.helpers import make_job, write_results
 
 
 def run_compare(argv: list[str]) -> int:

@@ -16,9 +16,9 @@ import pytest
 from synthact import results
 from synthact.analysis import aggregate, figures, tracking
 from synthact.analysis.tracking import Tracker, TrackingWarning, read_offline_run
-from tests.test_aggregate import finite, make_job, write_results
+from tests.helpers import finite, make_job, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAKE_KEY = "local-0123456789abcdef0123456789abcdef01234567"
 GRID = {"cells": 8, "shards": 16, "curves": 640}
 
@@ -169,7 +169,7 @@ def test_disabled_tracker_writes_nothing(tmp_path):
 UNREACHABLE = """
 import warnings
 from pathlib import Path
-from tests.test_aggregate import make_job, write_results
+from tests.helpers import make_job, write_results
 from synthact.analysis.tracking import Tracker, TrackingWarning
 
 out = Path({out!r})

@@ -12,11 +12,7 @@ from synthact.errors import SynthactError
 from synthact.results import read_table
 from synthact.run.store import Store
 from synthact.spec import parse_job
-from tests.test_spec import toy_job
-
-
-def rows(shard, n=3) -> pa.Table:
-    return pa.table({"cell_id": [shard.cell.cell_id] * n, "shard_id": [shard.shard_id] * n, "x": list(range(n))})
+from tests.helpers import rows, toy_job
 
 
 def test_write_read_and_manifest(tmp_path):

@@ -1,0 +1,216 @@
+"""Builders shared by the tests: toy job specs, the trained toy backend and generation context, fake result
+directories laid out like `synthact run`'s, scan inputs, and the command line in a subprocess."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import yaml
+
+from synthact import results
+from synthact.generation.context import GenContext
+from synthact.generation.stats import ReferenceStats, compute_stats
+from synthact.inputs.backends import load_backend
+from synthact.scan.metrics import MetricSettings, curve_metrics
+from synthact.spec import (
+    CorpusSpec,
+    Job,
+    ModelSpec,
+    ReferenceSpec,
+    SAESpec,
+    ToyCorpusSpec,
+    ToyModelSpec,
+    ToySAESpec,
+    parse_job,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-4  # max |fast - plain| relative to the largest distance
+
+
+def toy_job(**overrides) -> dict:
+    job = {
+        "name": "t",
+        "model": {"toy": {}},
+        "sae": {"toy": {}},
+        "corpus": {"toy": {}},
+        "layers": [1],
+        "base_kinds": ["real", "synthetic_structured"],
+        "directions": ["toward:same", "isotropic"],
+        "bases_per_cell": 10,
+        "shard_size": 4,
+    }
+    job.update(overrides)
+    return job
+
+
+CENTRE = {"real": 12.0, "sae_recon": 11.5, "synthetic_structured": 9.0, "synthetic_baseline": 7.5, "gaussian": 4.0}
+
+
+WIDTH = {"real": 1.0, "sae_recon": 1.1, "synthetic_structured": 1.2, "synthetic_baseline": 2.5, "gaussian": 3.5}
+
+
+def make_job(bases: int = 40, steps: int = 20, **overrides) -> Job:
+    spec = {
+        "name": "fake",
+        "model": {"toy": {"n_layers": 4}},
+        "sae": {"toy": {}},
+        "corpus": {"toy": {}},
+        "layers": [1],
+        "read_layers": [2, -1],
+        "base_kinds": ["real", "gaussian", "synthetic_baseline", "synthetic_structured"],
+        "directions": ["toward:same", "isotropic", "toward:gaussian", "toward:synthetic_baseline",
+                       "toward:synthetic_structured"],
+        "scan": {"steps": steps, "step_size": 0.5},
+        "metrics": {"plateau_mode": "relative", "plateau_threshold": 0.1},  # the fake curves' heights vary
+        "bases_per_cell": bases,
+        "shard_size": bases // 2,
+    } | overrides
+    return parse_job(spec)
+
+
+def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True) -> pa.Table:
+    """Rows of one shard with every column of the result schema; curves from a seeded sigmoid process."""
+    cell = shard.cell
+    s = cell.settings()
+    rng = np.random.default_rng([seed, shard.start, int(cell.cell_id, 16) % 2**31])
+    n_steps, step = cell.scan.steps, cell.scan.step_size
+    columns: dict[str, list] = {}
+    for read_layer in (2, 3):
+        b = shard.n_bases
+        # Base and target kind both shape the curve, so kinds differ along both comparison axes.
+        target = cell.target_kind or cell.base_kind
+        centre = rng.normal((CENTRE[cell.base_kind] + CENTRE[target]) / 2, 1.5, b) + (2.0 if cell.direction == "isotropic" else 0.0)
+        height = rng.lognormal(np.log(10.0 * read_layer), 0.3, b)
+        n = np.arange(n_steps + 1)
+        width = rng.normal((WIDTH[cell.base_kind] + WIDTH[target]) / 2, 0.1, b)[:, None]
+        curves = height[:, None] * (1 / (1 + np.exp(-(n - centre[:, None]) / width)) - 1 / (1 + np.exp(centre[:, None] / width)))
+        curves = np.maximum(curves + rng.normal(0, 0.05, curves.shape), 0.0)
+        curves[:, 0] = 0.0
+        metrics = curve_metrics(curves, np.full(b, step), settings=MetricSettings(**job.metrics.model_dump()))
+        synthetic = cell.base_kind.startswith("synthetic")
+        k = 8
+        rows = {
+            "cell_id": [cell.cell_id] * b, "shard_id": [shard.shard_id] * b,
+            **{axis: [value] * b for axis, value in s.items()}, "read_layer": [read_layer] * b,
+            "base_index": list(range(shard.start, shard.stop)),
+            "seed": [job.seed] * b, "base_seed": rng.integers(0, 2**62, b).tolist(),
+            "target_seed": rng.integers(0, 2**62, b).tolist(), "scan_mode": [cell.scan.mode] * b,
+            "steps": [n_steps] * b, "step_size": [step] * b,
+            **{name: values.tolist() for name, values in metrics.items()},
+            "base_norm": rng.normal(50, 3, b).tolist(),
+            "target_norm": rng.normal(50, 3, b).tolist() if cell.target_kind else [None] * b,
+            "base_l0": rng.integers(5, 15, b).tolist() if synthetic else [None] * b,
+            "target_l0": [None] * b, "direction_latent": [None] * b,
+            "base_doc": rng.integers(0, 1000, b).tolist(), "base_offset": rng.integers(0, 50, b).tolist(),
+            "base_tokens": rng.integers(0, 512, (b, job.n_ctx)).tolist(),
+            "target_doc": [None] * b, "target_offset": [None] * b, "target_tokens": [None] * b,
+            "base_latents": rng.integers(0, 512, (b, k)).tolist() if synthetic else [None] * b,
+            "base_latent_values": rng.random((b, k)).tolist() if synthetic else [None] * b,
+            "target_latents": [None] * b, "target_latent_values": [None] * b,
+        }
+        if keep_curves:
+            rows["l2_curve"] = curves.tolist()
+        for name, values in rows.items():
+            columns.setdefault(name, []).extend(values)
+    schema = results.result_schema(js=True, keep_curves=keep_curves)
+    n = len(columns["cell_id"])
+    return pa.table({f.name: pa.array(columns.get(f.name, [None] * n), type=f.type) for f in schema}, schema=schema)
+
+
+def write_results(job: Job, out: Path, seed: int = 0, keep_curves: bool = True) -> dict[str, pa.Table]:
+    """Write every shard as `synthact run` lays it out; return each cell's rows."""
+    cells: dict[str, list[pa.Table]] = {}
+    for shard in job.shards():
+        table = shard_rows(job, shard, seed, keep_curves)
+        path = out / "results" / f"cell={shard.cell.cell_id}" / f"{shard.shard_id}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)
+        cells.setdefault(shard.cell.cell_id, []).append(table)
+    return {cid: pa.concat_tables(tables) for cid, tables in cells.items()}
+
+
+def finite(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x[np.isfinite(x)]
+
+
+LAYER, N_CTX = 1, 10
+
+
+@functools.cache
+def toy_backend():
+    """The trained toy model + SAE (layer 1) + toy corpus, built once per test process."""
+    return load_backend(
+        ModelSpec(toy=ToyModelSpec()), SAESpec(toy=ToySAESpec()), CorpusSpec(toy=ToyCorpusSpec()), [LAYER], "cpu",
+        n_ctx=N_CTX,
+    )
+
+
+@functools.cache
+def toy_stats(n_prompts: int = 2048, seed: int = 0) -> ReferenceStats:
+    b = toy_backend()
+    return compute_stats(
+        b.model.model, b.saes[LAYER].sae, b.corpus, LAYER, N_CTX, ReferenceSpec(n_prompts=n_prompts), seed, "cpu"
+    )
+
+
+def toy_context(n_prompts: int = 2048) -> GenContext:
+    b = toy_backend()
+    return GenContext(b.model.model, b.saes[LAYER].sae, toy_stats(n_prompts), b.corpus, LAYER, N_CTX, "cpu")
+
+
+def scan_inputs(model, layer, n_bases=3, n_ctx=7, steps=20, seed=0):
+    """Real activations at resid_pre L as bases, random unit directions, step coefficients of 0.5*||A||/steps*4."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, model.cfg.d_vocab, (n_bases, n_ctx), generator=gen)
+    _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=f"blocks.{layer}.hook_resid_pre")
+    base = cache[f"blocks.{layer}.hook_resid_pre"][:, -1].detach().cpu()
+    direction = torch.randn(n_bases, model.cfg.d_model, generator=gen)
+    direction = direction / direction.norm(dim=-1, keepdim=True)
+    step = 4 * base.norm(dim=-1, keepdim=True) / steps
+    coeffs = torch.arange(steps + 1).float() * step
+    return tokens, base, direction, coeffs
+
+
+def assert_agree(fast, plain, read_layers, js):
+    for r in read_layers:
+        scale = plain.l2[r].abs().max()
+        assert scale > 1e-3, "degenerate curves: the test would pass trivially"
+        dev = (fast.l2[r] - plain.l2[r]).abs().max()
+        assert dev <= TOL * scale, f"read layer {r}: max |fast - plain| = {dev:.3g} vs scale {scale:.3g}"
+    if js:
+        assert plain.js.max() > 1e-2
+        dev = (fast.js - plain.js).abs().max()
+        assert dev <= 10 * TOL * plain.js.max(), f"JS: max |fast - plain| = {dev:.3g}"
+    else:
+        assert fast.js is None and plain.js is None
+
+
+def synthact(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "synthact.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def write_job(path: Path, **fields) -> Path:
+    job = toy_job(name="cli", base_kinds=["real"], directions=["isotropic"], scan={"steps": 10}, bases_per_cell=2,
+                  shard_size=2, reference={"n_prompts": 128}, device="cpu", wandb=False)
+    path.write_text(yaml.safe_dump(job | fields))
+    return path
+
+
+def saved_toy_sae(layer: int, **model) -> str:
+    backend = load_backend(ModelSpec(toy=ToyModelSpec(**model)), SAESpec(toy=ToySAESpec()),
+                           CorpusSpec(toy=ToyCorpusSpec()), [layer], "cpu")
+    return str(backend.saes[layer].path)
+
+
+def rows(shard, n=3) -> pa.Table:
+    return pa.table({"cell_id": [shard.cell.cell_id] * n, "shard_id": [shard.shard_id] * n, "x": list(range(n))})
