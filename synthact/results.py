@@ -16,7 +16,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from synthact.errors import SynthactError
-from synthact.layout import RESULTS, join, resolve_location
+from synthact.layout import RESULTS, cell_dir, join, resolve_location
+from synthact.manifest import read_manifest, result_files
 
 F64, I32, I64, STR = pa.float64(), pa.int32(), pa.int64(), pa.string()
 LIST_I32, LIST_F32 = pa.list_(I32), pa.list_(pa.float32())
@@ -168,42 +169,45 @@ def frame(records: list[dict], columns=()) -> pd.DataFrame:
 
 
 class UnreadableResultsWarning(UserWarning):
-    """Files under results/ that are not readable Parquet were skipped (a rerun regenerates their shards)."""
-
-
-def results_location(out) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and path of OUT/results."""
-    fs, root, _ = resolve_location(out)
-    return fs, join(root, RESULTS)
+    """Files under results/ were not read: damaged shards (a rerun redoes them) or files no shard wrote."""
 
 
 def read_table(out, columns=None, cell_id: str | None = None) -> pa.Table:
-    """Every readable row under OUT/results, or of one cell (only `columns` that exist, when given).
+    """The rows of every shard the manifest lists, or of one cell's (only `columns` that exist, when given).
 
-    Unreadable files (truncated, corrupt, stray) are skipped with one `UnreadableResultsWarning`
-    naming them; a rerun of the sweep regenerates their shards.
+    The manifest, not the folder, defines the rows: a listed file that is unreadable or holds other
+    than its recorded rows is skipped, and files no record names (strays) are not read; both are
+    named in one `UnreadableResultsWarning`. A rerun of the sweep redoes the skipped shards.
     """
-    fs, results = results_location(out)
-    if fs.get_file_info(results).type != pafs.FileType.Directory:
+    fs, root, _ = resolve_location(out)
+    if fs.get_file_info(join(root, RESULTS)).type != pafs.FileType.Directory:
         raise SynthactError(
             f"'{out}' holds no results (no results/ directory); run `synthact run JOB --out {out}` first, "
             "or pass the --out directory of a finished or partial sweep"
         )
-    folder = results if cell_id is None else f"{results}/cell={cell_id}"
-    files = [i.path for i in fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
-             if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))]
+    manifest = read_manifest(fs, root)
+    records = [r for r in manifest.by_cell().get(cell_id, [])] if cell_id else \
+        [r for cell in manifest.by_cell().values() for r in cell]
     tables, bad = [], []
-    for path in sorted(files):
+    for record in records:
+        path = join(root, record.file)
         try:
             table = pq.read_table(path, filesystem=fs)
         except (pa.ArrowException, OSError):
-            bad.append(path)
+            bad.append(f"{path} (unreadable)")
+            continue
+        if table.num_rows != record.rows:
+            bad.append(f"{path} (holds {table.num_rows} rows, its record says {record.rows})")
             continue
         tables.append(table.select([c for c in columns if c in table.column_names]) if columns else table)
+    folder = join(root, RESULTS) if cell_id is None else cell_dir(root, cell_id)
+    named = manifest.files(root)
+    bad += [f"{path} (no manifest record: not read)" for path in result_files(fs, folder) if path not in named]
     if bad:
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        warnings.warn(f"skipped {len(bad)} unreadable file(s) under {results}: {shown}; rerun the same "
-                      "`synthact run` to regenerate their shards", UnreadableResultsWarning, stacklevel=2)
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        warnings.warn(f"{len(bad)} file(s) under {join(root, RESULTS)} were not read: {shown}. Rerun the same "
+                      "`synthact run` to redo damaged shards; `synthact verify` lists them", UnreadableResultsWarning,
+                      stacklevel=2)
     if not tables:
         return pa.table({})
     return pa.concat_tables(tables, promote_options="default")

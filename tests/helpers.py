@@ -18,6 +18,7 @@ from synthact import results
 from synthact.generation.context import GenContext
 from synthact.generation.stats import ReferenceStats, compute_stats
 from synthact.inputs.backends import load_backend
+from synthact.manifest import ShardRecord, shard_file_name
 from synthact.scan.metrics import MetricSettings, curve_metrics
 from synthact.spec import (
     CorpusSpec,
@@ -126,13 +127,17 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True) -> pa.T
 
 
 def write_results(job: Job, out: Path, seed: int = 0, keep_curves: bool = True) -> dict[str, pa.Table]:
-    """Write every shard as `synthact run` lays it out; return each cell's rows."""
+    """Write every shard and its manifest record as `synthact run` does; return each cell's rows."""
     cells: dict[str, list[pa.Table]] = {}
     for shard in job.shards():
         table = shard_rows(job, shard, seed, keep_curves)
-        path = out / "results" / f"cell={shard.cell.cell_id}" / f"{shard.shard_id}.parquet"
+        record = ShardRecord(shard.shard_id, shard.cell.cell_id, table.num_rows,
+                             shard_file_name(shard.cell.cell_id, shard.shard_id), 0.0)
+        path = out / record.file
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path)
+        (out / "manifest").mkdir(exist_ok=True)
+        (out / "manifest" / f"{shard.shard_id}.json").write_bytes(record.to_json())
         cells.setdefault(shard.cell.cell_id, []).append(table)
     return {cid: pa.concat_tables(tables) for cid, tables in cells.items()}
 

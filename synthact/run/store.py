@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 import yaml
 
 from synthact.errors import SynthactError
-from synthact.layout import STATS, is_disk_full, join, resolve_location, shard_file
+from synthact.layout import MANIFEST, RESULTS, STATS, is_disk_full, join, resolve_location, shard_file
+from synthact.manifest import ShardRecord, read_manifest, record_path, result_files, shard_file_name
 from synthact.run.provenance import input_fingerprints, package_versions
 from synthact.spec import Job, Shard
 
@@ -134,10 +135,10 @@ class Store:
     def forget(self, bad: list[tuple[str, str]]) -> None:
         """Remove the manifest records and files of shards that failed verification, so they are redone."""
         for shard_id, _ in bad:
-            record = self.path("manifest", f"{shard_id}.json")
+            record = record_path(self.root, shard_id)
             try:
-                shard_file = self.path(json.loads(self._read(record))["file"])
-            except (OSError, ValueError, KeyError, TypeError):
+                shard_file = self.path(ShardRecord.from_json(self._read(record)).file)
+            except (OSError, ValueError):
                 shard_file = None
             _delete_quietly(self.fs, record)
             if shard_file:
@@ -146,7 +147,7 @@ class Store:
     def clean_temporaries(self) -> int:
         """Remove hidden temporary files a killed run left behind; return how many."""
         removed = 0
-        for base in ("results", "manifest"):
+        for base in (RESULTS, MANIFEST):
             selector = pafs.FileSelector(self.path(base), recursive=True, allow_not_found=True)
             for info in self.fs.get_file_info(selector):
                 if info.type == pafs.FileType.File and Path(info.path).name.startswith(".tmp-"):
@@ -177,15 +178,10 @@ class Store:
                 pq.write_table(table, f, compression="zstd")
             self.fs.move(tmp, target)
             moved = True
-            record = {
-                "shard_id": shard.shard_id,
-                "cell_id": shard.cell.cell_id,
-                "rows": table.num_rows,
-                "file": f"results/cell={shard.cell.cell_id}/{shard.shard_id}.parquet",
-                "finished": time.time(),
-            }
-            self.fs.create_dir(self.path("manifest"), recursive=True)
-            self._write_atomic(self.path("manifest", f"{shard.shard_id}.json"), json.dumps(record).encode())
+            record = ShardRecord(shard_id=shard.shard_id, cell_id=shard.cell.cell_id, rows=table.num_rows,
+                                 file=shard_file_name(shard.cell.cell_id, shard.shard_id), finished=time.time())
+            self.fs.create_dir(self.path(MANIFEST), recursive=True)
+            self._write_atomic(record_path(self.root, shard.shard_id), record.to_json())
         except OSError as e:
             _delete_quietly(self.fs, tmp)
             if moved:  # no manifest record: take the file back so the dataset holds finished shards only
@@ -250,28 +246,16 @@ def verify(out, deep: bool = False) -> Verification:
     results/ that no record names (other than hidden temporaries) are listed as strays.
     """
     fs, root, _ = resolve_location(out)
-    found, named = Verification(), set()
-    manifest = pafs.FileSelector(f"{root}/manifest", allow_not_found=True)
-    for info in fs.get_file_info(manifest):
-        if not info.base_name.endswith(".json") or info.base_name.startswith("."):
-            continue
-        shard_id = info.base_name.removesuffix(".json")
-        try:
-            with fs.open_input_stream(info.path) as f:
-                record = json.loads(f.read())
-            named.add(f"{root}/{record['file']}")
-            expected = int(record["rows"])
-        except (OSError, ValueError, KeyError, TypeError):
-            found.bad.append((shard_id, "its manifest record is damaged"))
-            continue
-        problem = _file_problem(fs, f"{root}/{record['file']}", expected, deep)
+    manifest = read_manifest(fs, root)
+    found = Verification(bad=[(shard_id, "its manifest record is damaged") for shard_id in manifest.damaged])
+    for shard_id, record in manifest.records.items():
+        problem = _file_problem(fs, join(root, record.file), record.rows, deep)
         if problem:
             found.bad.append((shard_id, problem))
         else:
             found.good.add(shard_id)
-    results = pafs.FileSelector(f"{root}/results", recursive=True, allow_not_found=True)
-    found.strays = sorted(i.path for i in fs.get_file_info(results) if i.type == pafs.FileType.File
-                          and not i.base_name.startswith(".") and i.path not in named)
+    named = manifest.files(root)
+    found.strays = [path for path in result_files(fs, join(root, RESULTS)) if path not in named]
     return found
 
 
