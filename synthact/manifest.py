@@ -7,6 +7,7 @@ A file under results/ that no record names is a stray: it is named, never read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 
@@ -17,13 +18,16 @@ from synthact.layout import MANIFEST, RESULTS, join
 
 @dataclass(frozen=True)
 class ShardRecord:
-    """A finished shard: its id, cell, row count and file (relative to the output directory)."""
+    """A finished shard: its id, cell, row count, file (relative to the output directory) and the file's
+    size and sha256 (None in records written before synthact recorded them: those are checked by rows only)."""
 
     shard_id: str
     cell_id: str
     rows: int
     file: str
     finished: float
+    size: int | None = None
+    sha256: str | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -34,12 +38,24 @@ class ShardRecord:
         try:
             raw = json.loads(data)
             record = cls(shard_id=str(raw["shard_id"]), cell_id=str(raw["cell_id"]), rows=int(raw["rows"]),
-                         file=str(raw["file"]), finished=float(raw["finished"]))
-        except (ValueError, KeyError, TypeError) as e:
+                         file=str(raw["file"]), finished=float(raw["finished"]),
+                         size=None if raw.get("size") is None else int(raw["size"]),
+                         sha256=None if raw.get("sha256") is None else str(raw["sha256"]))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"damaged manifest record: {e}") from None
         if record.rows < 0 or not record.file.startswith(f"{RESULTS}/"):
             raise ValueError("damaged manifest record: negative rows or a file outside results/")
         return record
+
+
+def file_digest(fs: pafs.FileSystem, path: str, chunk: int = 1 << 20) -> tuple[int, str]:
+    """(size in bytes, sha256 hex) of a file, streamed."""
+    h, size = hashlib.sha256(), 0
+    with fs.open_input_stream(path) as f:
+        while data := f.read(chunk):
+            h.update(data)
+            size += len(data)
+    return size, h.hexdigest()
 
 
 def shard_file_name(cell_id: str, shard_id: str) -> str:

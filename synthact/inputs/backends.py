@@ -202,10 +202,19 @@ def _local_model(path: Path, kwargs: dict) -> HookedTransformer:
             "Hugging Face cache"
         )
     processing = _processing(kwargs, f"local:{path}")
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report would print beside our own paragraph
     try:
-        hf = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+        hf, loading_info = AutoModelForCausalLM.from_pretrained(
+            path, local_files_only=True, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True
+        )
     except OSError as e:
         raise SynthactError(f"could not read the weights in local model directory '{path}': {e}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    _check_complete(path, arch, loading_info)
     cfg_dict = _named_config(hf_cfg, arch) if arch in NAMED_ARCHITECTURES else _converted_config(path)
     cfg_dict.update(
         model_name=path.name, original_architecture=arch, tokenizer_name=None, init_weights=False, device="cpu",
@@ -228,6 +237,29 @@ def _local_model(path: Path, kwargs: dict) -> HookedTransformer:
         state = {k: v.detach().clone() for k, v in state.items()}
     model.load_and_process_state_dict(state, **processing)
     return model
+
+
+def _check_complete(path: Path, arch: str, info: dict) -> None:
+    """Refuse a checkpoint whose tensors do not fill the model exactly: transformers would give any missing
+    or wrongly shaped tensor random weights, and drop unexpected ones, without a word."""
+    def listed(names) -> str:
+        names = sorted(names)
+        return ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+
+    problems = []
+    if info["missing_keys"]:
+        problems.append(f"missing {listed(info['missing_keys'])}")
+    if info["mismatched_keys"]:
+        problems.append("wrongly shaped " + listed(f"{name} ({tuple(got)} in the file, {tuple(want)} expected)"
+                                                   for name, got, want in info["mismatched_keys"]))
+    if info["unexpected_keys"]:
+        problems.append(f"unexpected {listed(info['unexpected_keys'])}")
+    if problems:
+        raise SynthactError(
+            f"the weights in local model directory '{path}' do not match its config.json ({arch}): "
+            f"{'; '.join(problems)}. The model would run with random weights in their place; point model.local at "
+            "a complete checkpoint written by save_pretrained for this config"
+        )
 
 
 def _converted_config(path: Path) -> dict:

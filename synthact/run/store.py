@@ -5,12 +5,13 @@ The directory's layout is `synthact.layout`'s.
 Every file is written to a hidden temporary name and then renamed, so readers (pyarrow,
 pandas, polars, DuckDB skip names starting with '.') never see half a file, and a rerun
 after a crash overwrites a shard file that lacks its manifest record with identical rows.
-A rerun also verifies each record (file present, readable, rows as recorded) and redoes the
-shards that fail.
+A rerun also verifies each record (file present, its size and sha256 as recorded, readable,
+rows as recorded) and redoes the shards that fail, so whatever `verify` flags the rerun repairs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -25,7 +26,7 @@ import yaml
 
 from synthact.errors import SynthactError
 from synthact.layout import MANIFEST, RESULTS, STATS, is_disk_full, join, resolve_location, shard_file
-from synthact.manifest import ShardRecord, read_manifest, record_path, result_files, shard_file_name
+from synthact.manifest import ShardRecord, file_digest, read_manifest, record_path, result_files, shard_file_name
 from synthact.run.provenance import input_fingerprints, package_versions
 from synthact.spec import Job, Shard
 
@@ -76,7 +77,7 @@ class Store:
                 f"'{self.uri}/job.json' is damaged (empty or not a synthact claim), so it is unknown which spec "
                 "these results belong to; use a new --out directory, or delete the directory to start over"
             ) from None
-        if spec_hash != self.job.spec_hash:
+        if _identity_hash(theirs.get("spec"), spec_hash) != self.job.spec_hash:
             raise SynthactError(
                 f"output directory '{self.uri}' already holds results of another job spec "
                 f"('{theirs.get('spec', {}).get('name', '?')}', spec hash {str(spec_hash)[:12]}); "
@@ -173,13 +174,17 @@ class Store:
         self.fs.create_dir(str(Path(target).parent), recursive=True)
         tmp = _tmp_beside(target)
         moved = False
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        data = sink.getvalue()
         try:
             with self.fs.open_output_stream(tmp) as f:
-                pq.write_table(table, f, compression="zstd")
+                f.write(data)
             self.fs.move(tmp, target)
             moved = True
             record = ShardRecord(shard_id=shard.shard_id, cell_id=shard.cell.cell_id, rows=table.num_rows,
-                                 file=shard_file_name(shard.cell.cell_id, shard.shard_id), finished=time.time())
+                                 file=shard_file_name(shard.cell.cell_id, shard.shard_id), finished=time.time(),
+                                 size=data.size, sha256=hashlib.sha256(data).hexdigest())
             self.fs.create_dir(self.path(MANIFEST), recursive=True)
             self._write_atomic(record_path(self.root, shard.shard_id), record.to_json())
         except OSError as e:
@@ -226,6 +231,15 @@ class Store:
             raise
 
 
+def _identity_hash(spec, recorded: str) -> str:
+    """The identity hash of a claimed spec, recomputed by this version (description, ray, wandb and output
+    do not count; fields added since take their defaults); the recorded hash where the spec no longer parses."""
+    try:
+        return Job.model_validate(spec).spec_hash
+    except (ValueError, TypeError):
+        return str(recorded)
+
+
 @dataclass
 class Verification:
     """What an output directory holds: good shards, shards whose record lies (id, problem), stray files."""
@@ -240,16 +254,18 @@ class Verification:
 
 
 def verify(out, deep: bool = False) -> Verification:
-    """Check every manifest record: its file present, readable Parquet, holding the recorded rows.
+    """Check every manifest record: its file present, of the recorded size and sha256, readable Parquet,
+    holding the recorded rows.
 
-    The rows are counted from each file's footer, or (`deep`) by reading every row. Files under
-    results/ that no record names (other than hidden temporaries) are listed as strays.
+    Every file is read once for its checksum (records from before checksums: the footer only). The
+    rows are counted from each file's footer, or (`deep`) by reading every row. Files under results/
+    that no record names (other than hidden temporaries) are listed as strays.
     """
     fs, root, _ = resolve_location(out)
     manifest = read_manifest(fs, root)
     found = Verification(bad=[(shard_id, "its manifest record is damaged") for shard_id in manifest.damaged])
     for shard_id, record in manifest.records.items():
-        problem = _file_problem(fs, join(root, record.file), record.rows, deep)
+        problem = _file_problem(fs, join(root, record.file), record, deep)
         if problem:
             found.bad.append((shard_id, problem))
         else:
@@ -259,9 +275,18 @@ def verify(out, deep: bool = False) -> Verification:
     return found
 
 
-def _file_problem(fs: pafs.FileSystem, path: str, expected: int, deep: bool) -> str | None:
-    if fs.get_file_info(path).type != pafs.FileType.File:
+def _file_problem(fs: pafs.FileSystem, path: str, record: ShardRecord, deep: bool) -> str | None:
+    expected = record.rows
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
         return f"{path} is missing"
+    if record.size is not None and info.size != record.size:
+        return f"{path} has {info.size} bytes, its manifest record says {record.size}"
+    try:
+        if record.sha256 is not None and file_digest(fs, path)[1] != record.sha256:
+            return f"{path} does not match the checksum in its manifest record (its content changed or is damaged)"
+    except OSError as e:
+        return f"{path} cannot be read ({e})"
     try:
         with fs.open_input_file(path) as f:
             rows = pq.read_table(f).num_rows if deep else pq.ParquetFile(f).metadata.num_rows

@@ -4,9 +4,10 @@ models that document every field where it is declared."""
 from __future__ import annotations
 
 import itertools
+import math
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -15,7 +16,7 @@ from synthact.spec.vocabulary import GENERATION_AXES, TEMPLATE_KINDS
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN and inf mean nothing here
 
     def __hash__(self) -> int:  # by value, also for specs holding dicts (from_pretrained_kwargs)
         return hash(digest(self.model_dump(mode="json")))
@@ -35,15 +36,15 @@ def _exactly_one(obj: BaseModel, fields: tuple[str, ...], what: str) -> None:
 class ToyModelSpec(Frozen):
     """A small GPT-2-architecture HookedTransformer built from a seed (offline, tests)."""
 
-    n_layers: int = Field(4, ge=3, description="Transformer blocks.")
+    n_layers: int = Field(4, ge=3, le=48, description="Transformer blocks.")
     d_model: int = Field(64, ge=8, le=128, description="Residual stream width.")
-    n_heads: int = Field(4, ge=1, description="Attention heads per block.")
-    d_mlp: int = Field(256, ge=8, description="MLP hidden width.")
-    d_vocab: int = Field(512, ge=16, description="Vocabulary size.")
-    n_ctx: int = Field(64, ge=4, description="Maximum context length.")
+    n_heads: int = Field(4, ge=1, le=128, description="Attention heads per block.")
+    d_mlp: int = Field(256, ge=8, le=4096, description="MLP hidden width.")
+    d_vocab: int = Field(512, ge=16, le=100_000, description="Vocabulary size.")
+    n_ctx: int = Field(64, ge=4, le=4096, description="Maximum context length.")
     seed: int = Field(0, ge=0, lt=2**63, description="Seed for the weights.")
     train_steps: int = Field(
-        300, ge=0, description="Steps of next-token training on the toy corpus, so the model has real structure."
+        300, ge=0, le=1_000_000, description="Steps of next-token training on the toy corpus, so the model has real structure."
     )
 
     @model_validator(mode="after")
@@ -86,9 +87,9 @@ class ModelSpec(Frozen):
 class ToySAESpec(Frozen):
     """An SAE trained with sae_lens on the toy model's activations (offline, tests)."""
 
-    d_sae: int = Field(512, ge=16, description="Number of latents.")
-    l1_coefficient: float = Field(3.0, gt=0, description="Sparsity penalty of the standard SAE.")
-    training_tokens: int = Field(400_000, ge=1000, description="Activations seen in training.")
+    d_sae: int = Field(512, ge=16, le=65_536, description="Number of latents.")
+    l1_coefficient: float = Field(3.0, gt=0, le=1e6, description="Sparsity penalty of the standard SAE.")
+    training_tokens: int = Field(400_000, ge=1000, le=10**10, description="Activations seen in training.")
     seed: int = Field(0, ge=0, lt=2**63, description="Seed for SAE init and training order.")
 
 
@@ -126,8 +127,8 @@ class SAESpec(Frozen):
 class ToyCorpusSpec(Frozen):
     """Token sequences from a seeded Markov chain over the toy vocabulary."""
 
-    n_docs: int = Field(2048, ge=16, description="Number of documents.")
-    doc_len: int = Field(64, ge=4, description="Tokens per document.")
+    n_docs: int = Field(2048, ge=16, le=10_000_000, description="Number of documents.")
+    doc_len: int = Field(64, ge=4, le=100_000, description="Tokens per document.")
     seed: int = Field(0, ge=0, lt=2**63, description="Seed of the chain.")
 
 
@@ -137,7 +138,7 @@ class CorpusSpec(Frozen):
     hf: str | None = Field(None, description="Hugging Face dataset of token ids, e.g. the pre-tokenized OpenWebText.")
     split: str = Field("train", description="Dataset split (hf only).")
     column: str = Field("input_ids", description="Column holding token ids (hf and Parquet files).")
-    max_docs: int = Field(20_000, ge=1, description="Documents read from an hf dataset (streamed).")
+    max_docs: int = Field(20_000, ge=1, le=100_000_000, description="Documents read from an hf dataset (streamed).")
     file: str | None = Field(None, description="Local token file: .npy (2-D [docs, tokens] or 1-D) or Parquet.")
     toy: ToyCorpusSpec | None = Field(None, description="Toy corpus for the toy model.")
 
@@ -173,22 +174,22 @@ class GenerationSpec(Frozen):
         description="Frequency matching of synthetic_baseline: random among the k latents nearest in frequency "
         "(the paper), or random within a log10-frequency tolerance.",
     )
-    nearest_k: list[int] = Field([10], description="k of match nearest_k (the paper: 10).")
-    tol: list[float] = Field(
-        [0.1], description="Max |log10 f(j) - log10 f(i)| of match tol and of structure pairwise."
+    nearest_k: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field([10], description="k of match nearest_k (the paper: 10).")
+    tol: list[Annotated[float, Field(gt=0, le=20)]] = Field(
+        [0.1], description="Max |log10 f(j) - log10 f(i)| of match tol and of structure pairwise (0 < tol <= 20)."
     )
     structure: list[Literal["anchor", "pairwise"]] = Field(
         ["anchor"],
         description="synthetic_structured: the paper's anchor construction, or synthact's pairwise-cosine "
         "search among C frequency-matched candidates.",
     )
-    anchor_cos: list[float] = Field(
-        [0.42], description="Anchor: the decoder cosine to the top latent it should have (the paper: 0.42)."
+    anchor_cos: list[Annotated[float, Field(ge=-1, le=1)]] = Field(
+        [0.42], description="Anchor: the decoder cosine to the top latent it should have, in [-1, 1] (the paper: 0.42)."
     )
-    anchor_pool: list[int] = Field(
+    anchor_pool: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(
         [100], description="Anchor: chosen among this many latents nearest to the top latent in frequency (the paper: 100)."
     )
-    candidates: list[int] = Field(
+    candidates: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
         [16], description="C: frequency-matched candidates per latent of structure pairwise (C=1 is the baseline)."
     )
     value_source: list[Literal["template", "sampled"]] = Field(
@@ -215,34 +216,39 @@ class GenerationSpec(Frozen):
             raise ValueError(f"lists a value twice: {v}")
         return v
 
-    @field_validator("candidates", "nearest_k", "anchor_pool")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(c < 1 for c in v):
-            raise ValueError("candidates, nearest_k and anchor_pool must be >= 1")
-        return v
-
     def axes_for(self, kinds: set[str], paired: bool) -> list[dict]:
         """The distinct generation settings of a cell whose base and target kinds are `kinds`
-        (`paired`: its target is SAE-built), each with null for the axes no kind there uses."""
+        (`paired`: its target is SAE-built), each with null for the axes no kind there uses; in the
+        order of the axes' product (time proportional to the settings listed, not to the product)."""
+        found = []
+        for choices in self._choices(kinds, paired):
+            for combo in itertools.product(*choices):
+                found.append((tuple(i for i, _ in combo), dict(zip(GENERATION_AXES, (v for _, v in combo)))))
+        return [c for _, c in sorted(found, key=lambda item: item[0])]
+
+    def count_for(self, kinds: set[str], paired: bool) -> int:
+        """len(axes_for(kinds, paired)), counted without listing them."""
+        return sum(math.prod(map(len, choices)) for choices in self._choices(kinds, paired))
+
+    def _choices(self, kinds: set[str], paired: bool):
+        """Per (match, structure) a kind here uses: each axis's (index, value) choices, [(0, None)] where unused."""
         used = set()
         if kinds & set(TEMPLATE_KINDS):
             used |= {"value_source", "exclude_template", "match_norm", "add_error"}
         if paired:
             used.add("template")
-        combos = []
-        for values in itertools.product(*(getattr(self, name) for name in GENERATION_AXES)):
-            c = dict(zip(GENERATION_AXES, values))
-            keep = set(used)
-            if "synthetic_baseline" in kinds:
-                keep |= {"match", "nearest_k" if c["match"] == "nearest_k" else "tol"}
-            if "synthetic_structured" in kinds:
-                keep |= {"structure"} | ({"anchor_cos", "anchor_pool"} if c["structure"] == "anchor" else {"tol", "candidates"})
-            c = {k: (v if k in keep else None) for k, v in c.items()}
-            if c not in combos:
-                combos.append(c)
-        return combos
-
+        matches = list(enumerate(self.match)) if "synthetic_baseline" in kinds else [None]
+        structures = list(enumerate(self.structure)) if "synthetic_structured" in kinds else [None]
+        for m, st in itertools.product(matches, structures):
+            keep, fixed = set(used), {}
+            if m is not None:
+                keep |= {"match", "nearest_k" if m[1] == "nearest_k" else "tol"}
+                fixed["match"] = [m]
+            if st is not None:
+                keep |= {"structure"} | ({"anchor_cos", "anchor_pool"} if st[1] == "anchor" else {"tol", "candidates"})
+                fixed["structure"] = [st]
+            yield [fixed.get(name) or (list(enumerate(getattr(self, name))) if name in keep else [(0, None)])
+                   for name in GENERATION_AXES]
 
 
 class ScanSpec(Frozen):
@@ -273,12 +279,22 @@ class MetricsSpec(Frozen):
     """Thresholds of the curve metrics (docs/science.md, "Curve metrics")."""
 
     slope_threshold: float = Field(
-        0.02, ge=0, description="max_slope_step: if no slope d_n - d_{n-1} exceeds it, the step is the last point."
+        0.02, ge=0, le=1e6, description="max_slope_step: if no slope d_n - d_{n-1} exceeds it, the step is the last point."
     )
     plateau_threshold: float = Field(
         20.0, gt=0, description="plateau_len: first n with d_n >= this (absolute L2) or this * d_last (relative)."
     )
     plateau_mode: Literal["absolute", "relative"] = Field("absolute", description="How plateau_threshold is read (the paper: absolute).")
+
+    @model_validator(mode="after")
+    def _relative_is_a_fraction(self) -> "MetricsSpec":
+        if self.plateau_mode == "relative" and self.plateau_threshold > 1:
+            raise ValueError(
+                f"plateau_mode relative reads plateau_threshold as a fraction of d_last, so it must be in (0, 1]; "
+                f"got {self.plateau_threshold} (with the absolute default 20 every curve would get the fallback). "
+                "Set plateau_threshold, e.g. 0.9"
+            )
+        return self
 
 
 class ReferenceSpec(Frozen):
@@ -301,10 +317,10 @@ class WandbSpec(Frozen):
 class RaySpec(Frozen):
     """How the sweep runs on a Ray cluster (`--ray ADDRESS`)."""
 
-    num_gpus: float = Field(1.0, ge=0, description="GPUs per worker actor; 0 gives CPU actors.")
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per worker actor.")
-    max_workers: int | None = Field(None, ge=1, description="Cap on worker actors; default: as many as fit.")
-    max_in_flight: int = Field(2, ge=1, description="Shards queued per worker at once.")
-    max_retries: int = Field(2, ge=0, description="Retries of a failing shard before it is reported.")
+    num_gpus: float = Field(1.0, ge=0, le=1024, description="GPUs per worker actor; 0 gives CPU actors.")
+    num_cpus: float = Field(1.0, gt=0, le=4096, description="CPUs per worker actor.")
+    max_workers: int | None = Field(None, ge=1, le=100_000, description="Cap on worker actors; default: as many as fit.")
+    max_in_flight: int = Field(2, ge=1, le=1000, description="Shards queued per worker at once.")
+    max_retries: int = Field(2, ge=0, le=100, description="Retries of a failing shard before it is reported.")
 
 

@@ -36,6 +36,8 @@ from synthact.spec.vocabulary import (
 )
 
 MAX_SHARDS = 1_000_000  # keeps `validate` and planning small whatever the spec says
+# Fields that change no row and that no row records: a resume may change them (docs/spec.md, "Resume").
+NOT_IDENTITY = ("description", "output", "wandb", "ray")
 
 
 def _listify(v: Any) -> Any:
@@ -56,7 +58,7 @@ class Job(Frozen):
     model: list[ModelSpec] = Field(description="Model(s): one or a list (grid axis).")
     sae: list[SAESpec] = Field(description="SAE(s): one or a list (grid axis).")
     corpus: CorpusSpec = Field(description="Prompt source.")
-    n_ctx: int = Field(10, ge=2, description="Prompt length; only the last position is perturbed and read.")
+    n_ctx: int = Field(10, ge=2, le=1_000_000, description="Prompt length; only the last position is perturbed and read.")
     layers: list[int] = Field(
         [1],
         description="Perturbation layers L: the SAE's hook, blocks.L.hook_resid_pre or blocks.L.hook_resid_post "
@@ -130,8 +132,9 @@ class Job(Frozen):
 
     @model_validator(mode="after")
     def _pairs_make_sense(self) -> "Job":
-        for kind, direction, scan in itertools.product(self.base_kinds, self.directions, self.scan):
-            problem = pair_problem(kind, direction, scan.mode)
+        modes = list(dict.fromkeys(scan.mode for scan in self.scan))
+        for kind, direction, mode in itertools.product(self.base_kinds, self.directions, modes):
+            problem = pair_problem(kind, direction, mode)
             if problem:
                 raise ValueError(problem)
         paired_targets = {target_kind(k, d) for k, d in itertools.product(self.base_kinds, self.directions)
@@ -171,13 +174,11 @@ class Job(Frozen):
         return sum(n * (scan.steps + 1) for n, scan in self._cells_per_scan()) * self.bases_per_cell
 
     def _cells_per_scan(self) -> list[tuple[int, "ScanSpec"]]:
+        """(cells, scan) per scan, in time proportional to the spec (never to the grid)."""
         per_group = len(self.model) * len(self.sae) * len(self.layers)
-        out = []
-        for scan in self.scan:
-            n = sum(len(self.generation.axes_for({k, target_kind(k, d)}, paired=target_kind(k, d) in TEMPLATE_KINDS))
-                    for k, d in itertools.product(self.base_kinds, self.directions))
-            out.append((n * per_group, scan))
-        return out
+        n = sum(self.generation.count_for({k, target_kind(k, d)}, paired=target_kind(k, d) in TEMPLATE_KINDS)
+                for k, d in itertools.product(self.base_kinds, self.directions))
+        return [(n * per_group, scan) for scan in self.scan]
 
     # ------------------------------------------------------------------ grid
 
@@ -206,9 +207,14 @@ class Job(Frozen):
         """The spec as plain data (what the manifest and metadata store)."""
         return self.model_dump(mode="json")
 
+    def identity(self) -> dict:
+        """What the job's rows depend on or record: the canonical spec less `NOT_IDENTITY`."""
+        return {k: v for k, v in self.canonical().items() if k not in NOT_IDENTITY}
+
     @property
     def spec_hash(self) -> str:
-        return digest(self.canonical())
+        """The job's identity: a rerun resumes a directory whose job has the same hash."""
+        return digest(self.identity())
 
 
 @dataclass(frozen=True)
