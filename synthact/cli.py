@@ -133,18 +133,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     Exit 0 when all is well, 1 when something is wrong (rerunning the same `synthact run` redoes those shards).
     """
     from synthact.layout import resolve_location
-    from synthact.run.store import verify
+    from synthact.run.store import read_claim, verify
 
     fs, root, uri = resolve_location(args.out)
-    if fs.get_file_info(f"{root}/job.json").type.name != "File":
+    if read_claim(fs, root, uri) is None:
         raise SynthactError(f"'{uri}' is not a synthact output directory (no job.json)")
     found = verify(args.out, deep=args.deep)
     for shard_id, problem in found.bad:
         print(f"bad shard {shard_id}: {problem}")
     for path in found.strays:
-        print(f"stray file (no manifest record; readers may skip or include it): {path}")
+        print(f"stray file (no manifest record; never read): {path}")
+    for path, problem in found.bad_stats:
+        print(f"damaged reference statistics {path}: {problem}")
     print(f"{uri}: {len(found.good)} shard(s) verified, {len(found.bad)} bad, {len(found.strays)} stray file(s)"
-          + ("" if found.ok else "; rerun the same `synthact run` to redo the bad shards"))
+          + (f", {len(found.bad_stats)} damaged statistics" if found.bad_stats else "")
+          + ("" if found.ok else "; rerun the same `synthact run` to redo the bad shards and statistics"))
     return 0 if found.ok else 1
 
 

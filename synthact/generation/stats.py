@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -121,22 +122,45 @@ class ReferenceStats:
 
     @classmethod
     def load(cls, directory: Path, device: str = "cpu") -> "ReferenceStats":
+        """Read a statistics directory; a SynthactError naming the damage when it is incomplete, unreadable or
+        inconsistent (`load_or_compute_stats` then recomputes it)."""
         directory = Path(directory)
-        meta_path, tensor_path = directory / "stats.json", directory / "tensors.safetensors"
-        if not (meta_path.exists() and tensor_path.exists()):
-            raise SynthactError(
-                f"'{directory}' is not a reference-statistics directory (stats.json and tensors.safetensors "
-                "expected); delete it so synthact recomputes the statistics"
-            )
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise SynthactError(
-                f"reference statistics in '{directory}' have format version {meta.get('format_version')}, "
-                f"this synthact reads version {FORMAT_VERSION}; delete the directory so they are recomputed"
-            )
-        tensors = load_file(tensor_path, device=str(device))
-        return cls(layer=int(meta["layer"]), cov_jitter=float(meta["cov_jitter"]), freq_source=meta["freq_source"],
-                   **tensors)
+        if not ((directory / "stats.json").is_file() and (directory / "tensors.safetensors").is_file()):
+            raise SynthactError(f"'{directory}' is not a reference-statistics directory (stats.json and "
+                                "tensors.safetensors expected)")
+        try:
+            meta = json.loads((directory / "stats.json").read_text())
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"format version {meta.get('format_version')}, this synthact reads {FORMAT_VERSION}")
+            tensors = load_file(directory / "tensors.safetensors", device=str(device))
+            stats = cls(layer=int(meta["layer"]), cov_jitter=float(meta["cov_jitter"]),
+                        freq_source=str(meta["freq_source"]), **tensors)
+        except Exception as e:  # OSError, JSON, safetensors and missing-field errors come in many types
+            raise SynthactError(f"'{directory}' holds damaged statistics ({type(e).__name__}: "
+                                f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+        problem = stats.problem()
+        if problem:
+            raise SynthactError(f"'{directory}' holds damaged statistics ({problem})")
+        return stats
+
+    def problem(self) -> str | None:
+        """Why these tensors cannot be one pool's statistics (shapes disagree, values not finite), or None."""
+        p, d_model, d_sae = self.acts.shape[0], self.acts.shape[-1], self.freq.shape[0]
+        nnz = self.code_latents.shape[0]
+        shapes = {"acts": (p, d_model), "code_offsets": (p + 1,), "code_values": (nnz,), "freq": (d_sae,),
+                  "value_counts": (d_sae,), "l0": (p,), "mean": (d_model,), "cov": (d_model, d_model),
+                  "chol": (d_model, d_model), "norms": (p,), "code_norms": (p,)}
+        for name, shape in shapes.items():
+            if tuple(getattr(self, name).shape) != shape:
+                return f"{name} has shape {tuple(getattr(self, name).shape)}, expected {shape}"
+        if self.value_samples.dim() != 2 or self.value_samples.shape[0] != d_sae:
+            return f"value_samples has shape {tuple(self.value_samples.shape)}, expected ({d_sae}, V)"
+        if int(self.code_offsets[-1]) != nnz:
+            return f"code_offsets end at {int(self.code_offsets[-1])}, but there are {nnz} code entries"
+        for name in ("acts", "freq", "mean", "cov", "chol"):
+            if not torch.isfinite(getattr(self, name)).all():
+                return f"{name} holds NaN or infinite values"
+        return None
 
 
 def stats_key(
@@ -277,8 +301,38 @@ def _gaussian_fit(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     )
 
 
+def load_stored_stats(fs, path: str, device: str = "cpu") -> ReferenceStats:
+    """A statistics directory on any pyarrow filesystem (copied locally first when remote); SynthactError when damaged."""
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    if isinstance(fs, pafs.LocalFileSystem):
+        return ReferenceStats.load(Path(path), device=device)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        except OSError as e:
+            raise SynthactError(f"cannot copy '{path}': {e}") from None
+        return ReferenceStats.load(Path(tmp), device=device)
+
+
+def _discard(fs, path: str) -> None:
+    """Remove a damaged statistics directory (moved aside first, so no reader sees it half deleted)."""
+    import uuid
+
+    parent, _, name = path.rstrip("/").rpartition("/")
+    aside = f"{parent}/.damaged-{uuid.uuid4().hex[:8]}-{name}"
+    try:
+        fs.move(path, aside)
+        fs.delete_dir(aside)
+    except OSError:
+        pass  # another worker moved it first
+
+
 def load_or_compute_stats(backend, layer: int, job, stats_root: str, device: str) -> tuple[ReferenceStats, str]:
-    """A layer's reference statistics from `stats_root` (a path or URI), computed and stored once if missing.
+    """A layer's reference statistics from `stats_root` (a path or URI), computed and stored once if missing,
+    and recomputed when the stored copy is damaged.
 
     Returns the statistics and where they live. A full disk or unwritable store is a SynthactError.
     """
@@ -294,12 +348,16 @@ def load_or_compute_stats(backend, layer: int, job, stats_root: str, device: str
     uri = f"{stats_root.rstrip('/')}/{key}"
     fs, path, _ = resolve_location(uri)
     local = isinstance(fs, pafs.LocalFileSystem)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:  # saved atomically: present means complete
-        if local:
-            return ReferenceStats.load(Path(path), device=device), uri
-        with tempfile.TemporaryDirectory() as tmp:
-            pafs.copy_files(path, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-            return ReferenceStats.load(Path(tmp), device=device), uri
+    if fs.get_file_info(path).type == pafs.FileType.Directory:  # saved atomically, but files can be damaged later
+        try:
+            stats = load_stored_stats(fs, path, device)
+            if stats.d_sae == backend.saes[layer].d_sae and stats.acts.shape[1] == backend.model.d_model:
+                return stats, uri
+            problem = f"{stats.d_sae} latents of width {stats.acts.shape[1]}, not this SAE's"
+        except SynthactError as e:
+            problem = str(e)
+        print(f"synthact: reference statistics in '{uri}' are damaged ({problem}); recomputing them", file=sys.stderr)
+        _discard(fs, path)
     stats = compute_stats(backend.model.model, backend.saes[layer].sae, backend.corpus, layer, job.n_ctx,
                           job.reference, job.seed, device, log_sparsity=log_sparsity)
     try:

@@ -81,6 +81,11 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SynthactError(f"device '{device}' was asked for, but CUDA is not available here; use device: auto or cpu")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise SynthactError(
+            f"device '{device}' was asked for, but this machine has {torch.cuda.device_count()} CUDA device(s) "
+            f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); use device: cuda or auto"
+        )
     return device
 
 

@@ -13,11 +13,15 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import random
+import sys
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,8 +101,7 @@ def toy_model(spec: ToyModelSpec, corpus_spec: ToyCorpusSpec | None) -> tuple[Ho
     corpus_spec = corpus_spec or ToyCorpusSpec()
     key = digest({"toy_model": spec.model_dump(), "corpus": corpus_spec.model_dump(), "version": BUILD_VERSION})
     path = cache_dir() / "models" / f"toy-{key[:16]}"
-    _build_once(path, lambda tmp: _train_and_save_model(spec, corpus_spec, tmp))
-    return load_toy_model(path), path
+    return _load_cached(path, lambda tmp: _train_and_save_model(spec, corpus_spec, tmp), load_toy_model, "toy model"), path
 
 
 def load_toy_model(path: Path) -> HookedTransformer:
@@ -169,8 +172,13 @@ def toy_sae(
     corpus_key = hashlib.sha256(np.ascontiguousarray(corpus, dtype=np.int64).tobytes()).hexdigest()
     key = digest({"toy_sae": spec.model_dump(), "layer": layer, "corpus": corpus_key, "version": BUILD_VERSION})
     path = model_dir / "saes" / f"L{layer}-{key[:16]}"
-    _build_once(path, lambda tmp: _train_and_save_sae(spec, model, model_dir, layer, corpus, tmp))
-    return SAE.load_from_disk(path, device="cpu"), path
+
+    def load(path: Path) -> SAE:
+        json.loads((path / "training.json").read_text())  # what load_sae reports: must be readable too
+        return SAE.load_from_disk(path, device="cpu")
+
+    return _load_cached(path, lambda tmp: _train_and_save_sae(spec, model, model_dir, layer, corpus, tmp), load,
+                        "toy SAE"), path
 
 
 def read_training_info(path: Path) -> dict:
@@ -278,6 +286,22 @@ def sae_quality(sae: SAE, acts: torch.Tensor) -> dict:
 
 
 # --------------------------------------------------------------------------- cache
+
+
+def _load_cached(path: Path, build: Callable[[Path], None], load: Callable[[Path], Any], what: str) -> Any:
+    """`load(path)`, building the cache directory first if absent; a damaged one (truncated or garbled files)
+    is rebuilt in place, file by file (a toy model's SAEs below it are kept), and loaded again."""
+    _build_once(path, build)
+    try:
+        return load(path)
+    except Exception as e:  # safetensors, JSON, state-dict and sae_lens errors come in many types
+        print(f"synthact: the cached {what} in '{path}' is damaged ({type(e).__name__}); rebuilding it", file=sys.stderr)
+    fresh = path.parent / f".rebuild-{uuid.uuid4().hex[:8]}-{path.name}"
+    _build_once(fresh, build)
+    for f in fresh.iterdir():
+        os.replace(f, path / f.name)
+    fresh.rmdir()
+    return load(path)
 
 
 def _build_once(path: Path, build: Callable[[Path], None]) -> None:

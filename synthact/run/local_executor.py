@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from synthact.errors import SynthactError, first_line
 from synthact.run.plan import CellListener, Plan, Progress, RunSummary
 from synthact.run.store import Store
-from synthact.spec import Job, parse_direction
+from synthact.spec import Job, parse_direction, target_kind
 
 
 def run_local(job: Job, store: Store, progress: bool = True, listeners: list[CellListener] | None = None) -> RunSummary:
@@ -68,7 +70,8 @@ def load_worker(job: Job, group: tuple, stats_root: str, device: str | None = No
 
 
 def preflight(job: Job, worker) -> None:
-    """What the spec cannot know before loading: latent ids against d_sae, n_ctx against the model's."""
+    """What the spec cannot know before loading: n_ctx against the model's; per SAE, finite weights, latent ids
+    against d_sae, and alive latents enough for the SAE-built kinds and their nearest_k / anchor_pool."""
     model = worker.backend.model
     if model.model.cfg.n_ctx < job.n_ctx:
         raise SynthactError(
@@ -76,10 +79,53 @@ def preflight(job: Job, worker) -> None:
         )
     latents = [int(arg) for head, arg in map(parse_direction, job.directions) if head == "latent" and arg != "random"]
     for layer, loaded in worker.backend.saes.items():
+        where = f"SAE '{loaded.label}' (layer {layer})"
+        _check_finite(loaded.sae, where)
         d_sae = loaded.sae.W_dec.shape[0]
         too_big = [i for i in latents if i >= d_sae]
         if too_big:
             raise SynthactError(
                 f"direction latent:{too_big[0]} does not exist in SAE '{loaded.label}' with {d_sae} latents "
                 f"(valid: latent:0..latent:{d_sae - 1})"
+            )
+        _check_alive(job, worker.stats[layer], where)
+
+
+def _check_finite(sae, where: str) -> None:
+    """Refuse an SAE with a NaN or infinite weight (it would surface later as a scan 'overflow')."""
+    for name, tensor in sae.named_parameters():
+        bad = ~torch.isfinite(tensor.detach())
+        if bad.any():
+            rows = torch.nonzero(bad.reshape(bad.shape[0], -1).any(1) if bad.dim() else bad.reshape(1)).flatten()
+            raise SynthactError(
+                f"{where} has {int(bad.sum())} NaN or infinite values in {name} (first in row {int(rows[0])}); "
+                "the SAE's weights are damaged: point the spec at an intact SAE"
+            )
+
+
+SAE_BUILT = ("synthetic_baseline", "synthetic_structured", "random_latents", "single_latent")
+
+
+def _sae_built_needs(job: Job) -> dict[str, int]:
+    """The alive latents each SAE-built part of the job needs (what -> at least how many)."""
+    kinds = set(job.base_kinds) | {target_kind(k, d) for k in job.base_kinds for d in job.directions}
+    built = sorted(kinds & set(SAE_BUILT)) + (["latent:random"] if "latent:random" in job.directions else [])
+    needs = {", ".join(built): 1} if built else {}
+    gen = job.generation
+    if "synthetic_baseline" in kinds and "nearest_k" in gen.match:
+        needs[f"generation.nearest_k {max(gen.nearest_k)}"] = max(gen.nearest_k)
+    if "synthetic_structured" in kinds and "anchor" in gen.structure:
+        needs[f"generation.anchor_pool {max(gen.anchor_pool)}"] = max(gen.anchor_pool)
+    return needs
+
+
+def _check_alive(job: Job, stats, where: str) -> None:
+    alive = int(stats.alive.numel())
+    for what, need in _sae_built_needs(job).items():
+        if alive < need:
+            dead = "all its latents are dead" if alive == 0 else f"only {alive} of its {stats.d_sae} latents are alive"
+            raise SynthactError(
+                f"{where}: {dead} (fired on the reference pool of {stats.n} prompts, or per the release's sparsity), "
+                f"but {what} needs at least {need}. Use an SAE with more live latents, lower the setting, or drop "
+                "the SAE-built kinds from base_kinds and directions"
             )

@@ -64,19 +64,10 @@ class Store:
 
     def _check_claim(self) -> bool:
         """True when job.json records this spec and inputs; error when it records another; False when absent."""
-        record = self.path("job.json")
-        try:
-            if self.fs.get_file_info(record).type != pafs.FileType.File:
-                return False
-            theirs = json.loads(self._read(record))
-            spec_hash = theirs["spec_hash"]
-        except OSError as e:
-            raise SynthactError(f"cannot read '{self.uri}/job.json' ({e}); check the directory's permissions") from None
-        except (ValueError, KeyError, TypeError):
-            raise SynthactError(
-                f"'{self.uri}/job.json' is damaged (empty or not a synthact claim), so it is unknown which spec "
-                "these results belong to; use a new --out directory, or delete the directory to start over"
-            ) from None
+        theirs = read_claim(self.fs, self.root, self.uri)
+        if theirs is None:
+            return False
+        spec_hash = theirs["spec_hash"]
         if _identity_hash(theirs.get("spec"), spec_hash) != self.job.spec_hash:
             raise SynthactError(
                 f"output directory '{self.uri}' already holds results of another job spec "
@@ -231,6 +222,26 @@ class Store:
             raise
 
 
+def read_claim(fs: pafs.FileSystem, root: str, uri: str) -> dict | None:
+    """An output directory's job.json (None when absent); a SynthactError when unreadable or damaged."""
+    record = join(root, "job.json")
+    try:
+        if fs.get_file_info(record).type != pafs.FileType.File:
+            return None
+        with fs.open_input_stream(record) as f:
+            theirs = json.loads(f.read())
+        if not isinstance(theirs, dict) or not isinstance(theirs["spec_hash"], str):
+            raise ValueError("not a claim")
+        return theirs
+    except OSError as e:
+        raise SynthactError(f"cannot read '{uri}/job.json' ({e}); check the directory's permissions") from None
+    except (ValueError, KeyError, TypeError):
+        raise SynthactError(
+            f"'{uri}/job.json' is damaged (empty or not a synthact claim), so it is unknown which spec "
+            "these results belong to; use a new --out directory, or delete the directory to start over"
+        ) from None
+
+
 def _identity_hash(spec, recorded: str) -> str:
     """The identity hash of a claimed spec, recomputed by this version (description, ray, wandb and output
     do not count; fields added since take their defaults); the recorded hash where the spec no longer parses."""
@@ -242,15 +253,17 @@ def _identity_hash(spec, recorded: str) -> str:
 
 @dataclass
 class Verification:
-    """What an output directory holds: good shards, shards whose record lies (id, problem), stray files."""
+    """What an output directory holds: good shards, shards whose record lies (id, problem), stray files, and
+    (deep only) damaged reference statistics (directory, problem), which a rerun recomputes."""
 
     good: set[str] = field(default_factory=set)
     bad: list[tuple[str, str]] = field(default_factory=list)
     strays: list[str] = field(default_factory=list)
+    bad_stats: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.bad and not self.strays
+        return not self.bad and not self.strays and not self.bad_stats
 
 
 def verify(out, deep: bool = False) -> Verification:
@@ -272,7 +285,23 @@ def verify(out, deep: bool = False) -> Verification:
             found.good.add(shard_id)
     named = manifest.files(root)
     found.strays = [path for path in result_files(fs, join(root, RESULTS)) if path not in named]
+    if deep:
+        found.bad_stats = _damaged_stats(fs, join(root, STATS))
     return found
+
+
+def _damaged_stats(fs: pafs.FileSystem, folder: str) -> list[tuple[str, str]]:
+    """Statistics directories under `folder` that do not load whole (hidden temporaries skipped)."""
+    from synthact.generation.stats import load_stored_stats
+
+    damaged = []
+    for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and not info.base_name.startswith("."):
+            try:
+                load_stored_stats(fs, info.path)
+            except SynthactError as e:
+                damaged.append((info.path, str(e)))
+    return damaged
 
 
 def _file_problem(fs: pafs.FileSystem, path: str, record: ShardRecord, deep: bool) -> str | None:
