@@ -317,7 +317,7 @@ def load_stored_stats(fs, path: str, device: str = "cpu") -> ReferenceStats:
         return ReferenceStats.load(Path(tmp), device=device)
 
 
-def _discard(fs, path: str) -> None:
+def discard_stats(fs, path: str) -> None:
     """Remove a damaged statistics directory (moved aside first, so no reader sees it half deleted)."""
     import uuid
 
@@ -357,7 +357,7 @@ def load_or_compute_stats(backend, layer: int, job, stats_root: str, device: str
         except SynthactError as e:
             problem = str(e)
         print(f"synthact: reference statistics in '{uri}' are damaged ({problem}); recomputing them", file=sys.stderr)
-        _discard(fs, path)
+        discard_stats(fs, path)
     stats = compute_stats(backend.model.model, backend.saes[layer].sae, backend.corpus, layer, job.n_ctx,
                           job.reference, job.seed, device, log_sparsity=log_sparsity)
     try:

@@ -19,6 +19,7 @@ def run_local(job: Job, store: Store, progress: bool = True, listeners: list[Cel
     """
     listeners = listeners or []
     start = time.perf_counter()
+    store.discard_damaged_stats()
     plan = Plan(job, store)
     plan.announce_complete_cells(listeners)
     bar = Progress(plan, progress)

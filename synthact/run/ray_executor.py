@@ -50,6 +50,7 @@ def run_ray(
     listeners = listeners or []
     check_address(address)
     start = time.perf_counter()
+    store.discard_damaged_stats()
     plan = Plan(job, store)
     plan.announce_complete_cells(listeners)
     bar = Progress(plan, progress)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -135,6 +136,18 @@ class Store:
             _delete_quietly(self.fs, record)
             if shard_file:
                 _delete_quietly(self.fs, shard_file)
+
+    def discard_damaged_stats(self) -> list[tuple[str, str]]:
+        """Remove reference statistics that do not load whole (what `verify --deep` flags); the workers
+        recompute them when next needed. Returns (directory, problem) of each."""
+        from synthact.generation.stats import discard_stats
+
+        damaged = _damaged_stats(self.fs, self.path(STATS))
+        for path, problem in damaged:
+            print(f"synthact: reference statistics {path} are damaged ({problem}); they will be recomputed",
+                  file=sys.stderr)
+            discard_stats(self.fs, path)
+        return damaged
 
     def clean_temporaries(self) -> int:
         """Remove hidden temporary files a killed run left behind; return how many."""

@@ -1,9 +1,10 @@
-"""Hostile input and damaged output directories (issue 8): each gets one clear message, nothing is lost or mixed.
+"""Hostile input and damaged output directories: each gets one clear message, nothing is lost or mixed.
 
 Runs go through `synthact.cli.main` in this process (a traceback would fail the test) on the toy
 model, with real Parquet files, a real local Ray instance and real tmpfs mounts (tests run as root).
 """
 
+import json
 import os
 import subprocess
 import time
@@ -63,10 +64,10 @@ def shard_files(out: Path) -> list[Path]:
     return sorted(out.glob("results/cell=*/*.parquet"))
 
 
-# ---------------------------------------------------------------------- 1, 2: damaged results are redone
+# ---------------------------------------------------------------------- damaged results are redone
 
 
-def test_1_deleted_shard_file_is_regenerated(finished, tmp_path, capsys):
+def test_deleted_shard_file_is_regenerated(finished, tmp_path, capsys):
     job, out = copy_of(finished, tmp_path)
     shard_files(out)[1].unlink()
     code, _, err = cli(capsys, "run", str(job), "--out", str(out), "--no-progress")
@@ -74,14 +75,58 @@ def test_1_deleted_shard_file_is_regenerated(finished, tmp_path, capsys):
     assert sorted_rows(out).equals(finished[2])
 
 
+def test_shard_damaged_in_the_middle_with_its_footer_intact_is_redone_by_a_rerun(finished, tmp_path, capsys):
+    job, out = copy_of(finished, tmp_path)
+    bad = shard_files(out)[1]
+    data = bytearray(bad.read_bytes())
+    assert len(data) > 2000  # the footer lies beyond the damage
+    data[200:1200] = b"\x00" * 1000
+    bad.write_bytes(bytes(data))
+    code, text, _ = cli(capsys, "verify", str(out))
+    assert code == 1 and bad.stem in text and "checksum" in text, text
+    code, _, err = cli(capsys, "run", str(job), "--out", str(out), "--no-progress")
+    assert code == 0 and "failed verification and were redone" in err and "checksum" in err, err
+    assert sorted_rows(out).equals(finished[2])
+    assert cli(capsys, "verify", str(out), "--deep")[0] == 0
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
-def test_2_corrupt_shard_is_named_by_verify_and_redone_by_a_rerun(finished, tmp_path, capsys, damage):
+def test_damaged_reference_statistics_are_named_by_verify_deep_and_repaired_by_a_rerun(finished, tmp_path, capsys,
+                                                                                         damage):
+    job, out = copy_of(finished, tmp_path)
+    [stats] = (out / "stats").iterdir()
+    if damage == "truncate":
+        tensors = stats / "tensors.safetensors"
+        tensors.write_bytes(tensors.read_bytes()[:5000])
+    else:
+        (stats / "stats.json").write_text("{garbage")
+    assert cli(capsys, "verify", str(out))[0] == 0  # only --deep reads statistics
+    code, text, _ = cli(capsys, "verify", str(out), "--deep")
+    assert code == 1 and "damaged reference statistics" in text and stats.name in text, text
+    code, _, err = cli(capsys, "run", str(job), "--out", str(out), "--no-progress")
+    assert code == 0 and "recomputed" in err, err
+    assert cli(capsys, "verify", str(out), "--deep")[0] == 0
+    shard_files(out)[0].unlink()  # a shard to redo: its worker recomputes the statistics
+    code, _, err = cli(capsys, "run", str(job), "--out", str(out), "--no-progress")
+    assert code == 0 and sorted_rows(out).equals(finished[2]) and (out / "stats" / stats.name).is_dir(), err
+
+
+def test_running_shards_temporary_is_not_a_stray(finished, tmp_path, capsys):
+    _, out = copy_of(finished, tmp_path)
+    running = shard_files(out)[0].parent / ".tmp-1234abcd-next.parquet"
+    running.write_bytes(b"half a shard")
+    code, text, _ = cli(capsys, "verify", str(out))
+    assert code == 0 and "0 stray" in text, text
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_shard_is_named_by_verify_and_redone_by_a_rerun(finished, tmp_path, capsys, damage):
     job, out = copy_of(finished, tmp_path)
     bad = shard_files(out)[2]
     bad.write_bytes(bad.read_bytes()[:100] if damage == "truncate" else b"not parquet at all")
     (out / "results" / "notes.txt").write_text("a stray file")
     code, text, _ = cli(capsys, "verify", str(out))
-    assert code == 1 and bad.stem in text and "not readable Parquet" in text and "notes.txt" in text, text
+    assert code == 1 and bad.stem in text and "bytes, its manifest record says" in text and "notes.txt" in text, text
     code, _, err = cli(capsys, "run", str(job), "--out", str(out), "--no-progress")
     assert code == 0, err
     assert sorted_rows(out).equals(finished[2])
@@ -89,19 +134,23 @@ def test_2_corrupt_shard_is_named_by_verify_and_redone_by_a_rerun(finished, tmp_
     assert code == 1 and "0 bad, 1 stray" in text  # only the user's own file is left
 
 
-def test_2_row_count_mismatch_is_bad(finished, tmp_path):
+def test_records_without_a_checksum_are_checked_by_rows(finished, tmp_path):
+    """Records written before synthact recorded size and sha256: intact files pass, wrong row counts do not."""
     _, out = copy_of(finished, tmp_path)
+    for record in (out / "manifest").glob("*.json"):
+        data = json.loads(record.read_text())
+        record.write_text(json.dumps({k: v for k, v in data.items() if k not in ("size", "sha256")}))
+    store = Store(out, load_job(finished[0]))
+    assert len(store.verify(deep=True).good) == 4
     target = shard_files(out)[0]
-    table = pa.parquet.read_table(target)
-    pa.parquet.write_table(table.slice(0, 0), target)
-    found = Store(out, load_job(finished[0])).verify()
-    assert [problem for _, problem in found.bad] == [f"{target} holds 0 rows, its manifest record says 1"]
+    pa.parquet.write_table(pa.parquet.read_table(target).slice(0, 0), target)
+    assert [problem for _, problem in store.verify().bad] == [f"{target} holds 0 rows, its manifest record says 1"]
 
 
-# ---------------------------------------------------------------------- 3, 4, 11: the directory's claim
+# ---------------------------------------------------------------------- the directory's claim
 
 
-def test_3_two_specs_started_together_do_not_mix(tmp_path):
+def test_two_specs_started_together_do_not_mix(tmp_path):
     a, b = parse_job(toy_job()), parse_job(toy_job(seed=7))
     store_a, store_b = Store(tmp_path / "out", a), Store(tmp_path / "out", b)  # both saw an unclaimed directory
     store_a.write_shard(a.shards()[0], rows(a.shards()[0]))
@@ -110,7 +159,19 @@ def test_3_two_specs_started_together_do_not_mix(tmp_path):
     assert set(read_table(tmp_path / "out")["shard_id"].to_pylist()) == {a.shards()[0].shard_id}
 
 
-def test_4_changed_corpus_file_refuses_resume(tmp_path):
+def test_changing_only_description_output_wandb_or_ray_settings_resumes(finished, tmp_path, capsys):
+    job, out = copy_of(finished, tmp_path)
+    changed = write_job(tmp_path / "changed.yaml", bases_per_cell=4, shard_size=1, description="another description",
+                        output=str(tmp_path / "elsewhere"), ray={"max_retries": 7, "num_gpus": 0},
+                        wandb={"enabled": False, "project": "other"})
+    code, _, err = cli(capsys, "run", str(changed), "--out", str(out), "--no-progress")
+    assert code == 0 and "already holds" not in err, err
+    assert sorted_rows(out).equals(finished[2])
+    reseeded = write_job(tmp_path / "reseeded.yaml", bases_per_cell=4, shard_size=1, seed=1)
+    assert "already holds results of another job spec" in clean_error(capsys, "run", str(reseeded), "--out", str(out))
+
+
+def test_changed_corpus_file_refuses_resume(tmp_path):
     corpus = tmp_path / "tokens.npy"
     np.save(corpus, np.arange(64 * 16).reshape(64, 16) % 500)
     job = parse_job(toy_job(corpus={"file": str(corpus)}))
@@ -122,7 +183,7 @@ def test_4_changed_corpus_file_refuses_resume(tmp_path):
         Store(tmp_path / "out", job)
 
 
-def test_11_a_spec_that_fails_to_load_leaves_the_directory_free(tmp_path, capsys):
+def test_a_spec_that_fails_to_load_leaves_the_directory_free(tmp_path, capsys):
     out = tmp_path / "out"
     broken = write_job(tmp_path / "a.yaml", model={"local": str(tmp_path / "no-such-checkpoint")})
     assert "no-such-checkpoint" in clean_error(capsys, "run", str(broken), "--out", str(out), "--no-progress")
@@ -131,16 +192,16 @@ def test_11_a_spec_that_fails_to_load_leaves_the_directory_free(tmp_path, capsys
     assert code == 0, err
 
 
-# ---------------------------------------------------------------------- 5, 8, 9, 13: validate refuses
+# ---------------------------------------------------------------------- validate refuses
 
 
 @pytest.mark.parametrize("fields, needle", [
     ({"generation": {"tol": [0.1, 0.1]}}, "generation.tol: lists a value twice"),
-    ({"read_layers": [-1, 3]}, "name the same block twice"),  # item 5
-    ({"bases_per_cell": 10**12}, "bases_per_cell"),  # item 8
+    ({"read_layers": [-1, 3]}, "name the same block twice"),
+    ({"bases_per_cell": 10**12}, "bases_per_cell"),
     ({"generation": {"structure": ["pairwise"], "tol": [0.1 * i for i in range(1, 40)], "candidates": list(range(1, 40))},
       "base_kinds": ["synthetic_structured"], "bases_per_cell": 1_000_000, "shard_size": 1}, "1,521,000,000 shards"),
-    ({"device": "tpu:7"}, "device"),  # item 9
+    ({"device": "tpu:7"}, "device"),
     ({"sae": {"local": "/x/{foo}"}}, "only the placeholder {layer}"),
     ({"n_ctx": 100}, "longer than toy model n_ctx 64"),
     ({"reference": {"n_prompts": 10**9}}, "reference.n_prompts"),
@@ -151,7 +212,7 @@ def test_11_a_spec_that_fails_to_load_leaves_the_directory_free(tmp_path, capsys
     ({"scan": {"step_size": 1e300}}, "scan[0].step_size"),
     ({"scan": {"step_size": 1e-300}}, "scan[0].step_size"),
     ({"scan": {"steps": 10**9}}, "scan[0].steps"),
-    ({"name": "../../etc/x"}, "name"),  # item 13
+    ({"name": "../../etc/x"}, "name"),
 ])
 def test_validate_refuses(tmp_path, capsys, fields, needle):
     start = time.perf_counter()
@@ -159,26 +220,26 @@ def test_validate_refuses(tmp_path, capsys, fields, needle):
     assert time.perf_counter() - start < 10
 
 
-def test_8_grid_is_counted_without_listing_it():
+def test_grid_is_counted_without_listing_it():
     job = parse_job(toy_job(generation={"tol": [0.1, 0.2], "candidates": [1, 4, 16]}, layers=[1, 2]))
     assert job.count() == (len(job.cells()), len(job.shards()))
 
 
-def test_8_yaml_alias_bomb_is_refused(tmp_path, capsys):
+def test_yaml_alias_bomb_is_refused(tmp_path, capsys):
     lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
     lines += [f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]" for p, c in zip("abcdefgh", "bcdefghi")]
     (tmp_path / "bomb.yaml").write_text("\n".join(lines) + "\n")
     assert "more than 100,000 values (YAML aliases?)" in clean_error(capsys, "validate", str(tmp_path / "bomb.yaml"))
 
 
-# ---------------------------------------------------------------------- 9, 14: run checks what it loads
+# ---------------------------------------------------------------------- run checks what it loads
 
 
 @pytest.mark.parametrize("weights, needle", [
     ("model.safetensors", "SafetensorError"),
     ("pytorch_model.bin", "UnpicklingError"),
 ])
-def test_9_damaged_checkpoint_is_one_paragraph(tmp_path, capsys, weights, needle):
+def test_damaged_checkpoint_is_one_paragraph(tmp_path, capsys, weights, needle):
     from transformers import GPT2Config
 
     model = tmp_path / "model"
@@ -189,13 +250,13 @@ def test_9_damaged_checkpoint_is_one_paragraph(tmp_path, capsys, weights, needle
     assert needle in err and f"model '{model}'" in err and err.count("\n") == 1, err
 
 
-def test_9_latent_beyond_a_loaded_sae_is_refused_before_any_shard(tmp_path, capsys):
+def test_latent_beyond_a_loaded_sae_is_refused_before_any_shard(tmp_path, capsys):
     job = write_job(tmp_path / "j.yaml", sae={"local": saved_toy_sae(1)}, directions=["latent:600"])
     err = clean_error(capsys, "run", str(job), "--out", str(tmp_path / "out"), "--no-progress")
     assert "latent:600 does not exist" in err and "512 latents" in err
 
 
-def test_14_local_run_fails_only_the_group_that_cannot_load(tmp_path, capsys):
+def test_local_run_fails_only_the_group_that_cannot_load(tmp_path, capsys):
     job = write_job(tmp_path / "j.yaml", sae=[{"toy": {}}, {"local": str(tmp_path / "no-such-sae-{layer}")}])
     code, out, err = cli(capsys, "run", str(job), "--out", str(tmp_path / "out"), "--no-progress")
     assert code == 1 and "Traceback" not in err, err
@@ -203,14 +264,14 @@ def test_14_local_run_fails_only_the_group_that_cannot_load(tmp_path, capsys):
     assert read_table(tmp_path / "out").num_rows == 2  # the toy SAE's group ran
 
 
-def test_14_both_executors_share_the_failure_path(tmp_path):
+def test_both_executors_share_the_failure_path(tmp_path):
     job = parse_job(toy_job(sae=[{"local": str(tmp_path / "no-such-sae-{layer}")}], base_kinds=["real"],
                             directions=["isotropic"], bases_per_cell=2, shard_size=1, device="cpu", wandb=False))
     summary = run_local(job, Store(tmp_path / "out", job), progress=False)
     assert len(summary.failures) == 2 and summary.fatal and "no-such-sae-1" in summary.fatal
 
 
-# ---------------------------------------------------------------------- 10: full or read-only disks
+# ---------------------------------------------------------------------- full or read-only disks
 
 
 @pytest.fixture
@@ -232,7 +293,7 @@ def mount(tmp_path):
         subprocess.run(["umount", str(path)], check=True)
 
 
-def test_10_full_disk_while_claiming_leaves_the_directory_usable(mount):
+def test_full_disk_while_claiming_leaves_the_directory_usable(mount):
     disk = mount("64k")
     (disk / "filler").write_bytes(b"x" * 60_000)
     job = parse_job(toy_job())
@@ -245,22 +306,22 @@ def test_10_full_disk_while_claiming_leaves_the_directory_usable(mount):
     assert read_table(disk / "out").num_rows == 3
 
 
-def test_10_full_disk_while_saving_statistics_is_one_paragraph(mount, tmp_path, capsys):
+def test_full_disk_while_saving_statistics_is_one_paragraph(mount, tmp_path, capsys):
     disk = mount("48k")
     err = clean_error(capsys, "run", str(write_job(tmp_path / "j.yaml")), "--out", str(disk / "out"), "--no-progress")
     assert "full while saving reference statistics" in err, err
 
 
-def test_10_read_only_out_is_one_paragraph(mount, tmp_path, capsys):
+def test_read_only_out_is_one_paragraph(mount, tmp_path, capsys):
     err = clean_error(capsys, "run", str(write_job(tmp_path / "j.yaml")), "--out", str(mount("64k", True) / "out"),
                       "--no-progress")
     assert "Read-only" in err or "cannot" in err, err
 
 
-# ---------------------------------------------------------------------- 12: tracebacks become messages
+# ---------------------------------------------------------------------- tracebacks become messages
 
 
-def test_12_bad_inputs_are_one_paragraph(tmp_path, capsys):
+def test_bad_inputs_are_one_paragraph(tmp_path, capsys):
     job = str(write_job(tmp_path / "j.yaml"))
     (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
     (tmp_path / "file").write_text("")
@@ -278,7 +339,7 @@ def test_12_bad_inputs_are_one_paragraph(tmp_path, capsys):
 
 @pytest.mark.parametrize("args", [["--steps", "0"], ["--n-ctx", "0"], ["--bases", "-1"], ["--device", "tpu"],
                                   ["--layer", "99", "--model", "toy"]])
-def test_12_bench_arguments(capsys, args):
+def test_bad_bench_arguments_are_one_paragraph(capsys, args):
     with pytest.raises(SystemExit) as exit_code:
         code = main(["bench", *args])
         raise SystemExit(code)
@@ -296,15 +357,15 @@ def test_uri_helper_expands_home_and_resolves_paths(monkeypatch, tmp_path):
         resolve_location("foo://x")
 
 
-def test_13_names_are_identifiers():
+def test_names_are_identifiers():
     with pytest.raises(SpecError, match="name"):
         parse_job(toy_job(name="../../etc/x"))
 
 
-# ---------------------------------------------------------------------- 6, 7: --ray local never hangs
+# ---------------------------------------------------------------------- --ray local never hangs
 
 
-def test_6_7_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatch):
+def test_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatch):
     """Default ray.num_gpus (1) on a machine without GPUs, RAY_ADDRESS pointing nowhere: it runs, on CPU actors."""
     import ray
 
