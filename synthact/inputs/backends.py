@@ -209,8 +209,9 @@ def _local_model(path: Path, kwargs: dict) -> HookedTransformer:
     processing = _processing(kwargs, f"local:{path}")
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # its load report would print beside our own paragraph
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # its load report and progress bar would print beside our own output
+    hf_logging.disable_progress_bar()
     try:
         hf, loading_info = AutoModelForCausalLM.from_pretrained(
             path, local_files_only=True, dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True
@@ -219,6 +220,8 @@ def _local_model(path: Path, kwargs: dict) -> HookedTransformer:
         raise SynthactError(f"could not read the weights in local model directory '{path}': {e}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     _check_complete(path, arch, loading_info)
     cfg_dict = _named_config(hf_cfg, arch) if arch in NAMED_ARCHITECTURES else _converted_config(path)
     cfg_dict.update(

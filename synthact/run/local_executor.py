@@ -124,7 +124,7 @@ def _check_alive(job: Job, stats, where: str) -> None:
     alive = int(stats.alive.numel())
     for what, need in _sae_built_needs(job).items():
         if alive < need:
-            dead = "all its latents are dead" if alive == 0 else f"only {alive} of its {stats.d_sae} latents are alive"
+            dead = "all its latents are dead" if alive == 0 else f"{alive} of its {stats.d_sae} latents are alive"
             raise SynthactError(
                 f"{where}: {dead} (fired on the reference pool of {stats.n} prompts, or per the release's sparsity), "
                 f"but {what} needs at least {need}. Use an SAE with more live latents, lower the setting, or drop "

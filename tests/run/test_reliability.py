@@ -8,18 +8,21 @@ import json
 import os
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from synthact.cli import main
 from synthact.errors import SynthactError
+from synthact.inputs.backends import load_model
 from synthact.results import read_table
 from synthact.run.local_executor import run_local
 from synthact.run.store import Store, resolve_location
-from synthact.spec import SpecError, load_job, parse_job
+from synthact.spec import ModelSpec, SpecError, load_job, parse_job
 from tests.helpers import rows, saved_toy_sae, toy_job, write_job
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,6 +216,18 @@ def test_a_spec_that_fails_to_load_leaves_the_directory_free(tmp_path, capsys):
     ({"scan": {"step_size": 1e-300}}, "scan[0].step_size"),
     ({"scan": {"steps": 10**9}}, "scan[0].steps"),
     ({"name": "../../etc/x"}, "name"),
+    ({"generation": {"anchor_cos": [float("nan")]}}, "generation.anchor_cos[0]: Input should be a finite number"),
+    ({"generation": {"anchor_cos": [5.0]}}, "generation.anchor_cos[0]: Input should be less than or equal to 1"),
+    ({"generation": {"anchor_cos": [-7.0]}}, "generation.anchor_cos[0]: Input should be greater than or equal to -1"),
+    ({"generation": {"tol": [-1.0]}}, "generation.tol[0]: Input should be greater than 0"),
+    ({"generation": {"tol": [float("nan")]}}, "generation.tol[0]: Input should be a finite number"),
+    ({"generation": {"tol": [float("inf")]}}, "generation.tol[0]: Input should be a finite number"),
+    ({"metrics": {"plateau_mode": "relative"}}, "plateau_threshold as a fraction of d_last, so it must be in (0, 1]"),
+    ({"metrics": {"slope_threshold": float("nan")}}, "metrics.slope_threshold: Input should be a finite number"),
+    ({"ray": {"num_gpus": float("inf")}}, "ray.num_gpus: Input should be a finite number"),
+    ({"model": {"toy": {"n_layers": 10**6}}}, "model[0].toy.n_layers"),
+    ({"base_kinds": ["synthetic_baseline", "synthetic_structured"], "directions": ["toward:synthetic_structured"],
+      "generation": {"nearest_k": list(range(1, 1001)), "anchor_pool": list(range(1, 1001))}}, "shards"),
 ])
 def test_validate_refuses(tmp_path, capsys, fields, needle):
     start = time.perf_counter()
@@ -233,6 +248,106 @@ def test_yaml_alias_bomb_is_refused(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------- run checks what it loads
+
+
+def gpt2_checkpoint(path: Path) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=64, n_head=4, vocab_size=512, n_positions=64)).save_pretrained(path)
+    return path
+
+
+def llama_checkpoint(path: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=512, max_position_embeddings=64)).save_pretrained(path)
+    return path
+
+
+def local_sae(path: Path, d_sae: int = 128, change=None) -> str:
+    """A sae_lens SAE for blocks.1.hook_resid_pre of a 64-wide model, saved with save_model; `change(sae)` edits it."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        sae = StandardSAE(StandardSAEConfig(d_in=64, d_sae=d_sae, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_pre")))
+        if change:
+            with torch.no_grad():
+                change(sae)
+        sae.save_model(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("family", [gpt2_checkpoint, llama_checkpoint])
+def test_local_checkpoint_with_missing_unexpected_or_misshaped_tensors_is_refused_naming_them(tmp_path, family):
+    from safetensors.torch import load_file, save_file
+
+    model = family(tmp_path / "model")
+    tensors = load_file(model / "model.safetensors")
+    names = sorted(tensors)
+    missing, misshaped = names[3], names[7]
+    del tensors[missing]
+    tensors[misshaped] = torch.zeros(3, 3)
+    tensors["extra.weight"] = torch.zeros(2)
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SynthactError) as error:
+        load_model(ModelSpec(local=str(model)), "cpu")
+    text = str(error.value)
+    assert f"missing {missing}" in text and f"wrongly shaped {misshaped} ((3, 3) in the file" in text, text
+    assert "unexpected extra.weight" in text and str(model) in text
+
+
+def test_run_on_a_gpt2_checkpoint_without_some_tensors_stops_naming_them(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    model = gpt2_checkpoint(tmp_path / "model")
+    tensors = load_file(model / "model.safetensors")
+    gone = ["transformer.h.1.mlp.c_fc.weight", *[k for k in tensors if k.startswith("transformer.h.2.attn.")]]
+    save_file({k: v for k, v in tensors.items() if k not in gone}, model / "model.safetensors", metadata={"format": "pt"})
+    job = write_job(tmp_path / "j.yaml", model={"local": str(model)}, sae={"local": local_sae(tmp_path / "sae")},
+                    corpus={"toy": {"n_docs": 64, "doc_len": 16}}, n_ctx=8)
+    capsys.readouterr()  # what saving the checkpoint printed
+    err = clean_error(capsys, "run", str(job), "--out", str(tmp_path / "out"), "--no-progress")
+    assert all(name in err for name in gone) and err.count("\n") == 1, err
+    assert not (tmp_path / "out" / "results").exists()
+
+
+def test_generation_settings_beyond_the_alive_latents_are_refused_before_any_shard(tmp_path, capsys):
+    for fields, needle in [({"base_kinds": ["synthetic_baseline"], "generation": {"nearest_k": [600]}}, "nearest_k 600"),
+                           ({"base_kinds": ["synthetic_structured"], "generation": {"anchor_pool": [600]}},
+                            "anchor_pool 600")]:
+        job = write_job(tmp_path / "j.yaml", **fields)
+        err = clean_error(capsys, "run", str(job), "--out", str(tmp_path / "out"), "--no-progress")
+        assert needle in err and "of its 512 latents are alive" in err, err
+    assert not (tmp_path / "out" / "results").exists()
+
+
+def _all_dead(sae):
+    sae.b_enc.fill_(-1e6)
+
+
+def _nan_row(sae):
+    sae.W_dec[5] = float("nan")
+
+
+@pytest.mark.parametrize("change, d_sae, kinds, needle", [
+    (_all_dead, 128, ["single_latent"], "all its latents are dead"),
+    (_all_dead, 128, ["synthetic_structured"], "all its latents are dead"),
+    (None, 4, ["synthetic_baseline"], "generation.nearest_k 10 needs at least 10"),
+    (_nan_row, 128, ["real"], "NaN or infinite values in W_dec (first in row 5)"),
+])
+def test_degenerate_sae_is_one_paragraph_naming_the_cause(tmp_path, capsys, change, d_sae, kinds, needle):
+    sae = local_sae(tmp_path / "sae", d_sae=d_sae, change=change)
+    job = write_job(tmp_path / "j.yaml", model={"local": str(gpt2_checkpoint(tmp_path / "model"))},
+                    sae={"local": sae}, corpus={"toy": {"n_docs": 64, "doc_len": 16}}, n_ctx=8, base_kinds=kinds)
+    capsys.readouterr()  # what saving the checkpoint printed
+    err = clean_error(capsys, "run", str(job), "--out", str(tmp_path / "out"), "--no-progress")
+    assert needle in err and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("weights, needle", [
