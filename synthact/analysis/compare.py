@@ -18,6 +18,7 @@ import pandas as pd
 from synthact import results
 from synthact.analysis import aggregate
 from synthact.errors import SynthactError
+from synthact.run.store import completion_note
 
 # The comparison columns shown (printed here, and in the report's table), in order.
 SHOWN = ["axis", "layer", "read_layer", "scan", "base_kind", "direction", "variant", "metric", "n", "mean", "std",
@@ -95,6 +96,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if note := completion_note(args.out):
+        print(note + "\n")
     comparison, verdicts = compare(args.out, args.csv)
     print(comparison_text(comparison, verdicts))
     if args.csv:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from synthact import results
 from synthact.analysis import aggregate, compare, figures
 from synthact.errors import SynthactError
 from synthact.layout import resolve_location
+from synthact.run.store import completion_note
 
 # --------------------------------------------------------------------------- the report
 
@@ -32,6 +34,7 @@ class Report:
 
     html: Path
     figures: list[Path] = field(default_factory=list)
+    figure_dir: Path | None = None  # OUT/report, or beside the page when OUT is read-only
 
 
 def build_report(out: str | Path, html_path: str | Path | None = None) -> Report:
@@ -51,8 +54,7 @@ def build_report(out: str | Path, html_path: str | Path | None = None) -> Report
     bands = aggregate.curve_bands(rows)
     comparison = aggregate.compare_kinds(rows)
     verdicts = aggregate.verdicts(comparison)
-    figure_dir = out / "report"
-    figure_dir.mkdir(parents=True, exist_ok=True)
+    figure_dir = _figure_dir(out, html_path if html_path != out / "report.html" else None)
     sections, written = [], []
 
     def save(fig: Figure, name: str, caption: str) -> str:
@@ -71,9 +73,26 @@ def build_report(out: str | Path, html_path: str | Path | None = None) -> Report
     if not comparison.empty:
         sections.append("<h2>Each kind against real (both axes)</h2>" + save(figures.comparison_figure(comparison), "comparison",
                                                                    "KS statistic of each kind against real"))
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.write_text(_page(out, rows, comparison, verdicts, sections, bands.empty))
-    return Report(html=html_path, figures=written)
+    try:
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        html_path.write_text(_page(out, rows, comparison, verdicts, sections, bands.empty))
+    except OSError as e:
+        raise SynthactError(f"cannot write the report page '{html_path}' ({e.strerror or e}); give --html FILE "
+                            "in a writable place") from None
+    return Report(html=html_path, figures=written, figure_dir=figure_dir)
+
+
+def _figure_dir(out: Path, html_path: Path | None) -> Path:
+    """OUT/report, or, where OUT cannot be written and --html points elsewhere, a folder beside the page."""
+    for folder in [out / "report"] + ([html_path.parent / f"{html_path.stem}-figures"] if html_path else []):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            pass
+    raise SynthactError(f"cannot write figures to '{out / 'report'}' (read-only or not permitted); give --html FILE in "
+                        "a writable place, and the figures go beside it")
 
 
 def _page(out: Path, rows, comparison, verdicts, sections, no_curves: bool) -> str:
@@ -84,6 +103,7 @@ def _page(out: Path, rows, comparison, verdicts, sections, no_curves: bool) -> s
         shown = verdicts.assign(panel=[aggregate.panel_label(r, r["axis"]) for _, r in verdicts.iterrows()])
         checks = shown[["axis", "panel", "check", "subject", "verdict", "detail"]].to_html(index=False, classes="verdicts")
     note = "<p>The job set <code>keep_curves: false</code>, so there are no curve figures.</p>" if no_curves else ""
+    incomplete = f"<p><strong>{html.escape(completion)}</strong></p>" if (completion := completion_note(out)) else ""
     table = (comparison[[c for c in compare.SHOWN if c in comparison]].to_html(index=False, float_format="{:.4g}".format)
              if not comparison.empty else "")
     return f"""<!DOCTYPE html>
@@ -94,6 +114,7 @@ img {{ max-width: 100%; }} figure {{ margin: 1em 0; }} figcaption {{ font-size: 
 table {{ border-collapse: collapse; font-size: 0.8em; }} td, th {{ border: 1px solid #ccc; padding: 2px 6px; }}
 </style></head><body>
 <h1>synthact report: {html.escape(name)}</h1>
+{incomplete}
 <p>{len(rows)} curves in {rows.cell_id.nunique()} cells, from <code>{html.escape(str(out))}</code>.</p>
 <h2>Replication checks</h2>
 <p>YES means the paper's finding holds (docs/science.md, "What the paper found"). The <em>target</em> axis is
@@ -123,6 +144,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if note := completion_note(args.out):
+        print(note)
     report = build_report(args.out, args.html)
-    print(f"{len(report.figures)} figures in {Path(args.out) / 'report'}; page: {report.html}")
+    print(f"{len(report.figures)} figures in {report.figure_dir}; page: {report.html}")
     return 0

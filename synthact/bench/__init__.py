@@ -18,6 +18,9 @@ from synthact.bench.scan_speed import benchmark, format_families, format_table
 from synthact.errors import SynthactError
 
 
+MAX_BENCH_N_CTX = 1024  # GPT-2 small's context; longer prompts make attention patterns that do not fit
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", choices=sorted(MODEL_SHAPES), default="gpt2-small-shape", help="model shape (random weights)"
@@ -74,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     n_layers = MODEL_SHAPES[args.model]["n_layers"]
     if args.layer >= n_layers:
         raise SynthactError(f"--layer {args.layer} is out of range for {args.model} ({n_layers} blocks: 0..{n_layers - 1})")
+    if args.n_ctx > MAX_BENCH_N_CTX:
+        raise SynthactError(f"--n-ctx {args.n_ctx} is longer than the {MAX_BENCH_N_CTX} positions of GPT-2 small "
+                            "(attention over it would not fit in memory); the paper's prompts are 10 tokens")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SynthactError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")

@@ -255,6 +255,23 @@ def read_claim(fs: pafs.FileSystem, root: str, uri: str) -> dict | None:
         ) from None
 
 
+def completion_note(out) -> str:
+    """'' for a finished sweep; else one line saying how many of its shards are done (for compare and report)."""
+    fs, root, uri = resolve_location(out)
+    try:
+        claim = read_claim(fs, root, uri)
+        total = Job.model_validate(claim["spec"]).count()[1] if claim else None
+    except (SynthactError, ValueError, TypeError):
+        total = None
+    if total is None:
+        return ""
+    done = len(read_manifest(fs, root).records)
+    if done >= total:
+        return ""
+    return (f"NOTE: this sweep is incomplete: {done} of {total} shards done (a run still going, or one that stopped "
+            "part-way; rerun the same `synthact run` to finish it). Everything below covers the finished shards only.")
+
+
 def _identity_hash(spec, recorded: str) -> str:
     """The identity hash of a claimed spec, recomputed by this version (description, ray, wandb and output
     do not count; fields added since take their defaults); the recorded hash where the spec no longer parses."""

@@ -453,13 +453,42 @@ def test_bad_inputs_are_one_paragraph(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args", [["--steps", "0"], ["--n-ctx", "0"], ["--bases", "-1"], ["--device", "tpu"],
-                                  ["--layer", "99", "--model", "toy"]])
+                                  ["--layer", "99", "--model", "toy"], ["--model", "toy", "--n-ctx", "100000"]])
 def test_bad_bench_arguments_are_one_paragraph(capsys, args):
     with pytest.raises(SystemExit) as exit_code:
         code = main(["bench", *args])
         raise SystemExit(code)
     assert exit_code.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_verify_of_a_directory_with_a_damaged_claim_is_one_paragraph(tmp_path, capsys):
+    (tmp_path / "job.json").write_text("{garbage")
+    assert "job.json' is damaged" in clean_error(capsys, "verify", str(tmp_path))
+    (tmp_path / "job.json").write_text("[1, 2]")
+    assert "job.json' is damaged" in clean_error(capsys, "verify", str(tmp_path))
+
+
+def test_report_on_a_read_only_output_directory(finished, mount, tmp_path, capsys):
+    disk = mount("16m")
+    subprocess.run(["cp", "-a", str(finished[1]), str(disk / "out")], check=True)
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    assert "give --html FILE in a writable place" in clean_error(capsys, "report", str(disk / "out"))
+    code, text, err = cli(capsys, "report", str(disk / "out"), "--html", str(tmp_path / "page.html"))
+    assert code == 0 and (tmp_path / "page.html").is_file() and f"figures in {tmp_path / 'page-figures'}" in text, err
+
+
+def test_compare_and_report_of_a_partial_sweep_say_so_at_the_top(finished, tmp_path, capsys):
+    _, out = copy_of(finished, tmp_path)
+    record = sorted((out / "manifest").glob("*.json"))[0]
+    shard = out / json.loads(record.read_text())["file"]
+    record.unlink()
+    shard.unlink()
+    code, text, _ = cli(capsys, "compare", str(out))
+    assert code == 0 and text.startswith("NOTE: this sweep is incomplete: 3 of 4 shards done"), text
+    code, text, _ = cli(capsys, "report", str(out))
+    assert code == 0 and text.startswith("NOTE: this sweep is incomplete: 3 of 4 shards done"), text
+    assert "3 of 4 shards done" in (out / "report.html").read_text()
 
 
 def test_uri_helper_expands_home_and_resolves_paths(monkeypatch, tmp_path):
