@@ -350,6 +350,27 @@ def test_degenerate_sae_is_one_paragraph_naming_the_cause(tmp_path, capsys, chan
     assert needle in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("damage", ["model.safetensors", "config.json", "sae_weights.safetensors", "training.json"])
+def test_damaged_toy_cache_files_are_rebuilt(tmp_path, monkeypatch, capsys, damage):
+    from synthact.inputs.backends import load_backend
+    from synthact.spec import CorpusSpec, SAESpec, ToyCorpusSpec, ToyModelSpec, ToySAESpec
+
+    monkeypatch.setenv("SYNTHACT_CACHE", str(tmp_path / "cache"))
+    specs = (ModelSpec(toy=ToyModelSpec(n_layers=3, d_model=16, n_heads=2, d_mlp=32, d_vocab=64, n_ctx=16,
+                                        train_steps=2)),
+             SAESpec(toy=ToySAESpec(d_sae=16, training_tokens=2048)), CorpusSpec(toy=ToyCorpusSpec(n_docs=64, doc_len=16)))
+    loaded = load_backend(*specs, [1], "cpu")
+    first = [[t.clone() for t in m.state_dict().values()] for m in (loaded.model.model, loaded.saes[1].sae)]  # mmapped
+    [target] = [p for p in (tmp_path / "cache").rglob(damage)
+                if ("saes" in p.parts) == (damage in ("sae_weights.safetensors", "training.json"))]
+    target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 3])
+    capsys.readouterr()
+    again = load_backend(*specs, [1], "cpu")
+    assert "is damaged" in capsys.readouterr().err
+    for before, after in zip(first, (again.model.model, again.saes[1].sae)):
+        assert all(torch.equal(a, b) for a, b in zip(before, after.state_dict().values()))
+
+
 @pytest.mark.parametrize("weights, needle", [
     ("model.safetensors", "SafetensorError"),
     ("pytorch_model.bin", "UnpicklingError"),
