@@ -82,6 +82,9 @@ def connect(address: str) -> bool:
                     os.environ["RAY_ADDRESS"] = saved
         else:
             ray.init(address=address, **kwargs)
+    except RayError as e:  # AuthenticationError, e.g. a ray:// address whose cluster wants a token
+        raise SynthactError(token_problem(address) if "auth" in type(e).__name__.lower() else
+                            f"could not connect to a Ray cluster at '{address}' ({first_line(str(e))})") from None
     except (ConnectionError, ValueError) as e:
         raise SynthactError(
             f"could not connect to a Ray cluster at '{address}' ({e}). Start one (`ray start --head` on this "
@@ -109,6 +112,36 @@ def check_address(address: str, timeout_s: float = 5.0) -> None:
             f"no Ray cluster answers at '{address}' ({e}). Check the head node's address and port (6379 by "
             "default), or use --ray local to start Ray on this machine"
         ) from None
+    check_token(address)
+
+
+def check_token(address: str) -> None:
+    """Fail in a second, naming the cause, when the cluster uses token authentication and this driver has no
+    (or another) token; ray.init would retry for 20 s and then only say that it could not connect."""
+    from ray.exceptions import AuthenticationError
+
+    try:
+        from ray._raylet import GcsClient  # private: where it is missing, ray.init's own error stands
+
+        GcsClient(address=address)
+    except AuthenticationError:
+        raise SynthactError(token_problem(address)) from None
+    except Exception:  # not an authentication problem: ray.init reports it
+        pass
+
+
+def token_problem(address: str) -> str:
+    mode = os.environ.get("RAY_AUTH_MODE", "")
+    why = (f"RAY_AUTH_MODE is '{mode or 'unset'}' here, so this driver sends no token" if mode.lower() != "token"
+           else "the token found here is not the cluster's")
+    return (
+        f"the Ray cluster at '{address}' uses token authentication and refused this driver: {why}. Ray "
+        f"{ray.__version__} turns "
+        "token authentication on for `ray start --head` when RAY_AUTH_MODE=token or a token file exists, and for "
+        "every instance ray.init starts. Set RAY_AUTH_MODE=token here and give the cluster's token (`ray "
+        "get-auth-token` on the head prints it) in RAY_AUTH_TOKEN, or in a file named by RAY_AUTH_TOKEN_PATH, or in "
+        "~/.ray/auth_token (where Ray looks, in that order); see docs/ray.md, 'Token authentication'"
+    )
 
 
 def actor_gpus(job: Job, started_here: bool) -> float:
