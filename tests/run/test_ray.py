@@ -283,3 +283,32 @@ def test_token_cluster_from_ray_start_with_a_node_killed_mid_sweep_gives_the_loc
         assert_same_rows(out, local_rows)
     finally:
         c.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_local_run_after_its_driver_was_killed_resumes_undisturbed_by_leftover_processes(job, local_rows, tmp_path):
+    """SIGKILL of a `--ray local` driver can leave Ray's agent processes behind (in the driver's process group,
+    re-parented to init); the next `--ray local` run starts its own instance beside them and finishes the sweep."""
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "synthact.cli", "run", str(spec), "--out", str(out), "--ray", "local",
+           "--no-progress", "--no-wandb"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while len(list((out / "manifest").glob("*.json"))) < 2 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        done_at_kill = len(list((out / "manifest").glob("*.json")))
+        assert 0 < done_at_kill < len(job.shards())
+        rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        assert "already done" in rerun.stdout and not list(out.rglob(".tmp-*"))
+        assert_same_rows(out, local_rows)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)  # what the killed driver left (docs/ray.md, "Cleaning up")
