@@ -371,6 +371,14 @@ def test_damaged_toy_cache_files_are_rebuilt(tmp_path, monkeypatch, capsys, dama
         assert all(torch.equal(a, b) for a, b in zip(before, after.state_dict().values()))
 
 
+@pytest.mark.gpu
+def test_a_cuda_device_this_machine_lacks_is_one_paragraph():
+    from synthact.inputs.backends import resolve_device
+
+    with pytest.raises(SynthactError, match=f"has {torch.cuda.device_count()} CUDA device"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
 @pytest.mark.parametrize("weights, needle", [
     ("model.safetensors", "SafetensorError"),
     ("pytorch_model.bin", "UnpicklingError"),

@@ -32,6 +32,20 @@ def test_write_read_and_manifest(tmp_path):
     assert b"synthact.job" in meta and b"synthact.versions" in meta
 
 
+def test_manifest_record_holds_the_files_size_and_sha256(tmp_path):
+    import hashlib
+
+    from synthact.manifest import read_manifest
+
+    job = parse_job(toy_job())
+    store = Store(tmp_path / "out", job)
+    shard = job.shards()[0]
+    store.write_shard(shard, rows(shard))
+    [record] = read_manifest(store.fs, store.root).records.values()
+    data = open(store.shard_file(shard), "rb").read()
+    assert (record.size, record.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+
+
 def test_same_spec_resumes_other_spec_is_refused(tmp_path):
     job = parse_job(toy_job())
     store = Store(tmp_path, job)
