@@ -52,7 +52,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check an output directory's files against its manifest",
                        description=cmd_verify.__doc__)
     p.add_argument("out", help="output directory or URI of a sweep")
-    p.add_argument("--deep", action="store_true", help="read every row, not only each file's footer")
+    p.add_argument("--deep", action="store_true", help="also read every row and the reference statistics")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("validate", help="check a job spec and print its grid", description=cmd_validate.__doc__)
@@ -128,9 +128,11 @@ def grid_size(job) -> dict:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Check that every shard the manifest records is present, readable and holds its rows; list stray files.
+    """Check that every shard the manifest records is present, of its recorded size and sha256, readable, and
+    holds its rows; list stray files; with --deep also read every row and the reference statistics.
 
-    Exit 0 when all is well, 1 when something is wrong (rerunning the same `synthact run` redoes those shards).
+    Exit 0 when all is well, 1 when something is wrong (rerunning the same `synthact run` redoes bad shards and
+    recomputes damaged statistics; strays are never read and are left to you).
     """
     from synthact.layout import resolve_location
     from synthact.run.store import read_claim, verify
@@ -147,7 +149,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"damaged reference statistics {path}: {problem}")
     print(f"{uri}: {len(found.good)} shard(s) verified, {len(found.bad)} bad, {len(found.strays)} stray file(s)"
           + (f", {len(found.bad_stats)} damaged statistics" if found.bad_stats else "")
-          + ("" if found.ok else "; rerun the same `synthact run` to redo the bad shards and statistics"))
+          + ("; rerun the same `synthact run` to redo the bad shards and statistics" if found.bad or found.bad_stats
+             else "")
+          + ("; stray files are never read: move them out of results/" if found.strays else ""))
     return 0 if found.ok else 1
 
 
