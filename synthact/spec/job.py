@@ -131,7 +131,7 @@ class Job(Frozen):
     @model_validator(mode="after")
     def _pairs_make_sense(self) -> "Job":
         for kind, direction, scan in itertools.product(self.base_kinds, self.directions, self.scan):
-            problem = pair_problem(kind, direction, scan.mode)
+            problem = pair_problem(kind, direction, scan.mode, scan.start)
             if problem:
                 raise ValueError(problem)
         paired_targets = {target_kind(k, d) for k, d in itertools.product(self.base_kinds, self.directions)
