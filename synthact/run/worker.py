@@ -12,7 +12,7 @@ import pyarrow as pa
 import torch
 
 from synthact.errors import SynthactError
-from synthact.generation.context import Activations, GenContext, GenerationSettings
+from synthact.generation.context import SINGLE_CANDIDATE, Activations, GenContext, GenerationSettings
 from synthact.generation.directions import Directions, make_directions
 from synthact.generation.kinds import draw
 from synthact.generation.stats import ReferenceStats, load_or_compute_stats
@@ -169,7 +169,7 @@ def settings_for(cell: Cell, kind: str | None) -> GenerationSettings | None:
         return None
     given = {k: v for k, v in cell.generation().items() if v is not None and k != "template"}
     if not (kind == "synthetic_structured" and cell.structure == "pairwise"):
-        given["candidates"] = 1
+        given["candidates"] = SINGLE_CANDIDATE
     return GenerationSettings(**given)
 
 
