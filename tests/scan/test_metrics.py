@@ -99,3 +99,19 @@ def test_cut_applies_only_to_scans_that_stop_at_the_target():
     assert last_point(None, 99, AUTHORS) is None  # interpolation: every point, whatever the cut
     assert last_point(np.array([0, 3, 150]), 100, AUTHORS).tolist() == [0, 2, 99]  # never before d_0
     assert last_point(np.array([0, 3, 150]), 100, MetricsSpec()).tolist() == [0, 3, 100]
+
+
+def test_older_results_read_blowup_step_as_max_slope_start(tmp_path):
+    import pyarrow.parquet as pq
+
+    from synthact import results
+    from tests.helpers import make_job, write_results
+
+    write_results(make_job(bases=4), tmp_path)
+    expected = results.read_rows(tmp_path).max_slope_start.to_numpy()
+    for path in (tmp_path / "results").rglob("*.parquet"):  # as synthact wrote them before the rename
+        table = pq.read_table(path)
+        pq.write_table(table.rename_columns([{v: k for k, v in results.RENAMED.items()}.get(c, c)
+                                             for c in table.column_names]), path)
+    assert "blowup_step" in pq.read_schema(next((tmp_path / "results").rglob("*.parquet"))).names
+    assert np.array_equal(results.read_rows(tmp_path).max_slope_start.to_numpy(), expected)
