@@ -256,8 +256,8 @@ class Cell:
     @property
     def cell_id(self) -> str:
         key = dict(self.settings(), model=self.model.model_dump(mode="json"), sae=self.sae.model_dump(mode="json"),
-                   scan=self.scan.model_dump(mode="json"))
-        return digest(key)[:12]
+                   scan=self.scan.model_dump(mode="json", exclude={"start"} if self.scan.start == "base" else None))
+        return digest(key)[:12]  # a scan from the base keeps the id it had before `scan.start` existed
 
     @property
     def group(self) -> tuple[ModelSpec, SAESpec]:
