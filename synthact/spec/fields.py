@@ -261,8 +261,8 @@ class ScanSpec(Frozen):
     mode: Literal["step", "interpolate"] = Field("step", description="Step along D, or interpolate to the target.")
     stop_at_target: bool = Field(
         True,
-        description="Step mode with a target: metrics look at the points up to the target, n <= floor(||T - A|| / s) "
-        "(the paper); the curve is still stored to N.",
+        description="Step mode with a target: metrics look at the points up to the target's, n <= floor(||T - A|| / s) "
+        "(or n < it, metrics.cut: before_target); the curve is still stored to N.",
     )
     start: Literal["base", "target"] = Field(
         "base",
