@@ -60,31 +60,45 @@ PROVENANCE = {
     "base_seed": (I64, "Seed of the base draw (derived from seed, the base settings and base_index)."),
     "target_seed": (I64, "Seed of the target / direction draw (derived from seed, cell_id and base_index)."),
     "scan_mode": (STR, "`step` (A + n s D) or `interpolate` (A + (n/N)(T - A))."),
+    "scan_start": (STR, "Where the scan starts: `base` (at A, towards T) or `target` (at T in A's prompt, towards A: "
+                        "the authors' plateau code); d_n is measured from that start."),
     "steps": (I32, "N: the scan has points n = 0..N."),
     "step_size": (F64, "Distance between scan points (s in step mode, ||T - A|| / N when interpolating)."),
     "stop_at_target": (pa.bool_(), "Whether metrics stop at the target (step mode): they read d_0..d_min(target_step, N)."),
     "target_distance": (F64, "||T - A|| (null without a target)."),
-    "target_step": (I32, "The scan point reaching the target: floor(||T - A|| / s) in step mode, N when interpolating."),
+    "target_step": (I32, "The scan point reaching the target (A, with scan_start `target`): floor(||T - A|| / s) in "
+                         "step mode, N when interpolating."),
+    # The job's metric settings (spec.MetricsSpec), so that a row's metrics recompute from the row alone.
+    "slope_threshold": (F64, "metrics.slope_threshold: max_slope_step's fallback applies if no slope exceeds it."),
+    "plateau_threshold": (F64, "metrics.plateau_threshold of plateau_len."),
+    "plateau_mode": (STR, "metrics.plateau_mode: `absolute` (the paper) or `relative` (threshold * d_last)."),
+    "cut": (STR, "metrics.cut: a scan stopping at the target is read through it (`through_target`) or up to the point "
+                 "before it (`before_target`, the authors' `l2s[:target_step]`)."),
+    "fallback": (STR, "metrics.fallback: no crossing gives the last point read (`last`) or the authors' constants 99 / "
+                      "100 (`constant`)."),
 }
 # Per-curve metrics (docs/science.md, "Curve metrics"); JS twins carry the `js_` prefix.
 METRICS = {
     "max_slope_step": (I32, "The paper's blow-up step: argmax_n s_n, s_n = d_n - d_{n-1}, s_0 := s_1 (latest on ties); "
                             "the last point if no s_n exceeds metrics.slope_threshold."),
     "max_slope": (F64, "Largest slope (d_{n+1} - d_n) / step_size of the L2 curve."),
-    "blowup_step": (I32, "The n of that largest slope."),
+    "max_slope_start": (I32, "The n of that largest slope's step d_n -> d_{n+1} (first on ties; no threshold). Called "
+                             "`blowup_step` before; older results are read under this name."),
     "plateau_len": (I32, "First n with d_n >= the plateau threshold (absolute, or relative to d_last), else the "
-                         "number of points looked at."),
+                         "number of points looked at (fallback `last`) or 100 (fallback `constant`)."),
     "early_slope_ratio": (F64, "Mean slope over the first 10% of steps / max_slope."),
     "final_l2": (F64, "d at the last point the metrics look at (the target's, when the scan stops there)."),
 }
 JS_METRICS = {
     "js_max_slope_step": (I32, "max_slope_step of the sqrt-JS curve."),
     "js_max_slope": (F64, "max_slope of the sqrt-JS curve (next-token distributions)."),
-    "js_blowup_step": (I32, "blowup_step of the sqrt-JS curve."),
+    "js_max_slope_start": (I32, "max_slope_start of the sqrt-JS curve."),
     "js_plateau_len": (I32, "plateau_len of the sqrt-JS curve."),
     "js_early_slope_ratio": (F64, "early_slope_ratio of the sqrt-JS curve."),
     "js_final": (F64, "sqrt-JS distance at the last scan point."),
 }
+# Columns renamed since: old name -> new name (older result directories are read under the new names).
+RENAMED = {"blowup_step": "max_slope_start", "js_blowup_step": "js_max_slope_start"}
 # The metrics whose distributions are aggregated, and those compared across kinds.
 AGGREGATED = ("max_slope_step", "max_slope", "plateau_len", "early_slope_ratio", "final_l2")
 COMPARED = ("max_slope_step", "max_slope", "plateau_len", "early_slope_ratio")
@@ -205,6 +219,7 @@ def read_table(out, columns=None, cell_id: str | None = None) -> pa.Table:
         if table.num_rows != record.rows:
             bad.append(f"{path} (holds {table.num_rows} rows, its record says {record.rows})")
             continue
+        table = _renamed(table)
         tables.append(table.select([c for c in columns if c in table.column_names]) if columns else table)
     folder = join(root, RESULTS) if cell_id is None else cell_dir(root, cell_id)
     named = manifest.files(root)
@@ -217,6 +232,13 @@ def read_table(out, columns=None, cell_id: str | None = None) -> pa.Table:
     if not tables:
         return pa.table({})
     return pa.concat_tables(tables, promote_options="default")
+
+
+def _renamed(table: pa.Table) -> pa.Table:
+    """A table of an older result directory with its columns under their current names (RENAMED)."""
+    if not any(old in table.column_names for old in RENAMED):
+        return table
+    return table.rename_columns([RENAMED.get(c, c) for c in table.column_names])
 
 
 def read_rows(out, curves: bool = False) -> pd.DataFrame:

@@ -19,7 +19,7 @@ from synthact.generation.context import GenContext
 from synthact.generation.stats import ReferenceStats, compute_stats
 from synthact.inputs.backends import load_backend
 from synthact.manifest import ShardRecord, shard_file_name
-from synthact.scan.metrics import MetricSettings, curve_metrics
+from synthact.scan.metrics import curve_metrics
 from synthact.spec import (
     CorpusSpec,
     Job,
@@ -95,7 +95,7 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True) -> pa.T
         curves = height[:, None] * (1 / (1 + np.exp(-(n - centre[:, None]) / width)) - 1 / (1 + np.exp(centre[:, None] / width)))
         curves = np.maximum(curves + rng.normal(0, 0.05, curves.shape), 0.0)
         curves[:, 0] = 0.0
-        metrics = curve_metrics(curves, np.full(b, step), settings=MetricSettings(**job.metrics.model_dump()))
+        metrics = curve_metrics(curves, np.full(b, step), settings=job.metrics)
         synthetic = cell.base_kind.startswith("synthetic")
         k = 8
         rows = {
@@ -104,6 +104,8 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True) -> pa.T
             "base_index": list(range(shard.start, shard.stop)),
             "seed": [job.seed] * b, "base_seed": rng.integers(0, 2**62, b).tolist(),
             "target_seed": rng.integers(0, 2**62, b).tolist(), "scan_mode": [cell.scan.mode] * b,
+            "scan_start": [cell.scan.start] * b, "stop_at_target": [cell.scan.stop_at_target] * b,
+            **{k: [v] * b for k, v in job.metrics.model_dump().items()},
             "steps": [n_steps] * b, "step_size": [step] * b,
             **{name: values.tolist() for name, values in metrics.items()},
             "base_norm": rng.normal(50, 3, b).tolist(),

@@ -26,10 +26,10 @@ def test_every_command_has_help(command):
 def test_validate_prints_the_grid():
     result = synthact("validate", "jobs/paper.yaml")
     assert result.returncode == 0, result.stderr
-    # the paper's grid: 7 target kinds x 2 scans (100 and 101 points)
-    assert "14 cells x 1000 bases = 14000 curves" in result.stdout
-    assert "1,407,000 scan points" in result.stdout
-    assert "sensitivity" in result.stdout and "plateaus" in result.stdout
+    # the paper's grid: 7 target kinds x 3 scans (100, 101 and 101 points)
+    assert "21 cells x 1000 bases = 21000 curves" in result.stdout
+    assert "2,114,000 scan points" in result.stdout
+    assert "sensitivity" in result.stdout and "plateaus" in result.stdout and "plateaus-around-A" in result.stdout
 
 
 def test_unknown_key(tmp_path):

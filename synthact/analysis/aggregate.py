@@ -178,7 +178,8 @@ def _compare_axis(rows: pd.DataFrame, axis: str, metrics, seed: int) -> list[dic
             if real is None:
                 continue
             base = {"axis": axis} | panel | axes_of(first, ("base_kind", "direction", "target_kind")) | {
-                "cell_id": cell_id, "variant": variant_label(first, axis), "scan_mode": first.get("scan_mode")}
+                "cell_id": cell_id, "variant": variant_label(first, axis)} | {
+                c: first.get(c) for c in paper.FRAMING_COLUMNS}
             base |= axes_of(first, [s for s in SETTINGS if s in first])
             for metric in metrics:
                 if metric not in cell:
@@ -266,7 +267,7 @@ def verdicts(comparison: pd.DataFrame) -> pd.DataFrame:
             for r in p.itertuples():
                 verdict = "YES" if r.diff_ci_high < 0 else "NO" if r.diff_ci_low > 0 else "INCONCLUSIVE"
                 out.append(head | {"check": CHECK_PLATEAU, "subject": r.variant, "verdict": verdict,
-                                   "detail": f"mean {r.mean:.2f} vs real {r.mean_real:.2f}, "
+                                   "detail": f"{_plateau_framing(r)}: mean {r.mean:.2f} vs real {r.mean_real:.2f}, "
                                              f"diff {r.mean_diff:+.2f} [{r.diff_ci_low:+.2f}, {r.diff_ci_high:+.2f}]"})
     return frame(out, VERDICT_COLUMNS)
 
@@ -276,6 +277,12 @@ def _experiment(rows: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     picked = rows[rows.metric == metric]
     of_mode = picked[picked.scan_mode == mode]
     return of_mode if not of_mode.empty else picked
+
+
+def _plateau_framing(row) -> str:
+    """Which plateau the row measured: around T (scan from the target towards A) or around A."""
+    return "plateau around T (scan from T to A)" if getattr(row, "scan_start", None) == "target" else \
+        "plateau around A (scan from A to T)"
 
 
 def _same_shared_settings(a, b) -> bool:

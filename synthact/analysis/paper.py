@@ -3,29 +3,40 @@
 Giglemiani et al. 2024 ran GPT-2 small with the SAE release `gpt2-small-res-jb` at layer 1, read
 at the last block, 1000 real bases. These are the values in the authors' notebook output (their
 final figures may differ slightly): mean and std of the metric per target kind, and the two-sample
-KS statistic against the `other real` targets where they gave one.
+KS statistic against the `other real` targets. They are printed only beside rows of the same
+design: the same model, SAE, layers, scan framing and metric rules (FRAMINGS).
 """
 
 from __future__ import annotations
 
 import math
 
-# metric -> (scan mode of that experiment, {target kind: (mean, std, KS against real or NaN)})
+# metric -> {target kind: (mean, std, KS against real or NaN)}
 REPORTED = {
-    "max_slope_step": ("interpolate", {
+    "max_slope_step": {  # replications.ipynb: interpolation A -> T in 100 points
         "real": (51.6, 7.8, math.nan),
         "sae_recon": (53.3, 8.4, 0.11),
         "synthetic_structured": (55.7, 11.5, 0.21),
         "synthetic_baseline": (56.9, 11.4, 0.26),
         "gaussian": (65.0, 11.2, 0.61),
-    }),
-    "plateau_len": ("step", {
-        "real": (15.1, 8.6, math.nan),
-        "gaussian": (8.3, 3.8, math.nan),
-        "synthetic_structured": (7.8, 3.8, math.nan),
-        "synthetic_baseline": (6.2, 3.1, math.nan),
-    }),
+    },
+    "plateau_len": {  # experiment_plateaus.ipynb, saved outputs: from T (in A's prompt) towards A
+        "real": (15.12, 8.62, math.nan),
+        "gaussian": (8.33, 3.80, 0.568),
+        "synthetic_structured": (7.76, 3.76, 0.633),
+        "synthetic_baseline": (6.18, 3.13, 0.754),
+    },
 }
+# metric -> the result columns (of the comparison row) that must hold these values for the authors'
+# numbers to apply: the scan's framing and the metric rules of the authors' code.
+FRAMINGS = {
+    "max_slope_step": {"scan_mode": "interpolate", "scan_start": "base", "steps": 99, "slope_threshold": 0.02},
+    "plateau_len": {"scan_mode": "step", "scan_start": "target", "step_size": 0.5, "stop_at_target": True,
+                    "plateau_threshold": 20.0, "plateau_mode": "absolute", "cut": "before_target",
+                    "fallback": "constant"},
+}
+# The row columns a comparison row carries so that `reported` can tell the framing.
+FRAMING_COLUMNS = tuple(dict.fromkeys(c for f in FRAMINGS.values() for c in f))
 COLUMNS = ("paper_mean", "paper_std", "paper_ks", "paper_mean_real", "paper_std_real")
 
 
@@ -36,15 +47,27 @@ def is_paper_setting(row: dict) -> bool:
             and row.get("read_layer") == 11)
 
 
+def same_framing(row: dict, metric: str) -> bool:
+    """Whether the row's scan framing and metric rules are those the authors measured `metric` with."""
+    return metric in FRAMINGS and all(_equal(row.get(k), v) for k, v in FRAMINGS[metric].items())
+
+
 def reported(row: dict) -> dict:
-    """The paper's numbers for a comparison row (NaN where the paper reported none for this row)."""
+    """The paper's numbers for a comparison row (NaN unless the row is the paper's setting and framing)."""
     empty = dict.fromkeys(COLUMNS, math.nan)
-    if not is_paper_setting(row) or row.get("metric") not in REPORTED:
+    metric = row.get("metric")
+    if not is_paper_setting(row) or not same_framing(row, metric) or row.get("target_kind") not in REPORTED[metric]:
         return empty
-    mode, table = REPORTED[row["metric"]]
-    if row.get("scan_mode") != mode or row.get("target_kind") not in table:
-        return empty
+    table = REPORTED[metric]
     mean, std, ks = table[row["target_kind"]]
     real_mean, real_std, _ = table["real"]
     return {"paper_mean": mean, "paper_std": std, "paper_ks": ks, "paper_mean_real": real_mean,
             "paper_std_real": real_std}
+
+
+def _equal(value, wanted) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if isinstance(wanted, float):
+        return math.isclose(float(value), wanted)
+    return value == wanted

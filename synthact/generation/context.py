@@ -9,23 +9,36 @@ import numpy as np
 import torch
 
 from synthact.generation.stats import ReferenceStats
+from synthact.spec import GenerationSpec
+
+SINGLE_CANDIDATE = 1  # C of every construction but structure pairwise
+
+
+def _spec_default(axis: str):
+    """The default of a generation axis: the first value of its list in spec.GenerationSpec (the one home)."""
+    return GenerationSpec.model_fields[axis].default[0]
 
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """How SAE-built kinds are made (spec.GenerationSpec; the defaults are the paper's)."""
+    """How SAE-built kinds are made: one value of each axis of spec.GenerationSpec, whose defaults these are.
 
-    match: str = "nearest_k"  # synthetic_baseline: "nearest_k" (the paper) or "tol"
-    nearest_k: int = 10  # k of nearest_k: random among the k allowed latents nearest in frequency
-    tol: float = 0.1  # max |log10 f(j) - log10 f(i)| of match tol and structure pairwise
-    structure: str = "anchor"  # synthetic_structured: "anchor" (the paper) or "pairwise"
-    anchor_cos: float = 0.42  # the anchor's decoder cosine to the top latent
-    anchor_pool: int = 100  # the anchor is chosen among this many latents nearest the top one in frequency
-    candidates: int = 1  # C of structure pairwise (1 = the tol baseline)
-    value_source: str = "template"  # "template": i's value (the paper); "sampled": from j's own values
-    exclude_template: bool = True  # no replacement is any template latent
-    match_norm: bool = False  # rescale the code to the template's norm
-    add_error: bool = False  # add the template's SAE error (real - sae_recon)
+    One named difference: `candidates` defaults to 1 here (every construction but structure pairwise takes
+    the first candidate; the worker passes the spec's C only to structure pairwise), where the spec's
+    default C for structure pairwise is 16.
+    """
+
+    match: str = _spec_default("match")  # synthetic_baseline: "nearest_k" (the paper) or "tol"
+    nearest_k: int = _spec_default("nearest_k")  # random among the k allowed latents nearest in frequency
+    tol: float = _spec_default("tol")  # max |log10 f(j) - log10 f(i)| of match tol and structure pairwise
+    structure: str = _spec_default("structure")  # synthetic_structured: "anchor" (the paper) or "pairwise"
+    anchor_cos: float = _spec_default("anchor_cos")  # the anchor's decoder cosine to the top latent
+    anchor_pool: int = _spec_default("anchor_pool")  # the anchor is chosen among this many latents nearest in frequency
+    candidates: int = SINGLE_CANDIDATE  # C of structure pairwise (1 = the tol baseline); see above
+    value_source: str = _spec_default("value_source")  # "template": i's value (the paper); "sampled": j's own values
+    exclude_template: bool = _spec_default("exclude_template")  # no replacement is any template latent
+    match_norm: bool = _spec_default("match_norm")  # rescale the code to the template's norm
+    add_error: bool = _spec_default("add_error")  # add the template's SAE error (real - sae_recon)
 
 
 def method(kind: str, s: GenerationSettings) -> str:

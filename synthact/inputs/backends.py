@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from synthact.errors import SynthactError
 from synthact.inputs.corpus import Corpus, load_corpus
@@ -25,6 +26,7 @@ from synthact.spec import CorpusSpec, ModelSpec, SAESpec
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from sae_lens import SAE
+    from sae_lens.constants import SPARSITY_FILENAME
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens import loading_from_pretrained as loading
     from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
@@ -355,9 +357,9 @@ def _fetch_sae(spec: SAESpec, layer: int, device: str) -> tuple[SAE, Path | None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # advice about model_from_pretrained_kwargs
                 sae = SAE.load_from_disk(path, device=device)
-            return sae, path, read_training_info(path)
         except Exception as e:
             raise SynthactError(f"could not load the sae_lens SAE in '{path}': {type(e).__name__}: {e}") from None
+        return sae, path, read_training_info(path) | _local_sparsity(path, sae.cfg.d_sae, device)
     sae_id = spec.id.format(layer=layer)
     what = f"SAE '{sae_id}' of release '{spec.release}'"
     require_hub(what, LOCAL_SAE_HINT)
@@ -368,6 +370,24 @@ def _fetch_sae(spec: SAESpec, layer: int, device: str) -> tuple[SAE, Path | None
             return sae, None, {"log_sparsity": log_sparsity}
     except Exception as e:  # hub, cache, unknown release/id errors come in many types
         raise hub_error(what, LOCAL_SAE_HINT, e) from None
+
+
+def _local_sparsity(path: Path, d_sae: int, device: str) -> dict:
+    """The release's log10 feature sparsity where a local SAE directory keeps it beside the weights
+    (`sparsity.safetensors`, as sae_lens's hub releases and training runners write it), else nothing."""
+    file = path / SPARSITY_FILENAME
+    if not file.is_file():
+        return {}
+    try:
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
+            log_sparsity = f.get_tensor("sparsity")
+    except Exception as e:
+        raise SynthactError(f"could not read the feature sparsity in '{file}': {type(e).__name__}: {e}; "
+                            "remove the file to estimate frequencies from the reference pool instead") from None
+    if tuple(log_sparsity.shape) != (d_sae,):
+        raise SynthactError(f"'{file}' holds {tuple(log_sparsity.shape)} sparsities, but the SAE in '{path}' has "
+                            f"d_sae={d_sae}; it belongs to another SAE: remove it or put the right one there")
+    return {"log_sparsity": log_sparsity, "sparsity_file": str(file)}
 
 
 def _check_layer(layer: int, model: LoadedModel) -> None:

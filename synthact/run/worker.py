@@ -12,14 +12,14 @@ import pyarrow as pa
 import torch
 
 from synthact.errors import SynthactError
-from synthact.generation.context import Activations, GenContext, GenerationSettings
+from synthact.generation.context import SINGLE_CANDIDATE, Activations, GenContext, GenerationSettings
 from synthact.generation.directions import Directions, make_directions
 from synthact.generation.kinds import draw
 from synthact.generation.stats import ReferenceStats, load_or_compute_stats
 from synthact.inputs.backends import Backend, load_backend, resolve_device
 from synthact.results import result_schema
 from synthact.scan import scan
-from synthact.scan.metrics import MetricSettings, curve_metrics
+from synthact.scan.metrics import curve_metrics, last_point
 from synthact.spec import (
     TEMPLATE_KINDS,
     Cell,
@@ -83,9 +83,10 @@ class Worker:
                 paired=cell.template == "base",
             )
             coeffs, step = scan_coefficients(cell.scan, dirs, len(indices), self.device)
+            start, direction = scan_line(cell.scan, base.vectors, dirs)
             result = scan(
                 ctx.model, cell.layer, self.read_layers, torch.as_tensor(base.tokens, device=self.device),
-                base.vectors, dirs.vectors, coeffs, js=job.js, dtype=job.dtype,
+                start, direction, coeffs, js=job.js, dtype=job.dtype,
                 hook=self.backend.saes[cell.layer].hook_name,
             )
             base_l0 = base.l0 if base.l0 is not None else _encoded_l0(ctx, base.vectors)
@@ -105,9 +106,8 @@ class Worker:
         n = shard.n_bases
         target = dirs.target
         target_step = target_steps(cell.scan, dirs.distance)
-        last = metric_last(cell.scan, target_step, n)
-        thresholds = MetricSettings(**job.metrics.model_dump())
-        js_cols = curve_metrics(js_curve, step, "js_", last, thresholds) if js_curve is not None else {}
+        last = last_point(stop_point(cell.scan, target_step), cell.scan.steps, job.metrics)
+        js_cols = curve_metrics(js_curve, step, last, job.metrics, js=True) if js_curve is not None else {}
         blocks = []
         for r in self.read_layers:
             cols = {
@@ -120,12 +120,14 @@ class Worker:
                 "base_seed": np.array(base_seeds, np.int64),
                 "target_seed": np.array(target_seeds, np.int64),
                 "scan_mode": [cell.scan.mode] * n,
+                "scan_start": [cell.scan.start] * n,
                 "steps": np.full(n, cell.scan.steps, np.int32),
                 "step_size": step,
                 "stop_at_target": np.full(n, cell.scan.stop_at_target),
                 "target_distance": dirs.distance,
                 "target_step": target_step,
-                **curve_metrics(curves[r], step, last=last, settings=thresholds),
+                **{k: [v] * n for k, v in job.metrics.model_dump().items()},
+                **curve_metrics(curves[r], step, last=last, settings=job.metrics),
                 **js_cols,
                 "base_norm": base.vectors.norm(dim=-1).double().cpu().numpy(),
                 "target_norm": dirs.target_norm,
@@ -167,7 +169,7 @@ def settings_for(cell: Cell, kind: str | None) -> GenerationSettings | None:
         return None
     given = {k: v for k, v in cell.generation().items() if v is not None and k != "template"}
     if not (kind == "synthetic_structured" and cell.structure == "pairwise"):
-        given["candidates"] = 1
+        given["candidates"] = SINGLE_CANDIDATE
     return GenerationSettings(**given)
 
 
@@ -181,11 +183,21 @@ def target_steps(scan: ScanSpec, distance: np.ndarray | None) -> np.ndarray | No
     return np.floor(np.asarray(distance, np.float64) / scan.step_size + 1e-9).astype(np.int32)
 
 
-def metric_last(scan: ScanSpec, target_step: np.ndarray | None, n: int) -> np.ndarray:
-    """The last point the metrics look at: the target's step when the scan stops there, else N."""
-    if target_step is None or not scan.stop_at_target:
-        return np.full(n, scan.steps, np.int64)
-    return np.minimum(target_step, scan.steps).astype(np.int64)
+def stop_point(scan: ScanSpec, target_step: np.ndarray | None) -> np.ndarray | None:
+    """The point a scan stops at for the metrics: the target's step when it stops there (step mode), else None."""
+    if target_step is None or not scan.stop_at_target or scan.mode != "step":
+        return None
+    return target_step
+
+
+def scan_line(scan: ScanSpec, base: torch.Tensor, dirs: Directions) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start point x_0, unit direction) of each curve: (A, D) from the base, or (T, -D) from the target,
+    so that x_n = T + n s (A - T)/||A - T|| runs back to A (`start: target`)."""
+    if scan.start == "base":
+        return base, dirs.vectors
+    if dirs.target is None:
+        raise SynthactError("scan start 'target' needs a direction with a target (toward:<kind> or toward_recon)")
+    return dirs.target.vectors, -dirs.vectors
 
 
 def scan_coefficients(scan: ScanSpec, dirs: Directions, n: int, device: str) -> tuple[torch.Tensor, np.ndarray]:

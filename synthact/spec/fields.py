@@ -252,7 +252,8 @@ class GenerationSpec(Frozen):
 
 
 class ScanSpec(Frozen):
-    """One perturbation scan: A_n = A + n*s*D (step) or A + (n/N)(T - A) (interpolate), n = 0..N."""
+    """One perturbation scan: A_n = A + n*s*D (step) or A + (n/N)(T - A) (interpolate), n = 0..N; with
+    `start: target` the scan runs the other way, x_n = T + n*s*(A - T)/||A - T||, in A's prompt."""
 
     name: str | None = Field(
         None, description="The scan's name (the `scan` column), e.g. sensitivity or plateaus; default: its mode."
@@ -266,8 +267,15 @@ class ScanSpec(Frozen):
     mode: Literal["step", "interpolate"] = Field("step", description="Step along D, or interpolate to the target.")
     stop_at_target: bool = Field(
         True,
-        description="Step mode with a target: metrics look at the points up to the target, n <= floor(||T - A|| / s) "
-        "(the paper); the curve is still stored to N.",
+        description="Step mode with a target: metrics look at the points up to the target's, n <= floor(||T - A|| / s) "
+        "(or n < it, metrics.cut: before_target); the curve is still stored to N.",
+    )
+    start: Literal["base", "target"] = Field(
+        "base",
+        description="Where the scan starts: at the base A, stepping towards the target T (synthact; the paper's "
+        "text), or at T placed in A's prompt, stepping towards A (the authors' plateau code: the plateau around "
+        "T); d_n is measured from the start point and the target's point is then the one reaching A. "
+        "`target` needs a toward:<kind> or toward_recon direction.",
     )
 
     @property
@@ -285,6 +293,18 @@ class MetricsSpec(Frozen):
         20.0, gt=0, description="plateau_len: first n with d_n >= this (absolute L2) or this * d_last (relative)."
     )
     plateau_mode: Literal["absolute", "relative"] = Field("absolute", description="How plateau_threshold is read (the paper: absolute).")
+    cut: Literal["through_target", "before_target"] = Field(
+        "through_target",
+        description="Where a scan that stops at the target ends for the metrics: `through_target` reads "
+        "d_0..d_target_step (synthact), `before_target` reads d_0..d_(target_step - 1), the authors' "
+        "`l2s[:target_step]`. Scans that do not stop at the target read every point either way.",
+    )
+    fallback: Literal["last", "constant"] = Field(
+        "last",
+        description="A curve no slope / distance crosses the threshold of: `last` gives max_slope_step = the last "
+        "point read and plateau_len = the number of points read (synthact); `constant` gives the authors' "
+        "constants, max_slope_step 99 and plateau_len 100, whatever the curve's length.",
+    )
 
     @model_validator(mode="after")
     def _relative_is_a_fraction(self) -> "MetricsSpec":

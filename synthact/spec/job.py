@@ -132,9 +132,9 @@ class Job(Frozen):
 
     @model_validator(mode="after")
     def _pairs_make_sense(self) -> "Job":
-        modes = list(dict.fromkeys(scan.mode for scan in self.scan))
-        for kind, direction, mode in itertools.product(self.base_kinds, self.directions, modes):
-            problem = pair_problem(kind, direction, mode)
+        framings = list(dict.fromkeys((scan.mode, scan.start) for scan in self.scan))
+        for kind, direction, (mode, start) in itertools.product(self.base_kinds, self.directions, framings):
+            problem = pair_problem(kind, direction, mode, start)
             if problem:
                 raise ValueError(problem)
         paired_targets = {target_kind(k, d) for k, d in itertools.product(self.base_kinds, self.directions)
@@ -262,8 +262,8 @@ class Cell:
     @property
     def cell_id(self) -> str:
         key = dict(self.settings(), model=self.model.model_dump(mode="json"), sae=self.sae.model_dump(mode="json"),
-                   scan=self.scan.model_dump(mode="json"))
-        return digest(key)[:12]
+                   scan=self.scan.model_dump(mode="json", exclude={"start"} if self.scan.start == "base" else None))
+        return digest(key)[:12]  # a scan from the base keeps the id it had before `scan.start` existed
 
     @property
     def group(self) -> tuple[ModelSpec, SAESpec]:

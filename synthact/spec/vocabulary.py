@@ -57,9 +57,14 @@ def target_kind(base_kind: str, direction: str) -> str | None:
     return None
 
 
-def pair_problem(base_kind: str, direction: str, mode: str) -> str | None:
+def pair_problem(base_kind: str, direction: str, mode: str, start: str = "base") -> str | None:
     """Why a (base kind, direction) pair makes no sense, or None."""
     head, _ = parse_direction(direction)
+    if start == "target" and head in ("isotropic", "latent"):
+        return (
+            f"scan start 'target' starts at the target, but direction '{direction}' has none; "
+            "use start: base, or a toward:<kind> / toward_recon direction"
+        )
     if mode == "interpolate" and head in ("isotropic", "latent"):
         return (
             f"scan mode 'interpolate' needs a target, but direction '{direction}' has none; "

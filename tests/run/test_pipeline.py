@@ -12,8 +12,8 @@ from synthact.run.local_executor import run_local
 from synthact.run.store import Store
 from synthact.run.worker import Worker
 from synthact.scan import scan_plain
-from synthact.scan.metrics import MetricSettings, curve_metrics
-from synthact.spec import KINDS, parse_job
+from synthact.scan.metrics import curve_metrics
+from synthact.spec import KINDS, MetricsSpec, parse_job
 from tests.helpers import toy_job
 
 DIRECTIONS = ["toward:same", "toward:real", "toward:synthetic_structured", "isotropic", "latent:random", "latent:3",
@@ -63,7 +63,7 @@ def test_metrics_read_the_curve_up_to_the_target(run):
     df = table.to_pandas()
     curves = np.stack(df.l2_curve.to_numpy())
     last = np.where(df.target_step.isna(), df.steps, np.minimum(df.target_step.fillna(0), df.steps)).astype(int)
-    m = curve_metrics(curves, df.step_size.to_numpy(), last=last, settings=MetricSettings())
+    m = curve_metrics(curves, df.step_size.to_numpy(), last=last, settings=MetricsSpec())
     for name in ("max_slope_step", "plateau_len", "final_l2"):
         assert np.array_equal(m[name], df[name].to_numpy()), name
 
