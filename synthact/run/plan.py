@@ -14,14 +14,17 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from synthact.errors import describe
+from synthact.results import CellRows, sweep_cells
 from synthact.run.store import Store
 from synthact.spec import Job, Shard
 
 
 class CellListener(Protocol):
-    """Told about each cell as soon as all its shards are written (e.g. the W&B tracker)."""
+    """Told about each cell as soon as all its shards are written (e.g. the W&B tracker).
 
-    def cell_finished(self, cell_rows: pa.Table) -> None: ...
+    It gets the cell's rows unread (`results.CellRows`): a listener reads only the columns it needs."""
+
+    def cell_finished(self, cell: CellRows) -> None: ...
 
 
 @dataclass
@@ -97,7 +100,11 @@ class Plan:
         cell_id = shard.cell.cell_id
         self.remaining[cell_id] -= 1
         if self.remaining[cell_id] == 0 and listeners:
-            _notify(listeners, self.store.read_table(cell_id))
+            _notify(listeners, self._cell(cell_id))
+
+    def _cell(self, cell_id: str) -> CellRows:
+        (cell,) = sweep_cells(self.store.uri, cell_id)
+        return cell
 
     def failed(self, shard: Shard, error: BaseException | str) -> None:
         self.summary.failures.append((shard.shard_id, error if isinstance(error, str) else describe(error)))
@@ -110,7 +117,7 @@ class Plan:
     def announce_complete_cells(self, listeners: list[CellListener]) -> None:
         """Cells finished by an earlier run of this spec are reported too (a resumed sweep logs all)."""
         for cell_id in self.complete_at_start if listeners else ():
-            _notify(listeners, self.store.read_table(cell_id))
+            _notify(listeners, self._cell(cell_id))
 
 
 class Progress:
@@ -130,6 +137,6 @@ class Progress:
         self.bar.close()
 
 
-def _notify(listeners: list[CellListener], rows: pa.Table) -> None:
+def _notify(listeners: list[CellListener], cell: CellRows) -> None:
     for listener in listeners:
-        listener.cell_finished(rows)
+        listener.cell_finished(cell)
