@@ -19,19 +19,17 @@ from synthact.run.plan import RunSummary
 
 TWO_SIDED = (CHECK_STRUCTURE, CHECK_GAUSSIAN, CHECK_PLATEAU)
 HEADLINE = ("max_slope_step", "plateau_len")
-MAX_PAPER_PANELS = 4
+MAX_LINES = 40
 
 
-def paper_design(comparison: pd.DataFrame) -> list[str]:
-    """Per experiment of the paper's design (target axis, real bases): kind, n, mean+-std and KS of each headline metric."""
+def paper_design(comparison: pd.DataFrame) -> list[list[str]]:
+    """Per experiment of the paper's design (target axis, real bases), a block of lines: kind, n, mean+-std and
+    KS of each headline metric."""
     rows = comparison[(comparison.axis == "target") & (comparison.base_kind == "real")
                       & comparison.metric.isin(HEADLINE)]
-    lines = []
+    blocks = []
     keys = [k for k in ("model", "sae", "layer", "read_layer", "scan") if k in rows]
-    for n, (_, panel) in enumerate(rows.groupby(keys, sort=True, dropna=False)):
-        if n == MAX_PAPER_PANELS:
-            lines.append(f"  ... and {rows.groupby(keys, dropna=False).ngroups - n} more experiments")
-            break
+    for _, panel in rows.groupby(keys, sort=True, dropna=False):
         table = {}
         for r in panel.itertuples():
             entry = table.setdefault(r.variant, {"kind": r.variant, "n": r.n})
@@ -39,9 +37,10 @@ def paper_design(comparison: pd.DataFrame) -> list[str]:
             entry[short] = f"{r.mean:.3g}+-{r.std:.2g}" if not math.isnan(r.std) else f"{r.mean:.3g}"
             entry[f"real {short}"] = f"{r.mean_real:.3g}"
             entry[f"KS {short}"] = f"{r.ks_stat:.2f}"
-        lines.append(f"[{panel_label(panel.iloc[0], 'target')}]")
+        lines = [f"[{panel_label(panel.iloc[0], 'target')}]"]
         lines += ["  " + line for line in pd.DataFrame(list(table.values())).to_string(index=False).splitlines()]
-    return lines
+        blocks.append(lines)
+    return blocks
 
 
 def kind_lines(comparison: pd.DataFrame) -> list[str]:
@@ -72,23 +71,38 @@ def check_lines(verdicts: pd.DataFrame) -> list[str]:
 
 def render(summary: RunSummary, out: str, comparison: pd.DataFrame | None = None,
            verdicts: pd.DataFrame | None = None) -> str:
-    """The text printed after a run (at most ~40 lines whatever the grid)."""
+    """The text printed after a run: at most MAX_LINES lines whatever the grid (what does not fit is left to
+    `synthact compare`, which the last lines point to)."""
+    tail = totals(summary, out)
+    if comparison is not None:
+        tail.insert(0, f"Every comparison and verdict: synthact compare {out}; figures: synthact report {out}")
+    checks = check_lines(verdicts) if verdicts is not None and not verdicts.empty else []
+    checks = ["Replication checks (YES = the paper's finding holds; panels counted):", *checks, ""] if checks else []
+    budget = MAX_LINES - len(tail) - len(checks)
     lines = []
     if comparison is not None and not comparison.empty:
-        paper = paper_design(comparison)
-        if paper:
-            lines += ["The paper's design: real bases toward each kind of target vs toward:real "
-                      "(step = max_slope_step, plateau = plateau_len; KS smaller = closer to real):", *paper, ""]
+        blocks = paper_design(comparison)
+        head = "The paper's design: real bases toward each kind of target vs toward:real " \
+               "(step = max_slope_step, plateau = plateau_len; KS smaller = closer to real):"
+        shown = [head] if blocks else []
+        for n, block in enumerate(blocks):
+            if len(shown) + len(block) + 2 > budget:
+                shown.append(f"  ... and {len(blocks) - n} more experiments (synthact compare)")
+                break
+            shown += block
+        lines += [*shown, ""] if shown else []
         others = kind_lines(comparison)
-        if others:
+        if others and len(lines) + len(others) + 1 <= budget:
             lines += [*others, ""]
-    if verdicts is not None and not verdicts.empty:
-        checks = check_lines(verdicts)
-        if checks:
-            lines += ["Replication checks (YES = the paper's finding holds; panels counted):", *checks, ""]
-    if comparison is not None:
-        lines.append(f"Every comparison and verdict: synthact compare {out}; figures: synthact report {out}")
+        elif others:
+            lines += ["Other panels' KS against real, per kind: synthact compare", ""]
+    return "\n".join(lines + checks + tail)
+
+
+def totals(summary: RunSummary, out: str) -> list[str]:
+    """Cells, shards, curves, speed, where the results are, and failures (at most five named)."""
     s = summary
+    lines = []
     lines.append(
         f"{s.cells} cells, {s.shards} shards ({s.shards_done} run now, {s.shards_skipped} already done, "
         f"{len(s.failures)} failed), {s.curves} curves in {s.wall_s:.1f} s ({s.curves_per_s:.1f} curves/s)."
@@ -100,4 +114,4 @@ def render(summary: RunSummary, out: str, comparison: pd.DataFrame | None = None
         lines.append(f"... and {len(s.failures) - 5} more failures")
     if s.failures:
         lines.append("Rerun the same command to retry the failed shards; finished shards are kept.")
-    return "\n".join(lines)
+    return lines
