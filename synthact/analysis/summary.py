@@ -38,7 +38,9 @@ def paper_design(comparison: pd.DataFrame) -> list[list[str]]:
             entry[f"real {short}"] = f"{r.mean_real:.3g}"
             entry[f"KS {short}"] = f"{r.ks_stat:.2f}"
         lines = [f"[{panel_label(panel.iloc[0], 'target')}]"]
-        lines += ["  " + line for line in pd.DataFrame(list(table.values())).to_string(index=False).splitlines()]
+        shown = pd.DataFrame(list(table.values()))
+        shown = shown.sort_values(shown.columns[4], kind="stable")  # closest to real (smallest KS) first
+        lines += ["  " + line for line in shown.to_string(index=False).splitlines()]
         blocks.append(lines)
     return blocks
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.stats import bootstrap
+from scipy.stats import bootstrap, ks_2samp, wasserstein_distance
 
 from synthact.analysis import stats
 
@@ -50,3 +50,16 @@ def test_normal_interval_is_mean_plus_minus_z_standard_errors():
     assert (low, high) == pytest.approx((x.mean() - half, x.mean() + half), rel=1e-12)
     diff, low, high = stats.mean_difference(x, x + 1)
     assert diff == -1 and high - low == pytest.approx(2 * half * np.sqrt(2), rel=1e-12)
+
+
+@pytest.mark.parametrize("integer", [True, False])
+def test_distances_of_large_samples_match_scipy(integer):
+    rng = np.random.default_rng(5)
+    n = stats.KS_EXACT_MAX_N + 1
+    x = rng.integers(40, 70, n).astype(float) if integer else rng.lognormal(0, 1, n)
+    y = rng.integers(42, 75, n + 7).astype(float) if integer else rng.lognormal(0.05, 1, n + 7)
+    x, y = np.sort(x), np.sort(y)
+    d, p, w = stats.distances(x, y)
+    ks = ks_2samp(x, y)
+    assert d == pytest.approx(ks.statistic, rel=1e-12) and p == pytest.approx(ks.pvalue, rel=1e-9, abs=1e-300)
+    assert w == pytest.approx(wasserstein_distance(x, y), rel=1e-9)
