@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from synthact.errors import SynthactError
 from synthact.layout import RESULTS, cell_dir, join, resolve_location
-from synthact.manifest import ShardRecord, read_manifest, result_files
+from synthact.manifest import ShardRecord, read_manifest, record_path, result_files
 
 F64, I32, I64, STR = pa.float64(), pa.int32(), pa.int64(), pa.string()
 LIST_I32, LIST_F32 = pa.list_(I32), pa.list_(pa.float32())
@@ -265,6 +265,22 @@ def sweep_cells(out, cell_id: str | None = None) -> list[CellRows]:
     _warn_unread(root, [f"{path} (no manifest record: not read)" for path in result_files(fs, folder)
                         if path not in named])
     return [CellRows(fs, root, cid, tuple(records)) for cid, records in sorted(by_cell.items())]
+
+
+def cell_rows(out, cell_id: str, shard_ids) -> CellRows:
+    """One cell's rows from the manifest records of these shards only (missing or damaged records left out):
+    what a driver that knows the cell's shards uses, without listing the whole manifest."""
+    fs, root, _ = resolve_location(out)
+    records = []
+    for shard_id in sorted(shard_ids):
+        try:
+            with fs.open_input_stream(record_path(root, shard_id)) as f:
+                record = ShardRecord.from_json(f.read())
+        except (OSError, ValueError):
+            continue
+        if record.shard_id == shard_id and record.cell_id == cell_id:
+            records.append(record)
+    return CellRows(fs, root, cell_id, tuple(records))
 
 
 def read_table(out, columns=None, cell_id: str | None = None) -> pa.Table:

@@ -121,7 +121,8 @@ def _compare_axis(sweep: Sweep, axis: str, metrics) -> list[dict]:
             base |= settings
             for metric in metrics:
                 x = sweep.values(first["cell_id"], panel["read_layer"], metric)
-                y = np.sort(np.concatenate([sweep.values(r["cell_id"], panel["read_layer"], metric) for r in real]))
+                y = [sweep.values(r["cell_id"], panel["read_layer"], metric) for r in real]
+                y = y[0] if len(y) == 1 else np.sort(np.concatenate(y))
                 if x.size == 0 or y.size == 0:
                     continue
                 ks_stat, ks_pvalue, wasserstein = distances(x, y)

@@ -12,8 +12,8 @@ Each part is cached as OUT/analysis/<part>/cell=<cell_id>.parquet, keyed by the 
 (and checksums, where the manifest has them) it was computed from, so a cached part is never stale and
 a rerun pays only for cells that changed. A read-only OUT just means no cache: parts are computed in
 memory. With `ray=ADDRESS`, missing parts are computed by Ray tasks (which read the shards and write
-the cache on shared storage). Memory holds the small summaries of all cells and the values of at most
-`KEEP` cells (one panel's worth).
+the cache on shared storage; the driver then reads the cache, so the rows are the same). Memory holds
+the small summaries of all cells and the values of at most `KEEP` cells.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ CACHE = "analysis"
 VERSION = 1  # bump when what a part holds changes: older cached parts are then recomputed
 BAND = ("mean", "q05", "q25", "median", "q75", "q95")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-KEEP = 32  # cells whose values are held in memory at once (a panel's cells and their real references)
+KEEP = 8  # cells whose values are held in memory at once (a compared cell and its real references)
 LIST_F64 = pa.list_(pa.float64())
 
 
@@ -176,7 +176,7 @@ class Sweep:
         self.cells: dict[str, CellRows] = {}
         self._summaries: dict[str, pd.DataFrame] = {}
         self._values: OrderedDict[str, pa.Table] = OrderedDict()
-        self.aggregates = results.frame([], SUMMARY_COLUMNS)
+        self._aggregates: pd.DataFrame | None = None
 
     @classmethod
     def open(cls, out, seed: int = 0, ray: str | None = None, bands: bool = False) -> Sweep:
@@ -185,10 +185,8 @@ class Sweep:
         cells = results.sweep_cells(out)
         parts = ["metrics", "bands"] if bands else ["metrics"]
         if ray:
-            from synthact.analysis.remote import compute_parts
-
-            compute_parts(out, [c for c in cells if any(Cache(c, seed).load(p, c, []) is None for p in parts)],
-                          parts, seed, ray)
+            compute_on_ray(out, [c for c in cells if any(Cache(c, seed).load(p, c, []) is None for p in parts)],
+                           parts, seed, ray)
         for cell in cells:
             sweep.add(cell)
         return sweep
@@ -199,10 +197,16 @@ class Sweep:
         self._values.pop(cell.cell_id, None)
         summary = cell_part(cell, "metrics", self.seed, SUMMARY_COLUMNS)
         self._summaries[cell.cell_id] = results.frame(summary.to_pylist(), SUMMARY_COLUMNS)
-        frames = [f for f in self._summaries.values() if not f.empty]
-        self.aggregates = (pd.concat(frames, ignore_index=True).sort_values(["cell_id", "read_layer"], ignore_index=True)
-                           if frames else results.frame([], SUMMARY_COLUMNS))
+        self._aggregates = None
         return self._summaries[cell.cell_id]
+
+    @property
+    def aggregates(self) -> pd.DataFrame:
+        """One row per (cell, read layer), in cell id order (built when first asked for after a change)."""
+        if self._aggregates is None:
+            frames = [f for _, f in sorted(self._summaries.items()) if not f.empty]
+            self._aggregates = pd.concat(frames, ignore_index=True) if frames else results.frame([], SUMMARY_COLUMNS)
+        return self._aggregates
 
     @property
     def curves(self) -> int:
@@ -239,3 +243,34 @@ class Sweep:
         axes = self.aggregates[["cell_id", *AXES]]
         axes = axes.assign(read_layer=axes.read_layer.astype("int64"))
         return bands.merge(axes, on=["cell_id", "read_layer"], how="left")[["cell_id", *AXES, *BAND]]
+
+
+# --------------------------------------------------------------------------- on Ray
+
+
+def compute_on_ray(out, cells: list[CellRows], parts: list[str], seed: int, address: str) -> None:
+    """Compute and cache `parts` of these cells as Ray tasks, one per cell (`compare/report --ray ADDRESS`).
+
+    The tasks read the shards and write OUT/analysis where every node reaches them (a shared filesystem or
+    an object store URI); a part a task could not cache is computed again by the driver."""
+    if not cells:
+        return
+    import ray
+
+    from synthact.run.ray_executor import check_address, connect
+
+    check_address(address)
+    uri = resolve_location(out)[2]
+    started_here = connect(address)
+    try:
+        task = ray.remote(num_cpus=1)(_cache_parts)
+        ray.get([task.remote(uri, cell.cell_id, parts, seed) for cell in cells])
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _cache_parts(uri: str, cell_id: str, parts: list[str], seed: int) -> None:
+    (cell,) = results.sweep_cells(uri, cell_id)
+    for part in parts:
+        cell_part(cell, part, seed, [])

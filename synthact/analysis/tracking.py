@@ -141,8 +141,8 @@ class Tracker:
         self.cells_done += 1
         self.curves_done += int(rows.curves.sum())
         data = {"cells_live": self.live, "progress/cells_done": self.cells_done, "progress/curves_done": self.curves_done}
-        self._stale |= {slug for _, _, group, _, slug in figures.figure_panels(self.sweep.aggregates)
-                        if cell.cell_id in set(group.cell_id)}
+        self._stale |= {figures.panel_slug(panel, axis) for axis in figures.SUBJECT
+                        for panel, _ in aggregate.panels(rows, axis)}  # the cell's panels, without the sweep's
         if self._stale and time.monotonic() - self._last_figures >= self.figure_interval_s:
             data |= panel_plots(self.sweep, self._stale)
             self._stale.clear()

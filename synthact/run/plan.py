@@ -14,7 +14,7 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from synthact.errors import describe
-from synthact.results import CellRows, sweep_cells
+from synthact.results import CellRows, cell_rows
 from synthact.run.store import Store
 from synthact.spec import Job, Shard
 
@@ -85,6 +85,9 @@ class Plan:
                                   redone=found.bad)
         self.curves_per_shard = {s.shard_id: s.n_bases * len(job.read_layers) for s in shards}
         self.complete_at_start = sorted({s.cell.cell_id for s in shards} - set(self.remaining))
+        self.shards_of: dict[str, list[str]] = defaultdict(list)
+        for s in shards:
+            self.shards_of[s.cell.cell_id].append(s.shard_id)
 
     def by_group(self) -> dict[tuple, list[Shard]]:
         groups: dict[tuple, list[Shard]] = defaultdict(list)
@@ -103,8 +106,7 @@ class Plan:
             _notify(listeners, self._cell(cell_id))
 
     def _cell(self, cell_id: str) -> CellRows:
-        (cell,) = sweep_cells(self.store.uri, cell_id)
-        return cell
+        return cell_rows(self.store.uri, cell_id, self.shards_of[cell_id])
 
     def failed(self, shard: Shard, error: BaseException | str) -> None:
         self.summary.failures.append((shard.shard_id, error if isinstance(error, str) else describe(error)))
