@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from synthact import results
-from synthact.analysis import aggregate
+from synthact.analysis import aggregate, stats
 from synthact.analysis.cells import Sweep
 from synthact.analysis.tracking import read_offline_run
 from tests.helpers import synthact, write_job
@@ -46,7 +46,7 @@ def test_offline_wandb_tables_equal_parquet_aggregates(sweep):
         mine = rows[(rows.cell_id == got.cell_id) & (rows.read_layer == got.read_layer)]
         assert got["curves"] == len(mine) == 12
         for metric in results.AGGREGATED:
-            x = aggregate.finite(mine[metric])
+            x = stats.finite(mine[metric])
             assert got[f"{metric}_mean"] == pytest.approx(x.mean(), rel=1e-9)
             assert got[f"{metric}_median"] == pytest.approx(np.median(x), rel=1e-9)
     assert run["summary"]["sweep/curves"] == 96
