@@ -215,9 +215,9 @@ class CellRows:
             return pa.table({c: pa.array([], type=_type_of(c)) for c in columns if _type_of(c) is not None})
         return pa.concat_tables(tables, promote_options="default")
 
-    def axes(self) -> dict:
-        """The cell's grid axes (all but read_layer) as plain values, from the first row of its first readable shard."""
-        names = [a for a in AXES if a != "read_layer"]
+    def axes(self, names=tuple(a for a in AXES if a != "read_layer")) -> dict:
+        """Columns constant in a cell (by default its grid axes but read_layer) as plain values, from the first
+        row of its first readable shard."""
         for record in self.records:
             try:
                 file = pq.ParquetFile(join(self.root, record.file), filesystem=self.fs)

@@ -3,7 +3,7 @@
 Every analysis (compare, report, the run summary, W&B) reads a sweep through a `Sweep`. A cell is read
 once, by column (only `read_layer` and the metrics; `l2_curve` only for the report's bands), and its
 grid axes once (from one row: they are constant in a cell). Per (cell, read layer) that gives
-- the *metrics* part: `curves`, `<metric>_<stat>` for each aggregated metric (stats.STATS) and the
+- the *metrics* part: `scan_mode`, `curves`, `<metric>_<stat>` for each aggregated metric (stats.STATS) and the
   sorted finite values of each compared metric (`values_<metric>`: what KS, Wasserstein, intervals and
   ECDFs need);
 - the *bands* part: the mean L2 curve and its quantiles per scan step (aggregate.BAND).
@@ -32,11 +32,12 @@ from synthact.layout import join, resolve_location, write_file_atomic
 from synthact.results import AGGREGATED, AXES, COMPARED, CellRows
 
 CACHE = "analysis"
-VERSION = 1  # bump when what a part holds changes: older cached parts are then recomputed
+VERSION = 2  # bump when what a part holds changes: older cached parts are then recomputed
 BAND = ("mean", "q05", "q25", "median", "q75", "q95")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 KEEP = 8  # cells whose values are held in memory at once (a compared cell and its real references)
 LIST_F64 = pa.list_(pa.float64())
+CONSTANT = (*(a for a in AXES if a != "read_layer"), "scan_mode")  # read once per cell, from one row
 
 
 def _stat_type(stat: str):
@@ -44,7 +45,7 @@ def _stat_type(stat: str):
 
 
 METRICS_SCHEMA = pa.schema(
-    [("cell_id", pa.string()), *[(a, AXES[a][0]) for a in AXES], ("curves", pa.int64())]
+    [("cell_id", pa.string()), *[(a, AXES[a][0]) for a in AXES], ("scan_mode", pa.string()), ("curves", pa.int64())]
     + [(f"{m}_{s}", _stat_type(s)) for m in AGGREGATED for s in STATS]
     + [(f"values_{m}", LIST_F64) for m in COMPARED]
 )
@@ -58,7 +59,7 @@ SUMMARY_COLUMNS = [n for n in METRICS_SCHEMA.names if not n.startswith("values_"
 def metrics_part(cell: CellRows, seed: int = 0) -> tuple[pa.Table, int]:
     """The metrics part of a cell (one row per read layer, see the module docstring) and the rows it read."""
     table = cell.read(["read_layer", *AGGREGATED])
-    axes = cell.axes()
+    axes = cell.axes(CONSTANT)
     out = []
     layers = _column(table, "read_layer")
     for read_layer in np.unique(layers[np.isfinite(layers)]) if table.num_rows else ():

@@ -45,6 +45,7 @@ def test_sweep_holds_every_cell_and_read_layer(sweep):
     assert len(rows) == len(job.cells()) * job.bases_per_cell * 2 == table.curves.sum()
     assert set(table.cell_id) == {c.cell_id for c in job.cells()}
     assert "base_tokens" not in table.columns and "values_max_slope" not in table.columns
+    assert set(table.scan_mode) == {"step"}  # what verdicts pick experiments by (slope: interpolate, plateau: step)
 
 
 def test_opening_a_directory_without_results_is_a_clear_error(tmp_path):
