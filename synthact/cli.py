@@ -103,15 +103,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {shard_id}: {problem}", file=sys.stderr)
     if result.fatal:
         raise SynthactError(f"nothing could run: {result.fatal}")
-    rows = store.read_table()
-    comparison = verdicts = None
-    if rows.num_rows:
-        from synthact.analysis.compare import compare
+    from synthact.analysis.cells import Sweep
+    from synthact.analysis.compare import compare
 
-        comparison, verdicts = compare(out)
+    sweep = Sweep.open(out)  # the bounded path: cells the tracker already aggregated are read from the cache
+    comparison = verdicts = None
+    if not sweep.aggregates.empty:
+        comparison, verdicts = compare(sweep)
     if tracker is not None:
-        tracker.finish(result.as_dict(), out, comparison)
-    print(summary.render(result, rows, out, comparison, verdicts))
+        tracker.finish(result.as_dict(), out, sweep, comparison)
+    print(summary.render(result, out, comparison, verdicts))
     return 0 if result.ok else 1
 
 

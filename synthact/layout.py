@@ -15,6 +15,7 @@ import errno
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,6 +71,24 @@ def build_dir_once(path: Path, build: Callable[[Path], None]) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_file_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write `data` to `path` through a hidden temporary beside it, then rename: readers see the old file or
+    the new one, never half of one. OSError when the location is not writable (the temporary is removed)."""
+    folder, name = path.rsplit("/", 1)
+    tmp = f"{folder}/.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}"
+    try:
+        fs.create_dir(folder, recursive=True)
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+    except (OSError, pa.ArrowException) as e:
+        try:
+            fs.delete_file(tmp)
+        except (OSError, pa.ArrowException):
+            pass
+        raise OSError(str(e)) from None
 
 
 def is_disk_full(error: OSError) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import pandas as pd
 import pyarrow as pa
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 
 from synthact.errors import SynthactError
 from synthact.layout import RESULTS, cell_dir, join, resolve_location
-from synthact.manifest import read_manifest, result_files
+from synthact.manifest import ShardRecord, read_manifest, record_path, result_files
 
 F64, I32, I64, STR = pa.float64(), pa.int32(), pa.int64(), pa.string()
 LIST_I32, LIST_F32 = pa.list_(I32), pa.list_(pa.float32())
@@ -158,10 +159,11 @@ def column_reference() -> str:
 
 
 def axis_value(name: str, value):
-    """A grid-axis value as a plain Python value: None for null, int / float / bool / str by the axis's type."""
+    """A grid-axis (or other declared column's) value as a plain Python value: None for null, int / float / bool /
+    str by the column's declared type."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return None
-    kind = AXES[name][0] if name in AXES else STR
+    kind = column_type(name) or STR
     if pa.types.is_integer(kind):
         return int(value)
     if pa.types.is_floating(kind):
@@ -192,12 +194,84 @@ class UnreadableResultsWarning(UserWarning):
     """Files under results/ were not read: damaged shards (a rerun redoes them) or files no shard wrote."""
 
 
-def read_table(out, columns=None, cell_id: str | None = None) -> pa.Table:
-    """The rows of every shard the manifest lists, or of one cell's (only `columns` that exist, when given).
+@dataclass(frozen=True)
+class CellRows:
+    """One cell's rows, read lazily: exactly the shards its manifest records list, only the columns asked for.
 
-    The manifest, not the folder, defines the rows: a listed file that is unreadable or holds other
-    than its recorded rows is skipped, and files no record names (strays) are not read; both are
-    named in one `UnreadableResultsWarning`. A rerun of the sweep redoes the skipped shards.
+    Nothing is read until `read` is called, so passing a `CellRows` around costs nothing; grid axes are
+    constant in a cell, so `axes` reads them from one row of one shard.
+    """
+
+    fs: pafs.FileSystem
+    root: str
+    cell_id: str
+    records: tuple[ShardRecord, ...]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(r.rows for r in self.records)
+
+    @property
+    def key(self) -> list:
+        """What the cell's rows are: each shard's id, row count, time written and checksum (where recorded)."""
+        return [[r.shard_id, r.rows, r.finished, r.sha256] for r in self.records]
+
+    def read(self, columns) -> pa.Table:
+        """The cell's rows, only `columns` (those the files have); unreadable shards are named and skipped."""
+        tables, bad = [], []
+        for record in self.records:
+            path = join(self.root, record.file)
+            try:
+                file = pq.ParquetFile(path, filesystem=self.fs)
+                rows = file.metadata.num_rows
+                if rows != record.rows:
+                    bad.append(f"{path} (holds {rows} rows, its record says {record.rows})")
+                    continue
+                current = {RENAMED.get(c, c): c for c in file.schema_arrow.names}  # current name -> name in file
+                table = file.read(columns=[current[c] for c in columns if c in current])
+                tables.append(table.rename_columns([RENAMED.get(c, c) for c in table.column_names]))
+            except (pa.ArrowException, OSError):
+                bad.append(f"{path} (unreadable)")
+        _warn_unread(self.root, bad)
+        if not tables:
+            return pa.table({c: pa.array([], type=column_type(c)) for c in columns if column_type(c) is not None})
+        return pa.concat_tables(tables, promote_options="default")
+
+    def axes(self, names=tuple(a for a in AXES if a != "read_layer")) -> dict:
+        """Columns constant in a cell (by default its grid axes but read_layer) as plain values, from the first
+        row of its first readable shard."""
+        for record in self.records:
+            try:
+                file = pq.ParquetFile(join(self.root, record.file), filesystem=self.fs)
+                have = [a for a in names if a in file.schema_arrow.names]
+                first = next(file.iter_batches(batch_size=1, columns=have)).to_pylist()[0]
+            except (pa.ArrowException, OSError, StopIteration):
+                continue
+            return {a: axis_value(a, first.get(a)) for a in names}
+        return {}
+
+
+def column_type(column: str):
+    """The Arrow type a result column is declared with, or None for an unknown name."""
+    for group in (IDS, AXES, PROVENANCE, METRICS, JS_METRICS, ACTIVATIONS, CURVES):
+        if column in group:
+            return group[column][0]
+    return None
+
+
+def _warn_unread(root: str, bad: list[str]) -> None:
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        warnings.warn(f"{len(bad)} file(s) under {join(root, RESULTS)} were not read: {shown}. Rerun the same "
+                      "`synthact run` to redo damaged shards; `synthact verify` lists them", UnreadableResultsWarning,
+                      stacklevel=3)
+
+
+def sweep_cells(out, cell_id: str | None = None) -> list[CellRows]:
+    """Every cell the manifest lists (or just `cell_id`), in id order, each read lazily (`CellRows`).
+
+    The manifest, not the folder, defines the rows: files no record names (strays) are named in one
+    `UnreadableResultsWarning` and never read.
     """
     fs, root, _ = resolve_location(out)
     if fs.get_file_info(join(root, RESULTS)).type != pafs.FileType.Directory:
@@ -206,48 +280,66 @@ def read_table(out, columns=None, cell_id: str | None = None) -> pa.Table:
             "or pass the --out directory of a finished or partial sweep"
         )
     manifest = read_manifest(fs, root)
-    records = [r for r in manifest.by_cell().get(cell_id, [])] if cell_id else \
-        [r for cell in manifest.by_cell().values() for r in cell]
-    tables, bad = [], []
-    for record in records:
-        path = join(root, record.file)
-        try:
-            table = pq.read_table(path, filesystem=fs)
-        except (pa.ArrowException, OSError):
-            bad.append(f"{path} (unreadable)")
-            continue
-        if table.num_rows != record.rows:
-            bad.append(f"{path} (holds {table.num_rows} rows, its record says {record.rows})")
-            continue
-        table = _renamed(table)
-        tables.append(table.select([c for c in columns if c in table.column_names]) if columns else table)
+    by_cell = manifest.by_cell()
+    if cell_id is not None:
+        by_cell = {cell_id: by_cell.get(cell_id, [])}
     folder = join(root, RESULTS) if cell_id is None else cell_dir(root, cell_id)
     named = manifest.files(root)
-    bad += [f"{path} (no manifest record: not read)" for path in result_files(fs, folder) if path not in named]
-    if bad:
-        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
-        warnings.warn(f"{len(bad)} file(s) under {join(root, RESULTS)} were not read: {shown}. Rerun the same "
-                      "`synthact run` to redo damaged shards; `synthact verify` lists them", UnreadableResultsWarning,
-                      stacklevel=2)
+    _warn_unread(root, [f"{path} (no manifest record: not read)" for path in result_files(fs, folder)
+                        if path not in named])
+    return [CellRows(fs, root, cid, tuple(records)) for cid, records in sorted(by_cell.items())]
+
+
+def cell_rows(out, cell_id: str, shard_ids) -> CellRows:
+    """One cell's rows from the manifest records of these shards only (missing or damaged records left out):
+    what a driver that knows the cell's shards uses, without listing the whole manifest."""
+    fs, root, _ = resolve_location(out)
+    records = []
+    for shard_id in sorted(shard_ids):
+        try:
+            with fs.open_input_stream(record_path(root, shard_id)) as f:
+                record = ShardRecord.from_json(f.read())
+        except (OSError, ValueError):
+            continue
+        if record.shard_id == shard_id and record.cell_id == cell_id:
+            records.append(record)
+    return CellRows(fs, root, cell_id, tuple(records))
+
+
+def read_table(out, columns=None, cell_id: str | None = None) -> pa.Table:
+    """Every row the manifest lists (or one cell's), all columns or only `columns`, in one table.
+
+    Eager: for tests and small sweeps. The analysis reads cell by cell (`sweep_cells`), never this.
+    """
+    tables = []
+    for cell in sweep_cells(out, cell_id):
+        names = columns or _all_columns(cell)
+        table = cell.read(names)
+        if table.num_rows:
+            tables.append(table)
     if not tables:
         return pa.table({})
     return pa.concat_tables(tables, promote_options="default")
 
 
-def _renamed(table: pa.Table) -> pa.Table:
-    """A table of an older result directory with its columns under their current names (RENAMED)."""
-    if not any(old in table.column_names for old in RENAMED):
-        return table
-    return table.rename_columns([RENAMED.get(c, c) for c in table.column_names])
-
-
 def read_rows(out, curves: bool = False) -> pd.DataFrame:
-    """The result rows as a frame: ids, axes, provenance scalars and metrics, plus `l2_curve` if asked."""
+    """The result rows as one pandas frame: ids, axes, provenance scalars and metrics, plus `l2_curve` if asked.
+
+    Eager, like `read_table`: for notebooks and small sweeps; the analysis never calls it."""
     wanted = ["cell_id", *AXES, *PROVENANCE, *METRICS, *JS_METRICS] + (["l2_curve"] if curves else [])
     table = read_table(out, wanted)
     if table.num_rows == 0:
         raise SynthactError(f"'{out}/results' holds no rows yet; wait for the first cell to finish, or rerun the sweep")
     return table.to_pandas()
+
+
+def _all_columns(cell: CellRows) -> list[str]:
+    for record in cell.records:
+        try:
+            return [RENAMED.get(c, c) for c in pq.read_schema(join(cell.root, record.file), filesystem=cell.fs).names]
+        except (pa.ArrowException, OSError):
+            continue
+    return []
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from synthact import results
-from synthact.analysis import aggregate
+from synthact.analysis import aggregate, stats
+from synthact.analysis.cells import Sweep
 from synthact.analysis.tracking import read_offline_run
 from tests.helpers import synthact, write_job
 
@@ -29,7 +30,8 @@ def sweep(tmp_path_factory):
 
 def test_run_prints_summary_and_checks(sweep):
     out, stdout = sweep
-    assert "Per cell" in stdout and "Each kind against real" in stdout and "Replication checks" in stdout
+    assert "KS on max_slope_step against real" in stdout and "Replication checks" in stdout
+    assert f"synthact compare {out}" in stdout and len(stdout.splitlines()) <= 40
     assert "8 cells, 16 shards (16 run now, 0 already done, 0 failed), 96 curves" in stdout
 
 
@@ -37,19 +39,19 @@ def test_offline_wandb_tables_equal_parquet_aggregates(sweep):
     out, _ = sweep
     (run_dir,) = sorted((out / "wandb").glob("offline-run-*"))
     run = read_offline_run(run_dir)
-    rows = results.read_rows(out)
+    rows = results.read_table(out).to_pandas()
     logged = run["tables"]["cells"]
     assert len(logged) == rows.groupby(["cell_id", "read_layer"]).ngroups == 8
     for _, got in logged.iterrows():
         mine = rows[(rows.cell_id == got.cell_id) & (rows.read_layer == got.read_layer)]
         assert got["curves"] == len(mine) == 12
         for metric in results.AGGREGATED:
-            x = aggregate.finite(mine[metric])
+            x = stats.finite(mine[metric])
             assert got[f"{metric}_mean"] == pytest.approx(x.mean(), rel=1e-9)
             assert got[f"{metric}_median"] == pytest.approx(np.median(x), rel=1e-9)
     assert run["summary"]["sweep/curves"] == 96
     comparison = run["tables"]["comparison"]
-    np.testing.assert_allclose(comparison.ks_stat.astype(float), aggregate.compare_kinds(rows).ks_stat, rtol=1e-9)
+    np.testing.assert_allclose(comparison.ks_stat.astype(float), aggregate.compare_kinds(Sweep.open(out)).ks_stat, rtol=1e-9)
 
 
 def test_compare_and_report_commands(sweep, tmp_path):

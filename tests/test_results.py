@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -53,7 +54,26 @@ def test_readers_skip_and_name_unreadable_files(out, damage):
         table = results.read_table(out)
     assert table.num_rows == complete - lost
     with pytest.warns(results.UnreadableResultsWarning):
-        assert len(results.read_rows(out)) == complete - lost
+        assert sum(cell.read(["max_slope"]).num_rows for cell in results.sweep_cells(out)) == complete - lost
+
+
+def test_cell_rows_read_only_the_columns_asked_and_axes_once(out):
+    cells = results.sweep_cells(out)
+    cell = cells[0]
+    table = cell.read(["read_layer", "max_slope", "no_such_column"])
+    assert table.column_names == ["read_layer", "max_slope"] and table.num_rows == cell.num_rows > 0
+    whole = results.read_table(out, cell_id=cell.cell_id).to_pandas()
+    for axis, value in cell.axes().items():
+        assert set(whole[axis].map(lambda v: results.axis_value(axis, v))) == {value}, axis
+    assert sum(c.num_rows for c in cells) == results.read_table(out).num_rows
+
+
+def test_cell_key_changes_when_a_shard_is_rewritten(out):
+    (cell, *_) = results.sweep_cells(out)
+    record = out / "manifest" / f"{cell.records[0].shard_id}.json"
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps(data | {"finished": data["finished"] + 1}))
+    assert results.sweep_cells(out)[0].key != cell.key
 
 
 def test_report_html_naming_a_directory_is_a_clear_error(out, tmp_path):

@@ -1,8 +1,8 @@
-"""Per-cell aggregates and each kind against `real` (science.md, "Aggregates").
+"""Each kind against `real` (science.md, "Aggregates"), and the paper's findings as verdicts.
 
-Pure functions over a pandas frame of result rows (one row per curve, the columns of the
-Parquet dataset). A cell covers all read layers, so everything is per (cell_id, read_layer);
-a *panel* is (model, sae, layer, read_layer, direction): the kinds in one panel are compared.
+Works on a `cells.Sweep` (per-cell aggregates, one row per (cell_id, read_layer)). A *panel* is
+(model, sae, layer, read_layer, scan, direction) on the base axis, or (..., scan, base_kind) on the
+target axis: the kinds in one panel are compared, one panel at a time.
 """
 
 from __future__ import annotations
@@ -11,19 +11,17 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy.stats import bootstrap, ks_2samp, wasserstein_distance
 
 from synthact.analysis import paper
-from synthact.results import AGGREGATED, AXES, COMPARED, SETTINGS, axes_of, axis_value, frame
+from synthact.analysis.cells import Sweep
+from synthact.analysis.stats import distances, mean_difference
+from synthact.results import COMPARED, SETTINGS, axes_of, axis_value, frame
 from synthact.spec import SYNTHETIC_KINDS
 
 # A panel holds the cells compared with each other. Base axis: the base kinds pushed along one direction,
 # each against `real`. Target axis: one base kind pushed toward each target kind, each against `toward:real`.
 PANELS = {"base": ("model", "sae", "layer", "read_layer", "scan", "direction"),
           "target": ("model", "sae", "layer", "read_layer", "scan", "base_kind")}
-STATS = ("count", "mean", "median", "std", "q05", "q25", "q75", "q95", "ci_low", "ci_high")
-BAND = ("mean", "q05", "q25", "median", "q75", "q95")
-N_RESAMPLES = 2000
 ALPHA = 0.05
 
 
@@ -86,114 +84,54 @@ def panel_label(row, axis: str = "base") -> str:
     return " | ".join(parts)
 
 
-# --------------------------------------------------------------------------- per cell
-
-
-def summarize(values, seed: int = 0, n_resamples: int = N_RESAMPLES) -> dict[str, float]:
-    """count, mean, median, std (ddof=1), quantiles and a percentile-bootstrap 95% CI of the mean of finite values."""
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    out = {"count": int(x.size)}
-    if x.size == 0:
-        return out | {s: math.nan for s in STATS[1:]}
-    q05, q25, q75, q95 = np.quantile(x, [0.05, 0.25, 0.75, 0.95])
-    out |= {"mean": float(x.mean()), "median": float(np.median(x)), "std": float(x.std(ddof=1)) if x.size > 1 else math.nan,
-            "q05": float(q05), "q25": float(q25), "q75": float(q75), "q95": float(q95)}
-    if x.size > 1:
-        ci = bootstrap((x,), np.mean, n_resamples=n_resamples, method="percentile",
-                       rng=np.random.default_rng(seed)).confidence_interval
-        out |= {"ci_low": float(ci.low), "ci_high": float(ci.high)}
-    else:
-        out |= {"ci_low": math.nan, "ci_high": math.nan}
-    return out
-
-
-def cell_aggregates(rows: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """One row per (cell_id, read_layer): every grid axis, `curves`, and `<metric>_<stat>` for each metric."""
-    out = []
-    for (cell_id, read_layer), group in rows.groupby(["cell_id", "read_layer"], sort=True):
-        entry = {"cell_id": cell_id} | axes_of(group.iloc[0]) | {"curves": len(group)}
-        for metric in AGGREGATED:
-            if metric in group:
-                for stat, value in summarize(group[metric], seed).items():
-                    entry[f"{metric}_{stat}"] = value
-        out.append(entry)
-    return frame(out)
-
-
-def curve_bands(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per (cell_id, read_layer): axes and the mean curve with quantile bands (arrays in BAND columns)."""
-    if "l2_curve" not in rows:
-        return frame([], ["cell_id", *AXES, *BAND])
-    out = []
-    for (cell_id, read_layer), group in rows.groupby(["cell_id", "read_layer"], sort=True):
-        curves = np.stack([np.asarray(c, dtype=np.float64) for c in group["l2_curve"]])
-        q05, q25, median, q75, q95 = np.quantile(curves, [0.05, 0.25, 0.5, 0.75, 0.95], axis=0)
-        out.append({"cell_id": cell_id} | axes_of(group.iloc[0])
-                   | {"mean": curves.mean(axis=0), "q05": q05, "q25": q25, "median": median, "q75": q75, "q95": q95})
-    return frame(out)
-
-
 # --------------------------------------------------------------------------- against real
 
 
-def mean_difference(x, y, seed: int = 0, n_resamples: int = N_RESAMPLES) -> tuple[float, float, float]:
-    """mean(x) - mean(y) with a percentile-bootstrap 95% CI (independent samples)."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    diff = float(x.mean() - y.mean())
-    if x.size < 2 or y.size < 2:
-        return diff, math.nan, math.nan
-    ci = bootstrap((x, y), lambda a, b, axis: a.mean(axis) - b.mean(axis), n_resamples=n_resamples,
-                   method="percentile", paired=False, vectorized=True, rng=np.random.default_rng(seed)).confidence_interval
-    return diff, float(ci.low), float(ci.high)
-
-
-def compare_kinds(rows: pd.DataFrame, metrics=COMPARED, seed: int = 0) -> pd.DataFrame:
+def compare_kinds(sweep: Sweep, metrics=COMPARED) -> pd.DataFrame:
     """Both axes of science.md's comparison, one row per (axis, compared cell, read layer, metric).
 
     axis "target": per base kind, each target kind's cell against the `toward:real` cell (the paper's design);
     axis "base": per direction, each base kind's cell against the `real` base's cell. The reference is the
     panel's real cell(s) whose generation settings, where both have one, match. Columns: the panel axes,
     `axis`, `cell_id`, `variant`, `metric`, n / mean / std of the cell and of real (`*_real`), `mean_diff` with
-    its bootstrap 95% CI, the two-sample KS statistic and p-value, the Wasserstein distance, and the paper's
-    reported numbers where this is the paper's setting (`paper_*`, else NaN).
+    its 95% CI (stats.mean_difference), the two-sample KS statistic and p-value, the Wasserstein distance, and
+    the paper's reported numbers where this is the paper's setting (`paper_*`, else NaN). Panel by panel:
+    only one panel's values are read at a time.
     """
-    out = [*_compare_axis(rows, "target", metrics, seed), *_compare_axis(rows, "base", metrics, seed)]
+    out = [*_compare_axis(sweep, "target", metrics), *_compare_axis(sweep, "base", metrics)]
     return frame(out, [] if out else ["axis", *PANELS["base"], "base_kind", "target_kind", "cell_id", "variant",
                                       "metric", "n", "mean", "mean_real", "ks_stat"])
 
 
-def _compare_axis(rows: pd.DataFrame, axis: str, metrics, seed: int) -> list[dict]:
-    is_reference = (lambda g: g["base_kind"].iloc[0] == "real") if axis == "base" else \
-        (lambda g: g["target_kind"].iloc[0] == "real")
+def _compare_axis(sweep: Sweep, axis: str, metrics) -> list[dict]:
+    subject = "base_kind" if axis == "base" else "target_kind"
     out = []
-    for panel, group in panels(rows, axis):
-        cells = dict(tuple(group.groupby("cell_id", sort=True)))
-        reals = {cid: g for cid, g in cells.items() if is_reference(g)}
-        for cell_id, cell in cells.items():
-            first = cell.iloc[0]
-            if cell_id in reals or (axis == "target" and axis_value("target_kind", first["target_kind"]) is None):
+    for panel, group in panels(sweep.aggregates, axis):
+        records = group.to_dict("records")
+        reals = [r for r in records if r[subject] == "real"]
+        for first in records:
+            if first[subject] in ("real", None):
                 continue
-            real = _matching_real(reals, axes_of(first, [s for s in SETTINGS if s in first]))
-            if real is None:
+            settings = {s: first[s] for s in SETTINGS if s in first}
+            real = [r for r in reals if all(r.get(k) in (None, v) for k, v in settings.items())]
+            if not real:
                 continue
-            base = {"axis": axis} | panel | axes_of(first, ("base_kind", "direction", "target_kind")) | {
-                "cell_id": cell_id, "variant": variant_label(first, axis)} | {
+            base = {"axis": axis} | panel | {k: first[k] for k in ("base_kind", "direction", "target_kind")} | {
+                "cell_id": first["cell_id"], "variant": variant_label(first, axis)} | {
                 c: first.get(c) for c in paper.FRAMING_COLUMNS}
-            base |= axes_of(first, [s for s in SETTINGS if s in first])
+            base |= settings
             for metric in metrics:
-                if metric not in cell:
-                    continue
-                x, y = finite(cell[metric]), finite(real[metric])
+                x = sweep.values(first["cell_id"], panel["read_layer"], metric)
+                y = [sweep.values(r["cell_id"], panel["read_layer"], metric) for r in real]
+                y = y[0] if len(y) == 1 else np.sort(np.concatenate(y))
                 if x.size == 0 or y.size == 0:
                     continue
-                ks = ks_2samp(x, y)
-                diff, low, high = mean_difference(x, y, seed)
+                ks_stat, ks_pvalue, wasserstein = distances(x, y)
+                diff, low, high = mean_difference(x, y, sweep.seed)
                 entry = base | {
                     "metric": metric, "n": x.size, "n_real": y.size, "mean": float(x.mean()), "std": _std(x),
                     "mean_real": float(y.mean()), "std_real": _std(y), "mean_diff": diff, "diff_ci_low": low,
-                    "diff_ci_high": high, "ks_stat": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
-                    "wasserstein": float(wasserstein_distance(x, y)),
+                    "diff_ci_high": high, "ks_stat": ks_stat, "ks_pvalue": ks_pvalue, "wasserstein": wasserstein,
                 }
                 out.append(entry | paper.reported(entry))
     return out
@@ -201,20 +139,6 @@ def _compare_axis(rows: pd.DataFrame, axis: str, metrics, seed: int) -> list[dic
 
 def _std(x: np.ndarray) -> float:
     return float(x.std(ddof=1)) if x.size > 1 else math.nan
-
-
-def _matching_real(reals: dict[str, pd.DataFrame], settings: dict) -> pd.DataFrame | None:
-    matches = [
-        g for g in reals.values()
-        if all(axis_value(k, g[k].iloc[0]) in (None, v) for k, v in settings.items())
-    ]
-    return pd.concat(matches) if matches else None
-
-
-def finite(values) -> np.ndarray:
-    """The finite values as a float64 array."""
-    x = np.asarray(values, dtype=np.float64)
-    return x[np.isfinite(x)]
 
 
 # --------------------------------------------------------------------------- verdicts

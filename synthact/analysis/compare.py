@@ -1,10 +1,13 @@
-"""`synthact compare OUT [--csv FILE]`: each kind against real along both axes, and the paper's findings as verdicts.
+"""`synthact compare OUT [--csv FILE] [--ray ADDRESS]`: each kind against real along both axes, and the paper's
+findings as verdicts.
 
 Target axis (the paper's design): per base kind, each target kind's curves against those toward `real`.
 Base axis: per direction, each base kind's curves against the `real` base's. For each compared cell and
-metric (`max_slope_step`, `plateau_len`, ...): mean +- std of both, the difference of means with a
-bootstrap 95% CI, the two-sample KS statistic and p-value, the Wasserstein distance, and, in the paper's
-own setting, the values the authors reported. Then one verdict line per finding (docs/science.md).
+metric (`max_slope_step`, `plateau_len`, ...): mean +- std of both, the difference of means with a 95% CI
+(percentile bootstrap up to 2000 curves, normal theory above), the two-sample KS statistic and p-value,
+the Wasserstein distance, and, in the paper's own setting, the values the authors reported. Then one
+verdict line per finding (docs/science.md). Per-cell aggregates are cached under OUT/analysis/, so a
+rerun reads only the cells that changed.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from synthact import results
 from synthact.analysis import aggregate
+from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
 from synthact.run.store import completion_note
 
@@ -25,8 +28,8 @@ SHOWN = ["axis", "layer", "read_layer", "scan", "base_kind", "direction", "varia
          "mean_real", "std_real", "mean_diff", "diff_ci_low", "diff_ci_high", "ks_stat", "ks_pvalue", "wasserstein",
          "paper_mean", "paper_std", "paper_ks"]
 HEADINGS = {
-    "target": "Target kinds against toward:real, per base kind (the paper's design; diff = kind - real, CI = bootstrap 95%):",
-    "base": "Base kinds against real, per direction (diff = kind - real, CI = bootstrap 95%):",
+    "target": "Target kinds against toward:real, per base kind (the paper's design; diff = kind - real, 95% CI):",
+    "base": "Base kinds against real, per direction (diff = kind - real, 95% CI):",
 }
 PANEL_COLUMN = {"target": "base_kind", "base": "direction"}
 
@@ -74,10 +77,14 @@ def comparison_text(comparison: pd.DataFrame, verdicts: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def compare(out: str | Path, csv: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The comparison and verdicts of a results directory; the comparison is saved as CSV where `csv` says."""
-    rows = results.read_rows(out)
-    comparison = aggregate.compare_kinds(rows)
+def compare(out: str | Path | Sweep, csv: str | Path | None = None, ray: str | None = None
+            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The comparison and verdicts of a results directory (or an open `Sweep`); saved as CSV where `csv` says."""
+    sweep = out if isinstance(out, Sweep) else Sweep.open(out, ray=ray)
+    if sweep.aggregates.empty:
+        raise SynthactError(f"'{sweep.out}/results' holds no rows yet; wait for the first cell to finish, or rerun "
+                            "the sweep")
+    comparison = aggregate.compare_kinds(sweep)
     verdicts = aggregate.verdicts(comparison)
     if csv:
         path = Path(csv).expanduser()
@@ -93,12 +100,19 @@ def compare(out: str | Path, csv: str | Path | None = None) -> tuple[pd.DataFram
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output directory of a sweep (its results/ folder is read)")
     parser.add_argument("--csv", metavar="FILE", help="also save the comparison table (every column) as CSV here")
+    add_ray_argument(parser)
+
+
+def add_ray_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", metavar="ADDRESS",
+                        help="aggregate the cells as Ray tasks ('auto', 'local' or a cluster address); the results "
+                             "and OUT/analysis must be on storage every node reaches")
 
 
 def run(args: argparse.Namespace) -> int:
     if note := completion_note(args.out):
         print(note + "\n")
-    comparison, verdicts = compare(args.out, args.csv)
+    comparison, verdicts = compare(args.out, args.csv, args.ray)
     print(comparison_text(comparison, verdicts))
     if args.csv:
         print(f"\nSaved: {args.csv}")

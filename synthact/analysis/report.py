@@ -1,9 +1,10 @@
-"""`synthact report OUT [--html FILE]`: PNG figures under OUT/report/ and one self-contained HTML page.
+"""`synthact report OUT [--html FILE] [--ray ADDRESS]`: PNG figures under OUT/report/ and one self-contained HTML page.
 
-Figures (synthact.analysis.figures): per panel of each comparison axis the mean L2 curve of every kind with
-quantile bands and the `max_slope_step` / `plateau_len` distributions per kind (on the target axis,
-the paper's histogram per target kind); plus the kind-vs-real comparison as a KS heatmap. The page embeds every figure (base64), the replication verdicts and the
-comparison table, so it can be mailed or archived as one file. The W&B tracker draws the same figures.
+Figures (synthact.analysis.figures): per panel of each comparison axis, small multiples of every kind against
+real: the mean L2 curve with quantile bands, and the ECDFs of `max_slope_step` and `plateau_len` (on the
+target axis, the paper's distributions per target kind); plus the kind-vs-real comparison as a KS heatmap.
+The page embeds every figure (base64), the replication verdicts and the comparison table, so it can be
+mailed or archived as one file. Reads the same cached per-cell aggregates as `synthact compare`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import pyarrow.fs as pafs
 import yaml
 from matplotlib.figure import Figure
 
-from synthact import results
 from synthact.analysis import aggregate, compare, figures
+from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
 from synthact.layout import resolve_location
 from synthact.run.store import completion_note
@@ -37,7 +38,7 @@ class Report:
     figure_dir: Path | None = None  # OUT/report, or beside the page when OUT is read-only
 
 
-def build_report(out: str | Path, html_path: str | Path | None = None) -> Report:
+def build_report(out: str | Path, html_path: str | Path | None = None, ray: str | None = None) -> Report:
     """Write OUT/report/*.png and the HTML page (default OUT/report.html) from a results directory."""
     fs, local, _ = resolve_location(out)
     if not isinstance(fs, pafs.LocalFileSystem):
@@ -50,10 +51,9 @@ def build_report(out: str | Path, html_path: str | Path | None = None) -> Report
     if html_path.is_dir():
         raise SynthactError(f"--html '{html_path}' is a directory; give the path of the HTML file to write, "
                             f"e.g. {html_path / 'report.html'}")
-    rows = results.read_rows(out, curves=True)
-    bands = aggregate.curve_bands(rows)
-    comparison = aggregate.compare_kinds(rows)
-    verdicts = aggregate.verdicts(comparison)
+    sweep = Sweep.open(out, ray=ray, bands=True)
+    comparison, verdicts = compare.compare(sweep)
+    bands = sweep.bands()
     figure_dir = _figure_dir(out, html_path if html_path != out / "report.html" else None)
     sections, written = [], []
 
@@ -66,7 +66,7 @@ def build_report(out: str | Path, html_path: str | Path | None = None) -> Report
                 f'src="data:image/png;base64,{base64.b64encode(data).decode()}"><figcaption>{html.escape(caption)}'
                 "</figcaption></figure>")
 
-    for title, drawn in figures.panel_figures(rows, bands):
+    for title, drawn in figures.panel_figures(sweep, bands):
         parts = [f"<h2>{html.escape(title)}</h2>"]
         parts += [save(fig, name, caption) for name, caption, fig in drawn]
         sections.append("\n".join(parts))
@@ -75,7 +75,7 @@ def build_report(out: str | Path, html_path: str | Path | None = None) -> Report
                                                                    "KS statistic of each kind against real"))
     try:
         html_path.parent.mkdir(parents=True, exist_ok=True)
-        html_path.write_text(_page(out, rows, comparison, verdicts, sections, bands.empty))
+        html_path.write_text(_page(out, sweep, comparison, verdicts, sections, bands.empty))
     except OSError as e:
         raise SynthactError(f"cannot write the report page '{html_path}' ({e.strerror or e}); give --html FILE "
                             "in a writable place") from None
@@ -95,7 +95,7 @@ def _figure_dir(out: Path, html_path: Path | None) -> Path:
                         "a writable place, and the figures go beside it")
 
 
-def _page(out: Path, rows, comparison, verdicts, sections, no_curves: bool) -> str:
+def _page(out: Path, sweep: Sweep, comparison, verdicts, sections, no_curves: bool) -> str:
     name = _job_name(out)
     if verdicts.empty:
         checks = "<p>No comparison: the sweep has no <code>real</code> cells to compare other kinds against.</p>"
@@ -115,7 +115,7 @@ table {{ border-collapse: collapse; font-size: 0.8em; }} td, th {{ border: 1px s
 </style></head><body>
 <h1>synthact report: {html.escape(name)}</h1>
 {incomplete}
-<p>{len(rows)} curves in {rows.cell_id.nunique()} cells, from <code>{html.escape(str(out))}</code>.</p>
+<p>{sweep.curves} curves in {len(sweep.cells)} cells, from <code>{html.escape(str(out))}</code>.</p>
 <h2>Replication checks</h2>
 <p>YES means the paper's finding holds (docs/science.md, "What the paper found"). The <em>target</em> axis is
 the paper's design: real bases pushed toward each kind of target, each against <code>toward:real</code>; the
@@ -141,11 +141,12 @@ def _job_name(out: Path) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output directory of a sweep (its results/ folder is read)")
     parser.add_argument("--html", metavar="FILE", help="where to write the HTML page (default: OUT/report.html)")
+    compare.add_ray_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     if note := completion_note(args.out):
         print(note)
-    report = build_report(args.out, args.html)
+    report = build_report(args.out, args.html, args.ray)
     print(f"{len(report.figures)} figures in {report.figure_dir}; page: {report.html}")
     return 0

@@ -1,16 +1,22 @@
 """Weights & Biases: one run per sweep, watchable live, never a reason for a sweep to fail.
 
 - config = the full job spec (`job`) and the grid's size (`grid`);
+- one run per output directory: its id is kept in OUT/wandb_run.json, so rerunning the same command to
+  resume a sweep continues the same run (`resume="allow"`) instead of starting another;
 - as each cell finishes: a row per read layer in the incremental `cells_live` table (every grid axis
-  its own column, plus the cell's aggregates) and progress counters; the mean-curve and distribution
-  figures of the panels that changed, redrawn at most every `figure_interval_s`;
-- at the end, from the Parquet results: the complete `cells` table, the kind-vs-real `comparison`,
-  the replication `verdicts`, every panel's figures, and summary metrics (the driver's numbers as
-  `sweep/<name>`, `total/*`, `kind/<kind>/<metric>_mean`, `replication/yes|no|inconclusive`).
+  its own column, plus the cell's aggregates) and progress counters; the native W&B line plots of the
+  panels that changed (mean L2 curve per kind, ECDFs of the distributed metrics per kind), redrawn at
+  most every `figure_interval_s`;
+- at the end, from the cached per-cell aggregates (cells.Sweep, the bounded path): the complete `cells`
+  table, the kind-vs-real `comparison`, the replication `verdicts` (W&B tables a user can group and
+  filter), every panel's line plots, the KS heatmap (an image: W&B has no native heatmap), and summary
+  metrics (the driver's numbers as `sweep/<name>`, `total/*`, `kind/<kind>/<metric>_mean`,
+  `replication/yes|no|inconclusive`).
 
 No API key (env, netrc) and no WANDB_MODE set -> offline mode, files under OUT/wandb/ (sync later with
-`wandb sync OUT/wandb/offline-run-*`). Any W&B failure becomes one warning and turns tracking off.
-`read_offline_run` reads a run back from its files (for tests and for checking a sweep by hand).
+`wandb sync OUT/wandb/offline-run-*`; the offline runs of a resumed sweep share one id and sync into one
+run). Any W&B failure becomes one warning and turns tracking off. `read_offline_run` reads a run back from
+its files (for tests and for checking a sweep by hand).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import netrc
 import os
 import struct
 import time
+import uuid
 import warnings
 import zlib
 from pathlib import Path
@@ -28,16 +35,21 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.fs as pafs
 
 from synthact import results
 from synthact.analysis import aggregate, figures
+from synthact.analysis.cells import Sweep
+from synthact.analysis.compare import compare
+from synthact.analysis.stats import STATS
 from synthact.errors import SynthactError
-from synthact.layout import resolve_location
+from synthact.layout import join, resolve_location, write_file_atomic
+from synthact.results import CellRows
 from synthact.spec import Job
 
-FIGURE_INTERVAL_S = 30.0  # live figures are redrawn at most this often (drawing costs ~0.2 s a figure)
+FIGURE_INTERVAL_S = 30.0  # live plots are redrawn at most this often
+RUN_ID_FILE = "wandb_run.json"
+ECDF_POINTS = 101  # an ECDF is logged as this many quantiles per kind, whatever the number of curves
 
 
 class TrackingWarning(UserWarning):
@@ -56,25 +68,25 @@ class Tracker:
         self._stale: set[str] = set()
         self.cells_done = 0
         self.curves_done = 0
-        self._rows: list[pd.DataFrame] = []  # finished cells' rows, without curves (memory stays small)
-        self._bands: list[pd.DataFrame] = []  # their mean curves and bands
+        self.sweep = Sweep(out_dir)  # the finished cells' aggregates (small; values and bands stay on disk)
         if not (enabled and job.wandb.enabled):
             return
         self._guard("start", lambda: self._start(out_dir, grid))
 
     # ------------------------------------------------------------------ the driver's interface
 
-    def cell_finished(self, cell_rows: pa.Table) -> None:
-        """Log a finished cell (all its read layers): a live table row each, its panel's figures, progress."""
+    def cell_finished(self, cell: CellRows) -> None:
+        """Log a finished cell (all its read layers): a live table row each, its panel's plots, progress."""
         if self.run is not None:
-            self._guard("log a finished cell", lambda: self._cell_finished(cell_rows))
+            self._guard("log a finished cell", lambda: self._cell_finished(cell))
 
-    def finish(self, summary: dict, out_dir: str | Path, comparison: pd.DataFrame | None = None) -> None:
-        """Log the final tables, comparison, figures and summary metrics from the Parquet results; close the run.
+    def finish(self, summary: dict, out_dir: str | Path, sweep: Sweep | None = None,
+               comparison: pd.DataFrame | None = None) -> None:
+        """Log the final tables, comparison, plots and summary metrics from the aggregates; close the run.
 
-        `comparison` is `aggregate.compare_kinds` of the results, when the caller already has it."""
+        `sweep` and `comparison` (its `aggregate.compare_kinds`), when the caller already has them."""
         if self.run is not None:
-            self._guard("log the final results", lambda: self._finish(summary, out_dir, comparison))
+            self._guard("log the final results", lambda: self._finish(summary, out_dir, sweep, comparison))
         if self.run is not None:
             run, self.run = self.run, None
             self._guard("close the run", run.finish)
@@ -110,6 +122,8 @@ class Tracker:
             group=spec.group,
             tags=list(spec.tags) or None,
             name=self.job.name,
+            id=run_id(out_dir),
+            resume="allow",
             dir=wandb_dir(out_dir),
             config={"job": self.job.canonical(), "grid": dict(grid)},
             mode=mode,
@@ -118,66 +132,109 @@ class Tracker:
         )
         self.live = wandb.Table(columns=CELL_COLUMNS, log_mode="INCREMENTAL", allow_mixed_types=True)
 
-    def _cell_finished(self, cell_rows: pa.Table) -> None:
-        rows = _frame(cell_rows)
+    def _cell_finished(self, cell: CellRows) -> None:
+        rows = self.sweep.add(cell)
         if rows.empty:
             return
-        cells = aggregate.cell_aggregates(rows)
-        for record in cells[CELL_COLUMNS].itertuples(index=False):
+        for record in rows[CELL_COLUMNS].itertuples(index=False):
             self.live.add_data(*[_plain(v) for v in record])
         self.cells_done += 1
-        self.curves_done += len(rows)
+        self.curves_done += int(rows.curves.sum())
         data = {"cells_live": self.live, "progress/cells_done": self.cells_done, "progress/curves_done": self.curves_done}
-        self._rows.append(rows.drop(columns="l2_curve", errors="ignore"))
-        self._bands.append(aggregate.curve_bands(rows))
-        seen = pd.concat(self._rows)
-        cell_id = rows.cell_id.iloc[0]
-        self._stale |= {slug for _, _, group, _, slug in figures.figure_panels(seen) if cell_id in set(group.cell_id)}
+        self._stale |= {figures.panel_slug(panel, axis) for axis in figures.SUBJECT
+                        for panel, _ in aggregate.panels(rows, axis)}  # the cell's panels, without the sweep's
         if self._stale and time.monotonic() - self._last_figures >= self.figure_interval_s:
-            data |= _images(seen, pd.concat(self._bands), self._stale)
+            data |= panel_plots(self.sweep, self._stale)
             self._stale.clear()
             self._last_figures = time.monotonic()
         self.run.log(data)
 
-    def _finish(self, summary: dict, out_dir: str | Path, comparison: pd.DataFrame | None) -> None:
+    def _finish(self, summary: dict, out_dir: str | Path, sweep: Sweep | None, comparison: pd.DataFrame | None) -> None:
         import wandb
 
         numbers = _flatten(summary, "sweep/")  # prefixed: the driver's "cells" count must not clash with the table
         self.run.summary.update({k: v for k, v in numbers.items() if isinstance(v, (int, float, str, bool))})
         try:
-            rows = results.read_rows(out_dir, curves=True)
-        except SynthactError:  # no rows at all (every shard failed): the driver's numbers are all there is
+            sweep = sweep or Sweep.open(out_dir)
+        except SynthactError:  # no results at all (every shard failed): the driver's numbers are all there is
             return
-        cells = aggregate.cell_aggregates(rows)
+        if sweep.aggregates.empty:
+            return
         if comparison is None:
-            comparison = aggregate.compare_kinds(rows)
-        verdicts = aggregate.verdicts(comparison)
-        data = {"cells": _table(cells[CELL_COLUMNS]), "comparison": _table(comparison), "verdicts": _table(verdicts)}
-        data |= _images(rows, aggregate.curve_bands(rows))
+            comparison, verdicts = compare(sweep)
+        else:
+            verdicts = aggregate.verdicts(comparison)
+        data = {"cells": _table(sweep.aggregates[CELL_COLUMNS]), "comparison": _table(comparison),
+                "verdicts": _table(verdicts)}
+        data |= panel_plots(sweep)
         if not comparison.empty:
             data["comparison_ks"] = wandb.Image(_image(figures.comparison_figure(comparison)))
         self.run.log(data)
-        self.run.summary.update(summary_metrics(rows, verdicts))
+        self.run.summary.update(summary_metrics(sweep.aggregates, verdicts))
 
 
 CELL_COLUMNS = ["cell_id", *results.AXES, "curves"] + [
-    f"{m}_{s}" for m in results.AGGREGATED for s in aggregate.STATS
+    f"{m}_{s}" for m in results.AGGREGATED for s in STATS
 ]
 
 
-def summary_metrics(rows: pd.DataFrame, verdicts: pd.DataFrame) -> dict:
+def summary_metrics(aggregates: pd.DataFrame, verdicts: pd.DataFrame) -> dict:
     """Totals, per base kind and per target kind means of each metric, and counts of replication verdicts."""
-    out = {"total/cells": int(rows.cell_id.nunique()), "total/curves": int(len(rows))}
+    out = {"total/cells": int(aggregates.cell_id.nunique()), "total/curves": int(aggregates.curves.sum())}
     for prefix, column in (("kind", "base_kind"), ("target", "target_kind")):
-        for kind, group in rows.groupby(column, sort=True):
+        for kind, group in aggregates[aggregates[column].notna()].groupby(column, sort=True):
             for metric in results.AGGREGATED:
-                values = aggregate.finite(group[metric])
-                if values.size:
-                    out[f"{prefix}/{kind}/{metric}_mean"] = float(values.mean())
+                counts, means = group[f"{metric}_count"].astype(float), group[f"{metric}_mean"].astype(float)
+                if counts.sum() > 0:
+                    out[f"{prefix}/{kind}/{metric}_mean"] = float((counts * means.fillna(0)).sum() / counts.sum())
     checks = verdicts[verdicts.check != aggregate.CHECK_CLOSEST].verdict.tolist()
     for verdict in ("YES", "NO", "INCONCLUSIVE"):
         out[f"replication/{verdict.lower()}"] = checks.count(verdict)
     return out
+
+
+def panel_plots(sweep: Sweep, only: set[str] | None = None) -> dict:
+    """Native W&B line plots per panel: 'curves/<slug>' (mean L2 curve per kind) and
+    'distributions/<slug>/<metric>' (each kind's ECDF, as ECDF_POINTS quantiles)."""
+    import wandb
+
+    plots = {}
+    for axis, panel, group, title, slug in figures.figure_panels(sweep.aggregates):
+        if only is not None and slug not in only:
+            continue
+        reals, others = figures.ordered(group, axis)
+        cells = reals + others
+        labels = ["real" if c in reals else aggregate.variant_label(c, axis) for c in cells]
+        bands = sweep.bands([c["cell_id"] for c in cells])
+        bands = bands[bands.read_layer == panel["read_layer"]].set_index("cell_id") if not bands.empty else bands
+        if not bands.empty:
+            curves = [(label, bands.loc[c["cell_id"], "mean"]) for c, label in zip(cells, labels) if c["cell_id"] in bands.index]
+            plots[f"curves/{slug}"] = wandb.plot.line_series(
+                xs=[list(range(len(m))) for _, m in curves], ys=[m.tolist() for _, m in curves],
+                keys=[label for label, _ in curves], title=f"mean L2 curve: {title}", xname="scan step n")
+        probability = np.linspace(0, 1, ECDF_POINTS)
+        for metric in figures.DISTRIBUTED:
+            series = [(label, sweep.values(c["cell_id"], panel["read_layer"], metric)) for c, label in zip(cells, labels)]
+            series = [(label, v) for label, v in series if v.size]
+            if series:
+                plots[f"distributions/{slug}/{metric}"] = wandb.plot.line_series(
+                    xs=[np.quantile(v, probability).tolist() for _, v in series], ys=[probability.tolist()] * len(series),
+                    keys=[label for label, _ in series], title=f"ECDF of {metric}: {title}", xname=metric)
+    return plots
+
+
+def run_id(out_dir: str | Path) -> str:
+    """The W&B run id of an output directory: made on the first run, kept in OUT/wandb_run.json, reused on resume."""
+    fs, root, _ = resolve_location(out_dir)
+    path = join(root, RUN_ID_FILE)
+    try:
+        with fs.open_input_stream(path) as f:
+            return str(json.loads(f.read())["id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    new = uuid.uuid4().hex[:12]
+    write_file_atomic(fs, path, json.dumps({"id": new}).encode())
+    return new
 
 
 # --------------------------------------------------------------------------- helpers
@@ -204,11 +261,6 @@ def wandb_dir(out_dir: str | Path) -> str | None:
     return path
 
 
-def _frame(table: pa.Table) -> pd.DataFrame:
-    wanted = ["cell_id", *results.AXES, *results.METRICS, "l2_curve"]
-    return table.select([c for c in wanted if c in table.column_names]).to_pandas()
-
-
 def _plain(value):
     """A JSON-able cell value: None for NaN/null, Python scalars for numpy ones."""
     if value is None or value is pd.NA:
@@ -225,17 +277,6 @@ def _table(frame: pd.DataFrame):
 
     return wandb.Table(columns=list(frame.columns), data=[[_plain(v) for v in r] for r in frame.itertuples(index=False)],
                        allow_mixed_types=True)
-
-
-def _images(rows: pd.DataFrame, bands: pd.DataFrame, only: set[str] | None = None) -> dict:
-    """W&B images of the panels' figures, keyed 'curves/<slug>' and 'distributions/<slug>'."""
-    import wandb
-
-    images = {}
-    for title, drawn in figures.panel_figures(rows, bands, only):
-        for name, _, figure in drawn:
-            images[name.replace("_", "/", 1)] = wandb.Image(_image(figure), caption=title)
-    return images
 
 
 def _image(figure):
@@ -259,7 +300,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict:
-    """An offline run from its files: {"config", "summary", "history" (list of dicts), "tables" {key: DataFrame}}.
+    """An offline run from its files: {"id", "config", "summary", "history" (list of dicts), "tables" {key: DataFrame},
+    "finished"}.
 
     `tables` holds each table key's last logged version, or for an incremental table all its
     increments concatenated, with values exactly as logged (object columns, None for null).
@@ -287,9 +329,11 @@ def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict:
     config: dict = {}
     summary: dict = {}
     history: list[dict] = []
+    run_id = None
     for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
+            run_id = record.run.run_id
             _apply(config, record.run.config.update)
         elif kind == "config":
             _apply(config, record.config.update)
@@ -301,7 +345,7 @@ def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict:
             history.append(step)
     config.pop("_wandb", None)
     return {"config": config, "summary": summary, "history": history, "tables": _tables(run_dir, history),
-            "finished": finished}
+            "finished": finished, "id": run_id}
 
 
 def _apply(target: dict, items) -> None:

@@ -1,5 +1,5 @@
 """`synthact bench`: scan speed (plain vs fast path, points/s, TFLOP/s, deviations), generation and
-end-to-end timings. `--model` builds a GPT-2-architecture HookedTransformer directly; `--family` writes a
+end-to-end timings, and (`--analysis ROWS`) compare / report on ROWS curves. `--model` builds a GPT-2-architecture HookedTransformer directly; `--family` writes a
 realistic-shape random checkpoint of that family with `transformers` and loads it through
 `model: {local: DIR}`, as a user's checkpoint would be (`--family all`: one table of all).
 """
@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--e2e", type=at_least(1), nargs="?", const=1000, metavar="BASES",
         help="instead: the paper job's volume end to end, BASES (default 1000) bases x every kind, wall time by phase",
     )
+    parser.add_argument(
+        "--analysis", type=at_least(14), metavar="ROWS",
+        help="instead: time `synthact compare` and `synthact report` (wall, peak RSS) on a synthetic results "
+             "directory of ROWS curves (the paper-toy grid, curves included), without and with cached aggregates",
+    )
+    parser.add_argument("--keep", metavar="DIR", help="with --analysis: build the results under DIR and keep them")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -74,6 +80,12 @@ def device_name(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.analysis:
+        from synthact.bench.analysis import analysis_benchmark, format_analysis
+
+        report = analysis_benchmark(args.analysis, args.keep)
+        print(json.dumps(report, indent=2) if args.json else format_analysis(report))
+        return 0
     n_layers = MODEL_SHAPES[args.model]["n_layers"]
     if args.layer >= n_layers:
         raise SynthactError(f"--layer {args.layer} is out of range for {args.model} ({n_layers} blocks: 0..{n_layers - 1})")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import random
 
-import numpy as np
 import torch
 
 K = 10  # the authors' top_k

@@ -14,14 +14,17 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from synthact.errors import describe
+from synthact.results import CellRows, cell_rows
 from synthact.run.store import Store
 from synthact.spec import Job, Shard
 
 
 class CellListener(Protocol):
-    """Told about each cell as soon as all its shards are written (e.g. the W&B tracker)."""
+    """Told about each cell as soon as all its shards are written (e.g. the W&B tracker).
 
-    def cell_finished(self, cell_rows: pa.Table) -> None: ...
+    It gets the cell's rows unread (`results.CellRows`): a listener reads only the columns it needs."""
+
+    def cell_finished(self, cell: CellRows) -> None: ...
 
 
 @dataclass
@@ -82,6 +85,9 @@ class Plan:
                                   redone=found.bad)
         self.curves_per_shard = {s.shard_id: s.n_bases * len(job.read_layers) for s in shards}
         self.complete_at_start = sorted({s.cell.cell_id for s in shards} - set(self.remaining))
+        self.shards_of: dict[str, list[str]] = defaultdict(list)
+        for s in shards:
+            self.shards_of[s.cell.cell_id].append(s.shard_id)
 
     def by_group(self) -> dict[tuple, list[Shard]]:
         groups: dict[tuple, list[Shard]] = defaultdict(list)
@@ -97,7 +103,10 @@ class Plan:
         cell_id = shard.cell.cell_id
         self.remaining[cell_id] -= 1
         if self.remaining[cell_id] == 0 and listeners:
-            _notify(listeners, self.store.read_table(cell_id))
+            _notify(listeners, self._cell(cell_id))
+
+    def _cell(self, cell_id: str) -> CellRows:
+        return cell_rows(self.store.uri, cell_id, self.shards_of[cell_id])
 
     def failed(self, shard: Shard, error: BaseException | str) -> None:
         self.summary.failures.append((shard.shard_id, error if isinstance(error, str) else describe(error)))
@@ -110,7 +119,7 @@ class Plan:
     def announce_complete_cells(self, listeners: list[CellListener]) -> None:
         """Cells finished by an earlier run of this spec are reported too (a resumed sweep logs all)."""
         for cell_id in self.complete_at_start if listeners else ():
-            _notify(listeners, self.store.read_table(cell_id))
+            _notify(listeners, self._cell(cell_id))
 
 
 class Progress:
@@ -130,6 +139,6 @@ class Progress:
         self.bar.close()
 
 
-def _notify(listeners: list[CellListener], rows: pa.Table) -> None:
+def _notify(listeners: list[CellListener], cell: CellRows) -> None:
     for listener in listeners:
-        listener.cell_finished(rows)
+        listener.cell_finished(cell)

@@ -1,4 +1,5 @@
-"""Aggregates and kind-vs-real comparison over a seeded Parquet dataset with the real row schema.
+"""Per-cell aggregates (cells.Sweep) and the kind-vs-real comparison over a seeded Parquet dataset with the
+real row schema, checked against numpy and scipy on the rows read eagerly (results.read_table).
 
 `make_job` and `write_results` are reused by the tracking, compare and report tests: they build
 a results directory laid out like `synthact run`'s, with plausible plateau-then-blow-up curves
@@ -15,9 +16,16 @@ import pytest
 from scipy.stats import ks_2samp
 
 from synthact import results
-from synthact.analysis import aggregate
+from synthact.analysis import aggregate, stats
+from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
 from tests.helpers import finite, make_job, write_results
+
+
+def rows_of(out):
+    """Every row of a results directory as a frame (the eager reader: for checking the bounded path)."""
+    wanted = ["cell_id", *results.AXES, *results.PROVENANCE, *results.METRICS, "l2_curve"]
+    return results.read_table(out, wanted).to_pandas()
 
 # Centre of the sigmoid blow-up, in steps (a later centre is a longer plateau), and its width
 # (a narrower blow-up is a larger max_slope).
@@ -28,25 +36,26 @@ def sweep(tmp_path_factory):
     job = make_job()
     out = tmp_path_factory.mktemp("out")
     write_results(job, out)
-    return job, out, results.read_rows(out, curves=True)
+    return job, out, rows_of(out)
 
 
-def test_load_rows_reads_every_row_with_axes_and_curves(sweep):
+def test_sweep_holds_every_cell_and_read_layer(sweep):
     job, out, rows = sweep
-    assert len(rows) == len(job.cells()) * job.bases_per_cell * 2
-    assert set(rows.cell_id) == {c.cell_id for c in job.cells()}
-    assert {"l2_curve", *results.AXES, *results.AGGREGATED} <= set(rows.columns)
-    assert "base_tokens" not in rows.columns
+    table = Sweep.open(out).aggregates
+    assert len(rows) == len(job.cells()) * job.bases_per_cell * 2 == table.curves.sum()
+    assert set(table.cell_id) == {c.cell_id for c in job.cells()}
+    assert "base_tokens" not in table.columns and "values_max_slope" not in table.columns
+    assert set(table.scan_mode) == {"step"}  # what verdicts pick experiments by (slope: interpolate, plateau: step)
 
 
-def test_load_rows_without_results_is_a_clear_error(tmp_path):
+def test_opening_a_directory_without_results_is_a_clear_error(tmp_path):
     with pytest.raises(SynthactError, match="synthact run"):
-        results.read_rows(tmp_path)
+        Sweep.open(tmp_path)
 
 
 def test_cell_aggregates_match_numpy(sweep):
-    job, _, rows = sweep
-    table = aggregate.cell_aggregates(rows)
+    job, out, rows = sweep
+    table = Sweep.open(out).aggregates
     assert len(table) == len(job.cells()) * 2
     for cell in job.cells():
         for read_layer in (2, 3):
@@ -69,28 +78,36 @@ def test_cell_aggregates_match_numpy(sweep):
 
 
 def test_summarize_edge_cases():
-    assert aggregate.summarize([])["count"] == 0 and math.isnan(aggregate.summarize([])["mean"])
-    one = aggregate.summarize([2.0, float("nan")])
+    assert stats.summarize([])["count"] == 0 and math.isnan(stats.summarize([])["mean"])
+    one = stats.summarize([2.0, float("nan")])
     assert one["count"] == 1 and one["mean"] == 2.0 and math.isnan(one["ci_low"])
-    same = aggregate.summarize([3.0] * 5)
+    same = stats.summarize([3.0] * 5)
     assert same["ci_low"] == same["ci_high"] == 3.0
 
 
 def test_curve_bands_are_mean_and_quantiles_of_curves(sweep):
-    _, _, rows = sweep
-    bands = aggregate.curve_bands(rows)
+    _, out, rows = sweep
+    bands = Sweep.open(out).bands()
     assert len(bands) == rows.groupby(["cell_id", "read_layer"]).ngroups
-    row = bands.iloc[3]
-    curves = np.stack(rows[(rows.cell_id == row.cell_id) & (rows.read_layer == row.read_layer)].l2_curve.to_list())
-    np.testing.assert_allclose(row["mean"], curves.mean(0), rtol=1e-6)
-    np.testing.assert_allclose(row["q05"], np.quantile(curves.astype(np.float64), 0.05, axis=0), rtol=1e-6)
-    assert np.all(row["q05"] <= row["q95"])
-    assert aggregate.curve_bands(rows.drop(columns="l2_curve")).empty
+    for i in (0, 3, len(bands) - 1):
+        row = bands.iloc[i]
+        mine = rows[(rows.cell_id == row.cell_id) & (rows.read_layer == row.read_layer)]
+        curves = np.stack(mine.l2_curve.to_list()).astype(np.float64)
+        assert row["direction"] == mine.direction.iloc[0]
+        np.testing.assert_allclose(row["mean"], curves.mean(0), rtol=1e-6)
+        for band, q in (("q05", 0.05), ("median", 0.5), ("q95", 0.95)):
+            np.testing.assert_allclose(row[band], np.quantile(curves, q, axis=0), rtol=1e-6)
+        assert np.all(row["q05"] <= row["q95"])
+
+
+def test_no_bands_without_curves(tmp_path):
+    write_results(make_job(bases=4, directions=["toward:same"]), tmp_path, keep_curves=False)
+    assert Sweep.open(tmp_path).bands().empty
 
 
 def test_compare_kinds_matches_scipy_on_both_axes(sweep):
-    job, _, rows = sweep
-    table = aggregate.compare_kinds(rows)
+    job, out, rows = sweep
+    table = aggregate.compare_kinds(Sweep.open(out))
     targets = [c for c in job.cells() if c.base_kind == "real" and c.target_kind not in (None, "real")]
     bases = [c for c in job.cells() if c.base_kind != "real"]
     assert (table.axis == "target").sum() >= len(targets) * 2 * len(results.COMPARED)
@@ -112,8 +129,8 @@ def test_compare_kinds_matches_scipy_on_both_axes(sweep):
 
 
 def test_target_axis_compares_against_toward_real_only(sweep):
-    _, _, rows = sweep
-    table = aggregate.compare_kinds(rows)
+    _, out, _ = sweep
+    table = aggregate.compare_kinds(Sweep.open(out))
     target = table[table.axis == "target"]
     assert set(target.target_kind) == {"gaussian", "synthetic_baseline", "synthetic_structured"}
     assert not target.variant.str.startswith("toward:real").any()
@@ -125,8 +142,8 @@ def paper_columns_are_empty(table) -> bool:
 
 
 def test_verdicts_state_the_replication_targets(sweep):
-    _, _, rows = sweep
-    v = aggregate.verdicts(aggregate.compare_kinds(rows))
+    _, out, rows = sweep
+    v = aggregate.verdicts(aggregate.compare_kinds(Sweep.open(out)))
     by_check = v.groupby(["axis", "check"]).verdict.apply(list)
     # The fake data follows the paper along both axes: structured closer than baseline, shorter synthetic
     # plateaus, gaussian far.
@@ -148,11 +165,11 @@ def test_verdicts_state_the_replication_targets(sweep):
 
 
 def test_verdicts_say_no_when_the_finding_fails(sweep):
-    _, _, rows = sweep
-    swapped = rows.copy()
+    _, out, _ = sweep
+    swapped = Sweep.open(out)  # the labels of the two synthetic kinds swapped, their values kept
     swap = {"synthetic_structured": "synthetic_baseline", "synthetic_baseline": "synthetic_structured"}
     for column in ("base_kind", "target_kind"):
-        swapped[column] = swapped[column].map(swap).fillna(swapped[column])
+        swapped.aggregates[column] = swapped.aggregates[column].map(lambda k: swap.get(k, k))
     v = aggregate.verdicts(aggregate.compare_kinds(swapped))
     structure = v[v.check == aggregate.CHECK_STRUCTURE]
     assert set(structure.verdict) == {"NO"} and set(structure.axis) == {"target", "base"}
@@ -162,7 +179,7 @@ def test_generation_settings_are_distinct_variants(tmp_path):
     job = make_job(bases=10, base_kinds=["real", "synthetic_structured"], directions=["toward:same"],
                    generation={"structure": ["anchor", "pairwise"], "candidates": [1, 16], "value_source": ["sampled"]})
     write_results(job, tmp_path)
-    table = aggregate.compare_kinds(results.read_rows(tmp_path))
+    table = aggregate.compare_kinds(Sweep.open(tmp_path))
     assert set(table.variant) == {"synthetic_structured anchor sampled", "synthetic_structured pairwise C=1 tol=0.1 sampled",
                                   "synthetic_structured pairwise C=16 tol=0.1 sampled"}, set(table.variant)
     assert pd.notna(table.ks_stat).all()

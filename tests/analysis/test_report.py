@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthact import results
 from synthact.analysis import figures, report
+from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
 from tests.helpers import make_job, write_results
 
@@ -51,13 +51,12 @@ def built(tmp_path_factory):
     job = make_job()
     write_results(job, out)
     assert run_report([str(out)]) == 0
-    rows = results.read_rows(out)
-    return out, rows
+    return out, Sweep.open(out).aggregates
 
 
-def expected_figures(rows) -> set[str]:
+def expected_figures(aggregates) -> set[str]:
     names = {"comparison"}
-    for *_, slug in figures.figure_panels(rows):
+    for *_, slug in figures.figure_panels(aggregates):
         names |= {f"curves_{slug}", f"distributions_{slug}"}
     return names
 
@@ -95,10 +94,33 @@ def test_html_option_and_no_curves(tmp_path):
     text = target.read_text()
     assert "keep_curves: false" in text
     assert not list((tmp_path / "out" / "report").glob("curves_*.png"))
-    panels = list(figures.figure_panels(results.read_rows(tmp_path / "out")))
+    panels = list(figures.figure_panels(Sweep.open(tmp_path / "out").aggregates))
     assert len(list((tmp_path / "out" / "report").glob("distributions_*.png"))) == len(panels) > 4
 
 
 def test_report_on_an_empty_directory_is_a_clear_error(tmp_path):
     with pytest.raises(SynthactError, match="no results"):
         run_report([str(tmp_path)])
+
+
+def test_comparison_heatmap_labels_only_what_differs_and_titles_the_rest(built):
+    out, _ = built
+    comparison = report.compare.compare(out)[0]
+    fig = figures.comparison_figure(comparison)
+    (ax,) = [a for a in fig.axes if a.get_title()]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert "toy-" in ax.get_title() and not any("toy-" in label for label in labels)
+    assert len(set(labels)) == len(labels) == comparison.groupby(["axis", "cell_id", "read_layer"]).ngroups
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["step", "slope", "plateau", "early"]
+
+
+def test_distribution_figures_are_small_multiples_of_each_kind_against_real(built):
+    out, aggregates = built
+    sweep = Sweep.open(out)
+    for axis, _, group, title, _ in figures.figure_panels(aggregates):
+        reals, others = figures.ordered(group, axis)
+        fig = figures.distribution_figure(sweep, group, title, axis)
+        shown = [a for a in fig.axes if a.get_visible()]
+        assert len(shown) == len(others) * len(figures.DISTRIBUTED)
+        assert all(len(a.lines) == 1 + bool(reals) for a in shown)  # the kind's ECDF, and real's where there is one
+        assert fig._suptitle.get_text() == title

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -16,6 +17,8 @@ import pytest
 from synthact import results
 from synthact.analysis import aggregate, figures, tracking
 from synthact.analysis.tracking import Tracker, TrackingWarning, read_offline_run
+from synthact.analysis.cells import Sweep
+from tests.analysis.test_aggregate import rows_of
 from tests.helpers import finite, make_job, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,12 +42,12 @@ def tracked(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("error", TrackingWarning)
         tracker = Tracker(job, out, GRID)
-        for table in cells.values():
-            tracker.cell_finished(table)
+        for cell in results.sweep_cells(out):
+            tracker.cell_finished(cell)
         tracker.finish({"cells": 8, "curves": 640, "wall_s": 1.5, "nested": {"shards_done": 16}}, out)
     mp.undo()
     (run_dir,) = run_dirs(out)
-    return job, out, run_dir, read_offline_run(run_dir), results.read_rows(out)
+    return job, out, run_dir, read_offline_run(run_dir), rows_of(out)
 
 
 def same(a, b) -> bool:
@@ -95,8 +98,8 @@ def test_live_table_has_every_cell_once(tracked):
 
 
 def test_comparison_and_verdicts_are_logged(tracked):
-    _, _, _, run, rows = tracked
-    expected = aggregate.compare_kinds(rows)
+    _, out, _, run, _ = tracked
+    expected = aggregate.compare_kinds(Sweep.open(out))
     logged = run["tables"]["comparison"]
     assert len(logged) == len(expected)
     for column in ("ks_stat", "ks_pvalue", "wasserstein", "mean_diff"):
@@ -117,17 +120,28 @@ def test_summary_metrics(tracked):
     assert s["replication/yes"] > 0 and s["replication/no"] == 0
 
 
-def test_figures_are_logged_per_panel(tracked):
-    _, _, run_dir, run, rows = tracked
-    panels = len(list(figures.figure_panels(rows)))
+def test_plots_are_native_line_series_per_panel(tracked):
+    _, out, run_dir, run, _ = tracked
+    sweep = Sweep.open(out)
+    panels = list(figures.figure_panels(sweep.aggregates))
     last = {}
     for step in run["history"]:
-        last |= {k: v for k, v in step.items() if isinstance(v, dict) and v.get("_type") == "image-file"}
-    assert sum(k.startswith("curves/") for k in last) == panels
-    assert sum(k.startswith("distributions/") for k in last) == panels
-    assert "comparison_ks" in last
-    for value in last.values():
-        assert (run_dir / "files" / value["path"]).stat().st_size > 1000
+        last |= {k: v for k, v in step.items() if isinstance(v, dict) and "_type" in v}
+    curves = [k for k in last if k.startswith("curves/") and k.endswith("_table")]
+    assert len(curves) == len(panels)
+    assert sum(k.startswith("distributions/") and k.endswith("_table") for k in last) == len(panels) * len(
+        figures.DISTRIBUTED)
+    assert last["comparison_ks"]["_type"] == "image-file"
+    # A panel's mean-curve plot holds each kind's mean curve, as the cached bands have it.
+    axis, panel, group, _, slug = panels[0]
+    logged = run["tables"][f"curves/{slug}_table"]
+    bands = sweep.bands(group.cell_id)
+    bands = bands[bands.read_layer == panel["read_layer"]].set_index("cell_id")
+    reals, others = figures.ordered(group, axis)
+    for cell in reals + others:
+        label = "real" if cell in reals else aggregate.variant_label(cell, axis)
+        mine = logged[logged.lineKey == label].sort_values("step")
+        np.testing.assert_allclose(mine.lineVal.astype(float), bands.loc[cell["cell_id"], "mean"], rtol=1e-6)
 
 
 def test_api_key_never_lands_in_run_files_or_results(tracked):
@@ -159,9 +173,9 @@ def test_netrc_entry_counts_as_a_key(tmp_path, monkeypatch):
 
 def test_disabled_tracker_writes_nothing(tmp_path):
     job = make_job(bases=4)
-    cells = write_results(job, tmp_path)
+    write_results(job, tmp_path)
     for tracker in (Tracker(job, tmp_path, GRID, enabled=False), Tracker(make_job(bases=4, wandb=False), tmp_path, GRID)):
-        tracker.cell_finished(next(iter(cells.values())))
+        tracker.cell_finished(results.sweep_cells(tmp_path)[0])
         tracker.finish({}, tmp_path)
     assert not (tmp_path / "wandb").exists()
 
@@ -171,15 +185,16 @@ import warnings
 from pathlib import Path
 from tests.helpers import make_job, write_results
 from synthact.analysis.tracking import Tracker, TrackingWarning
+from synthact.results import sweep_cells
 
 out = Path({out!r})
 job = make_job(bases=4)
-cells = write_results(job, out)
+write_results(job, out)
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     tracker = Tracker(job, out, {{"cells": 8}})
-    for table in cells.values():
-        tracker.cell_finished(table)
+    for cell in sweep_cells(out):
+        tracker.cell_finished(cell)
     tracker.finish({{}}, out)
 tracking = [w for w in caught if issubclass(w.category, TrackingWarning)]
 print("TRACKING_WARNINGS", len(tracking))
@@ -204,14 +219,35 @@ def test_unreachable_server_is_one_warning_and_the_sweep_goes_on(tmp_path):
 
 def test_failure_mid_sweep_closes_the_run_with_one_warning(tmp_path, monkeypatch):
     job = make_job(bases=4)
-    cells = list(write_results(job, tmp_path).values())
+    write_results(job, tmp_path)
+    cells = results.sweep_cells(tmp_path)
     tracker = Tracker(job, tmp_path, GRID)
     tracker.cell_finished(cells[0])
     with pytest.warns(TrackingWarning) as record:
-        tracker.cell_finished(cells[1].drop(["max_slope"]))  # aggregates cannot be computed: a tracking failure
+        tracker.cell_finished("not a cell")  # aggregates cannot be computed: a tracking failure
         tracker.cell_finished(cells[2])
         tracker.finish({}, tmp_path)
     assert len(record) == 1 and tracker.run is None
     (run_dir,) = run_dirs(tmp_path)
     run = read_offline_run(run_dir)
     assert run["finished"] and run["tables"]["cells_live"].shape[0] == 2
+
+
+def test_a_resumed_sweep_continues_the_same_run(tmp_path, monkeypatch):
+    """Two runs of the tracker on one output directory (a sweep and its resume) log to one W&B run id."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    job = make_job(bases=4)
+    write_results(job, tmp_path)
+    cells = results.sweep_cells(tmp_path)
+    for part in (cells[:3], cells[3:]):
+        tracker = Tracker(job, tmp_path, GRID)
+        for cell in part:
+            tracker.cell_finished(cell)
+        tracker.finish({"cells": len(part)}, tmp_path)
+    first, second = (read_offline_run(d) for d in run_dirs(tmp_path))
+    assert first["id"] == second["id"] == json.loads((tmp_path / tracking.RUN_ID_FILE).read_text())["id"]
+    assert first["finished"] and second["finished"]
+    other = tmp_path / "other"
+    write_results(job, other)
+    Tracker(job, other, GRID).finish({}, other)
+    assert read_offline_run(run_dirs(other)[0])["id"] != first["id"]  # another output directory: another run

@@ -1,0 +1,281 @@
+"""Per-cell aggregates, computed once per cell and cached beside the results: the analysis's bounded path.
+
+Every analysis (compare, report, the run summary, W&B) reads a sweep through a `Sweep`. A cell is read
+once, by column (only `read_layer` and the metrics; `l2_curve` only for the report's bands), and its
+grid axes once (from one row: they are constant in a cell). Per (cell, read layer) that gives
+- the *metrics* part: the scan and metric settings (FRAMING), `curves`, `<metric>_<stat>` for each aggregated metric (stats.STATS) and the
+  sorted finite values of each compared metric (`values_<metric>`: what KS, Wasserstein, intervals and
+  ECDFs need);
+- the *bands* part: the mean L2 curve and its quantiles per scan step (aggregate.BAND).
+
+Each part is cached as OUT/analysis/<part>/cell=<cell_id>.parquet, keyed by the shard ids, row counts
+(and checksums, where the manifest has them) it was computed from, so a cached part is never stale and
+a rerun pays only for cells that changed. A read-only OUT just means no cache: parts are computed in
+memory. With `ray=ADDRESS`, missing parts are computed by Ray tasks (which read the shards and write
+the cache on shared storage; the driver then reads the cache, so the rows are the same). Memory holds
+the small summaries of all cells and the values of at most `KEEP` cells.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from synthact import results
+from synthact.analysis.stats import STATS, finite, summarize
+from synthact.layout import join, resolve_location, write_file_atomic
+from synthact.analysis.paper import FRAMING_COLUMNS
+from synthact.results import AGGREGATED, AXES, COMPARED, CellRows, column_type
+
+CACHE = "analysis"
+VERSION = 3  # bump when what a part holds changes: older cached parts are then recomputed
+BAND = ("mean", "q05", "q25", "median", "q75", "q95")
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+KEEP = 8  # cells whose values are held in memory at once (a compared cell and its real references)
+LIST_F64 = pa.list_(pa.float64())
+# Read once per cell, from one row: the grid axes and the scan and metric settings a paper value must match.
+FRAMING = tuple(c for c in FRAMING_COLUMNS if c not in AXES)
+CONSTANT = (*(a for a in AXES if a != "read_layer"), *FRAMING)
+
+
+def _stat_type(stat: str):
+    return pa.int64() if stat == "count" else pa.float64()
+
+
+METRICS_SCHEMA = pa.schema(
+    [("cell_id", pa.string()), *[(a, AXES[a][0]) for a in AXES], *[(c, column_type(c)) for c in FRAMING],
+     ("curves", pa.int64())]
+    + [(f"{m}_{s}", _stat_type(s)) for m in AGGREGATED for s in STATS]
+    + [(f"values_{m}", LIST_F64) for m in COMPARED]
+)
+BANDS_SCHEMA = pa.schema([("cell_id", pa.string()), ("read_layer", pa.int32())] + [(b, LIST_F64) for b in BAND])
+SUMMARY_COLUMNS = [n for n in METRICS_SCHEMA.names if not n.startswith("values_")]
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+def metrics_part(cell: CellRows, seed: int = 0) -> tuple[pa.Table, int]:
+    """The metrics part of a cell (one row per read layer, see the module docstring) and the rows it read."""
+    table = cell.read(["read_layer", *AGGREGATED])
+    axes = cell.axes(CONSTANT)
+    out = []
+    layers = _column(table, "read_layer")
+    for read_layer in np.unique(layers[np.isfinite(layers)]) if table.num_rows else ():
+        mine = layers == read_layer
+        entry = {"cell_id": cell.cell_id} | axes | {"read_layer": int(read_layer), "curves": int(mine.sum())}
+        for metric in AGGREGATED:
+            values = np.sort(finite(_column(table, metric)[mine])) if metric in table.column_names else np.empty(0)
+            for stat, value in summarize(values, seed).items():
+                entry[f"{metric}_{stat}"] = value
+            if metric in COMPARED:
+                entry[f"values_{metric}"] = values
+        out.append(entry)
+    return _table(out, METRICS_SCHEMA), table.num_rows
+
+
+def bands_part(cell: CellRows) -> tuple[pa.Table, int]:
+    """The bands part of a cell (per read layer, the mean L2 curve and its quantiles per step; none without
+    curves) and the rows it read."""
+    table = cell.read(["read_layer", "l2_curve"])
+    if "l2_curve" not in table.column_names or table.num_rows == 0:
+        return BANDS_SCHEMA.empty_table(), table.num_rows
+    curves = _matrix(table.column("l2_curve"))
+    layers = _column(table, "read_layer")
+    out = []
+    for read_layer in np.unique(layers):
+        mine = curves if (layers == read_layer).all() else curves[layers == read_layer]
+        entry = {"cell_id": cell.cell_id, "read_layer": int(read_layer), "mean": mine.mean(axis=0, dtype=np.float64)}
+        quantiles = np.concatenate([np.quantile(mine[:, j:j + 16].astype(np.float64), QUANTILES, axis=0)
+                                    for j in range(0, mine.shape[1], 16)], axis=1)
+        entry |= dict(zip(("q05", "q25", "median", "q75", "q95"), quantiles))
+        out.append(entry)
+    return _table(out, BANDS_SCHEMA), table.num_rows
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    """A numeric column as float64 (nulls NaN)."""
+    return table.column(name).to_numpy().astype(np.float64, copy=False)
+
+
+def _matrix(column: pa.ChunkedArray) -> np.ndarray:
+    """Equal-length list rows as one (rows, points) array, without a Python object per row."""
+    array = column.combine_chunks()
+    lengths = np.unique(array.value_lengths().to_numpy(zero_copy_only=False))
+    if lengths.size != 1:  # curves of different lengths cannot share steps (a cell has one scan; defensive)
+        width = int(np.nanmax(lengths))
+        return np.stack([np.pad(np.asarray(c, np.float64), (0, width - len(c)), constant_values=np.nan)
+                         for c in array.to_pylist()])
+    return array.flatten().to_numpy().reshape(len(array), int(lengths[0]))
+
+
+def _table(entries: list[dict], schema: pa.Schema) -> pa.Table:
+    columns = {f.name: [e.get(f.name) for e in entries] for f in schema}
+    return pa.table({f.name: pa.array(columns[f.name], type=f.type, from_pandas=True) for f in schema}, schema=schema)
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+PARTS = {"metrics": metrics_part, "bands": lambda cell, seed: bands_part(cell)}
+
+
+class Cache:
+    """OUT/analysis/<part>/cell=<id>.parquet, each keyed (in its Parquet metadata) by the rows it came from."""
+
+    def __init__(self, cell: CellRows, seed: int):
+        self.fs, self.root, self.seed = cell.fs, cell.root, seed
+
+    def path(self, part: str, cell_id: str) -> str:
+        return join(self.root, CACHE, part, f"cell={cell_id}.parquet")
+
+    def key(self, cell: CellRows) -> bytes:
+        return json.dumps({"version": VERSION, "seed": self.seed, "shards": cell.key}).encode()
+
+    def load(self, part: str, cell: CellRows, columns=None) -> pa.Table | None:
+        """The cached part, or None when there is none or it came from other rows (stale)."""
+        try:
+            file = pq.ParquetFile(self.path(part, cell.cell_id), filesystem=self.fs)
+            if (file.schema_arrow.metadata or {}).get(b"synthact_key") != self.key(cell):
+                return None
+            return file.read(columns=columns)
+        except (OSError, pa.ArrowException):
+            return None
+
+    def store(self, part: str, cell: CellRows, table: pa.Table) -> None:
+        """Cache a part; quietly nothing where OUT is not writable (the part is then recomputed when needed)."""
+        sink = pa.BufferOutputStream()
+        pq.write_table(table.replace_schema_metadata({b"synthact_key": self.key(cell)}), sink)
+        try:
+            write_file_atomic(self.fs, self.path(part, cell.cell_id), sink.getvalue().to_pybytes())
+        except OSError:
+            pass
+
+
+def cell_part(cell: CellRows, part: str, seed: int = 0, columns=None) -> pa.Table:
+    """A part of a cell: from the cache where it is current, else computed (and cached)."""
+    cache = Cache(cell, seed)
+    table = cache.load(part, cell, columns)
+    if table is None:
+        table, read = PARTS[part](cell, seed)
+        if read == cell.num_rows:  # every shard was readable: the part is the cell's, worth keeping
+            cache.store(part, cell, table)
+        table = table.select(columns) if columns else table
+    return table
+
+
+# --------------------------------------------------------------------------- a sweep
+
+
+class Sweep:
+    """A sweep's per-cell aggregates: `aggregates` (one row per cell and read layer: cell_id, every grid axis,
+    `curves`, `<metric>_<stat>`) held in memory, values and bands read per cell when a panel needs them."""
+
+    def __init__(self, out, seed: int = 0):
+        self.out, self.seed = out, seed
+        self.cells: dict[str, CellRows] = {}
+        self._summaries: dict[str, pd.DataFrame] = {}
+        self._values: OrderedDict[str, pa.Table] = OrderedDict()
+        self._aggregates: pd.DataFrame | None = None
+
+    @classmethod
+    def open(cls, out, seed: int = 0, ray: str | None = None, bands: bool = False) -> Sweep:
+        """Every cell the manifest lists; missing or stale parts computed (by Ray tasks where `ray` is given)."""
+        sweep = cls(out, seed)
+        cells = results.sweep_cells(out)
+        parts = ["metrics", "bands"] if bands else ["metrics"]
+        if ray:
+            compute_on_ray(out, [c for c in cells if any(Cache(c, seed).load(p, c, []) is None for p in parts)],
+                           parts, seed, ray)
+        for cell in cells:
+            sweep.add(cell)
+        return sweep
+
+    def add(self, cell: CellRows) -> pd.DataFrame:
+        """Add (or refresh) a cell; return its summary rows."""
+        self.cells[cell.cell_id] = cell
+        self._values.pop(cell.cell_id, None)
+        summary = cell_part(cell, "metrics", self.seed, SUMMARY_COLUMNS)
+        self._summaries[cell.cell_id] = results.frame(summary.to_pylist(), SUMMARY_COLUMNS)
+        self._aggregates = None
+        return self._summaries[cell.cell_id]
+
+    @property
+    def aggregates(self) -> pd.DataFrame:
+        """One row per (cell, read layer), in cell id order (built when first asked for after a change)."""
+        if self._aggregates is None:
+            frames = [f for _, f in sorted(self._summaries.items()) if not f.empty]
+            self._aggregates = pd.concat(frames, ignore_index=True) if frames else results.frame([], SUMMARY_COLUMNS)
+        return self._aggregates
+
+    @property
+    def curves(self) -> int:
+        return int(self.aggregates.curves.sum()) if not self.aggregates.empty else 0
+
+    def values(self, cell_id: str, read_layer: int, metric: str) -> np.ndarray:
+        """The sorted finite values of a compared metric in one cell and read layer."""
+        table = self._values.get(cell_id)
+        if table is None:
+            table = cell_part(self.cells[cell_id], "metrics", self.seed,
+                              ["read_layer", *(f"values_{m}" for m in COMPARED)])
+            self._values[cell_id] = table
+            while len(self._values) > KEEP:
+                self._values.popitem(last=False)
+        self._values.move_to_end(cell_id)
+        layers = table.column("read_layer").to_pylist()
+        if read_layer not in layers or f"values_{metric}" not in table.column_names:
+            return np.empty(0)
+        return table.column(f"values_{metric}")[layers.index(read_layer)].values.to_numpy()
+
+    def bands(self, cell_ids=None) -> pd.DataFrame:
+        """Mean L2 curve and quantile bands per (cell, read layer) of these cells (all by default), with axes."""
+        frames = []
+        for cell_id in sorted(self.cells if cell_ids is None else cell_ids):
+            table = cell_part(self.cells[cell_id], "bands", self.seed)
+            if table.num_rows:
+                frames.append(pd.DataFrame({"cell_id": table.column("cell_id").to_pylist(),
+                                            "read_layer": table.column("read_layer").to_pylist(),
+                                            **{b: [np.asarray(v, np.float64) for v in table.column(b).to_pylist()]
+                                               for b in BAND}}))
+        if not frames:
+            return results.frame([], ["cell_id", *AXES, *BAND])
+        bands = pd.concat(frames, ignore_index=True)
+        axes = self.aggregates[["cell_id", *AXES]]
+        axes = axes.assign(read_layer=axes.read_layer.astype("int64"))
+        return bands.merge(axes, on=["cell_id", "read_layer"], how="left")[["cell_id", *AXES, *BAND]]
+
+
+# --------------------------------------------------------------------------- on Ray
+
+
+def compute_on_ray(out, cells: list[CellRows], parts: list[str], seed: int, address: str) -> None:
+    """Compute and cache `parts` of these cells as Ray tasks, one per cell (`compare/report --ray ADDRESS`).
+
+    The tasks read the shards and write OUT/analysis where every node reaches them (a shared filesystem or
+    an object store URI); a part a task could not cache is computed again by the driver."""
+    if not cells:
+        return
+    import ray
+
+    from synthact.run.ray_executor import check_address, connect
+
+    check_address(address)
+    uri = resolve_location(out)[2]
+    started_here = connect(address)
+    try:
+        task = ray.remote(num_cpus=1)(_cache_parts)
+        ray.get([task.remote(uri, cell.cell_id, parts, seed) for cell in cells])
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _cache_parts(uri: str, cell_id: str, parts: list[str], seed: int) -> None:
+    (cell,) = results.sweep_cells(uri, cell_id)
+    for part in parts:
+        cell_part(cell, part, seed, [])

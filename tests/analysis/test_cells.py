@@ -1,0 +1,85 @@
+"""The per-cell aggregate cache: written beside the results, read on a rerun, never stale, and the same rows
+with the aggregation run as Ray tasks."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from synthact import results
+from synthact.analysis import aggregate
+from synthact.analysis.cells import Cache, Sweep
+from tests.helpers import make_job, shard_rows, write_results
+
+
+@pytest.fixture
+def out(tmp_path):
+    job = make_job(bases=8, directions=["toward:same", "toward:real"])
+    write_results(job, tmp_path / "out")
+    return job, tmp_path / "out"
+
+
+def cache_files(out):
+    return {p.name: p.stat().st_mtime_ns for p in (out / "analysis" / "metrics").glob("cell=*.parquet")}
+
+
+def test_a_rerun_reads_the_cached_parts(out):
+    job, out = out
+    first = aggregate.compare_kinds(Sweep.open(out))
+    assert len(cache_files(out)) == len(job.cells())
+    # Doctor one cached part (its key intact): a rerun that reads the cache shows the doctored number.
+    cell = results.sweep_cells(out)[0]
+    path = out / "analysis" / "metrics" / f"cell={cell.cell_id}.parquet"
+    table = pq.read_table(path)
+    doctored = table.set_column(table.schema.get_field_index("curves"), "curves",
+                                [[c + 1000 for c in table.column("curves").to_pylist()]])
+    pq.write_table(doctored.replace_schema_metadata(table.schema.metadata), path)
+    again = Sweep.open(out)
+    assert again.aggregates.set_index(["cell_id", "read_layer"]).loc[cell.cell_id].curves.min() > 1000
+    pd.testing.assert_frame_equal(aggregate.compare_kinds(again), first)
+
+
+def test_a_changed_shard_recomputes_its_cell_only(out):
+    job, out = out
+    Sweep.open(out)
+    before = cache_files(out)
+    shard = job.shards()[0]
+    table = shard_rows(job, shard, seed=7)  # other rows for the same shard, as a redone shard would have
+    pq.write_table(table, out / "results" / f"cell={shard.cell.cell_id}" / f"{shard.shard_id}.parquet")
+    record = out / "manifest" / f"{shard.shard_id}.json"
+    record.write_text(json.dumps(json.loads(record.read_text()) | {"finished": 1.0}))
+    sweep = Sweep.open(out)
+    after = cache_files(out)
+    changed = {name for name in after if after[name] != before[name]}
+    assert changed == {f"cell={shard.cell.cell_id}.parquet"}
+    rows = results.read_table(out, ["read_layer", "max_slope"], cell_id=shard.cell.cell_id).to_pandas()
+    got = sweep.aggregates[sweep.aggregates.cell_id == shard.cell.cell_id].set_index("read_layer").max_slope_mean
+    want = rows.groupby("read_layer").max_slope.mean()
+    pd.testing.assert_series_equal(got.astype(float), want, check_names=False, check_index_type=False)
+
+
+def test_a_cached_part_is_keyed_by_the_rows_it_came_from(out):
+    _, out = out
+    cell = results.sweep_cells(out)[0]
+    Sweep.open(out)
+    cache = Cache(cell, seed=0)
+    assert cache.load("metrics", cell) is not None
+    assert Cache(cell, seed=1).load("metrics", cell) is None  # another seed: other intervals
+    fewer = results.CellRows(cell.fs, cell.root, cell.cell_id, cell.records[:-1])
+    assert cache.load("metrics", fewer) is None
+
+
+def test_ray_tasks_give_the_same_comparison(out):
+    ray = pytest.importorskip("ray")
+    _, out = out
+    local = aggregate.compare_kinds(Sweep.open(out))
+    (out / "analysis").rename(out / "analysis-local")
+    try:
+        remote = aggregate.compare_kinds(Sweep.open(out, ray="local"))
+    finally:
+        assert not ray.is_initialized()
+    assert len(cache_files(out)) == len(results.sweep_cells(out))  # the tasks wrote the cache
+    pd.testing.assert_frame_equal(remote, local)
