@@ -77,14 +77,14 @@ def make_job(bases: int = 40, steps: int = 20, **overrides) -> Job:
     return parse_job(spec)
 
 
-def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True) -> pa.Table:
+def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True, read_layers=(2, 3)) -> pa.Table:
     """Rows of one shard with every column of the result schema; curves from a seeded sigmoid process."""
     cell = shard.cell
     s = cell.settings()
     rng = np.random.default_rng([seed, shard.start, int(cell.cell_id, 16) % 2**31])
     n_steps, step = cell.scan.steps, cell.scan.step_size
     columns: dict[str, list] = {}
-    for read_layer in (2, 3):
+    for read_layer in read_layers:
         b = shard.n_bases
         # Base and target kind both shape the curve, so kinds differ along both comparison axes.
         target = cell.target_kind or cell.base_kind
@@ -128,11 +128,12 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True) -> pa.T
     return pa.table({f.name: pa.array(columns.get(f.name, [None] * n), type=f.type) for f in schema}, schema=schema)
 
 
-def write_results(job: Job, out: Path, seed: int = 0, keep_curves: bool = True) -> dict[str, pa.Table]:
+def write_results(job: Job, out: Path, seed: int = 0, keep_curves: bool = True,
+                  read_layers=(2, 3)) -> dict[str, pa.Table]:
     """Write every shard and its manifest record as `synthact run` does; return each cell's rows."""
     cells: dict[str, list[pa.Table]] = {}
     for shard in job.shards():
-        table = shard_rows(job, shard, seed, keep_curves)
+        table = shard_rows(job, shard, seed, keep_curves, read_layers)
         record = ShardRecord(shard.shard_id, shard.cell.cell_id, table.num_rows,
                              shard_file_name(shard.cell.cell_id, shard.shard_id), 0.0)
         path = out / record.file

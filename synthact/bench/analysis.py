@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from synthact import results
 from synthact.layout import MANIFEST
 from synthact.manifest import ShardRecord, shard_file_name
-from synthact.scan.metrics import MetricSettings, curve_metrics
+from synthact.scan.metrics import curve_metrics
 from synthact.spec import load_job, parse_job
 
 PAPER_TOY = Path(__file__).resolve().parents[2] / "jobs" / "paper-toy.yaml"
@@ -79,7 +79,7 @@ def _block(job, cell, n: int, schema: pa.Schema, seed: int) -> pa.Table:
     curves = (curves - curves[:, :1] + rng.normal(0, 0.05, curves.shape)).clip(min=0).astype(np.float32)
     curves[:, 0] = 0
     step = np.full(n, cell.scan.step_size or 0.25)
-    metrics = curve_metrics(curves, step, settings=MetricSettings(**job.metrics.model_dump()))
+    metrics = curve_metrics(curves, step, settings=job.metrics)
     columns = {"cell_id": [cell.cell_id] * n, **{a: [v] * n for a, v in cell.settings().items()},
                "read_layer": np.full(n, job.model[0].toy.n_layers - 1, np.int32), "seed": np.full(n, job.seed),
                "base_seed": rng.integers(0, 2**62, n), "target_seed": rng.integers(0, 2**62, n),

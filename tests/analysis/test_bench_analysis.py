@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from synthact import results
 from synthact.analysis.cells import Sweep
-from synthact.bench.analysis import build, format_analysis, timed
+from synthact.bench.analysis import PAPER_TOY, build, format_analysis, timed
+from synthact.spec import load_job
 
 
 def test_built_directory_is_the_paper_toy_grid_with_curves(tmp_path):
-    size = build(tmp_path / "out", 14 * 30)
-    assert size["rows"] == 14 * 30 and size["cells"] == 14
+    cells = len(load_job(PAPER_TOY).cells())
+    size = build(tmp_path / "out", cells * 30)
+    assert size["rows"] == cells * 30 and size["cells"] == cells
     sweep = Sweep.open(tmp_path / "out")
-    assert len(sweep.cells) == 14 and sweep.curves == 14 * 30
+    assert len(sweep.cells) == cells and sweep.curves == cells * 30
     assert set(sweep.aggregates.target_kind) == {"real", "gaussian", "sae_recon", "synthetic_baseline",
                                                  "synthetic_structured", "single_latent", "random_latents"}
     bands = sweep.bands()
-    assert len(bands) == 14 and all(len(m) == 100 or len(m) == 101 for m in bands["mean"])
+    assert len(bands) == cells and all(len(m) == 100 or len(m) == 101 for m in bands["mean"])
     table = results.read_table(tmp_path / "out", ["l2_curve", "max_slope_step"], cell_id=sweep.aggregates.cell_id[0])
     assert table.num_rows == 30 and table.column("max_slope_step").null_count == 0
 

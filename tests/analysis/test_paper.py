@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from synthact import results
 from synthact.analysis import aggregate, compare, paper
+from synthact.analysis.cells import Sweep
 from tests.helpers import make_job, write_results
 
 AUTHORS_RULES = {"slope_threshold": 0.02, "plateau_threshold": 20.0, "plateau_mode": "absolute",
@@ -26,10 +26,8 @@ def gpt2_job(metrics: dict):
 
 
 def comparison_of(tmp_path, metrics: dict):
-    write_results(gpt2_job(metrics), tmp_path)
-    rows = results.read_rows(tmp_path)
-    rows["read_layer"] = 11  # the fake rows read blocks 2 and 3; GPT-2's last block is 11
-    comparison = aggregate.compare_kinds(rows, metrics=("plateau_len",))
+    write_results(gpt2_job(metrics), tmp_path, read_layers=(11,))  # GPT-2's last block
+    comparison = aggregate.compare_kinds(Sweep.open(tmp_path), metrics=("plateau_len",))
     return comparison[comparison.axis == "target"]
 
 
