@@ -12,10 +12,11 @@ import re
 
 import torch
 
-from synthact.bench.fixtures import FAMILIES, GEN_D_SAE, MODEL_SHAPES
+from synthact.bench.fixtures import FAMILIES, GEN_D_SAE, MODEL_SHAPES, n_layers
 from synthact.bench.generation import end_to_end, format_e2e, generation_timing
 from synthact.bench.scan_speed import benchmark, format_families, format_table
 from synthact.errors import SynthactError
+from synthact.spec.layers import check_layer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,9 +72,8 @@ def device_name(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    n_layers = MODEL_SHAPES[args.model]["n_layers"]
-    if args.layer >= n_layers:
-        raise SynthactError(f"--layer {args.layer} is out of range for {args.model} ({n_layers} blocks: 0..{n_layers - 1})")
+    for name in FAMILIES if args.family == "all" else [args.family or args.model]:
+        check_layer(args.layer, n_layers(name), name, fix="lower --layer")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SynthactError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
