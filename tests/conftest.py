@@ -1,5 +1,5 @@
-"""Shared test settings (toy artefacts cached in the repo, W&B offline, no hub) and how the suite is spread
-over the pytest-xdist workers (`-n 2` in pyproject.toml's addopts)."""
+"""Shared test settings (toy artefacts cached in the repo, W&B offline, no hub, one torch thread) and how the
+suite is spread over the pytest-xdist workers (`-n 2` in pyproject.toml's addopts)."""
 
 import os
 import warnings
@@ -13,6 +13,10 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# One torch thread per process (set before torch is imported; subprocesses and Ray actors inherit it): the
+# workers already fill the cores, and on this 2-core machine two threads per worker made tests 3x slower
+# (OpenMP threads waiting for each other), with the same results.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 # The longest tests, longest first (tens of seconds each on 2 cores: Ray clusters, whole sweeps, processes that import
