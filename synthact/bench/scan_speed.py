@@ -17,7 +17,6 @@ from synthact.bench.timing import best_time, device_label, flops_per_point, matm
 from synthact.errors import first_line
 from synthact.scan import matmul_precision, scan_fast, scan_plain
 from synthact.scan.metrics import curve_metrics
-from synthact.spec.layers import check_layer
 
 
 def plain_paper_way(model, layer, read_layer, tokens, base, direction, coeffs) -> np.ndarray:
@@ -41,10 +40,9 @@ def plain_paper_way(model, layer, read_layer, tokens, base, direction, coeffs) -
 
 
 def benchmark(model_name, layer, n_ctx, steps, device, n_bases, plain_bases, batch, js) -> dict:
-    """Run every path on the same inputs and return the measured numbers."""
+    """Run every path on the same inputs and return the measured numbers (`synthact.bench.run` checked `layer`)."""
     model = build_model(model_name, n_ctx, device)
     cfg = model.cfg
-    check_layer(layer, cfg.n_layers, model_name, fix="lower --layer")
     read = cfg.n_layers - 1
     plain_bases = min(plain_bases, n_bases)
     tokens, base, direction, coeffs = scan_inputs(model, layer, n_bases, n_ctx, steps)
