@@ -19,9 +19,9 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-# The longest tests, longest first (tens of seconds each on 2 cores: Ray clusters, whole sweeps, processes that import
-# torch afresh). They are marked `slow` (`pytest -m "not slow"` leaves them out for a quick run) and start
-# first, so that the two workers finish at about the same time.
+# The longest tests, longest first (tens of seconds each on 2 cores: Ray clusters, whole sweeps, processes that
+# import torch afresh). They are marked `slow` (`-m "not slow and not gpu"` leaves them out for a quick run) and
+# start first, so that the two workers finish at about the same time.
 SLOW = (
     "tests/run/test_ray.py",
     "tests/run/test_reliability.py::test_6_7_ray_local_on_a_cpu_machine_ignores_ray_address",
