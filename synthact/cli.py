@@ -1,4 +1,4 @@
-"""`synthact run | validate | compare | report | bench | bench-ray` — a thin layer over the library."""
+"""`synthact run | verify | validate | compare | report | bench | bench-ray`: a thin layer over `synthact.api`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from synthact import api
 from synthact.errors import SynthactError
 
 SMOKE_JOB = Path(__file__).resolve().parents[1] / "jobs" / "smoke.yaml"
@@ -76,56 +77,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a sweep into an output directory; rerunning the same command resumes it."""
     from synthact.analysis import summary
-    from synthact.run.store import Store
-    from synthact.spec import load_job
 
-    job = load_job(args.job)
-    out = args.out or job.output or f"runs/{job.name}"
-    store = Store(out, job)
-    listeners = []
-    tracker = None
-    if job.wandb.enabled and not args.no_wandb:
-        from synthact.analysis.tracking import Tracker
-
-        tracker = Tracker(job, out, grid_size(job))
-        listeners.append(tracker)
-    if args.ray:
-        from synthact.run.ray_executor import run_ray
-
-        result = run_ray(job, store, args.ray, progress=not args.no_progress, listeners=listeners)
-    else:
-        from synthact.run.local_executor import run_local
-
-        result = run_local(job, store, progress=not args.no_progress, listeners=listeners)
+    sweep = api.run_job(args.job, args.out, ray=args.ray, wandb=not args.no_wandb, progress=not args.no_progress)
+    result = sweep.summary
     if result.redone:
         print(f"synthact: {len(result.redone)} finished shard(s) failed verification and were redone:", file=sys.stderr)
         for shard_id, problem in result.redone:
             print(f"  {shard_id}: {problem}", file=sys.stderr)
-    if result.fatal:
-        raise SynthactError(f"nothing could run: {result.fatal}")
-    from synthact.analysis.cells import Sweep
-    from synthact.analysis.compare import compare
-
-    sweep = Sweep.open(out)  # the bounded path: cells the tracker already aggregated are read from the cache
-    comparison = verdicts = None
-    if not sweep.aggregates.empty:
-        comparison, verdicts = compare(sweep)
-    if tracker is not None:
-        tracker.finish(result.as_dict(), out, sweep, comparison)
-    print(summary.render(result, out, comparison, verdicts))
+    print(summary.render(result, sweep.out, sweep.comparison, sweep.verdicts))
     return 0 if result.ok else 1
-
-
-def grid_size(job) -> dict:
-    """Cells, shards, curves and scan points of a job (counted, not listed)."""
-    cells, shards = job.count()
-    bases = cells * job.bases_per_cell
-    return {
-        "cells": cells,
-        "shards": shards,
-        "curves": bases * len(job.read_layers),
-        "scan_points": job.scan_points(),
-    }
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -136,12 +96,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     recomputes damaged statistics; strays are never read and are left to you).
     """
     from synthact.layout import resolve_location
-    from synthact.run.store import read_claim, verify
 
-    fs, root, uri = resolve_location(args.out)
-    if read_claim(fs, root, uri) is None:
-        raise SynthactError(f"'{uri}' is not a synthact output directory (no job.json)")
-    found = verify(args.out, deep=args.deep)
+    found = api.verify(args.out, deep=args.deep)
+    uri = resolve_location(args.out)[2]
     for shard_id, problem in found.bad:
         print(f"bad shard {shard_id}: {problem}")
     for path in found.strays:
@@ -160,16 +117,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Validate a job spec and print its grid without loading any model (or, with --fields, list the fields)."""
     import pandas as pd
 
-    from synthact.spec import field_reference, load_job
-
     if args.fields:
-        print(field_reference())
+        print(api.field_reference())
         return 0
     if not args.job:
         raise SynthactError("give a job spec to validate (e.g. synthact validate jobs/smoke.yaml), or --fields")
-    job = load_job(args.job)
-    cells = pd.DataFrame([c.settings() for c in job.cells()])
-    size = grid_size(job)
+    job = api.load_job(args.job)
+    cells = api.grid(job)
+    size = api.grid_size(job)
     print(f"job '{job.name}': valid (spec hash {job.spec_hash[:12]})")
     with pd.option_context("display.width", 200, "display.max_rows", 200):
         print(cells.drop(columns=["model", "sae"]).to_string(index=False))

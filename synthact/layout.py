@@ -11,7 +11,9 @@ Layout of an output directory (local path or any pyarrow filesystem URI, e.g. s3
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
@@ -52,13 +54,26 @@ def cache_dir() -> Path:
 def build_dir_once(path: Path, build: Callable[[Path], None]) -> None:
     """Run `build(tmp)` in a temporary directory beside `path`, then rename it into place.
 
-    A killed build leaves only a hidden temporary directory (never half a result); if another
-    process finished first, its result is kept and ours is discarded.
+    A killed build leaves only a hidden temporary directory (never half a result). A process that
+    finds another one building the same directory waits for it (a lock file beside the directory)
+    and uses its result; where the filesystem has no locks, both build and the first rename wins.
     """
     path = Path(path)
     if path.is_dir():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = path.parent / f".{path.name}.lock"
+    with open(lock_path, "a") as lock:
+        with contextlib.suppress(OSError):
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        try:
+            if not path.is_dir():
+                _build_and_rename(path, build)
+        finally:
+            lock_path.unlink(missing_ok=True)  # a later process finds the directory, or builds afresh
+
+
+def _build_and_rename(path: Path, build: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         build(tmp)

@@ -1,8 +1,11 @@
-"""Shared test settings: toy artefacts cached in the repo, W&B offline, no hub."""
+"""Shared test settings (toy artefacts cached in the repo, W&B offline, no hub, one torch thread) and how the
+suite is spread over the pytest-xdist workers (`-n 2` in pyproject.toml's addopts)."""
 
 import os
 import warnings
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SYNTHACT_CACHE", str(ROOT / ".cache" / "synthact-tests"))
@@ -10,4 +13,42 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# One torch thread per process (set before torch is imported; subprocesses and Ray actors inherit it): the
+# workers already fill the cores, and on this 2-core machine two threads per worker made tests 3x slower
+# (OpenMP threads waiting for each other), with the same results.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+# The longest tests, longest first (tens of seconds each on 2 cores: Ray clusters, whole sweeps, processes that
+# import torch afresh). They are marked `slow` (`-m "not slow and not gpu"` leaves them out for a quick run) and
+# start first, so that the two workers finish at about the same time.
+SLOW = (
+    "tests/run/test_ray.py",
+    "tests/run/test_reliability.py::test_6_7_ray_local_on_a_cpu_machine_ignores_ray_address",
+    "tests/analysis/test_tracking.py",
+    "tests/test_end_to_end.py",
+    "tests/analysis/test_report.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark the slow tests and put them first; keep each file whose tests share a module-scoped fixture on one
+    worker (an xdist group: `--dist loadgroup`), so the fixture (a finished sweep, a Ray cluster) is built once."""
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+        if shares_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    items.sort(key=slowness_rank)  # stable: file order otherwise
+
+
+def slowness_rank(item) -> int:
+    """The place of the item's entry in SLOW (longest first), after them all for the rest."""
+    return next((i for i, prefix in enumerate(SLOW) if item.nodeid.startswith(prefix)), len(SLOW))
+
+
+def shares_a_module_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return bool(info) and any(d.scope in ("module", "class", "package")
+                              for defs in info.name2fixturedefs.values() for d in defs)

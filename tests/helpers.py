@@ -3,7 +3,10 @@ directories laid out like `synthact run`'s, scan inputs, and the command line in
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -203,8 +206,30 @@ def assert_agree(fast, plain, read_layers, js):
 
 
 def synthact(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`synthact ARGS` through `synthact.cli.main` in this process, as the console script calls it: the exit code
+    and what it printed (an exception that escapes `main` fails the test, where a process would print a traceback).
+    In-process saves each call the seconds of importing torch, TransformerLens and Ray afresh."""
+    from synthact.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse: --help (0), a usage error (2)
+                code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(["synthact", *args], code, stdout.getvalue(), stderr.getvalue())
+
+
+def synthact_process(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """`python -m synthact.cli ARGS` in a fresh process (this checkout's code), for what only a process shows."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "synthact.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+                          env=env, timeout=600)
 
 
 def write_job(path: Path, **fields) -> Path:
@@ -214,8 +239,13 @@ def write_job(path: Path, **fields) -> Path:
     return path
 
 
-def saved_toy_sae(layer: int, **model) -> str:
-    backend = load_backend(ModelSpec(toy=ToyModelSpec(**model)), SAESpec(toy=ToySAESpec()),
+# A toy SAE for tests of mechanics (loading, checks), not science: trained in well under a second.
+QUICK_SAE = ToySAESpec(d_sae=64, training_tokens=4096)
+
+
+def saved_toy_sae(layer: int, sae: ToySAESpec = ToySAESpec(), **model) -> str:
+    """The directory of a toy SAE (sae_lens format) for `layer` of the toy model with fields `model`."""
+    backend = load_backend(ModelSpec(toy=ToyModelSpec(**model)), SAESpec(toy=sae),
                            CorpusSpec(toy=ToyCorpusSpec()), [layer], "cpu")
     return str(backend.saes[layer].path)
 

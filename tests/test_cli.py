@@ -1,11 +1,14 @@
-"""The command line: help, validate, and bad input as one readable message with exit code 2."""
+"""The command line: help, validate, and bad input as one readable message with exit code 2.
+
+Commands run through `synthact.cli.main` in this process (tests.helpers.synthact); one test runs a real
+process, to see the exit code and stderr a shell sees."""
 
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import saved_toy_sae, synthact, write_job
+from tests.helpers import QUICK_SAE, saved_toy_sae, synthact, synthact_process, write_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +48,12 @@ def test_missing_job_file(tmp_path):
     assert_clean_error(synthact("run", str(tmp_path / "missing.yaml")), "does not exist")
 
 
+def test_a_process_given_bad_input_exits_2_with_one_paragraph(tmp_path):
+    result = synthact_process("validate", str(write_job(tmp_path / "j.yaml", layers=[7])))
+    assert_clean_error(result, "layer 7 is out of range for model")
+    assert result.stderr.startswith("synthact: error:") and result.stdout == ""
+
+
 def test_read_layer_before_perturbation_layer(tmp_path):
     job = write_job(tmp_path / "j.yaml", layers=[2], read_layers=[1])
     assert_clean_error(synthact("validate", str(job)), "comes before perturbation layer 2")
@@ -66,13 +75,13 @@ def test_missing_local_model_directory(tmp_path):
 
 
 def test_sae_for_another_hook(tmp_path):
-    job = write_job(tmp_path / "j.yaml", sae={"local": saved_toy_sae(2)})
+    job = write_job(tmp_path / "j.yaml", sae={"local": saved_toy_sae(2, QUICK_SAE)})
     result = synthact("run", str(job), "--out", str(tmp_path / "o"), "--no-progress")
     assert_clean_error(result, "blocks.2.hook_resid_pre", "blocks.1.hook_resid_pre")
 
 
 def test_sae_for_another_d_model(tmp_path):
-    job = write_job(tmp_path / "j.yaml", sae={"local": saved_toy_sae(1, d_model=32, d_mlp=128)})
+    job = write_job(tmp_path / "j.yaml", sae={"local": saved_toy_sae(1, QUICK_SAE, d_model=32, d_mlp=128, train_steps=0)})
     result = synthact("run", str(job), "--out", str(tmp_path / "o"), "--no-progress")
     assert_clean_error(result, "32", "64")
 

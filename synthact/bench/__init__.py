@@ -12,10 +12,11 @@ import re
 
 import torch
 
-from synthact.bench.fixtures import FAMILIES, GEN_D_SAE, MODEL_SHAPES
+from synthact.bench.fixtures import FAMILIES, GEN_D_SAE, MODEL_SHAPES, n_layers
 from synthact.bench.generation import end_to_end, format_e2e, generation_timing
 from synthact.bench.scan_speed import benchmark, format_families, format_table
 from synthact.errors import SynthactError
+from synthact.spec.layers import check_layer
 
 
 MAX_BENCH_N_CTX = 1024  # GPT-2 small's context; longer prompts make attention patterns that do not fit
@@ -86,9 +87,8 @@ def run(args: argparse.Namespace) -> int:
         report = analysis_benchmark(args.analysis, args.keep)
         print(json.dumps(report, indent=2) if args.json else format_analysis(report))
         return 0
-    n_layers = MODEL_SHAPES[args.model]["n_layers"]
-    if args.layer >= n_layers:
-        raise SynthactError(f"--layer {args.layer} is out of range for {args.model} ({n_layers} blocks: 0..{n_layers - 1})")
+    for name in FAMILIES if args.family == "all" else [args.family or args.model]:
+        check_layer(args.layer, n_layers(name), name, fix="lower --layer")
     if args.n_ctx > MAX_BENCH_N_CTX:
         raise SynthactError(f"--n-ctx {args.n_ctx} is longer than the {MAX_BENCH_N_CTX} positions of GPT-2 small "
                             "(attention over it would not fit in memory); the paper's prompts are 10 tokens")

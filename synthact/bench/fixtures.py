@@ -35,6 +35,14 @@ GEN_D_SAE = 24576  # gpt2-small-res-jb's width
 GEN_TARGET_L0 = 32  # the random SAE's encoder bias is set for about this many active latents
 
 
+def n_layers(name: str) -> int:
+    """Blocks of a named model shape or family."""
+    if name in MODEL_SHAPES:
+        return MODEL_SHAPES[name]["n_layers"]
+    shape = FAMILIES[name][2]
+    return shape.get("n_layer") or shape["num_hidden_layers"]
+
+
 def family_model(family: str, device: torch.device):
     """A random-weight checkpoint of the family written with transformers, loaded through model.local."""
     import tempfile

@@ -14,7 +14,7 @@ import torch
 
 from synthact.bench.fixtures import FAMILIES, build_model, scan_inputs
 from synthact.bench.timing import best_time, device_label, flops_per_point, matmul_peak, per_base, precisions
-from synthact.errors import SynthactError
+from synthact.errors import first_line
 from synthact.scan import matmul_precision, scan_fast, scan_plain
 from synthact.scan.metrics import curve_metrics
 
@@ -40,11 +40,9 @@ def plain_paper_way(model, layer, read_layer, tokens, base, direction, coeffs) -
 
 
 def benchmark(model_name, layer, n_ctx, steps, device, n_bases, plain_bases, batch, js) -> dict:
-    """Run every path on the same inputs and return the measured numbers."""
+    """Run every path on the same inputs and return the measured numbers (`synthact.bench.run` checked `layer`)."""
     model = build_model(model_name, n_ctx, device)
     cfg = model.cfg
-    if not 0 <= layer < cfg.n_layers:
-        raise SynthactError(f"--layer {layer} is outside the model's blocks 0..{cfg.n_layers - 1}")
     read = cfg.n_layers - 1
     plain_bases = min(plain_bases, n_bases)
     tokens, base, direction, coeffs = scan_inputs(model, layer, n_bases, n_ctx, steps)
@@ -69,7 +67,7 @@ def benchmark(model_name, layer, n_ctx, steps, device, n_bases, plain_bases, bat
         try:
             run_fast(n=2)  # warm-up: weight copies for this precision
         except RuntimeError as e:  # e.g. bf16 matmuls unsupported on this CPU
-            fast[precision] = {"error": str(e).splitlines()[0]}
+            fast[precision] = {"error": first_line(str(e))}
             continue
         on_cuda = device.type == "cuda"  # CUDA: the first full-size run also grows the allocator
         seconds, result = best_time(

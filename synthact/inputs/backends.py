@@ -22,6 +22,7 @@ from synthact.inputs.hooks import resid_post, resid_pre
 from synthact.inputs.hub import hub_error, require_hub
 from synthact.inputs.toy import load_toy_model, read_training_info, toy_model, toy_sae
 from synthact.spec import CorpusSpec, ModelSpec, SAESpec
+from synthact.spec.layers import check_layer
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -327,7 +328,7 @@ def load_sae(spec: SAESpec, layer: int, model: LoadedModel, device: str, corpus:
     A toy SAE is trained (once, then cached) on the toy model over `corpus`.
     """
     device = resolve_device(device)
-    _check_layer(layer, model)
+    check_layer(layer, model.n_layers, model.label)
     if spec.toy:
         if model.path is None or not model.label.startswith("toy"):
             raise SynthactError(
@@ -390,17 +391,9 @@ def _local_sparsity(path: Path, d_sae: int, device: str) -> dict:
     return {"log_sparsity": log_sparsity, "sparsity_file": str(file)}
 
 
-def _check_layer(layer: int, model: LoadedModel) -> None:
-    if not 0 <= layer < model.n_layers:
-        raise SynthactError(
-            f"layer {layer} is out of range for model '{model.label}' with {model.n_layers} blocks "
-            f"(valid: 0..{model.n_layers - 1})"
-        )
-
-
 def _checked(spec: SAESpec, layer: int, model: LoadedModel, sae: SAE, path: Path | None, info: dict) -> LoadedSAE:
     """Refuse an SAE that does not read the residual stream of block `layer` of a d_model-wide model."""
-    _check_layer(layer, model)
+    check_layer(layer, model.n_layers, model.label)
     where = f"SAE '{spec.label}'" + (f" at '{path}'" if path else "") + f" for layer {layer}"
     got = sae.cfg.metadata.hook_name
     if got not in (resid_pre(layer), resid_post(layer)):

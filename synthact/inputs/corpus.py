@@ -39,16 +39,6 @@ class Corpus:
         tokens = self.docs[doc[:, None], offset[:, None] + np.arange(n_ctx)]
         return doc, offset, tokens
 
-    def window(self, doc: int, offset: int, n_ctx: int) -> np.ndarray:
-        """The tokens [n_ctx] of document `doc` from `offset` (what a result row records)."""
-        self._check_n_ctx(n_ctx)
-        if not (0 <= doc < self.n_docs and 0 <= offset <= self.doc_len - n_ctx):
-            raise SynthactError(
-                f"window (doc {doc}, offset {offset}, {n_ctx} tokens) lies outside corpus '{self.label}' "
-                f"({self.n_docs} docs of {self.doc_len} tokens); was the result produced with another corpus?"
-            )
-        return self.docs[doc, offset : offset + n_ctx].copy()
-
     def _check_n_ctx(self, n_ctx: int) -> None:
         if not 1 <= n_ctx <= self.doc_len:
             raise SynthactError(

@@ -16,7 +16,6 @@ import torch
 
 from synthact.errors import SynthactError
 
-RESID_HOOKS = ("hook_resid_pre", "hook_resid_post")
 _HOOK = re.compile(r"blocks\.(\d+)\.(hook_resid_pre|hook_resid_post)")
 
 

@@ -11,6 +11,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from synthact.layout import cache_dir
+
 PACKAGES = ("synthact", "torch", "transformer_lens", "sae_lens", "numpy", "pyarrow", "ray", "wandb", "pydantic")
 
 
@@ -48,7 +50,7 @@ def fingerprint(path: Path) -> str:
     if not path.exists():
         return "missing"
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    cache_file = Path(os.environ.get("SYNTHACT_CACHE") or Path.home() / ".cache" / "synthact") / "fingerprints.json"
+    cache_file = cache_dir() / "fingerprints.json"
     try:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):

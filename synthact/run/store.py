@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 
-from synthact.errors import SynthactError
+from synthact.errors import SynthactError, first_line
 from synthact.layout import MANIFEST, RESULTS, STATS, is_disk_full, join, resolve_location, shard_file
 from synthact.manifest import ShardRecord, file_digest, read_manifest, record_path, result_files, shard_file_name
 from synthact.run.provenance import input_fingerprints, package_versions
@@ -350,7 +350,7 @@ def _file_problem(fs: pafs.FileSystem, path: str, record: ShardRecord, deep: boo
         with fs.open_input_file(path) as f:
             rows = pq.read_table(f).num_rows if deep else pq.ParquetFile(f).metadata.num_rows
     except (pa.ArrowException, OSError) as e:
-        return f"{path} is not readable Parquet ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        return f"{path} is not readable Parquet ({first_line(str(e)) or type(e).__name__})"
     if rows != expected:
         return f"{path} holds {rows} rows, its manifest record says {expected}"
     return None

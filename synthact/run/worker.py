@@ -43,10 +43,7 @@ class Worker:
         model_spec, sae_spec = group
         self.backend: Backend = load_backend(model_spec, sae_spec, job.corpus, job.layers, self.device, n_ctx=job.n_ctx)
         model = self.backend.model
-        try:
-            check_layers(job, model.n_layers, model.label)
-        except ValueError as e:
-            raise SynthactError(f"{e}; fix 'layers' / 'read_layers' in the job spec") from None
+        check_layers(job, model.n_layers, model.label)
         self.read_layers = sorted({resolve_read_layer(r, model.n_layers) for r in job.read_layers})
         self.stats: dict[int, ReferenceStats] = {}
         self.stats_paths: dict[int, str] = {}

@@ -38,7 +38,7 @@ def tracked(tmp_path_factory):
     mp.setenv("WANDB_MODE", "offline")
     job = make_job(wandb={"project": "synthact-tests", "group": "g1", "tags": ["t1"]})
     out = tmp_path_factory.mktemp("tracked")
-    cells = write_results(job, out)
+    write_results(job, out)
     with warnings.catch_warnings():
         warnings.simplefilter("error", TrackingWarning)
         tracker = Tracker(job, out, GRID)

@@ -95,3 +95,13 @@ def test_flops_count_grouped_query_attention_and_gated_mlp():
                                   d_vocab=10, n_ctx=16, act_fn="silu", gated_mlp=True, normalization_type="RMS")
     per_block = 2 * 64 * (64 + 2 * 16) + 2 * 2 * 64 * 10 + 2 * 64 * 64 + 3 * 2 * 64 * 96
     assert timing.flops_per_point(cfg, 0, 1, 10, js=False) == 2 * per_block
+
+
+@pytest.mark.parametrize("argv", [["--model", "toy", "--layer", "4"], ["--family", "all", "--layer", "12"]])
+def test_a_layer_the_model_lacks_is_refused_before_anything_is_built(argv):
+    from synthact.errors import SynthactError
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    with pytest.raises(SynthactError, match=r"out of range .* lower --layer"):
+        bench.run(parser.parse_args([*argv, "--device", "cpu"]))

@@ -32,17 +32,13 @@ def test_sampling_is_deterministic_and_matches_windows():
     assert tok.shape == (50, 10) and tok.dtype == np.int64
     assert off.max() <= 32 - 10 and off.min() >= 0
     for i in range(50):
-        np.testing.assert_array_equal(c.window(int(doc[i]), int(off[i]), 10), tok[i])
+        np.testing.assert_array_equal(c.docs[doc[i], off[i] : off[i] + 10], tok[i])
     _, _, other = c.sample(np.random.default_rng(8), 50, 10)
     assert not np.array_equal(tok, other)
 
 
-def test_window_and_sample_refuse_what_does_not_fit():
+def test_sample_refuses_prompts_longer_than_the_documents():
     c = Corpus(docs=np.zeros((3, 12), dtype=np.int64), label="zeros")
-    with pytest.raises(SynthactError, match="outside corpus"):
-        c.window(3, 0, 10)
-    with pytest.raises(SynthactError, match="outside corpus"):
-        c.window(0, 5, 10)
     with pytest.raises(SynthactError, match="lower n_ctx"):
         c.sample(np.random.default_rng(0), 2, 13)
 

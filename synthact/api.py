@@ -1,0 +1,184 @@
+"""The Python API: load and validate a job, run it (here or on Ray), read its rows, compare, report, verify.
+
+Everything the command line does goes through these functions; `synthact.cli` only parses arguments
+and prints. Heavy libraries (torch, TransformerLens, Ray, W&B) are imported by the call that needs
+them, so `import synthact` and `synthact.load_job` stay cheap. Bad input raises `SynthactError`
+(a `SpecError` for a job spec) whose message says what was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from synthact.errors import SpecError, SynthactError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from synthact.analysis.report import Report
+    from synthact.run.plan import RunSummary
+    from synthact.run.store import Verification
+    from synthact.spec import Job
+
+def load_job(job: str | Path | Mapping | Job) -> Job:
+    """A validated job from a YAML path, a dict of the same fields, or a `Job` (returned as it is).
+
+    A dict without `name` is named "job". Raises `SpecError` naming every problem.
+    """
+    from synthact.spec import Job, load_job as load_yaml, parse_job
+
+    if isinstance(job, Job):
+        return job
+    if isinstance(job, Mapping):
+        return parse_job({"name": "job", **job}, source="job spec (dict)")
+    if isinstance(job, (str, Path)):
+        return load_yaml(job)
+    raise SpecError(f"a job is a YAML path, a dict of spec fields or a synthact Job, not {type(job).__name__}")
+
+
+def grid(job: str | Path | Mapping | Job) -> pd.DataFrame:
+    """One row per cell of the job's grid, one column per axis (nothing is loaded or run)."""
+    import pandas as pd
+
+    return pd.DataFrame([cell.settings() for cell in load_job(job).cells()])
+
+
+def grid_size(job: str | Path | Mapping | Job) -> dict:
+    """Cells, shards, curves and scan points of a job (counted, not listed)."""
+    job = load_job(job)
+    cells, shards = job.count()
+    return {
+        "cells": cells,
+        "shards": shards,
+        "curves": cells * job.bases_per_cell * len(job.read_layers),
+        "scan_points": job.scan_points(),
+    }
+
+
+def output_of(job: Job, out: str | Path | None = None) -> str:
+    """Where a job writes: `out`, else the job's `output`, else runs/<job name>."""
+    return str(out or job.output or f"runs/{job.name}")
+
+
+@dataclass
+class SweepRun:
+    """What `run_job` did: the output location, the run's summary, and the comparison of its rows (None if no rows)."""
+
+    out: str
+    summary: RunSummary
+    comparison: pd.DataFrame | None = None
+    verdicts: pd.DataFrame | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when every shard of the sweep is written."""
+        return self.summary.ok
+
+    def rows(self, curves: bool = False) -> pd.DataFrame:
+        """The sweep's rows (see `read_rows`)."""
+        return read_rows(self.out, curves=curves)
+
+
+def run_job(
+    job: str | Path | Mapping | Job,
+    out: str | Path | None = None,
+    *,
+    ray: str | None = None,
+    wandb: bool = True,
+    progress: bool = True,
+) -> SweepRun:
+    """Run every shard of `job` not yet written into `out` (a directory or a pyarrow URI) and compare the rows.
+
+    Calling it again with the same job and `out` resumes: finished shards are verified and skipped, damaged
+    ones redone. `ray`: None runs in this process; 'local', 'auto' or a cluster address runs the same shards
+    on Ray worker actors, with the same rows and the same resume. `wandb=False` turns tracking off even when
+    the job asks for it. Failed shards are in `SweepRun.summary.failures` (`SweepRun.ok` is False); a sweep of
+    which nothing could run raises `SynthactError`.
+    """
+    from synthact.run.store import Store
+
+    job = load_job(job)
+    out = output_of(job, out)
+    store = Store(out, job)
+    listeners, tracker = [], None
+    if job.wandb.enabled and wandb:
+        from synthact.analysis.tracking import Tracker
+
+        tracker = Tracker(job, out, grid_size(job))
+        listeners.append(tracker)
+    if ray:
+        from synthact.run.ray_executor import run_ray
+
+        summary = run_ray(job, store, ray, progress=progress, listeners=listeners)
+    else:
+        from synthact.run.local_executor import run_local
+
+        summary = run_local(job, store, progress=progress, listeners=listeners)
+    if summary.fatal:
+        redone = "".join(f"; shard {shard_id} was redone because {problem}" for shard_id, problem in summary.redone)
+        raise SynthactError(f"nothing could run: {summary.fatal}{redone}")
+    from synthact.analysis.cells import Sweep
+    from synthact.analysis.compare import compare as compare_sweep
+
+    run = SweepRun(out, summary)
+    sweep = Sweep.open(out)  # the bounded path: cells the tracker already aggregated are read from the cache
+    if not sweep.aggregates.empty:
+        run.comparison, run.verdicts = compare_sweep(sweep)
+    if tracker is not None:
+        tracker.finish(summary.as_dict(), out, sweep, run.comparison)
+    return run
+
+
+def read_rows(out: str | Path, curves: bool = False) -> pd.DataFrame:
+    """A sweep's rows as a pandas DataFrame, one row per curve; the curve columns only with `curves=True`."""
+    from synthact.results import read_rows as read
+
+    return read(out, curves)
+
+
+def read_table(out: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """A sweep's rows as an Arrow table, only the named `columns` when given (all by default)."""
+    from synthact.results import read_table as read
+
+    return read(out, columns)
+
+
+def compare(out: str | Path, csv: str | Path | None = None, ray: str | None = None
+            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each kind against real along both axes (KS, Wasserstein, difference of means with CI) and the verdicts
+    on the paper's findings: (comparison, verdicts). `csv` also saves the comparison there; `ray` aggregates the
+    cells on a Ray cluster (shared storage). Memory is bounded by one panel, whatever the sweep's size."""
+    from synthact.analysis.compare import compare as compare_rows
+
+    return compare_rows(out, csv, ray)
+
+
+def report(out: str | Path, html: str | Path | None = None, ray: str | None = None) -> Report:
+    """Write the figures (OUT/report/*.png) and one self-contained HTML page (default OUT/report.html)."""
+    from synthact.analysis.report import build_report
+
+    return build_report(out, html, ray)
+
+
+def verify(out: str | Path, deep: bool = False) -> Verification:
+    """Check every shard the manifest records (present, readable, its rows; `deep` reads every row) and list
+    stray files. Raises `SynthactError` when `out` is not a sweep's output directory."""
+    from synthact.layout import resolve_location
+    from synthact.run.store import read_claim
+    from synthact.run.store import verify as verify_out
+
+    fs, root, uri = resolve_location(out)
+    if read_claim(fs, root, uri) is None:
+        raise SynthactError(f"'{uri}' is not a synthact output directory (no job.json)")
+    return verify_out(out, deep=deep)
+
+
+def field_reference() -> str:
+    """Every job spec field with its type, default and description (Markdown; docs/spec.md)."""
+    from synthact.spec import field_reference as reference
+
+    return reference()
