@@ -49,10 +49,18 @@ AXES = {
     "exclude_template": (pa.bool_(), "Whether replacements avoid every latent of the template's code."),
     "match_norm": (pa.bool_(), "Whether built codes were rescaled to the template's norm."),
     "add_error": (pa.bool_(), "Whether the template's SAE error was added to built activations."),
+    "cooccur": (STR, "`synthetic_cooccur`: candidates weighted by co-occurrence `counts` with the latents already chosen, or `none`."),
+    "cooccur_window": (STR, "`synthetic_cooccur` candidates: the `nearest_k` in frequency, or `all` alive latents."),
+    "geometry_temp": (F64, "`synthetic_cooccur`: temperature of the weight favouring kept decoder cosines (0 = off)."),
+    "cooccur_top_m": (I32, "Co-occurrence partners stored per latent (statistics part of the pool)."),
+    "holdout": (F64, "Fraction of the reference pool (its last codes) held out of the co-occurrence statistics."),
+    "swaps": (I32, "`control_swapped`: latents of the template's code replaced (>= its L0: all)."),
+    "swap_order": (STR, "`control_swapped`: `most_cooccurring` or `least_cooccurring` latents swapped first."),
 }
 # The axes that only SAE-built generation has (null elsewhere).
 SETTINGS = ("template", "match", "nearest_k", "tol", "structure", "anchor_cos", "anchor_pool", "candidates",
-            "value_source", "exclude_template", "match_norm", "add_error")
+            "value_source", "exclude_template", "match_norm", "add_error", "cooccur", "cooccur_window",
+            "geometry_temp", "cooccur_top_m", "holdout", "swaps", "swap_order")
 # What recomputes a row: ids, seeds, scan settings.
 PROVENANCE = {
     "base_index": (I32, "Index of the base within its cell (0..bases_per_cell-1)."),

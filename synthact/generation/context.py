@@ -26,6 +26,13 @@ class GenerationSettings:
     exclude_template: bool = True  # no replacement is any template latent
     match_norm: bool = False  # rescale the code to the template's norm
     add_error: bool = False  # add the template's SAE error (real - sae_recon)
+    cooccur: str = "counts"  # synthetic_cooccur: weight by co-occurrence counts, or "none" (generation/ladder.py)
+    cooccur_window: str = "nearest_k"  # synthetic_cooccur candidates: the nearest_k in frequency, or "all"
+    geometry_temp: float = 0.0  # synthetic_cooccur: > 0 also favours kept decoder cosines
+    cooccur_top_m: int = 64  # co-occurrence partners stored per latent
+    holdout: float = 0.25  # fraction of the pool held out of the co-occurrence statistics
+    swaps: int = 1  # control_swapped: latents replaced
+    swap_order: str = "most_cooccurring"  # control_swapped: which latents first
 
 
 def method(kind: str, s: GenerationSettings) -> str:
@@ -33,6 +40,8 @@ def method(kind: str, s: GenerationSettings) -> str:
     pairwise search (tol is pairwise with C = 1)."""
     if kind == "random_latents":
         return "random"
+    if kind in ("synthetic_cooccur", "control_swapped"):
+        return kind
     if kind == "synthetic_baseline":
         return "nearest_k" if s.match == "nearest_k" else "pairwise"
     return "anchor" if s.structure == "anchor" else "pairwise"

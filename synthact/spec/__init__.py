@@ -28,8 +28,10 @@ from synthact.spec.load import (
     parse_job,
 )
 from synthact.spec.vocabulary import (
+    CONTROL_KINDS,
     GENERATION_AXES,
     KINDS,
+    LADDER_AXES,
     SYNTHETIC_KINDS,
     TEMPLATE_KINDS,
     Kind,
@@ -67,7 +69,9 @@ __all__ = [
     "format_validation_error",
     "load_job",
     "parse_job",
+    "CONTROL_KINDS",
     "GENERATION_AXES",
+    "LADDER_AXES",
     "KINDS",
     "SYNTHETIC_KINDS",
     "TEMPLATE_KINDS",

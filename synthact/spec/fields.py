@@ -191,10 +191,11 @@ class GenerationSpec(Frozen):
     candidates: list[int] = Field(
         [16], description="C: frequency-matched candidates per latent of structure pairwise (C=1 is the baseline)."
     )
-    value_source: list[Literal["template", "sampled"]] = Field(
+    value_source: list[Literal["template", "sampled", "ranked", "permuted"]] = Field(
         ["template"],
-        description="Values of a built code: the template latent's (the paper), or drawn from the replacement "
-        "latent's own non-zero values.",
+        description="Values of a built code: the template latent's (the paper), drawn from the replacement "
+        "latent's own non-zero values, those drawn values reassigned by rank to the template's value order "
+        "(ranked: the ladder's R5), or the template's values permuted among the latents (permuted: a control).",
     )
     exclude_template: list[bool] = Field(
         [True],
@@ -205,6 +206,36 @@ class GenerationSpec(Frozen):
         [False], description="Rescale a built code so its activation has the template's norm (the paper: no)."
     )
     add_error: list[bool] = Field([False], description="Add the template's SAE error (real - sae_recon).")
+    cooccur: list[Literal["counts", "none"]] = Field(
+        ["counts"],
+        description="synthetic_cooccur: weight candidates by their co-occurrence counts with the latents already "
+        "chosen (R3), or not (none: with geometry_temp 0 this is the baseline).",
+    )
+    cooccur_window: list[Literal["nearest_k", "all"]] = Field(
+        ["nearest_k"],
+        description="synthetic_cooccur: candidates are the nearest_k allowed latents nearest in frequency, or every "
+        "allowed alive latent (all: no frequency matching, as the authors' challenger).",
+    )
+    geometry_temp: list[float] = Field(
+        [0.0],
+        description="synthetic_cooccur: > 0 also weights candidates by exp(-error in kept decoder cosines / this) "
+        "(R4; 0 = no geometry).",
+    )
+    cooccur_top_m: list[int] = Field(
+        [64], description="Co-occurrence partners stored per latent (synthetic_cooccur with counts, control_swapped)."
+    )
+    holdout: list[float] = Field(
+        [0.25],
+        description="Fraction of the reference pool (its last codes) held out of the co-occurrence statistics, "
+        "for diagnostics.",
+    )
+    swaps: list[int] = Field(
+        [1], description="control_swapped: latents of the template's code replaced (0 = none; >= its L0 = all)."
+    )
+    swap_order: list[Literal["most_cooccurring", "least_cooccurring"]] = Field(
+        ["most_cooccurring"],
+        description="control_swapped: swap the latents that co-occur most (or least) with the rest of the code first.",
+    )
 
     @field_validator("*")
     @classmethod
@@ -215,11 +246,25 @@ class GenerationSpec(Frozen):
             raise ValueError(f"lists a value twice: {v}")
         return v
 
-    @field_validator("candidates", "nearest_k", "anchor_pool")
+    @field_validator("candidates", "nearest_k", "anchor_pool", "cooccur_top_m")
     @classmethod
     def _positive(cls, v: list[int]) -> list[int]:
         if any(c < 1 for c in v):
-            raise ValueError("candidates, nearest_k and anchor_pool must be >= 1")
+            raise ValueError("candidates, nearest_k, anchor_pool and cooccur_top_m must be >= 1")
+        return v
+
+    @field_validator("geometry_temp", "swaps")
+    @classmethod
+    def _non_negative(cls, v: list) -> list:
+        if any(not (x >= 0 and x < float("inf")) for x in v):
+            raise ValueError("geometry_temp and swaps must be finite and >= 0")
+        return v
+
+    @field_validator("holdout")
+    @classmethod
+    def _fraction(cls, v: list[float]) -> list[float]:
+        if any(not 0 <= h < 1 for h in v):
+            raise ValueError("holdout must be a fraction in [0, 1)")
         return v
 
     def axes_for(self, kinds: set[str], paired: bool) -> list[dict]:
@@ -238,6 +283,12 @@ class GenerationSpec(Frozen):
                 keep |= {"match", "nearest_k" if c["match"] == "nearest_k" else "tol"}
             if "synthetic_structured" in kinds:
                 keep |= {"structure"} | ({"anchor_cos", "anchor_pool"} if c["structure"] == "anchor" else {"tol", "candidates"})
+            if "synthetic_cooccur" in kinds:
+                keep |= {"cooccur", "cooccur_window", "geometry_temp"}
+                keep |= {"nearest_k"} if c["cooccur_window"] == "nearest_k" else set()
+                keep |= {"cooccur_top_m", "holdout"} if c["cooccur"] == "counts" else set()
+            if "control_swapped" in kinds:
+                keep |= {"swaps", "swap_order", "nearest_k", "cooccur_top_m", "holdout"}
             c = {k: (v if k in keep else None) for k, v in c.items()}
             if c not in combos:
                 combos.append(c)

@@ -28,6 +28,7 @@ from synthact.spec.layers import check_layers
 from synthact.spec.vocabulary import (
     GENERATION_AXES,
     KINDS,
+    LADDER_AXES,
     TEMPLATE_KINDS,
     Kind,
     pair_problem,
@@ -235,6 +236,13 @@ class Cell:
     exclude_template: bool | None = None
     match_norm: bool | None = None
     add_error: bool | None = None
+    cooccur: str | None = None
+    cooccur_window: str | None = None
+    geometry_temp: float | None = None
+    cooccur_top_m: int | None = None
+    holdout: float | None = None
+    swaps: int | None = None
+    swap_order: str | None = None
 
     def generation(self) -> dict:
         """The cell's generation axes."""
@@ -255,7 +263,7 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        key = dict(self.settings(), model=self.model.model_dump(mode="json"), sae=self.sae.model_dump(mode="json"),
+        key = dict(_without_unused_ladder_axes(self.settings()), model=self.model.model_dump(mode="json"), sae=self.sae.model_dump(mode="json"),
                    scan=self.scan.model_dump(mode="json"))
         return digest(key)[:12]
 
@@ -266,7 +274,7 @@ class Cell:
 
     def base_settings(self) -> dict:
         """What the base draw depends on: the same bases are reused across directions, targets and scans."""
-        s = self.settings()
+        s = _without_unused_ladder_axes(self.settings())
         for name in ("direction", "target_kind", "scan", "template"):
             s.pop(name)
         if self.base_kind not in TEMPLATE_KINDS:
@@ -275,7 +283,13 @@ class Cell:
             return s
         used = GenerationSpec(**{k: [v] for k, v in self.generation().items() if v is not None}).axes_for(
             {self.base_kind}, paired=False)[0]
-        return s | used
+        return _without_unused_ladder_axes(s | used)
+
+
+def _without_unused_ladder_axes(settings: dict) -> dict:
+    """The ladder's axes that a cell does not use are left out of what its ids and seeds hash, so the cells
+    and bases of jobs without the ladder are the same as before it existed."""
+    return {k: v for k, v in settings.items() if not (k in LADDER_AXES and v is None)}
 
 
 @dataclass(frozen=True)
