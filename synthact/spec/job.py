@@ -29,6 +29,7 @@ from synthact.spec.vocabulary import (
     GENERATION_AXES,
     KINDS,
     LADDER_AXES,
+    LADDER_KINDS,
     TEMPLATE_KINDS,
     Kind,
     pair_problem,
@@ -66,7 +67,7 @@ class Job(Frozen):
     read_layers: list[int] = Field(
         [-1], description="Read layers R (blocks.R.hook_resid_post); negative counts from the end, -1 = last block."
     )
-    base_kinds: list[Kind] = Field(list(KINDS), description="Kinds of base activation.")
+    base_kinds: list[Kind] = Field([k for k in KINDS if k not in LADDER_KINDS], description="Kinds of base activation.")
     directions: list[str] = Field(
         ["toward:same"],
         description="toward:<kind> | toward:same (the base's own kind) | isotropic | latent:<id> | latent:random | toward_recon.",

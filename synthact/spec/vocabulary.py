@@ -30,6 +30,8 @@ Kind = Literal[
 SYNTHETIC_KINDS = ("synthetic_baseline", "synthetic_structured")
 # Kinds built from a template's SAE code, latent by latent: as targets, the template is the base's own code.
 TEMPLATE_KINDS = (*SYNTHETIC_KINDS, "random_latents", "synthetic_cooccur", "control_swapped")
+# The ladder's kinds (generation/ladder.py): not in a job's default base_kinds, so default grids stay as they were.
+LADDER_KINDS = ("synthetic_cooccur", "control_swapped")
 # Template-built controls that keep some of the template's latents (generation/ladder.py).
 CONTROL_KINDS = ("control_swapped",)
 
