@@ -18,6 +18,7 @@ import pandas as pd
 from synthact import results
 from synthact.analysis import aggregate
 from synthact.errors import SynthactError
+from synthact.generation import diagnostics
 
 # The comparison columns shown (printed here, and in the report's table), in order.
 SHOWN = ["axis", "layer", "read_layer", "scan", "base_kind", "direction", "variant", "metric", "n", "mean", "std",
@@ -97,6 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     comparison, verdicts = compare(args.out, args.csv)
     print(comparison_text(comparison, verdicts))
+    print("\n" + diagnostics.diagnostics_text(args.out))
     if args.csv:
         print(f"\nSaved: {args.csv}")
     return 0

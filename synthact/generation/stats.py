@@ -352,7 +352,8 @@ def split_pool(n: int, holdout: float) -> int:
 @torch.no_grad()
 def cooccurrence(stats: ReferenceStats, top_m: int, holdout: float, chunk: int = 2048) -> Cooccurrence:
     """The co-occurrence table of the pool's statistics part (built once per statistics and (m, holdout),
-    on the statistics' device, `chunk` latents at a time: memory O(pool * d_sae + d_sae * chunk))."""
+    on the statistics' device, `chunk` latents at a time: a sparse product, cost O(nnz * d_sae), memory
+    O(pool * d_sae + d_sae * chunk))."""
     cache = stats.__dict__.setdefault("_cooccurrence", {})
     if (top_m, holdout) in cache:
         return cache[top_m, holdout]
@@ -362,12 +363,15 @@ def cooccurrence(stats: ReferenceStats, top_m: int, holdout: float, chunk: int =
     end = int(stats.code_offsets[n_codes])
     rows = torch.repeat_interleave(torch.arange(n_codes, device=stats.code_offsets.device),
                                    stats.code_offsets[1: n_codes + 1] - stats.code_offsets[:n_codes])
-    x = torch.zeros(n_codes, stats.d_sae, device=stats.code_latents.device)
-    x[rows.to(x.device), stats.code_latents[:end].long()] = 1.0
+    cols = stats.code_latents[:end].long()
+    x = torch.zeros(n_codes, stats.d_sae, device=cols.device)
+    x[rows.to(x.device), cols] = 1.0
+    x_t = torch.sparse_coo_tensor(torch.stack([cols, rows.to(cols.device)]), torch.ones_like(cols, dtype=x.dtype),
+                                  (stats.d_sae, n_codes), check_invariants=False).coalesce()
     m = min(top_m, max(stats.d_sae - 1, 1))
     partners, counts, totals, nonzero = [], [], [], []
     for start in range(0, stats.d_sae, chunk):
-        block = x[:, start: start + chunk].T @ x  # [chunk, d_sae]
+        block = torch.sparse.mm(x_t, x[:, start: start + chunk]).T.contiguous()  # [chunk, d_sae] counts
         own = torch.arange(start, start + block.shape[0], device=x.device)
         block[torch.arange(block.shape[0], device=x.device), own] = 0.0
         top = torch.topk(block, m, dim=1)

@@ -13,6 +13,7 @@ import torch
 
 from synthact.errors import SynthactError
 from synthact.generation.context import Activations, GenContext, GenerationSettings
+from synthact.generation.diagnostics import target_columns
 from synthact.generation.directions import Directions, make_directions
 from synthact.generation.kinds import draw
 from synthact.generation.stats import ReferenceStats, load_or_compute_stats
@@ -108,6 +109,7 @@ class Worker:
         last = metric_last(cell.scan, target_step, n)
         thresholds = MetricSettings(**job.metrics.model_dump())
         js_cols = curve_metrics(js_curve, step, "js_", last, thresholds) if js_curve is not None else {}
+        diagnostics = target_columns(target, self.context(cell.layer), settings_for(cell, cell.target_kind))
         blocks = []
         for r in self.read_layers:
             cols = {
@@ -131,6 +133,7 @@ class Worker:
                 "target_norm": dirs.target_norm,
                 "base_l0": base_l0,
                 "target_l0": target.l0 if target is not None else None,
+                **diagnostics,
                 "direction_latent": dirs.latent,
                 "base_doc": base.docs,
                 "base_offset": base.offsets,
