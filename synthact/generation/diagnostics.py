@@ -138,14 +138,20 @@ def diagnostics_table(rows: pd.DataFrame) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame()
     rows = rows[rows.read_layer == rows.read_layer.min()]
-    settings = [c for c in LADDER_SETTINGS if c in rows]
+    settings = [c for c in LADDER_SETTINGS if c in rows and rows[c].dropna().astype(str).nunique() > 1]
     out = []
-    for (layer, base, direction, _), group in rows.groupby(["layer", "base_kind", "direction", "cell_id"], sort=True):
+    for (layer, base, direction, _), group in rows.groupby(["layer", "base_kind", "direction", "cell_id"], sort=False):
         first = group.iloc[0]
-        variant = ", ".join(f"{c}={first[c]}" for c in settings if pd.notna(first[c]))
+        variant = ", ".join(f"{c}={_short(first[c])}" for c in settings if pd.notna(first[c]))
         out.append({"L": layer, "base": base, "direction": direction, "settings": variant, "n": len(group),
                     **{SHOWN[c]: f"{group[c].mean():.3g}+-{group[c].std():.2g}" for c in have}})
-    return pd.DataFrame(out)
+    if not out:
+        return pd.DataFrame()
+    return pd.DataFrame(out).sort_values(["L", "base", "direction", "settings"], kind="stable", ignore_index=True)
+
+
+def _short(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def diagnostics_text(out) -> str:
