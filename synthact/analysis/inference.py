@@ -283,3 +283,24 @@ def detectable_ks_difference(n: int, *, power: float = 0.8, alpha: float = 0.05,
         else:
             lo = mid
     return round(hi, 3)
+
+
+# --------------------------------------------------------------------------- one panel
+
+
+def ladder_panel(real, kinds: dict, *, pairs: list[tuple[str, str]] | None = None, n_boot: int = 2000,
+                 n_perm: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """One panel of a paired design (row i of `real` and of every array in `kinds` is base i): each kind's
+    distance to real (paired), and the paired difference of each pair (a, b) in `pairs` (default: each kind
+    against the one before it, in the order given), with Holm-adjusted p-values over the panel's pairs
+    (`ks_diff_p_holm`, `mean_diff_p_holm`). Returns (distance rows, difference rows)."""
+    names = list(kinds)
+    pairs = pairs if pairs is not None else list(zip(names, names[1:]))
+    distances = [{"kind": k, **distance_to_real(kinds[k], real, paired=True, n_boot=n_boot, n_perm=n_perm,
+                                                level=level, seed=seed)} for k in names]
+    differences = [{"a": a, "b": b, **paired_difference(real, kinds[a], kinds[b], n_boot=n_boot, n_perm=n_perm,
+                                                        level=level, seed=seed)} for a, b in pairs]
+    for p in ("ks_diff_p", "mean_diff_p"):
+        for row, adjusted in zip(differences, holm([d[p] for d in differences])):
+            row[f"{p}_holm"] = float(adjusted)
+    return distances, differences

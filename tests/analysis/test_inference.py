@@ -106,3 +106,14 @@ def test_detectable_difference_has_the_asked_power_and_shrinks_like_one_over_roo
     d = inference.detectable_ks_difference(1000)
     assert inference.ks_power(d, 1000, n_sim=1000) >= 0.8 > inference.ks_power(d - 0.005, 1000, n_sim=1000)
     assert inference.detectable_ks_difference(4000) == pytest.approx(d / 2, rel=0.15)
+
+
+def test_a_panel_compares_each_kind_with_the_one_before_and_adjusts_over_its_pairs():
+    real, a, b = _paired_triple(80, seed=8, shift=5.0)
+    distances, differences = inference.ladder_panel(real, {"far": a, "near": b, "same": b.copy()}, n_boot=200,
+                                                    n_perm=200)
+    assert [d["kind"] for d in distances] == ["far", "near", "same"]
+    assert distances[1]["ks"] == pytest.approx(stats.ks_2samp(b, real).statistic)
+    assert [(d["a"], d["b"]) for d in differences] == [("far", "near"), ("near", "same")]
+    np.testing.assert_allclose([d["ks_diff_p_holm"] for d in differences],
+                               inference.holm([d["ks_diff_p"] for d in differences]))
