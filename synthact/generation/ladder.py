@@ -86,7 +86,8 @@ def cooccur(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Ten
         wt = unit[lat.clamp(min=0)]
         target_cos = wt @ wt.transpose(1, 2)  # [B, K, K]
         chosen_dirs = torch.zeros(b, k, unit.shape[1], device=device)
-        squares = torch.zeros(b, unit.shape[0], device=device)  # sum over chosen j_m of cos(., j_m)^2
+        # sum over the chosen j_m of cos(., j_m)^2, for every latent: only where every latent is a candidate
+        squares = torch.zeros(b, unit.shape[0], device=device) if s.cooccur_window == "all" else None
     chosen = torch.zeros_like(lat).clamp(min=0)
     for t in range(k):
         live = lat[:, t] >= 0
@@ -103,9 +104,8 @@ def cooccur(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Ten
         if tally is not None:
             w = w * tally.weights(cand)
         if geometry and t > 0:
-            pulled = torch.einsum("bm,bmd->bd", target_cos[:, t, :t], chosen_dirs[:, :t])
-            err = (squares - 2 * pulled @ unit.T).gather(1, cand).double() / t
-            err = torch.where(valid, err, math.inf)
+            err = torch.where(valid, _cosine_error(unit, cand, chosen_dirs[:, :t], target_cos[:, t, :t], squares),
+                              math.inf)
             w = w * torch.exp(-(err - err.min(1, keepdim=True).values) / s.geometry_temp)
         w = torch.where(w.sum(1, keepdim=True) > 0, w, valid.double())
         pick = cand.gather(1, _inverse_cdf(w, u[:, t])[:, None])[:, 0]
@@ -115,8 +115,21 @@ def cooccur(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Ten
             tally.add(pick, live)
         if geometry:
             chosen_dirs[:, t] = unit[pick]
-            squares += ((unit[pick] @ unit.T) ** 2) * live[:, None]
+            if squares is not None:
+                squares += ((unit[pick] @ unit.T) ** 2) * live[:, None]
     return chosen
+
+
+def _cosine_error(unit, cand, chosen_dirs, target_cos, squares):
+    """[B, C] e_j = mean over m < t of (cos(j, j_m) - cos(i_t, i_m))^2 for candidates `cand`: directly for a
+    window of candidates; for every latent (`squares` given) by expanding the square, one matmul per slot."""
+    t = chosen_dirs.shape[1]
+    if squares is None:
+        cos = torch.einsum("bcd,bmd->bcm", unit[cand], chosen_dirs)
+        return ((cos - target_cos[:, None, :]) ** 2).mean(-1).double()
+    pulled = torch.einsum("bm,bmd->bd", target_cos, chosen_dirs)
+    const = (target_cos**2).sum(-1, keepdim=True)
+    return ((squares - 2 * pulled @ unit.T).gather(1, cand) + const).double() / t
 
 
 def code_cooccurrence(ctx: GenContext, lat: torch.Tensor, s: GenerationSettings) -> torch.Tensor:

@@ -223,3 +223,15 @@ def base_values(ctx, base, b):
     with torch.no_grad():
         z = ctx.sae.encode(base.vectors[b: b + 1])[0]
     return z[z != 0].numpy()
+
+
+def test_the_expanded_cosine_error_for_every_latent_equals_the_direct_one():
+    gen = torch.Generator().manual_seed(0)
+    unit = torch.nn.functional.normalize(torch.randn(40, 8, generator=gen), dim=-1)
+    chosen = torch.tensor([[3, 7, 11], [1, 2, 5]])
+    target_cos = torch.rand(2, 3, generator=gen)
+    cand = torch.tensor([[0, 4, 9, 30], [6, 8, 10, 39]])
+    dirs = unit[chosen]
+    squares = ((dirs @ unit.T) ** 2).sum(1)
+    direct = ladder._cosine_error(unit, cand, dirs, target_cos, None)
+    torch.testing.assert_close(ladder._cosine_error(unit, cand, dirs, target_cos, squares), direct)
