@@ -50,10 +50,18 @@ AXES = {
     "exclude_template": (pa.bool_(), "Whether replacements avoid every latent of the template's code."),
     "match_norm": (pa.bool_(), "Whether built codes were rescaled to the template's norm."),
     "add_error": (pa.bool_(), "Whether the template's SAE error was added to built activations."),
+    "cooccur": (STR, "`synthetic_cooccur`: candidates weighted by co-occurrence `counts` with the latents already chosen, or `none`."),
+    "cooccur_window": (STR, "`synthetic_cooccur` candidates: the `nearest_k` in frequency, or `all` alive latents."),
+    "geometry_temp": (F64, "`synthetic_cooccur`: temperature of the weight favouring kept decoder cosines (0 = off)."),
+    "cooccur_top_m": (I32, "Co-occurrence partners stored per latent (statistics part of the pool)."),
+    "holdout": (F64, "Fraction of the reference pool (its last codes) held out of the co-occurrence statistics."),
+    "swaps": (I32, "`control_swapped`: latents of the template's code replaced (>= its L0: all)."),
+    "swap_order": (STR, "`control_swapped`: `most_cooccurring` or `least_cooccurring` latents swapped first."),
 }
 # The axes that only SAE-built generation has (null elsewhere).
 SETTINGS = ("template", "match", "nearest_k", "tol", "structure", "anchor_cos", "anchor_pool", "candidates",
-            "value_source", "exclude_template", "match_norm", "add_error")
+            "value_source", "exclude_template", "match_norm", "add_error", "cooccur", "cooccur_window",
+            "geometry_temp", "cooccur_top_m", "holdout", "swaps", "swap_order")
 # What recomputes a row: ids, seeds, scan settings.
 PROVENANCE = {
     "base_index": (I32, "Index of the base within its cell (0..bases_per_cell-1)."),
@@ -109,6 +117,12 @@ ACTIVATIONS = {
     "target_norm": (F64, "||T|| (null without a target)."),
     "base_l0": (I32, "Active latents of the base (its built code, or its SAE code)."),
     "target_l0": (I32, "Active latents of the target's built or SAE code."),
+    "target_log_freq": (F64, "Diagnostic of the target's code (built, or its SAE code): mean log10 firing frequency of its latents."),
+    "target_pmi": (F64, "Diagnostic: mean log2 PMI of the pairs of its latents (co-occurrence in the pool's statistics part over chance)."),
+    "target_pair_cos": (F64, "Diagnostic: mean decoder cosine of the pairs of its latents."),
+    "target_top_cos": (F64, "Diagnostic: mean decoder cosine of its latents to its top latent (largest value)."),
+    "target_top_share": (F64, "Diagnostic: the top latent's share of the sum of its values."),
+    "target_mean_value": (F64, "Diagnostic: mean value of its latents."),
     "direction_latent": (I32, "Latent of `latent:<id>` / `latent:random`."),
     "base_doc": (I64, "Corpus document of the base's prompt (or context prompt)."),
     "base_offset": (I64, "Token offset of that prompt in its document."),

@@ -22,6 +22,7 @@ from synthact.analysis import aggregate
 from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
 from synthact.run.store import completion_note
+from synthact.generation import diagnostics
 
 # The comparison columns shown (printed here, and in the report's table), in order.
 SHOWN = ["axis", "layer", "read_layer", "scan", "base_kind", "direction", "variant", "metric", "n", "mean", "std",
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         print(note + "\n")
     comparison, verdicts = compare(args.out, args.csv, args.ray)
     print(comparison_text(comparison, verdicts))
+    print("\n" + diagnostics.diagnostics_text(args.out))
     if args.csv:
         print(f"\nSaved: {args.csv}")
     return 0

@@ -21,6 +21,12 @@ CONSTRUCTIONS = {
     "synthetic_structured": ("synthetic_structured", {}),
     "synthetic_structured/pairwise": ("synthetic_structured", {"structure": "pairwise", "candidates": 16}),
     "random_latents": ("random_latents", {}),
+    "synthetic_cooccur (R3)": ("synthetic_cooccur", {}),
+    "synthetic_cooccur/all (challenger)": ("synthetic_cooccur", {"cooccur_window": "all"}),
+    "synthetic_cooccur/geometry (R4)": ("synthetic_cooccur", {"geometry_temp": 0.01}),
+    "synthetic_cooccur/geometry/ranked (R5)": ("synthetic_cooccur", {"geometry_temp": 0.01, "value_source": "ranked"}),
+    "control_swapped/4": ("control_swapped", {"swaps": 4}),
+    "control_swapped/0/permuted": ("control_swapped", {"swaps": 0, "value_source": "permuted"}),
 }
 
 

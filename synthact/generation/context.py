@@ -39,6 +39,13 @@ class GenerationSettings:
     exclude_template: bool = _spec_default("exclude_template")  # no replacement is any template latent
     match_norm: bool = _spec_default("match_norm")  # rescale the code to the template's norm
     add_error: bool = _spec_default("add_error")  # add the template's SAE error (real - sae_recon)
+    cooccur: str = _spec_default("cooccur")  # synthetic_cooccur: weight by co-occurrence counts, or "none" (generation/ladder.py)
+    cooccur_window: str = _spec_default("cooccur_window")  # synthetic_cooccur candidates: the nearest_k in frequency, or "all"
+    geometry_temp: float = _spec_default("geometry_temp")  # synthetic_cooccur: > 0 also favours kept decoder cosines
+    cooccur_top_m: int = _spec_default("cooccur_top_m")  # co-occurrence partners stored per latent
+    holdout: float = _spec_default("holdout")  # fraction of the pool held out of the co-occurrence statistics
+    swaps: int = _spec_default("swaps")  # control_swapped: latents replaced
+    swap_order: str = _spec_default("swap_order")  # control_swapped: which latents first
 
 
 def method(kind: str, s: GenerationSettings) -> str:
@@ -46,6 +53,8 @@ def method(kind: str, s: GenerationSettings) -> str:
     pairwise search (tol is pairwise with C = 1)."""
     if kind == "random_latents":
         return "random"
+    if kind in ("synthetic_cooccur", "control_swapped"):
+        return kind
     if kind == "synthetic_baseline":
         return "nearest_k" if s.match == "nearest_k" else "pairwise"
     return "anchor" if s.structure == "anchor" else "pairwise"

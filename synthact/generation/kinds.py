@@ -28,13 +28,14 @@ import numpy as np
 import torch
 
 from synthact.errors import SynthactError
+from synthact.generation import ladder
 from synthact.generation.context import Activations, GenContext, GenerationSettings, method
 from synthact.generation.matching import anchor, match_pairwise, nearest_k, random_latents
 from synthact.generation.stats import check_affine_decoder
 from synthact.inputs.hooks import real_activations, stream_index
 from synthact.spec import KINDS, TEMPLATE_KINDS
 
-VALUE_SOURCES = ("sampled", "template")
+VALUE_SOURCES = ("sampled", "template", "ranked", "permuted")
 MAX_TEMPLATE_TRIES = 32  # prompts tried per base before an empty SAE code is an error
 
 
@@ -68,6 +69,10 @@ def _check_settings(s: GenerationSettings) -> None:
         raise SynthactError(f"value_source '{s.value_source}' is unknown; use one of {', '.join(VALUE_SOURCES)}")
     if not (s.tol >= 0 and math.isfinite(s.tol)):
         raise SynthactError(f"tol {s.tol} must be a finite number >= 0 (a distance in log10 frequency)")
+    if s.cooccur not in ("counts", "none") or s.cooccur_window not in ("nearest_k", "all") or s.swap_order not in (
+            "most_cooccurring", "least_cooccurring"):
+        raise SynthactError(f"cooccur '{s.cooccur}', cooccur_window '{s.cooccur_window}' or swap_order "
+                            f"'{s.swap_order}' is unknown (see synthact validate --fields)")
     if min(s.candidates, s.nearest_k, s.anchor_pool) < 1:
         raise SynthactError(
             f"candidates {s.candidates}, nearest_k {s.nearest_k} and anchor_pool {s.anchor_pool} must be >= 1"
@@ -253,16 +258,21 @@ def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettin
     elif how == "pairwise":
         chosen = match_pairwise(ctx, lat.clamp(min=0), k, uc, settings.tol, settings.exclude_template)
     else:
-        pick = {"nearest_k": nearest_k, "random": random_latents, "anchor": anchor}[how]
+        pick = {"nearest_k": nearest_k, "random": random_latents, "anchor": anchor,
+                "synthetic_cooccur": ladder.cooccur, "control_swapped": ladder.swapped}[how]
         chosen = pick(ctx, lat, tv, uc[..., 0], settings)
 
     if settings.value_source == "template":
         values = tv
+    elif settings.value_source == "permuted":
+        values = ladder.permuted(tv, mask, uv)
     else:
         counts = stats.value_counts.to(device)[chosen]
         pick = torch.minimum((uv * counts).long(), (counts - 1).clamp(min=0))
         # A latent that never fired at the pool's last positions has no values: it keeps the template's.
         values = torch.where(counts > 0, stats.value_samples.to(device)[chosen, pick], tv)
+        if settings.value_source == "ranked":
+            values = ladder.by_rank(values, tv, mask)
     values = values * mask
     error = templ.x - ctx.sae.decode(templ.z).float() if settings.add_error else torch.zeros_like(templ.x)
     if settings.match_norm:

@@ -13,6 +13,7 @@ import torch
 
 from synthact.errors import SynthactError
 from synthact.generation.context import SINGLE_CANDIDATE, Activations, GenContext, GenerationSettings
+from synthact.generation.diagnostics import target_columns
 from synthact.generation.directions import Directions, make_directions
 from synthact.generation.kinds import draw
 from synthact.generation.stats import ReferenceStats, load_or_compute_stats
@@ -105,6 +106,7 @@ class Worker:
         target_step = target_steps(cell.scan, dirs.distance)
         last = last_point(stop_point(cell.scan, target_step), cell.scan.steps, job.metrics)
         js_cols = curve_metrics(js_curve, step, last, job.metrics, js=True) if js_curve is not None else {}
+        diagnostics = target_columns(target, self.context(cell.layer), settings_for(cell, cell.target_kind))
         blocks = []
         for r in self.read_layers:
             cols = {
@@ -130,6 +132,7 @@ class Worker:
                 "target_norm": dirs.target_norm,
                 "base_l0": base_l0,
                 "target_l0": target.l0 if target is not None else None,
+                **diagnostics,
                 "direction_latent": dirs.latent,
                 "base_doc": base.docs,
                 "base_offset": base.offsets,

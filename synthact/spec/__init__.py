@@ -28,8 +28,11 @@ from synthact.spec.load import (
     parse_job,
 )
 from synthact.spec.vocabulary import (
+    CONTROL_KINDS,
     GENERATION_AXES,
     KINDS,
+    LADDER_AXES,
+    LADDER_KINDS,
     SYNTHETIC_KINDS,
     TEMPLATE_KINDS,
     Kind,
@@ -67,7 +70,10 @@ __all__ = [
     "format_validation_error",
     "load_job",
     "parse_job",
+    "CONTROL_KINDS",
     "GENERATION_AXES",
+    "LADDER_AXES",
+    "LADDER_KINDS",
     "KINDS",
     "SYNTHETIC_KINDS",
     "TEMPLATE_KINDS",

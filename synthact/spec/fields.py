@@ -192,10 +192,11 @@ class GenerationSpec(Frozen):
     candidates: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
         [16], description="C: frequency-matched candidates per latent of structure pairwise (C=1 is the baseline)."
     )
-    value_source: list[Literal["template", "sampled"]] = Field(
+    value_source: list[Literal["template", "sampled", "ranked", "permuted"]] = Field(
         ["template"],
-        description="Values of a built code: the template latent's (the paper), or drawn from the replacement "
-        "latent's own non-zero values.",
+        description="Values of a built code: the template latent's (the paper), drawn from the replacement "
+        "latent's own non-zero values, those drawn values reassigned by rank to the template's value order "
+        "(ranked: the ladder's R5), or the template's values permuted among the latents (permuted: a control).",
     )
     exclude_template: list[bool] = Field(
         [True],
@@ -206,6 +207,36 @@ class GenerationSpec(Frozen):
         [False], description="Rescale a built code so its activation has the template's norm (the paper: no)."
     )
     add_error: list[bool] = Field([False], description="Add the template's SAE error (real - sae_recon).")
+    cooccur: list[Literal["counts", "none"]] = Field(
+        ["counts"],
+        description="synthetic_cooccur: weight candidates by their co-occurrence counts with the latents already "
+        "chosen (R3), or not (none: with geometry_temp 0 this is the baseline).",
+    )
+    cooccur_window: list[Literal["nearest_k", "all"]] = Field(
+        ["nearest_k"],
+        description="synthetic_cooccur: candidates are the nearest_k allowed latents nearest in frequency, or every "
+        "allowed alive latent (all: no frequency matching, as the authors' challenger).",
+    )
+    geometry_temp: list[Annotated[float, Field(ge=0, le=1e6)]] = Field(
+        [0.0],
+        description="synthetic_cooccur: > 0 also weights candidates by exp(-error in kept decoder cosines / this) "
+        "(R4; 0 = no geometry).",
+    )
+    cooccur_top_m: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
+        [64], description="Co-occurrence partners stored per latent (synthetic_cooccur with counts, control_swapped)."
+    )
+    holdout: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        [0.25],
+        description="Fraction of the reference pool (its last codes) held out of the co-occurrence statistics, "
+        "for diagnostics.",
+    )
+    swaps: list[Annotated[int, Field(ge=0, le=100_000)]] = Field(
+        [1], description="control_swapped: latents of the template's code replaced (0 = none; >= its L0 = all)."
+    )
+    swap_order: list[Literal["most_cooccurring", "least_cooccurring"]] = Field(
+        ["most_cooccurring"],
+        description="control_swapped: swap the latents that co-occur most (or least) with the rest of the code first.",
+    )
 
     @field_validator("*")
     @classmethod
@@ -239,7 +270,10 @@ class GenerationSpec(Frozen):
             used.add("template")
         matches = list(enumerate(self.match)) if "synthetic_baseline" in kinds else [None]
         structures = list(enumerate(self.structure)) if "synthetic_structured" in kinds else [None]
-        for m, st in itertools.product(matches, structures):
+        cooccur = "synthetic_cooccur" in kinds
+        windows = list(enumerate(self.cooccur_window)) if cooccur else [None]
+        weights = list(enumerate(self.cooccur)) if cooccur else [None]
+        for m, st, w, co in itertools.product(matches, structures, windows, weights):
             keep, fixed = set(used), {}
             if m is not None:
                 keep |= {"match", "nearest_k" if m[1] == "nearest_k" else "tol"}
@@ -247,6 +281,12 @@ class GenerationSpec(Frozen):
             if st is not None:
                 keep |= {"structure"} | ({"anchor_cos", "anchor_pool"} if st[1] == "anchor" else {"tol", "candidates"})
                 fixed["structure"] = [st]
+            if cooccur:
+                keep |= {"cooccur", "cooccur_window", "geometry_temp"} | ({"nearest_k"} if w[1] == "nearest_k" else set())
+                keep |= {"cooccur_top_m", "holdout"} if co[1] == "counts" else set()
+                fixed["cooccur_window"], fixed["cooccur"] = [w], [co]
+            if "control_swapped" in kinds:
+                keep |= {"swaps", "swap_order", "nearest_k", "cooccur_top_m", "holdout"}
             yield [fixed.get(name) or (list(enumerate(getattr(self, name))) if name in keep else [(0, None)])
                    for name in GENERATION_AXES]
 

@@ -28,6 +28,8 @@ from synthact.spec.layers import check_layers
 from synthact.spec.vocabulary import (
     GENERATION_AXES,
     KINDS,
+    LADDER_AXES,
+    LADDER_KINDS,
     TEMPLATE_KINDS,
     Kind,
     pair_problem,
@@ -67,7 +69,7 @@ class Job(Frozen):
     read_layers: list[int] = Field(
         [-1], description="Read layers R (blocks.R.hook_resid_post); negative counts from the end, -1 = last block."
     )
-    base_kinds: list[Kind] = Field(list(KINDS), description="Kinds of base activation.")
+    base_kinds: list[Kind] = Field([k for k in KINDS if k not in LADDER_KINDS], description="Kinds of base activation.")
     directions: list[str] = Field(
         ["toward:same"],
         description="toward:<kind> | toward:same (the base's own kind) | isotropic | latent:<id> | latent:random | toward_recon.",
@@ -241,6 +243,13 @@ class Cell:
     exclude_template: bool | None = None
     match_norm: bool | None = None
     add_error: bool | None = None
+    cooccur: str | None = None
+    cooccur_window: str | None = None
+    geometry_temp: float | None = None
+    cooccur_top_m: int | None = None
+    holdout: float | None = None
+    swaps: int | None = None
+    swap_order: str | None = None
 
     def generation(self) -> dict:
         """The cell's generation axes."""
@@ -261,7 +270,8 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        key = dict(self.settings(), model=self.model.model_dump(mode="json"), sae=self.sae.model_dump(mode="json"),
+        key = dict(_without_unused_ladder_axes(self.settings()), model=self.model.model_dump(mode="json"),
+                   sae=self.sae.model_dump(mode="json"),
                    scan=self.scan.model_dump(mode="json", exclude={"start"} if self.scan.start == "base" else None))
         return digest(key)[:12]  # a scan from the base keeps the id it had before `scan.start` existed
 
@@ -272,7 +282,7 @@ class Cell:
 
     def base_settings(self) -> dict:
         """What the base draw depends on: the same bases are reused across directions, targets and scans."""
-        s = self.settings()
+        s = _without_unused_ladder_axes(self.settings())
         for name in ("direction", "target_kind", "scan", "template"):
             s.pop(name)
         if self.base_kind not in TEMPLATE_KINDS:
@@ -281,7 +291,13 @@ class Cell:
             return s
         used = GenerationSpec(**{k: [v] for k, v in self.generation().items() if v is not None}).axes_for(
             {self.base_kind}, paired=False)[0]
-        return s | used
+        return _without_unused_ladder_axes(s | used)
+
+
+def _without_unused_ladder_axes(settings: dict) -> dict:
+    """The ladder's axes that a cell does not use are left out of what its ids and seeds hash, so the cells
+    and bases of jobs without the ladder are the same as before it existed."""
+    return {k: v for k, v in settings.items() if not (k in LADDER_AXES and v is None)}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ KINDS = (
     "synthetic_structured",
     "random_latents",
     "single_latent",
+    "synthetic_cooccur",
+    "control_swapped",
 )
 Kind = Literal[
     "real",
@@ -22,16 +24,25 @@ Kind = Literal[
     "synthetic_structured",
     "random_latents",
     "single_latent",
+    "synthetic_cooccur",
+    "control_swapped",
 ]
 SYNTHETIC_KINDS = ("synthetic_baseline", "synthetic_structured")
 # Kinds built from a template's SAE code, latent by latent: as targets, the template is the base's own code.
-TEMPLATE_KINDS = (*SYNTHETIC_KINDS, "random_latents")
+TEMPLATE_KINDS = (*SYNTHETIC_KINDS, "random_latents", "synthetic_cooccur", "control_swapped")
+# The ladder's kinds (generation/ladder.py): not in a job's default base_kinds, so default grids stay as they were.
+LADDER_KINDS = ("synthetic_cooccur", "control_swapped")
+# Template-built controls that keep some of the template's latents (generation/ladder.py).
+CONTROL_KINDS = ("control_swapped",)
 
 
 GENERATION_AXES = (
     "template", "match", "nearest_k", "tol", "structure", "anchor_cos", "anchor_pool", "candidates",
     "value_source", "exclude_template", "match_norm", "add_error",
 )
+# The ladder's axes (generation/ladder.py): cells that use none of them keep the cell ids they had before.
+LADDER_AXES = ("cooccur", "cooccur_window", "geometry_temp", "cooccur_top_m", "holdout", "swaps", "swap_order")
+GENERATION_AXES = (*GENERATION_AXES, *LADDER_AXES)
 
 
 def parse_direction(direction: str) -> tuple[str, str | None]:
