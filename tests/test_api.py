@@ -12,6 +12,7 @@ import yaml
 
 import synthact
 from synthact import api
+from synthact.spec import parse_job
 from tests.helpers import ROOT, toy_job
 
 EXAMPLE_SECTION = "## From Python"
@@ -116,6 +117,6 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     namespace: dict = {}
     exec(compile(readme_example(), "README.md", "exec"), namespace)
-    assert len(namespace["rows"]) == 14 * 12
+    assert len(namespace["rows"]) == len(parse_job(job).cells()) * 12
     assert len(namespace["slope"]) == 6  # each target kind against toward:real
     assert (tmp_path / "runs" / "paper-toy" / "ks.png").stat().st_size > 1000

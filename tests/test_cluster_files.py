@@ -74,14 +74,16 @@ def test_layers_job_asks_for_one_actor_per_gpu_node_of_the_cluster(cluster_confi
 
 
 def test_layers_job_is_the_papers_setup_over_all_layers():
-    from synthact.spec import KINDS, load_job
+    from synthact.spec import KINDS, LADDER_KINDS, load_job
+
+    paper_kinds = [k for k in KINDS if k not in LADDER_KINDS]
 
     job = load_job(ROOT / "jobs" / "layers.yaml")
     assert job.layers == list(range(12)) and job.read_layers == [-1]
     assert job.model[0].pretrained == "gpt2"
     assert job.sae[0].release == "gpt2-small-res-jb" and job.sae[0].id == "blocks.{layer}.hook_resid_pre"
     assert job.corpus.hf == "apollo-research/Skylion007-openwebtext-tokenizer-gpt2" and job.n_ctx == 10
-    assert set(job.base_kinds) == set(KINDS) and job.directions == ["toward:same"]
+    assert set(job.base_kinds) == set(paper_kinds) and job.directions == ["toward:same"]
     assert [(s.steps, s.step_size, s.mode) for s in job.scan] == [(100, 0.5, "step")]
     assert job.bases_per_cell == 1000 and job.ray.num_gpus == 1
-    assert len(job.cells()) == 12 * len(KINDS)
+    assert len(job.cells()) == 12 * len(paper_kinds)
