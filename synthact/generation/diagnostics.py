@@ -129,24 +129,37 @@ LADDER_SETTINGS = ("match", "structure", "cooccur", "cooccur_window", "geometry_
                    "value_source", "add_error", "template")
 
 
-def diagnostics_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean +- std of each diagnostic per cell with a target (one read layer's rows: the codes are per base)."""
+def cell_summary(rows: pd.DataFrame) -> dict | None:
+    """Mean and std of each diagnostic of one cell's rows (one read layer's: the codes are per base), with the
+    cell's settings; None for a cell without target diagnostics."""
     have = [c for c in SHOWN if c in rows]
     if "target_kind" not in rows or "target_log_freq" not in have:
-        return pd.DataFrame()
+        return None
     rows = rows[rows.target_kind.notna() & rows.target_log_freq.notna()]
     if rows.empty:
-        return pd.DataFrame()
+        return None
     rows = rows[rows.read_layer == rows.read_layer.min()]
-    settings = [c for c in LADDER_SETTINGS if c in rows and rows[c].dropna().astype(str).nunique() > 1]
-    out = []
-    for (layer, base, direction, _), group in rows.groupby(["layer", "base_kind", "direction", "cell_id"], sort=False):
-        first = group.iloc[0]
-        variant = ", ".join(f"{c}={_short(first[c])}" for c in settings if pd.notna(first[c]))
-        out.append({"L": layer, "base": base, "direction": direction, "settings": variant, "n": len(group),
-                    **{SHOWN[c]: f"{group[c].mean():.3g}+-{group[c].std():.2g}" for c in have}})
-    if not out:
+    first = rows.iloc[0]
+    return {"L": first["layer"], "base": first["base_kind"], "direction": first["direction"], "n": len(rows),
+            "settings": {c: first[c] for c in LADDER_SETTINGS if c in rows},
+            **{SHOWN[c]: f"{rows[c].mean():.3g}+-{rows[c].std():.2g}" for c in have}}
+
+
+def diagnostics_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean +- std of each diagnostic per cell with a target, from the rows of one or more cells."""
+    return summary_table([cell_summary(group) for _, group in rows.groupby("cell_id", sort=False)])
+
+
+def summary_table(summaries: list[dict | None]) -> pd.DataFrame:
+    """The cells' summaries as one table; a settings column names only the ladder settings that vary."""
+    summaries = [s for s in summaries if s is not None]
+    if not summaries:
         return pd.DataFrame()
+    names = dict.fromkeys(c for s in summaries for c in s["settings"])
+    varying = [c for c in names if len({str(s["settings"].get(c)) for s in summaries
+                                        if pd.notna(s["settings"].get(c))}) > 1]
+    out = [s | {"settings": ", ".join(f"{c}={_short(s['settings'][c])}" for c in varying
+                                      if pd.notna(s["settings"].get(c)))} for s in summaries]
     return pd.DataFrame(out).sort_values(["L", "base", "direction", "settings"], kind="stable", ignore_index=True)
 
 
@@ -159,7 +172,7 @@ def diagnostics_text(out) -> str:
     from synthact import results
 
     wanted = ["cell_id", "layer", "read_layer", "base_kind", "direction", "target_kind", *LADDER_SETTINGS, *SHOWN]
-    table = diagnostics_table(results.read_table(out, wanted).to_pandas())
+    table = summary_table([cell_summary(cell.read(wanted).to_pandas()) for cell in results.sweep_cells(out)])
     if table.empty:  # e.g. results written before the diagnostic columns existed
         return ""
     with pd.option_context("display.width", 250, "display.max_rows", 2000, "display.max_columns", 30):

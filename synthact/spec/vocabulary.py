@@ -16,17 +16,7 @@ KINDS = (
     "synthetic_cooccur",
     "control_swapped",
 )
-Kind = Literal[
-    "real",
-    "sae_recon",
-    "gaussian",
-    "synthetic_baseline",
-    "synthetic_structured",
-    "random_latents",
-    "single_latent",
-    "synthetic_cooccur",
-    "control_swapped",
-]
+Kind = Literal[KINDS]  # the same names, as a type the spec schema checks against
 SYNTHETIC_KINDS = ("synthetic_baseline", "synthetic_structured")
 # Kinds built from a template's SAE code, latent by latent: as targets, the template is the base's own code.
 TEMPLATE_KINDS = (*SYNTHETIC_KINDS, "random_latents", "synthetic_cooccur", "control_swapped")
