@@ -2,6 +2,8 @@
 suite is spread over the pytest-xdist workers (`-n 2` in pyproject.toml's addopts)."""
 
 import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -24,11 +26,30 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 # start first, so that the two workers finish at about the same time.
 SLOW = (
     "tests/run/test_ray.py",
-    "tests/run/test_reliability.py::test_6_7_ray_local_on_a_cpu_machine_ignores_ray_address",
+    "tests/run/test_ray_processes.py",
+    "tests/run/test_reliability.py::test_ray_local_on_a_cpu_machine_ignores_ray_address",
     "tests/analysis/test_tracking.py",
     "tests/test_end_to_end.py",
     "tests/analysis/test_report.py",
 )
+
+
+def pytest_configure(config):
+    """With xdist workers, in the controlling process: build the default toy model and its layer-1 SAE (about 25 s
+    on one core) in the background while the workers start on the tests that need other toys or none. A test that
+    needs it before it is ready waits on the cache's lock (layout.build_dir_once) instead of building it again."""
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
+        return
+    config.toy_build = subprocess.Popen([sys.executable, "-m", "synthact.inputs.toy", "--layers", "1"], cwd=ROOT,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def pytest_unconfigure(config):
+    """A build still running at the end is stopped: a killed build leaves no half-written cache entry."""
+    build = getattr(config, "toy_build", None)
+    if build is not None and build.poll() is None:
+        build.terminate()
+        build.wait()
 
 
 @pytest.hookimpl(tryfirst=True)

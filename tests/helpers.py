@@ -252,3 +252,36 @@ def saved_toy_sae(layer: int, sae: ToySAESpec = ToySAESpec(), **model) -> str:
 
 def rows(shard, n=3) -> pa.Table:
     return pa.table({"cell_id": [shard.cell.cell_id] * n, "shard_id": [shard.shard_id] * n, "x": list(range(n))})
+
+
+# --------------------------------------------------------------------------- Ray tests
+
+# 8 cells of 12 shards each: 96 shards, a few seconds of work, so the second worker actor is
+# loaded (about a second after the first) long before the sweep ends.
+RAY_TINY = toy_job(
+    name="ray-tiny", read_layers=[-1], base_kinds=["real", "gaussian", "synthetic_structured"],
+    generation={"structure": ["pairwise"], "candidates": [4, 16]}, scan={"steps": 8}, bases_per_cell=24, shard_size=2,
+    reference={"n_prompts": 256}, device="cpu", wandb=False,
+    ray={"num_gpus": 0, "num_cpus": 1, "max_in_flight": 2, "max_retries": 2},
+)
+
+
+def canonical(table: pa.Table) -> pa.Table:
+    """Rows in a fixed order, so two runs compare row for row."""
+    return table.sort_by([("cell_id", "ascending"), ("read_layer", "ascending"), ("base_index", "ascending")])
+
+
+def assert_same_rows(out: Path, expected: pa.Table) -> None:
+    rows = canonical(results.read_table(out))
+    keys = list(zip(rows["cell_id"].to_pylist(), rows["read_layer"].to_pylist(), rows["base_index"].to_pylist()))
+    assert len(keys) == len(set(keys)), "a curve was written twice"
+    assert rows.num_rows == expected.num_rows
+    differ = {c: sorted({s for s, a, b in zip(rows["shard_id"].to_pylist(), rows[c].to_pylist(), expected[c].to_pylist())
+                         if a != b and not (a != a and b != b)})  # NaN in both is the same value
+              for c in rows.column_names if not rows[c].equals(expected[c])}
+    differ = {c: shards for c, shards in differ.items() if shards}
+    assert not differ, f"rows differ from the undisturbed run (column: shards): {differ}"
+
+
+def visible_files(out: Path) -> list[Path]:
+    return [p for p in (out / "results").rglob("*") if p.is_file() and not p.name.startswith(".")]

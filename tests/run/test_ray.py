@@ -1,20 +1,18 @@
 """The Ray executor on a real local multi-node cluster (ray.cluster_utils.Cluster), toy model.
 
 One cluster serves the whole module: a head node with no CPUs (it runs nothing) and two
-worker nodes with one CPU each, so the two worker actors land on different nodes.
+worker nodes with one CPU each, so the two worker actors land on different nodes. Drivers and
+clusters in processes of their own are in test_ray_processes.py (so the two files can run on two
+pytest-xdist workers); the job and its local rows are fixtures in conftest.py.
 """
 
-import contextlib
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -22,23 +20,12 @@ import yaml
 from ray.cluster_utils import Cluster
 
 from synthact.results import read_table
-from synthact.run.local_executor import run_local
 from synthact.run.ray_executor import run_ray
 from synthact.run.store import Store
 from synthact.spec import parse_job
-from tests.helpers import toy_job
+from tests.helpers import RAY_TINY, ROOT, assert_same_rows, visible_files
 
-ROOT = Path(__file__).resolve().parents[2]
 LOGGER = "synthact.run.ray_executor"
-
-# 8 cells of 12 shards each: 96 shards, a few seconds of work, so the second worker actor is
-# loaded (about a second after the first) long before the sweep ends.
-TINY = toy_job(
-    name="ray-tiny", read_layers=[-1], base_kinds=["real", "gaussian", "synthetic_structured"],
-    generation={"structure": ["pairwise"], "candidates": [4, 16]}, scan={"steps": 8}, bases_per_cell=24, shard_size=2,
-    reference={"n_prompts": 256}, device="cpu", wandb=False,
-    ray={"num_gpus": 0, "num_cpus": 1, "max_in_flight": 2, "max_retries": 2},
-)
 
 
 @pytest.fixture(scope="module")
@@ -53,41 +40,6 @@ def cluster():
     finally:
         ray.shutdown()
         c.shutdown()
-
-
-@pytest.fixture(scope="module")
-def job():
-    return parse_job(dict(TINY))
-
-
-@pytest.fixture(scope="module")
-def local_rows(job, tmp_path_factory):
-    """The undisturbed reference: the same spec in local mode."""
-    out = tmp_path_factory.mktemp("local") / "out"
-    summary = run_local(job, Store(out, job), progress=False)
-    assert summary.ok and summary.shards_done == len(job.shards())
-    return canonical(read_table(out))
-
-
-def canonical(table: pa.Table) -> pa.Table:
-    """Rows in a fixed order, so two runs compare row for row."""
-    return table.sort_by([("cell_id", "ascending"), ("read_layer", "ascending"), ("base_index", "ascending")])
-
-
-def assert_same_rows(out: Path, expected: pa.Table) -> None:
-    rows = canonical(read_table(out))
-    keys = list(zip(rows["cell_id"].to_pylist(), rows["read_layer"].to_pylist(), rows["base_index"].to_pylist()))
-    assert len(keys) == len(set(keys)), "a curve was written twice"
-    assert rows.num_rows == expected.num_rows
-    differ = {c: sorted({s for s, a, b in zip(rows["shard_id"].to_pylist(), rows[c].to_pylist(), expected[c].to_pylist())
-                         if a != b and not (a != a and b != b)})  # NaN in both is the same value
-              for c in rows.column_names if not rows[c].equals(expected[c])}
-    differ = {c: shards for c, shards in differ.items() if shards}
-    assert not differ, f"rows differ from the undisturbed run (column: shards): {differ}"
-
-
-def visible_files(out: Path) -> list[Path]:
-    return [p for p in (out / "results").rglob("*") if p.is_file() and not p.name.startswith(".")]
 
 
 class Disturb:
@@ -144,7 +96,7 @@ def test_actor_killed_and_node_removed_lose_nothing(cluster, job, local_rows, tm
 
 def test_driver_killed_mid_sweep_resumes_from_manifest(cluster, job, local_rows, tmp_path):
     spec = tmp_path / "job.yaml"
-    spec.write_text(yaml.safe_dump(TINY))
+    spec.write_text(yaml.safe_dump(RAY_TINY))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "synthact.cli", "run", str(spec), "--out", str(out), "--ray", cluster.address,
            "--no-progress", "--no-wandb"]
@@ -175,9 +127,9 @@ def test_group_that_cannot_load_is_retried_then_reported_rest_completes_exit_cod
     # The second SAE's files do not exist: its actor fails to load every time (a job's bad latent ids, checked
     # against the loaded SAE before the first shard, take the same path); the other group completes.
     missing = tmp_path / "no-such-sae-{layer}"
-    data = dict(TINY, sae=[{"toy": {}}, {"local": str(missing)}], base_kinds=["real"], directions=["toward:same"],
+    data = dict(RAY_TINY, sae=[{"toy": {}}, {"local": str(missing)}], base_kinds=["real"], directions=["toward:same"],
                 bases_per_cell=4, shard_size=2)
-    data["ray"] = dict(TINY["ray"], max_retries=1)
+    data["ray"] = dict(RAY_TINY["ray"], max_retries=1)
     job = parse_job(data)
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump(data))
@@ -194,123 +146,3 @@ def test_group_that_cannot_load_is_retried_then_reported_rest_completes_exit_cod
     assert read_table(out).num_rows == 4  # the toy SAE's 2 shards x 2 bases
 
 
-# ---------------------------------------------------------------------- clusters started with `ray start`
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RayStartCluster:
-    """A head and worker nodes started with `ray start` on this machine, each node its own process group,
-    with token authentication on (RAY_AUTH_MODE=token, the token in RAY_AUTH_TOKEN)."""
-
-    def __init__(self, tmp: Path):
-        import secrets
-        import tempfile
-
-        self.token = secrets.token_hex(32)
-        self.temp = tempfile.mkdtemp(prefix="sa-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-        self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, PYTHONPATH=str(ROOT))
-        self.env.pop("RAY_ADDRESS", None)
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.groups: list[int] = []
-        self._start("--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false",
-                    f"--ray-client-server-port={free_port()}")
-
-    def add_node(self) -> int:
-        """Start a worker node with one CPU; return its process group."""
-        self._start(f"--address={self.address}", "--num-cpus=1")
-        return self.groups[-1]
-
-    def _start(self, *args: str) -> None:
-        cmd = ["ray", "start", *args, f"--temp-dir={self.temp}", "--disable-usage-stats",
-               f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-               f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-               f"--runtime-env-agent-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}"]
-        started = subprocess.Popen(cmd, env=self.env, start_new_session=True, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
-        self.groups.append(started.pid)  # the node's processes stay in this group after `ray start` returns
-        out, _ = started.communicate(timeout=120)
-        assert started.returncode == 0, out
-
-    def kill_group(self, group: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
-
-    def shutdown(self) -> None:
-        for group in reversed(self.groups):
-            self.kill_group(group)
-        shutil.rmtree(self.temp, ignore_errors=True)
-
-
-@pytest.mark.slow
-def test_token_cluster_from_ray_start_with_a_node_killed_mid_sweep_gives_the_local_rows(job, local_rows, tmp_path):
-    """Token auth on: a driver without the token is refused in seconds naming the cause; with it, the sweep
-    survives the loss of one of its two worker nodes and writes the rows of local mode."""
-    c = RayStartCluster(tmp_path)
-    try:
-        nodes = [c.add_node(), c.add_node()]
-        spec = tmp_path / "job.yaml"
-        spec.write_text(yaml.safe_dump(TINY))
-        out = tmp_path / "out"
-        cmd = [sys.executable, "-m", "synthact.cli", "run", str(spec), "--out", str(out), "--ray", c.address,
-               "--no-progress", "--no-wandb"]
-        no_token = {k: v for k, v in c.env.items() if not k.startswith("RAY_AUTH")}
-        start = time.monotonic()
-        refused = subprocess.run(cmd, cwd=ROOT, env=dict(no_token, HOME=str(tmp_path)), capture_output=True,
-                                 text=True, timeout=120)
-        assert refused.returncode == 2 and "uses token authentication" in refused.stderr, refused.stderr
-        assert "RAY_AUTH_MODE is 'unset'" in refused.stderr and time.monotonic() - start < 15
-        assert not (out / "job.json").exists()
-
-        driver = subprocess.Popen(cmd, cwd=ROOT, env=c.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            deadline = time.monotonic() + 180
-            while len(list((out / "manifest").glob("*.json"))) < 10 and driver.poll() is None \
-                    and time.monotonic() < deadline:
-                time.sleep(0.05)
-            c.kill_group(nodes[1])
-            done_at_kill = len(list((out / "manifest").glob("*.json")))
-            output, _ = driver.communicate(timeout=300)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-        assert driver.returncode == 0 and 0 < done_at_kill < len(job.shards()), output
-        assert_same_rows(out, local_rows)
-    finally:
-        c.shutdown()
-
-
-@pytest.mark.slow
-def test_ray_local_run_after_its_driver_was_killed_resumes_undisturbed_by_leftover_processes(job, local_rows, tmp_path):
-    """SIGKILL of a `--ray local` driver can leave Ray's agent processes behind (in the driver's process group,
-    re-parented to init); the next `--ray local` run starts its own instance beside them and finishes the sweep."""
-    spec = tmp_path / "job.yaml"
-    spec.write_text(yaml.safe_dump(TINY))
-    out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "synthact.cli", "run", str(spec), "--out", str(out), "--ray", "local",
-           "--no-progress", "--no-wandb"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(ROOT)}
-    driver = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 180
-        while len(list((out / "manifest").glob("*.json"))) < 2 and driver.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait()
-        done_at_kill = len(list((out / "manifest").glob("*.json")))
-        assert 0 < done_at_kill < len(job.shards())
-        rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-        assert "already done" in rerun.stdout and not list(out.rglob(".tmp-*"))
-        assert_same_rows(out, local_rows)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(driver.pid, signal.SIGKILL)  # what the killed driver left (docs/ray.md, "Cleaning up")
