@@ -66,12 +66,14 @@ def output_of(job: Job, out: str | Path | None = None) -> str:
 
 @dataclass
 class SweepRun:
-    """What `run_job` did: the output location, the run's summary, and the comparison of its rows (None if no rows)."""
+    """What `run_job` did: the output location, the run's summary, and the comparison of its rows, the differences
+    between rungs and the verdicts (None if no rows)."""
 
     out: str
     summary: RunSummary
     comparison: pd.DataFrame | None = None
     verdicts: pd.DataFrame | None = None
+    differences: pd.DataFrame | None = None
 
     @property
     def ok(self) -> bool:
@@ -122,14 +124,16 @@ def run_job(
         redone = "".join(f"; shard {shard_id} was redone because {problem}" for shard_id, problem in summary.redone)
         raise SynthactError(f"nothing could run: {summary.fatal}{redone}")
     from synthact.analysis.cells import Sweep
-    from synthact.analysis.compare import compare as compare_sweep
+    from synthact.analysis.compare import analyse
 
     run = SweepRun(out, summary)
     sweep = Sweep.open(out)  # the bounded path: cells the tracker already aggregated are read from the cache
+    analysis = None
     if not sweep.aggregates.empty:
-        run.comparison, run.verdicts = compare_sweep(sweep)
+        analysis = analyse(sweep)
+        run.comparison, run.verdicts, run.differences = analysis.comparison, analysis.verdicts, analysis.differences
     if tracker is not None:
-        tracker.finish(summary.as_dict(), out, sweep, run.comparison)
+        tracker.finish(summary.as_dict(), out, sweep, analysis)
     return run
 
 
@@ -157,6 +161,19 @@ def compare(out: str | Path, csv: str | Path | None = None, ray: str | None = No
     return compare_rows(out, csv, ray)
 
 
+def differences(out: str | Path, csv: str | Path | None = None, ray: str | None = None) -> pd.DataFrame:
+    """The differences between rungs of the ladder (and the paper's structured vs baseline), per panel: for each
+    pair of kinds, KS(b, real) - KS(a, real) and mean(b) - mean(a) with 95% intervals (paired over bases where
+    the kinds were built for the same bases), permutation p-values and Holm-adjusted ones across the grid, and
+    the verdict sentence. `csv` also saves it there. Computed per panel and cached like `compare`'s numbers."""
+    from synthact.analysis.compare import analyse, save_csv
+
+    table = analyse(out, ray).differences
+    if csv:
+        save_csv(table, csv, "differences")
+    return table
+
+
 def report(out: str | Path, html: str | Path | None = None, ray: str | None = None) -> Report:
     """Write the figures (OUT/report/*.png) and one self-contained HTML page (default OUT/report.html)."""
     from synthact.analysis.report import build_report
@@ -164,9 +181,11 @@ def report(out: str | Path, html: str | Path | None = None, ray: str | None = No
     return build_report(out, html, ray)
 
 
-def verify(out: str | Path, deep: bool = False) -> Verification:
+def verify(out: str | Path, deep: bool = False, recompute: int | None = None) -> Verification:
     """Check every shard the manifest records (present, readable, its rows; `deep` reads every row) and list
-    stray files. Raises `SynthactError` when `out` is not a sweep's output directory."""
+    stray files. `recompute`: also rebuild and rescan that many bases per cell from their rows alone (0 or True:
+    all; it loads the model) into `.recomputed`, one `CellRecompute` per cell. Raises `SynthactError` when `out` is
+    not a sweep's output directory."""
     from synthact.layout import resolve_location
     from synthact.run.store import read_claim
     from synthact.run.store import verify as verify_out
@@ -174,7 +193,14 @@ def verify(out: str | Path, deep: bool = False) -> Verification:
     fs, root, uri = resolve_location(out)
     if read_claim(fs, root, uri) is None:
         raise SynthactError(f"'{uri}' is not a synthact output directory (no job.json)")
-    return verify_out(out, deep=deep)
+    found = verify_out(out, deep=deep)
+    if isinstance(recompute, bool):  # True: every base
+        recompute = 0 if recompute else None
+    if recompute is not None:
+        from synthact.run.recompute import recompute as recompute_rows
+
+        found.recomputed = recompute_rows(out, int(recompute))
+    return found
 
 
 def field_reference() -> str:

@@ -54,6 +54,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                        description=cmd_verify.__doc__)
     p.add_argument("out", help="output directory or URI of a sweep")
     p.add_argument("--deep", action="store_true", help="also read every row and the reference statistics")
+    p.add_argument("--recompute", nargs="?", type=int, const=0, metavar="N",
+                   help="also rebuild each row's base and target from the row alone, rescan it and compare its curves "
+                        "and metrics: N bases per cell (a fixed sample), every base without N (loads the model)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("validate", help="check a job spec and print its grid", description=cmd_validate.__doc__)
@@ -92,13 +95,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Check that every shard the manifest records is present, of its recorded size and sha256, readable, and
     holds its rows; list stray files; with --deep also read every row and the reference statistics.
 
+    With --recompute [N], also rebuild N bases per cell (every base without N) from their rows alone, rescan
+    them with the rows' scan settings and recompute the metrics with the rows' metric settings
+    (synthact/run/recompute.py states the tolerances); print per cell how many rows recompute and name the
+    rows that do not.
+
     Exit 0 when all is well, 1 when something is wrong (rerunning the same `synthact run` redoes bad shards and
     recomputes damaged statistics; strays are never read and are left to you).
     """
+    import time
+
     from synthact.layout import resolve_location
 
-    found = api.verify(args.out, deep=args.deep)
+    started = time.perf_counter()
+    found = api.verify(args.out, deep=args.deep, recompute=args.recompute)
     uri = resolve_location(args.out)[2]
+    for cell in found.recomputed:
+        print(f"cell {cell.cell_id} ({cell.label}): {cell.matched} of {cell.rows} rows recompute")
+        for problem in cell.mismatches:
+            print(f"  mismatch: {problem}")
+    if args.recompute is not None:
+        matched, rows = sum(c.matched for c in found.recomputed), sum(c.rows for c in found.recomputed)
+        print(f"{uri}: {matched} of {rows} rows in {len(found.recomputed)} cell(s) recompute "
+              f"({time.perf_counter() - started:.1f} s)")
     for shard_id, problem in found.bad:
         print(f"bad shard {shard_id}: {problem}")
     for path in found.strays:

@@ -46,10 +46,11 @@ AXES = {
     "anchor_cos": (F64, "Anchor: target decoder cosine between anchor and top latent (the paper: 0.42)."),
     "anchor_pool": (I32, "Anchor: chosen among this many latents nearest the top latent in frequency (the paper: 100)."),
     "candidates": (I32, "C, frequency-matched candidates per latent of structure `pairwise`."),
-    "value_source": (STR, "Values of built codes: `template` (the paper) or `sampled`."),
+    "value_source": (STR, "Values of built codes: `template` (the paper), `sampled`, `ranked` or `permuted`."),
     "exclude_template": (pa.bool_(), "Whether replacements avoid every latent of the template's code."),
     "match_norm": (pa.bool_(), "Whether built codes were rescaled to the template's norm."),
-    "add_error": (pa.bool_(), "Whether the template's SAE error was added to built activations."),
+    "add_error": (pa.bool_(), "Whether an SAE error was added to built activations (the template's, or another prompt's: "
+                              "`error_source`)."),
     "cooccur": (STR, "`synthetic_cooccur`: candidates weighted by co-occurrence `counts` with the latents already chosen, or `none`."),
     "cooccur_window": (STR, "`synthetic_cooccur` candidates: the `nearest_k` in frequency, or `all` alive latents."),
     "geometry_temp": (F64, "`synthetic_cooccur`: temperature of the weight favouring kept decoder cosines (0 = off)."),
@@ -57,11 +58,14 @@ AXES = {
     "holdout": (F64, "Fraction of the reference pool (its last codes) held out of the co-occurrence statistics."),
     "swaps": (I32, "`control_swapped`: latents of the template's code replaced (>= its L0: all)."),
     "swap_order": (STR, "`control_swapped`: `most_cooccurring` or `least_cooccurring` latents swapped first."),
+    "error_source": (STR, "With `add_error`: the SAE error of the `template`'s prompt, or of an `other` real prompt "
+                          "(`target_other_tokens`); null without an error, and in rows written before it existed "
+                          "(then: `template`)."),
 }
 # The axes that only SAE-built generation has (null elsewhere).
 SETTINGS = ("template", "match", "nearest_k", "tol", "structure", "anchor_cos", "anchor_pool", "candidates",
             "value_source", "exclude_template", "match_norm", "add_error", "cooccur", "cooccur_window",
-            "geometry_temp", "cooccur_top_m", "holdout", "swaps", "swap_order")
+            "geometry_temp", "cooccur_top_m", "holdout", "swaps", "swap_order", "error_source")
 # What recomputes a row: ids, seeds, scan settings.
 PROVENANCE = {
     "base_index": (I32, "Index of the base within its cell (0..bases_per_cell-1)."),
@@ -130,6 +134,10 @@ ACTIVATIONS = {
     "target_doc": (I64, "Corpus document of a prompt-based target."),
     "target_offset": (I64, "Token offset of the target's prompt."),
     "target_tokens": (LIST_I32, "The target's prompt tokens."),
+    "target_other_doc": (I64, "Corpus document of the other real prompt a built target takes its latents "
+                              "(`control_other_latents`) or its SAE error (`error_source` other) from."),
+    "target_other_offset": (I64, "Token offset of that other prompt."),
+    "target_other_tokens": (LIST_I32, "That other prompt's tokens (they rebuild a transplanted error)."),
     "base_latents": (LIST_I32, "Latent ids of an SAE-built base."),
     "base_latent_values": (LIST_F32, "Their values."),
     "target_latents": (LIST_I32, "Latent ids of an SAE-built target."),

@@ -73,3 +73,16 @@ def shares_a_module_fixture(item) -> bool:
     info = getattr(item, "_fixtureinfo", None)
     return bool(info) and any(d.scope in ("module", "class", "package")
                               for defs in info.name2fixturedefs.values() for d in defs)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def few_resamples():
+    """compare's intervals and permutation p-values with fewer resamples than its defaults (aggregate.N_BOOT and
+    N_PERM): the same code in a tenth of the time. Tests that check the numbers call inference with these."""
+    from synthact.analysis import aggregate
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(aggregate, "N_BOOT", 200)
+    patch.setattr(aggregate, "N_PERM", 1000)
+    yield
+    patch.undo()

@@ -18,6 +18,7 @@ import torch
 import yaml
 
 from synthact import results
+from synthact.generation import diagnostics
 from synthact.generation.context import GenContext
 from synthact.generation.stats import ReferenceStats, compute_stats
 from synthact.inputs.backends import load_backend
@@ -32,6 +33,7 @@ from synthact.spec import (
     ToyCorpusSpec,
     ToyModelSpec,
     ToySAESpec,
+    derive_seed,
     parse_job,
 )
 
@@ -105,7 +107,8 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True, read_la
             "cell_id": [cell.cell_id] * b, "shard_id": [shard.shard_id] * b,
             **{axis: [value] * b for axis, value in s.items()}, "read_layer": [read_layer] * b,
             "base_index": list(range(shard.start, shard.stop)),
-            "seed": [job.seed] * b, "base_seed": rng.integers(0, 2**62, b).tolist(),
+            "seed": [job.seed] * b,  # base seeds as the worker derives them: the target kinds of a base kind pair up
+            "base_seed": [derive_seed(job.seed, "base", cell.base_settings(), i) for i in range(shard.start, shard.stop)],
             "target_seed": rng.integers(0, 2**62, b).tolist(), "scan_mode": [cell.scan.mode] * b,
             "scan_start": [cell.scan.start] * b, "stop_at_target": [cell.scan.stop_at_target] * b,
             **{k: [v] * b for k, v in job.metrics.model_dump().items()},
@@ -122,6 +125,9 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True, read_la
             "base_latent_values": rng.random((b, k)).tolist() if synthetic else [None] * b,
             "target_latents": [None] * b, "target_latent_values": [None] * b,
         }
+        if cell.target_kind:  # the target codes' diagnostics (analysis/diagnostics.py), from their own draws
+            other = np.random.default_rng([seed, shard.start, int(cell.cell_id, 16) % 2**31, read_layer])
+            rows |= {c: other.normal(-1.0, 0.3, b).tolist() for c in diagnostics.COLUMNS}
         if keep_curves:
             rows["l2_curve"] = curves.tolist()
         for name, values in rows.items():

@@ -81,6 +81,9 @@ def test_run_reads_compares_reports_and_resumes(tmp_path):
     comparison, _ = synthact.compare(out, tmp_path / "c.csv")
     pd.testing.assert_frame_equal(comparison, sweep.comparison)
     assert (tmp_path / "c.csv").stat().st_size > 0
+    differences = synthact.differences(out, tmp_path / "d.csv")  # no rung here: gaussian has no R1 to differ from
+    pd.testing.assert_frame_equal(differences, sweep.differences)
+    assert differences.empty and "ks_diff_p_holm" in pd.read_csv(tmp_path / "d.csv").columns
     assert synthact.report(out).html.is_file()
     assert synthact.verify(out).ok
     again = synthact.run_job(spec, out, progress=False)  # resume: nothing left to run

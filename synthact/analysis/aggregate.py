@@ -1,20 +1,25 @@
-"""Each kind against `real` (science.md, "Aggregates"), and the paper's findings as verdicts.
+"""Each kind against `real` with intervals, the differences between rungs (science.md, "Aggregates" and
+"Beyond the paper"), and the paper's findings as verdicts.
 
 Works on a `cells.Sweep` (per-cell aggregates, one row per (cell_id, read_layer)). A *panel* is
 (model, sae, layer, read_layer, scan, direction) on the base axis, or (..., scan, base_kind) on the
-target axis: the kinds in one panel are compared, one panel at a time.
+target axis: the kinds in one panel are compared, one panel at a time. Two cells are *paired* when they
+were built for the same bases (equal base seeds: every target kind of one base kind on the target axis);
+paired cells are resampled base by base (inference.py), others each on its own.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pandas as pd
 
-from synthact.analysis import paper
+from synthact.analysis import paper, rungs
 from synthact.analysis.cells import Sweep
-from synthact.analysis.stats import distances, mean_difference
+from synthact.analysis.inference import distance_to_real, holm, paired_difference
+from synthact.analysis.stats import distances
 from synthact.results import COMPARED, SETTINGS, axes_of, axis_value, frame
 from synthact.spec import SYNTHETIC_KINDS
 
@@ -23,6 +28,13 @@ from synthact.spec import SYNTHETIC_KINDS
 PANELS = {"base": ("model", "sae", "layer", "read_layer", "scan", "direction"),
           "target": ("model", "sae", "layer", "read_layer", "scan", "base_kind")}
 ALPHA = 0.05
+# Resamples: N_BOOT for every interval and for the permutation p of each kind's KS to real; N_PERM for the
+# permutation p-values of the differences between rungs, which are Holm-adjusted: the smallest two-sided p is
+# 2 / (N_PERM + 1), so Holm over a family of m comparisons can reach ALPHA only while m < ALPHA * (N_PERM + 1) / 2
+# (250 here).
+N_BOOT = 2000
+N_PERM = 10_000
+PANEL_VERSION = 1  # bump when what a panel's cached rows (cells.Sweep.panel_rows) hold changes
 
 
 # --------------------------------------------------------------------------- panels and labels
@@ -66,6 +78,14 @@ SETTING_LABELS = {  # in the order labels show them
     "exclude_template": lambda v: "" if v else "reuse-template",
     "match_norm": lambda v: "norm-matched" if v else "",
     "add_error": lambda v: "+error" if v else "",
+    "error_source": lambda v: "" if v == "template" else "(other prompt's)",
+    "cooccur": lambda v: "counts" if v == "counts" else "no-counts",
+    "cooccur_window": lambda v: "" if v == "nearest_k" else f"window={v}",
+    "geometry_temp": lambda v: f"geo={v:g}" if v else "",
+    "cooccur_top_m": lambda v: "" if v == 64 else f"m={v}",
+    "holdout": lambda v: "" if v == 0.25 else f"holdout={v:g}",
+    "swaps": lambda v: f"swaps={v}",
+    "swap_order": lambda v: "most-first" if v == "most_cooccurring" else "least-first",
 }
 
 
@@ -93,47 +113,149 @@ def compare_kinds(sweep: Sweep, metrics=COMPARED) -> pd.DataFrame:
     axis "target": per base kind, each target kind's cell against the `toward:real` cell (the paper's design);
     axis "base": per direction, each base kind's cell against the `real` base's cell. The reference is the
     panel's real cell(s) whose generation settings, where both have one, match. Columns: the panel axes,
-    `axis`, `cell_id`, `variant`, `metric`, n / mean / std of the cell and of real (`*_real`), `mean_diff` with
-    its 95% CI (stats.mean_difference), the two-sample KS statistic and p-value, the Wasserstein distance, and
-    the paper's reported numbers where this is the paper's setting (`paper_*`, else NaN). Panel by panel:
-    only one panel's values are read at a time.
+    `axis`, `cell_id`, `variant`, `metric`, n / mean / std of the cell and of real (`*_real`), the two-sample
+    KS statistic and its p-value (scipy), the Wasserstein distance, and inference.distance_to_real's 95%
+    intervals: `ks_ci_low/high`, `w_ci_low/high`, `mean_diff` with `diff_ci_low/high`, and the permutation
+    p-value of the KS `ks_perm_p`, paired (bases resampled jointly) where `paired`; and the paper's reported
+    numbers where this is the paper's setting (`paper_*`, else NaN). Panel by panel: only one panel's values
+    are read at a time.
     """
     out = [*_compare_axis(sweep, "target", metrics), *_compare_axis(sweep, "base", metrics)]
     return frame(out, [] if out else ["axis", *PANELS["base"], "base_kind", "target_kind", "cell_id", "variant",
-                                      "metric", "n", "mean", "mean_real", "ks_stat"])
+                                      "metric", "n", "mean", "mean_real", "ks_stat", "ks_ci_low", "ks_ci_high",
+                                      "ks_perm_p", "paired"])
+
+
+def _subject(axis: str) -> str:
+    return "base_kind" if axis == "base" else "target_kind"
+
+
+def _references(reals: list[dict], cell: dict) -> list[dict]:
+    """The real cells a cell is compared with: those whose generation settings, where both have one, match."""
+    settings = {s: cell[s] for s in SETTINGS if s in cell}
+    return [r for r in reals if all(r.get(k) in (None, v) for k, v in settings.items())]
+
+
+def _by_base(sweep: Sweep, cell_ids: list[str], read_layer: int, metric: str) -> list[np.ndarray] | None:
+    """The cells' values aligned base by base, when they were built for the same bases (else None)."""
+    seeds, values = zip(*(sweep.by_base(c, read_layer, metric) for c in cell_ids))
+    if seeds[0].size == 0 or any(s.shape != seeds[0].shape or (s != seeds[0]).any() for s in seeds[1:]):
+        return None
+    return list(values)
 
 
 def _compare_axis(sweep: Sweep, axis: str, metrics) -> list[dict]:
-    subject = "base_kind" if axis == "base" else "target_kind"
     out = []
     for panel, group in panels(sweep.aggregates, axis):
         records = group.to_dict("records")
-        reals = [r for r in records if r[subject] == "real"]
-        for first in records:
-            if first[subject] in ("real", None):
+        what = {"rows": "comparison", "version": PANEL_VERSION, "axis": axis, "cells": records, "metrics": list(metrics),
+                "n_boot": N_BOOT}
+        out += sweep.panel_rows(what, group.cell_id, partial(_compare_panel, sweep, axis, panel, records, metrics))
+    return out
+
+
+def _compare_panel(sweep: Sweep, axis: str, panel: dict, records: list[dict], metrics) -> list[dict]:
+    subject = _subject(axis)
+    reals = [r for r in records if r[subject] == "real"]
+    out = []
+    for first in records:
+        if first[subject] in ("real", None):
+            continue
+        real = _references(reals, first)
+        if not real:
+            continue
+        base = {"axis": axis} | panel | {k: first[k] for k in ("base_kind", "direction", "target_kind")} | {
+            "cell_id": first["cell_id"], "variant": variant_label(first, axis)} | {
+            c: first.get(c) for c in paper.FRAMING_COLUMNS}
+        base |= {s: first[s] for s in SETTINGS if s in first}
+        for metric in metrics:
+            x = sweep.values(first["cell_id"], panel["read_layer"], metric)
+            y = [sweep.values(r["cell_id"], panel["read_layer"], metric) for r in real]
+            y = y[0] if len(y) == 1 else np.sort(np.concatenate(y))
+            if x.size == 0 or y.size == 0:
                 continue
-            settings = {s: first[s] for s in SETTINGS if s in first}
-            real = [r for r in reals if all(r.get(k) in (None, v) for k, v in settings.items())]
-            if not real:
-                continue
-            base = {"axis": axis} | panel | {k: first[k] for k in ("base_kind", "direction", "target_kind")} | {
-                "cell_id": first["cell_id"], "variant": variant_label(first, axis)} | {
-                c: first.get(c) for c in paper.FRAMING_COLUMNS}
-            base |= settings
-            for metric in metrics:
-                x = sweep.values(first["cell_id"], panel["read_layer"], metric)
-                y = [sweep.values(r["cell_id"], panel["read_layer"], metric) for r in real]
-                y = y[0] if len(y) == 1 else np.sort(np.concatenate(y))
-                if x.size == 0 or y.size == 0:
-                    continue
-                ks_stat, ks_pvalue, wasserstein = distances(x, y)
-                diff, low, high = mean_difference(x, y, sweep.seed)
-                entry = base | {
-                    "metric": metric, "n": x.size, "n_real": y.size, "mean": float(x.mean()), "std": _std(x),
-                    "mean_real": float(y.mean()), "std_real": _std(y), "mean_diff": diff, "diff_ci_low": low,
-                    "diff_ci_high": high, "ks_stat": ks_stat, "ks_pvalue": ks_pvalue, "wasserstein": wasserstein,
-                }
-                out.append(entry | paper.reported(entry))
+            ks_stat, ks_pvalue, wasserstein = distances(x, y)
+            pair = _by_base(sweep, [first["cell_id"], real[0]["cell_id"]], panel["read_layer"], metric) \
+                if len(real) == 1 else None
+            d = distance_to_real(*(pair or (x, y)), paired=pair is not None, n_boot=N_BOOT, n_perm=N_BOOT,
+                                 seed=sweep.seed)
+            entry = base | {
+                "metric": metric, "n": x.size, "n_real": y.size, "mean": float(x.mean()), "std": _std(x),
+                "mean_real": float(y.mean()), "std_real": _std(y), "mean_diff": d["mean_diff"],
+                "diff_ci_low": d["mean_diff_lo"], "diff_ci_high": d["mean_diff_hi"], "ks_stat": ks_stat,
+                "ks_pvalue": ks_pvalue, "ks_ci_low": d["ks_lo"], "ks_ci_high": d["ks_hi"], "ks_perm_p": d["ks_p"],
+                "wasserstein": wasserstein, "w_ci_low": d["w_lo"], "w_ci_high": d["w_hi"],
+                "paired": pair is not None,
+            }
+            out.append(entry | paper.reported(entry))
+    return out
+
+
+# --------------------------------------------------------------------------- between rungs
+
+
+DIFFERENCE_COLUMNS = ["axis", *PANELS["base"], "base_kind", "scan_mode", "step", "rung_a", "rung_b", "variant_a",
+                      "variant_b", "cell_a", "cell_b", "metric", "paired", "n", "n_b", "n_real", "ks_a", "ks_b",
+                      "ks_diff", "ks_diff_lo", "ks_diff_hi", "ks_diff_p", "ks_diff_p_holm", "mean_diff",
+                      "mean_diff_lo", "mean_diff_hi", "mean_diff_p", "mean_diff_p_holm", "verdict"]
+
+
+def differences(sweep: Sweep, metrics=COMPARED) -> pd.DataFrame:
+    """The differences between rungs (rungs.pairs), one row per (axis, panel, pair of cells, metric).
+
+    For cells a and b of a panel and the real cell they are both compared with: KS(b, real) - KS(a, real)
+    (`ks_diff`, negative: b is closer to real) and mean(b) - mean(a) (`mean_diff`), each with its 95% interval
+    and two-sided permutation p-value (inference.paired_difference: paired over bases where the three cells
+    were built for the same bases, `paired`; else resampled each on its own), the p-values Holm-adjusted over
+    the whole grid (`*_p_holm`: every panel's pairs on both axes together, one family per metric and
+    statistic), and the verdict sentence with its interval. Panel by panel, like compare_kinds."""
+    out = []
+    for axis in ("target", "base"):
+        for panel, group in panels(sweep.aggregates, axis):
+            records = group.to_dict("records")
+            what = {"rows": "differences", "version": PANEL_VERSION, "axis": axis, "cells": records,
+                    "metrics": list(metrics), "n_boot": N_BOOT, "n_perm": N_PERM}
+            out += sweep.panel_rows(what, group.cell_id,
+                                    partial(_differences_panel, sweep, axis, panel, records, metrics))
+    table = frame(out, DIFFERENCE_COLUMNS)
+    for column in ("ks_diff_p", "mean_diff_p"):
+        for _, rows in table.groupby("metric", sort=False):
+            table.loc[rows.index, f"{column}_holm"] = holm(rows[column].astype(float))
+    return table
+
+
+def _differences_panel(sweep: Sweep, axis: str, panel: dict, records: list[dict], metrics) -> list[dict]:
+    subject = _subject(axis)
+    reals = [r for r in records if r[subject] == "real"]
+    out = []
+    for step, a, b in rungs.pairs(records, subject):
+        real = [r for r in _references(reals, a) if r in _references(reals, b)]
+        if real:
+            out += _difference_rows(sweep, axis, panel, step, a, b, real, metrics)
+    return out
+
+
+def _difference_rows(sweep: Sweep, axis: str, panel: dict, step: str, a: dict, b: dict, real: list[dict],
+                     metrics) -> list[dict]:
+    subject = _subject(axis)
+    low, high = step.split(" -> ")
+    names = (low, high if high in rungs.RUNGS else rungs.rung_of(b, subject) or b[subject])
+    head = {"axis": axis} | panel | {"base_kind": a["base_kind"], "scan_mode": a.get("scan_mode"), "step": step,
+                                     "rung_a": low, "rung_b": names[1] if names[1] in rungs.RUNGS else None,
+                                     "variant_a": variant_label(a, axis), "variant_b": variant_label(b, axis),
+                                     "cell_a": a["cell_id"], "cell_b": b["cell_id"]}
+    out = []
+    for metric in metrics:
+        layer = panel["read_layer"]
+        pair = _by_base(sweep, [real[0]["cell_id"], a["cell_id"], b["cell_id"]], layer, metric) \
+            if len(real) == 1 else None
+        samples = pair or [np.concatenate([sweep.values(r["cell_id"], layer, metric) for r in real]),
+                           sweep.values(a["cell_id"], layer, metric), sweep.values(b["cell_id"], layer, metric)]
+        if min(s.size for s in samples) == 0:
+            continue
+        d = paired_difference(*samples, paired=pair is not None, n_boot=N_BOOT, n_perm=N_PERM, seed=sweep.seed,
+                              labels=names)
+        out.append(head | {"metric": metric} | d)
     return out
 
 
@@ -145,20 +267,23 @@ def _std(x: np.ndarray) -> float:
 
 
 SLOPE_METRIC = "max_slope_step"  # the paper's headline metric (falls back to max_slope for older results)
-CHECK_STRUCTURE = "synthetic_structured closer to real than synthetic_baseline (KS on max_slope_step)"
+CHECK_STRUCTURE = "synthetic_structured closer to real than synthetic_baseline (KS on max_slope_step, 95% CI)"
+STRUCTURE_STEP = "R1 -> R2"  # rungs.STEPS: synthetic_baseline -> synthetic_structured
 CHECK_PLATEAU = "plateaus shorter than real (mean plateau_len, 95% CI)"
 CHECK_GAUSSIAN = "gaussian unlike real (KS on max_slope_step, p < 0.05)"
 CHECK_CLOSEST = "closest to real (KS on max_slope_step)"
 VERDICT_COLUMNS = ["axis", *PANELS["base"], "base_kind", "check", "subject", "verdict", "detail"]
 
 
-def verdicts(comparison: pd.DataFrame) -> pd.DataFrame:
+def verdicts(comparison: pd.DataFrame, differences: pd.DataFrame) -> pd.DataFrame:
     """science.md's three findings (and which kind is closest to real), per panel of each axis.
 
-    YES means the paper's finding holds. Slope checks use the sensitivity scan (mode interpolate) and the
-    plateau check the plateau scan (mode step) where the sweep has one; otherwise every scan.
-    Columns: `axis`, the panel axes, `check`, `subject`, `verdict` (YES / NO / INCONCLUSIVE, or the closest
-    variant), `detail`.
+    YES means the paper's finding holds. "Structured closer to real than baseline" reads the R1 -> R2 rows of
+    `differences`: YES when the 95% interval of KS(structured) - KS(baseline) lies below 0, NO when above,
+    INCONCLUSIVE when it covers 0 (paired where the kinds share their bases, else the unpaired interval).
+    Slope checks use the sensitivity scan (mode interpolate) and the plateau check the plateau scan (mode
+    step) where the sweep has one; otherwise every scan. Columns: `axis`, the panel axes, `check`, `subject`,
+    `verdict` (YES / NO / INCONCLUSIVE, or the closest variant), `detail`.
     """
     if comparison.empty:
         return frame([], VERDICT_COLUMNS)
@@ -166,9 +291,11 @@ def verdicts(comparison: pd.DataFrame) -> pd.DataFrame:
     out = []
     for axis in ("target", "base"):
         rows = comparison[comparison.axis == axis]
-        kind = "target_kind" if axis == "target" else "base_kind"
+        kind = _subject(axis)
         slope = _experiment(rows, slope_metric, "interpolate")
         plateau = _experiment(rows, "plateau_len", "step")
+        steps = _experiment(differences[(differences.axis == axis) & (differences.step == STRUCTURE_STEP)],
+                            slope_metric, "interpolate")
         for panel, group in panels(pd.concat([slope, plateau]), axis):
             head = {"axis": axis} | panel
             s = group[group.metric == slope_metric].sort_values("ks_stat")
@@ -176,13 +303,14 @@ def verdicts(comparison: pd.DataFrame) -> pd.DataFrame:
                 ranking = "KS " + " < ".join(f"{r.variant} {r.ks_stat:.3f}" for r in s.itertuples())
                 out.append(head | {"check": CHECK_CLOSEST, "subject": "all kinds", "verdict": s.iloc[0]["variant"],
                                    "detail": ranking})
-            structured = s[s[kind] == "synthetic_structured"]
-            for b in s[s[kind] == "synthetic_baseline"].itertuples():
-                for st in structured.itertuples():
-                    if _same_shared_settings(st, b):
-                        out.append(head | {"check": CHECK_STRUCTURE, "subject": f"{st.variant} vs {b.variant}",
-                                           "verdict": "YES" if st.ks_stat < b.ks_stat else "NO",
-                                           "detail": f"KS {st.ks_stat:.3f} vs {b.ks_stat:.3f}"})
+            for d in _of_panel(steps, panel).itertuples():
+                verdict = "YES" if d.ks_diff_hi < 0 else "NO" if d.ks_diff_lo > 0 else "INCONCLUSIVE"
+                out.append(head | {"check": CHECK_STRUCTURE, "subject": f"{d.variant_b} vs {d.variant_a}",
+                                   "verdict": verdict,
+                                   "detail": f"KS {d.ks_b:.3f} vs {d.ks_a:.3f}, difference {d.ks_diff:+.3f} "
+                                             f"[{d.ks_diff_lo:+.3f}, {d.ks_diff_hi:+.3f}] (95% CI, "
+                                             f"{'paired' if d.paired else 'unpaired'}), p={d.ks_diff_p:.2g}, "
+                                             f"Holm p={d.ks_diff_p_holm:.2g}"})
             for g in s[s[kind] == "gaussian"].itertuples():
                 out.append(head | {"check": CHECK_GAUSSIAN, "subject": g.variant,
                                    "verdict": "YES" if g.ks_pvalue < ALPHA else "NO",
@@ -196,6 +324,14 @@ def verdicts(comparison: pd.DataFrame) -> pd.DataFrame:
     return frame(out, VERDICT_COLUMNS)
 
 
+def _of_panel(rows: pd.DataFrame, panel: dict) -> pd.DataFrame:
+    """The rows of one panel (its axes as plain values)."""
+    keep = np.ones(len(rows), dtype=bool)
+    for name, value in panel.items():
+        keep &= np.array([axis_value(name, v) == value for v in rows[name]], dtype=bool)
+    return rows[keep]
+
+
 def _experiment(rows: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
     """The comparison rows of `metric`, from the scans of `mode` where there are any."""
     picked = rows[rows.metric == metric]
@@ -207,15 +343,6 @@ def _plateau_framing(row) -> str:
     """Which plateau the row measured: around T (scan from the target towards A) or around A."""
     return "plateau around T (scan from T to A)" if getattr(row, "scan_start", None) == "target" else \
         "plateau around A (scan from A to T)"
-
-
-def _same_shared_settings(a, b) -> bool:
-    """Whether two comparison rows agree on every generation setting both of them have."""
-    for name in SETTINGS:
-        x, y = axis_value(name, getattr(a, name, None)), axis_value(name, getattr(b, name, None))
-        if x is not None and y is not None and x != y:
-            return False
-    return True
 
 
 def verdict_lines(table: pd.DataFrame) -> list[str]:

@@ -3,14 +3,17 @@
 Every analysis (compare, report, the run summary, W&B) reads a sweep through a `Sweep`. A cell is read
 once, by column (only `read_layer` and the metrics; `l2_curve` only for the report's bands), and its
 grid axes once (from one row: they are constant in a cell). Per (cell, read layer) that gives
-- the *metrics* part: the scan and metric settings (FRAMING), `curves`, `<metric>_<stat>` for each aggregated metric (stats.STATS) and the
+- the *metrics* part: the scan and metric settings (FRAMING), `curves`, `<metric>_<stat>` for each aggregated metric (stats.STATS), the
   sorted finite values of each compared metric (`values_<metric>`: what KS, Wasserstein, intervals and
-  ECDFs need);
+  ECDFs need), and the same values per base (`by_base_<metric>`, NaN kept, in the order of `base_seeds`,
+  the cell's base seeds sorted: what pairs two cells built for the same bases);
 - the *bands* part: the mean L2 curve and its quantiles per scan step (aggregate.BAND).
 
 Each part is cached as OUT/analysis/<part>/cell=<cell_id>.parquet, keyed by the shard ids, row counts
 (and checksums, where the manifest has them) it was computed from, so a cached part is never stale and
-a rerun pays only for cells that changed. A read-only OUT just means no cache: parts are computed in
+a rerun pays only for cells that changed. What an analysis computes from a panel's cells (the intervals
+and permutation p-values of aggregate.py) is cached the same way, as OUT/analysis/panels/<digest>.json
+keyed by those cells' keys (`Sweep.panel_rows`). A read-only OUT just means no cache: parts are computed in
 memory. With `ray=ADDRESS`, missing parts are computed by Ray tasks (which read the shards and write
 the cache on shared storage; the driver then reads the cache, so the rows are the same). Memory holds
 the small summaries of all cells and the values of at most `KEEP` cells.
@@ -18,6 +21,7 @@ the small summaries of all cells and the values of at most `KEEP` cells.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import OrderedDict
 
@@ -33,11 +37,12 @@ from synthact.analysis.paper import FRAMING_COLUMNS
 from synthact.results import AGGREGATED, AXES, COMPARED, CellRows, column_type
 
 CACHE = "analysis"
-VERSION = 3  # bump when what a part holds changes: older cached parts are then recomputed
+VERSION = 4  # bump when what a part holds changes: older cached parts are then recomputed
 BAND = ("mean", "q05", "q25", "median", "q75", "q95")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 KEEP = 8  # cells whose values are held in memory at once (a compared cell and its real references)
 LIST_F64 = pa.list_(pa.float64())
+LIST_I64 = pa.list_(pa.int64())
 # Read once per cell, from one row: the grid axes and the scan and metric settings a paper value must match.
 FRAMING = tuple(c for c in FRAMING_COLUMNS if c not in AXES)
 CONSTANT = (*(a for a in AXES if a != "read_layer"), *FRAMING)
@@ -52,9 +57,11 @@ METRICS_SCHEMA = pa.schema(
      ("curves", pa.int64())]
     + [(f"{m}_{s}", _stat_type(s)) for m in AGGREGATED for s in STATS]
     + [(f"values_{m}", LIST_F64) for m in COMPARED]
+    + [("base_seeds", LIST_I64)] + [(f"by_base_{m}", LIST_F64) for m in COMPARED]
 )
 BANDS_SCHEMA = pa.schema([("cell_id", pa.string()), ("read_layer", pa.int32())] + [(b, LIST_F64) for b in BAND])
-SUMMARY_COLUMNS = [n for n in METRICS_SCHEMA.names if not n.startswith("values_")]
+VALUE_COLUMNS = [n for n in METRICS_SCHEMA.names if n.startswith(("values_", "by_base_")) or n == "base_seeds"]
+SUMMARY_COLUMNS = [n for n in METRICS_SCHEMA.names if n not in VALUE_COLUMNS]
 
 
 # --------------------------------------------------------------------------- one cell
@@ -62,13 +69,20 @@ SUMMARY_COLUMNS = [n for n in METRICS_SCHEMA.names if not n.startswith("values_"
 
 def metrics_part(cell: CellRows, seed: int = 0) -> tuple[pa.Table, int]:
     """The metrics part of a cell (one row per read layer, see the module docstring) and the rows it read."""
-    table = cell.read(["read_layer", *AGGREGATED])
+    table = cell.read(["read_layer", "base_seed", *AGGREGATED])
     axes = cell.axes(CONSTANT)
     out = []
     layers = _column(table, "read_layer")
     for read_layer in np.unique(layers[np.isfinite(layers)]) if table.num_rows else ():
         mine = layers == read_layer
         entry = {"cell_id": cell.cell_id} | axes | {"read_layer": int(read_layer), "curves": int(mine.sum())}
+        if "base_seed" in table.column_names:
+            seeds = table.column("base_seed").to_numpy(zero_copy_only=False)[mine]
+            order = np.argsort(seeds, kind="stable")
+            entry["base_seeds"] = seeds[order]
+            for metric in COMPARED:
+                if metric in table.column_names:
+                    entry[f"by_base_{metric}"] = _column(table, metric)[mine][order]
         for metric in AGGREGATED:
             values = np.sort(finite(_column(table, metric)[mine])) if metric in table.column_names else np.empty(0)
             for stat, value in summarize(values, seed).items():
@@ -96,6 +110,13 @@ def bands_part(cell: CellRows) -> tuple[pa.Table, int]:
         entry |= dict(zip(("q05", "q25", "median", "q75", "q95"), quantiles))
         out.append(entry)
     return _table(out, BANDS_SCHEMA), table.num_rows
+
+
+def _plain(value):
+    """A numpy scalar as a Python one (for JSON)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _column(table: pa.Table, name: str) -> np.ndarray:
@@ -219,18 +240,51 @@ class Sweep:
 
     def values(self, cell_id: str, read_layer: int, metric: str) -> np.ndarray:
         """The sorted finite values of a compared metric in one cell and read layer."""
+        return self._list(cell_id, read_layer, f"values_{metric}")
+
+    def by_base(self, cell_id: str, read_layer: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """(base seeds sorted, the metric's value for each, NaN kept) of one cell and read layer: two cells
+        are built for the same bases when their seeds are equal, and their values then align base by base."""
+        return self._list(cell_id, read_layer, "base_seeds"), self._list(cell_id, read_layer, f"by_base_{metric}")
+
+    def _list(self, cell_id: str, read_layer: int, column: str) -> np.ndarray:
         table = self._values.get(cell_id)
         if table is None:
-            table = cell_part(self.cells[cell_id], "metrics", self.seed,
-                              ["read_layer", *(f"values_{m}" for m in COMPARED)])
+            table = cell_part(self.cells[cell_id], "metrics", self.seed, ["read_layer", *VALUE_COLUMNS])
             self._values[cell_id] = table
             while len(self._values) > KEEP:
                 self._values.popitem(last=False)
         self._values.move_to_end(cell_id)
         layers = table.column("read_layer").to_pylist()
-        if read_layer not in layers or f"values_{metric}" not in table.column_names:
+        if read_layer not in layers or column not in table.column_names:
             return np.empty(0)
-        return table.column(f"values_{metric}")[layers.index(read_layer)].values.to_numpy()
+        value = table.column(column)[layers.index(read_layer)]
+        return value.values.to_numpy(zero_copy_only=False) if value.is_valid else np.empty(0)
+
+    def panel_rows(self, what: dict, cell_ids, compute) -> list[dict]:
+        """`compute()`'s rows (dicts of plain values) for the panel `what` (what is computed, with its
+        parameters) of these cells: from OUT/analysis/panels/ where they were computed from the same rows of
+        the same cells, else computed and cached there (quietly nothing where OUT is read-only)."""
+        cells = [self.cells[c] for c in sorted(cell_ids)]
+        if not cells:
+            return compute()
+        cache = Cache(cells[0], self.seed)
+        name = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
+        path = join(cache.root, CACHE, "panels", f"{name}.json")
+        key = [cache.key(c).decode() for c in cells]
+        try:
+            with cache.fs.open_input_stream(path) as f:
+                stored = json.loads(f.read())
+            if stored["key"] == key:
+                return stored["rows"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        rows = compute()
+        try:
+            write_file_atomic(cache.fs, path, json.dumps({"key": key, "rows": rows}, default=_plain).encode())
+        except OSError:
+            pass
+        return rows
 
     def bands(self, cell_ids=None) -> pd.DataFrame:
         """Mean L2 curve and quantile bands per (cell, read layer) of these cells (all by default), with axes."""

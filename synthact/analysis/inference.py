@@ -7,7 +7,8 @@ Pure functions over numpy arrays (no I/O), so a reader calls them once per panel
   real, each with a percentile bootstrap interval, and a permutation p-value of the KS distance.
 - `paired_difference(real, a, b)`: for a paired design (kinds a and b built for the same bases, row i of
   each array is base i), KS(b, real) - KS(a, real) and mean(b - a) with a paired bootstrap interval over
-  bases and a sign-flip permutation p-value (H0: a and b are exchangeable within each base).
+  bases and a sign-flip permutation p-value (H0: a and b are exchangeable within each base); with
+  `paired=False` (kinds built for different bases) the same with independent resamples and label shuffles.
 - `holm(p)`: Holm's step-down adjustment (family-wise error; valid under any dependence, which the
   comparisons of one grid have: they share the real curves and the bases).
 - `ks_power(d, n)`, `detectable_ks_difference(n)`: power of the two-sample KS test between two kinds whose
@@ -52,10 +53,20 @@ def _counts(codes: np.ndarray, n_values: int, index: np.ndarray | None = None,
     return np.bincount(flat, weights=w, minlength=rows * n_values).reshape(rows, n_values)
 
 
+def _gap(cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
+    """ECDF(x) - ECDF(y) on the grid, per row of two count matrices over the same grid."""
+    return np.cumsum(cx, -1) / cx.sum(-1, keepdims=True) - np.cumsum(cy, -1) / cy.sum(-1, keepdims=True)
+
+
+def _ks(cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
+    """KS distance per row (what the permutation nulls need)."""
+    return np.abs(_gap(cx, cy)).max(-1)
+
+
 def _ks_w1(cx: np.ndarray, cy: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """KS and Wasserstein-1 distances per row of two count matrices over the same grid."""
-    gap = np.cumsum(cx, -1) / cx.sum(-1, keepdims=True) - np.cumsum(cy, -1) / cy.sum(-1, keepdims=True)
-    return np.abs(gap).max(-1), (np.abs(gap[..., :-1]) * np.diff(grid)).sum(-1)
+    gap = np.abs(_gap(cx, cy))
+    return gap.max(-1), (gap[..., :-1] * np.diff(grid)).sum(-1)
 
 
 def _blocks(total: int, width: int):
@@ -125,7 +136,7 @@ def distance_to_real(values, real, *, paired: bool = False, n_boot: int = 2000, 
             both = np.concatenate([cx, cy])
             perm = rng.permuted(np.broadcast_to(np.arange(both.size), (r, both.size)), axis=1)
             ca, cb = _counts(both, u, perm[:, : x.size]), _counts(both, u, perm[:, x.size:])
-        null.append(_ks_w1(ca, cb, grid)[0])
+        null.append(_ks(ca, cb))
     null = np.concatenate(null)
     tol = TIE_RTOL * ks
     mean_diff = float(x.mean() - y.mean())
@@ -140,56 +151,66 @@ def distance_to_real(values, real, *, paired: bool = False, n_boot: int = 2000, 
 # --------------------------------------------------------------------------- two kinds, paired
 
 
-def paired_difference(real, a, b, *, n_boot: int = 2000, n_perm: int = 2000, level: float = 0.95,
-                      seed: int = 0) -> dict:
-    """Kind b against kind a, both built for the same bases as the real targets (row i = base i).
+def paired_difference(real, a, b, *, paired: bool = True, n_boot: int = 2000, n_perm: int = 2000,
+                      level: float = 0.95, seed: int = 0, labels: tuple[str, str] = ("a", "b")) -> dict:
+    """Kind b against kind a: ks_diff = KS(b, real) - KS(a, real) (negative: b is closer to real) and
+    mean_diff = mean(b) - mean(a), each with a percentile bootstrap interval and a two-sided permutation
+    p-value; a `verdict` states the KS difference with its interval, naming the kinds by `labels`.
 
-    ks_diff = KS(b, real) - KS(a, real) (negative: b is closer to real) and mean_diff = mean(b - a), each
-    with a paired percentile bootstrap interval over bases (one index array resamples all three) and a
-    two-sided sign-flip permutation p-value (exact enumeration when 2^n <= n_perm, as scipy does). A
-    `verdict` states the KS difference with its interval. Bases with a non-finite value in any of the
-    three are dropped."""
-    y, xa, xb = _clean(real, a, b, paired=True)
-    n = y.size
-    out = {"n": int(n)}
-    if n < 2:
+    `paired` (kinds a and b built for the same bases as the real targets, row i = base i): one index array
+    resamples all three, mean_diff is mean(b - a), and the permutation flips a and b within a base (exact
+    enumeration when 2^n <= n_perm, as scipy does); bases with a non-finite value in any of the three are
+    dropped. Unpaired (the fallback where the kinds' bases differ): each sample resampled on its own, and
+    the permutation shuffles the a and b labels of the pooled values (real kept); non-finite values dropped."""
+    y, xa, xb = _clean(real, a, b, paired=paired)
+    out = {"n": int(xa.size), "n_b": int(xb.size), "n_real": int(y.size), "paired": paired}
+    if min(y.size, xa.size, xb.size) < 2:
         return out | {k: math.nan for k in ("ks_a", "ks_b", "ks_diff", "ks_diff_lo", "ks_diff_hi", "ks_diff_p",
                                             "mean_diff", "mean_diff_lo", "mean_diff_hi", "mean_diff_p")} | {
-            "verdict": "too few paired bases"}
+            "verdict": "too few bases"}
     rng = np.random.default_rng(seed)
     (cy, ca, cb), grid = _codes(y, xa, xb)
     u = grid.size
-    whole = np.arange(n)[None]
-    ks_a, _ = _ks_w1(_counts(ca, u, whole), _counts(cy, u, whole), grid)
-    ks_b, _ = _ks_w1(_counts(cb, u, whole), _counts(cy, u, whole), grid)
-    ks_diff = float(ks_b[0] - ks_a[0])
-    d = xb - xa
+    ks_a = _ks_w1(_counts(ca, u, np.arange(xa.size)[None]), _counts(cy, u, np.arange(y.size)[None]), grid)[0][0]
+    ks_b = _ks_w1(_counts(cb, u, np.arange(xb.size)[None]), _counts(cy, u, np.arange(y.size)[None]), grid)[0][0]
+    ks_diff = float(ks_b - ks_a)
+    mean_diff = float((xb - xa).mean() if paired else xb.mean() - xa.mean())
+    width = max(y.size + xa.size + xb.size, u)
     boot_ks, boot_m = [], []
-    for r in _blocks(n_boot, max(n, u)):
-        idx = rng.integers(0, n, (r, n))
-        c_real = _counts(cy, u, idx)
-        boot_ks.append(_ks_w1(_counts(cb, u, idx), c_real, grid)[0] - _ks_w1(_counts(ca, u, idx), c_real, grid)[0])
-        boot_m.append(d[idx].mean(1))
-    exact = 2**n <= n_perm
+    for r in _blocks(n_boot, width):
+        ia = rng.integers(0, xa.size, (r, xa.size))
+        ib, iy = (ia, ia) if paired else (rng.integers(0, xb.size, (r, xb.size)), rng.integers(0, y.size, (r, y.size)))
+        c_real = _counts(cy, u, iy)
+        boot_ks.append(_ks_w1(_counts(cb, u, ib), c_real, grid)[0] - _ks_w1(_counts(ca, u, ia), c_real, grid)[0])
+        boot_m.append(xb[ib].mean(1) - xa[ia].mean(1))
+    n = xa.size
+    exact = paired and 2**n <= n_perm
     if exact:
         flips = ((np.arange(2**n)[:, None] >> np.arange(n)[None]) & 1).astype(bool)
+    pooled_codes, pooled = np.concatenate([ca, cb]), np.concatenate([xa, xb])
+    c_real = _counts(cy, u, np.arange(y.size)[None])
+    c_a0 = _counts(ca, u, np.arange(n)[None])
+    c_both = c_a0 + _counts(cb, u, np.arange(xb.size)[None])
     null_ks, null_m = [], []
-    for start, r in _starts(2**n if exact else n_perm, max(n, u)):
-        flip = flips[start: start + r] if exact else rng.random((r, n)) < 0.5
-        c_a = _counts(ca, u, weights=~flip) + _counts(cb, u, weights=flip)
-        c_b = _counts(cb, u, weights=~flip) + _counts(ca, u, weights=flip)
-        c_real = _counts(cy, u, np.broadcast_to(np.arange(n), (r, n)))
-        null_ks.append(_ks_w1(c_b, c_real, grid)[0] - _ks_w1(c_a, c_real, grid)[0])
-        null_m.append(np.where(flip, -d, d).mean(1))
+    for start, r in _starts(2**n if exact else n_perm, width):
+        if paired:  # a flipped base moves its a value to b and its b value to a; a and b's counts sum to both's
+            flip = flips[start: start + r] if exact else rng.random((r, n)) < 0.5
+            c_a = c_a0 + _counts(cb, u, weights=flip) - _counts(ca, u, weights=flip)
+            c_b = c_both - c_a
+            null_m.append(np.where(flip, xa - xb, xb - xa).mean(1))
+        else:
+            perm = rng.permuted(np.broadcast_to(np.arange(pooled.size), (r, pooled.size)), axis=1)
+            c_a, c_b = _counts(pooled_codes, u, perm[:, :n]), _counts(pooled_codes, u, perm[:, n:])
+            null_m.append(pooled[perm[:, n:]].mean(1) - pooled[perm[:, :n]].mean(1))
+        null_ks.append(_ks(c_b, c_real) - _ks(c_a, c_real))
     lo, hi = _interval(np.concatenate(boot_ks), level)
     p = _p_two_sided(ks_diff, np.concatenate(null_ks), exact)
     return out | {
-        "ks_a": float(ks_a[0]), "ks_b": float(ks_b[0]), "ks_diff": ks_diff, "ks_diff_lo": lo, "ks_diff_hi": hi,
-        "ks_diff_p": p,
-        "mean_diff": float(d.mean()),
+        "ks_a": float(ks_a), "ks_b": float(ks_b), "ks_diff": ks_diff, "ks_diff_lo": lo, "ks_diff_hi": hi,
+        "ks_diff_p": p, "mean_diff": mean_diff,
         **dict(zip(("mean_diff_lo", "mean_diff_hi"), _interval(np.concatenate(boot_m), level))),
-        "mean_diff_p": _p_two_sided(float(d.mean()), np.concatenate(null_m), exact),
-        "verdict": _verdict(ks_diff, lo, hi, p, level),
+        "mean_diff_p": _p_two_sided(mean_diff, np.concatenate(null_m), exact),
+        "verdict": _verdict(ks_diff, lo, hi, p, level, labels),
     }
 
 
@@ -200,12 +221,13 @@ def _starts(total: int, width: int):
         start += r
 
 
-def _verdict(diff: float, lo: float, hi: float, p: float, level: float) -> str:
-    ci = f"KS(b) - KS(a) = {diff:+.3f} [{lo:+.3f}, {hi:+.3f}] ({level:.0%} CI), p = {p:.2g}"
+def _verdict(diff: float, lo: float, hi: float, p: float, level: float, labels: tuple[str, str]) -> str:
+    a, b = labels
+    ci = f"KS({b}) - KS({a}) = {diff:+.3f} [{lo:+.3f}, {hi:+.3f}] ({level:.0%} CI), p = {p:.2g}"
     if hi < 0:
-        return f"b closer to real than a: {ci}"
+        return f"{b} closer to real than {a}: {ci}"
     if lo > 0:
-        return f"a closer to real than b: {ci}"
+        return f"{a} closer to real than {b}: {ci}"
     return f"no detectable difference: {ci}"
 
 
@@ -283,24 +305,3 @@ def detectable_ks_difference(n: int, *, power: float = 0.8, alpha: float = 0.05,
         else:
             lo = mid
     return round(hi, 3)
-
-
-# --------------------------------------------------------------------------- one panel
-
-
-def ladder_panel(real, kinds: dict, *, pairs: list[tuple[str, str]] | None = None, n_boot: int = 2000,
-                 n_perm: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """One panel of a paired design (row i of `real` and of every array in `kinds` is base i): each kind's
-    distance to real (paired), and the paired difference of each pair (a, b) in `pairs` (default: each kind
-    against the one before it, in the order given), with Holm-adjusted p-values over the panel's pairs
-    (`ks_diff_p_holm`, `mean_diff_p_holm`). Returns (distance rows, difference rows)."""
-    names = list(kinds)
-    pairs = pairs if pairs is not None else list(zip(names, names[1:]))
-    distances = [{"kind": k, **distance_to_real(kinds[k], real, paired=True, n_boot=n_boot, n_perm=n_perm,
-                                                level=level, seed=seed)} for k in names]
-    differences = [{"a": a, "b": b, **paired_difference(real, kinds[a], kinds[b], n_boot=n_boot, n_perm=n_perm,
-                                                        level=level, seed=seed)} for a, b in pairs]
-    for p in ("ks_diff_p", "mean_diff_p"):
-        for row, adjusted in zip(differences, holm([d[p] for d in differences])):
-            row[f"{p}_holm"] = float(adjusted)
-    return distances, differences

@@ -3,8 +3,11 @@
 Giglemiani et al. 2024 ran GPT-2 small with the SAE release `gpt2-small-res-jb` at layer 1, read
 at the last block, 1000 real bases. These are the values in the authors' notebook output (their
 final figures may differ slightly): mean and std of the metric per target kind, and the two-sample
-KS statistic against the `other real` targets. They are printed only beside rows of the same
-design: the same model, SAE, layers, scan framing and metric rules (FRAMINGS).
+KS statistic against the `other real` targets. A comparison row of the paper's design (real bases,
+targets varying) gets them where its scan framing and metric rules are the authors' (FRAMINGS), with
+`paper_match` saying how far it matches: "setting" (model, SAE and layers too: a replication) or
+"framing" (only the framing and rules, e.g. the toy twin: the values are for reference); else no values.
+Verdicts never read them.
 """
 
 from __future__ import annotations
@@ -38,13 +41,25 @@ FRAMINGS = {
 # The row columns a comparison row carries so that `reported` can tell the framing.
 FRAMING_COLUMNS = tuple(dict.fromkeys(c for f in FRAMINGS.values() for c in f))
 COLUMNS = ("paper_mean", "paper_std", "paper_ks", "paper_mean_real", "paper_std_real")
+# Said under a printed table whose paper values are framing-only (paper_match "framing", marked *).
+FRAMING_NOTE = ("* the authors' GPT-2-small values (gpt2-small-res-jb, layer 1), for reference only: this sweep's scan "
+                "framing and metric rules are theirs, its model, SAE and layers are not.")
 
 
 def is_paper_setting(row: dict) -> bool:
-    """GPT-2 small, gpt2-small-res-jb, layer 1 read at the last block (11), real bases, targets varying."""
-    return (row.get("axis") == "target" and row.get("base_kind") == "real" and row.get("model") == "gpt2"
-            and str(row.get("sae", "")).startswith("gpt2-small-res-jb/") and row.get("layer") == 1
-            and row.get("read_layer") == 11)
+    """GPT-2 small, gpt2-small-res-jb, layer 1 read at the last block (11)."""
+    return (row.get("model") == "gpt2" and str(row.get("sae", "")).startswith("gpt2-small-res-jb/")
+            and row.get("layer") == 1 and row.get("read_layer") == 11)
+
+
+def paper_match(row: dict) -> str:
+    """"setting" (the authors' model, SAE, layers, framing and metric rules), "framing" (their framing and metric
+    rules only), or "" (no paper values apply). Only target-axis rows of real bases (the paper's design) match."""
+    metric = row.get("metric")
+    if (row.get("axis") != "target" or row.get("base_kind") != "real" or not same_framing(row, metric)
+            or row.get("target_kind") not in REPORTED[metric]):
+        return ""
+    return "setting" if is_paper_setting(row) else "framing"
 
 
 def same_framing(row: dict, metric: str) -> bool:
@@ -53,15 +68,14 @@ def same_framing(row: dict, metric: str) -> bool:
 
 
 def reported(row: dict) -> dict:
-    """The paper's numbers for a comparison row (NaN unless the row is the paper's setting and framing)."""
-    empty = dict.fromkeys(COLUMNS, math.nan)
-    metric = row.get("metric")
-    if not is_paper_setting(row) or not same_framing(row, metric) or row.get("target_kind") not in REPORTED[metric]:
-        return empty
-    table = REPORTED[metric]
+    """The paper's numbers for a comparison row and `paper_match` (NaN and "" where no paper values apply)."""
+    match = paper_match(row)
+    if not match:
+        return {"paper_match": ""} | dict.fromkeys(COLUMNS, math.nan)
+    table = REPORTED[row["metric"]]
     mean, std, ks = table[row["target_kind"]]
     real_mean, real_std, _ = table["real"]
-    return {"paper_mean": mean, "paper_std": std, "paper_ks": ks, "paper_mean_real": real_mean,
+    return {"paper_match": match, "paper_mean": mean, "paper_std": std, "paper_ks": ks, "paper_mean_real": real_mean,
             "paper_std_real": real_std}
 
 

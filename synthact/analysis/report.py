@@ -3,8 +3,9 @@
 Figures (synthact.analysis.figures): per panel of each comparison axis, small multiples of every kind against
 real: the mean L2 curve with quantile bands, and the ECDFs of `max_slope_step` and `plateau_len` (on the
 target axis, the paper's distributions per target kind); plus the kind-vs-real comparison as a KS heatmap.
-The page embeds every figure (base64), the replication verdicts and the comparison table, so it can be
-mailed or archived as one file. Reads the same cached per-cell aggregates as `synthact compare`.
+The page embeds every figure (base64), the replication verdicts, the comparison table (with its intervals),
+the differences between rungs and the diagnostics of the target codes, so it can be mailed or archived as
+one file. Reads the same cached per-cell aggregates as `synthact compare`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pyarrow.fs as pafs
 import yaml
 from matplotlib.figure import Figure
 
-from synthact.analysis import aggregate, compare, figures
+from synthact.analysis import aggregate, compare, diagnostics, figures
 from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
 from synthact.layout import resolve_location
@@ -52,7 +53,8 @@ def build_report(out: str | Path, html_path: str | Path | None = None, ray: str 
         raise SynthactError(f"--html '{html_path}' is a directory; give the path of the HTML file to write, "
                             f"e.g. {html_path / 'report.html'}")
     sweep = Sweep.open(out, ray=ray, bands=True)
-    comparison, verdicts = compare.compare(sweep)
+    analysis = compare.analyse(sweep)
+    comparison = analysis.comparison
     bands = sweep.bands()
     figure_dir = _figure_dir(out, html_path if html_path != out / "report.html" else None)
     sections, written = [], []
@@ -75,7 +77,7 @@ def build_report(out: str | Path, html_path: str | Path | None = None, ray: str 
                                                                    "KS statistic of each kind against real"))
     try:
         html_path.parent.mkdir(parents=True, exist_ok=True)
-        html_path.write_text(_page(out, sweep, comparison, verdicts, sections, bands.empty))
+        html_path.write_text(_page(out, sweep, analysis, sections, bands.empty))
     except OSError as e:
         raise SynthactError(f"cannot write the report page '{html_path}' ({e.strerror or e}); give --html FILE "
                             "in a writable place") from None
@@ -95,8 +97,9 @@ def _figure_dir(out: Path, html_path: Path | None) -> Path:
                         "a writable place, and the figures go beside it")
 
 
-def _page(out: Path, sweep: Sweep, comparison, verdicts, sections, no_curves: bool) -> str:
+def _page(out: Path, sweep: Sweep, analysis: compare.Analysis, sections, no_curves: bool) -> str:
     name = _job_name(out)
+    comparison, verdicts = analysis.comparison, analysis.verdicts
     if verdicts.empty:
         checks = "<p>No comparison: the sweep has no <code>real</code> cells to compare other kinds against.</p>"
     else:
@@ -123,9 +126,28 @@ the paper's design: real bases pushed toward each kind of target, each against <
 {checks}
 {note}
 {''.join(sections)}
-<h2>Comparison table</h2>{table}
+<h2>Comparison table</h2>
+<p>Each kind against real: 95% percentile bootstrap intervals of the KS distance (<code>ks_ci_*</code>), the
+Wasserstein distance (<code>w_ci_*</code>) and the difference of means (<code>diff_ci_*</code>), paired over bases
+where <code>paired</code>; <code>ks_perm_p</code> is the permutation p-value of the KS distance.</p>{table}
+{_differences(analysis.differences)}
+{_diagnostics(analysis.diagnostics)}
 </body></html>
 """
+
+
+def _differences(differences) -> str:
+    if differences.empty:
+        return ""
+    table = compare.readable_differences(differences).to_html(index=False, classes="differences")
+    return f"<h2 id=\"differences\">Differences between rungs</h2><p>{html.escape(compare.DIFFERENCES_HEADING)}</p>{table}"
+
+
+def _diagnostics(table) -> str:
+    if table.empty:
+        return ""
+    shown = table.to_html(index=False, classes="diagnostics")
+    return f"<h2 id=\"diagnostics\">Diagnostics of the target codes</h2><p>{html.escape(diagnostics.HEADING)}.</p>{shown}"
 
 
 def _job_name(out: Path) -> str:

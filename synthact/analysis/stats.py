@@ -1,6 +1,6 @@
 """Summary statistics and 95% intervals whose cost does not explode with n.
 
-A mean's (or a difference of means') interval is the percentile bootstrap (scipy, `N_RESAMPLES`
+A mean's interval (per cell) is the percentile bootstrap (scipy, `N_RESAMPLES`
 resamples, seeded) while the sample has at most `BOOTSTRAP_MAX_N` values, and the normal-theory
 interval mean +- z * s / sqrt(n) above it. At that size the two agree to within the bootstrap's own
 Monte Carlo noise (tests/analysis/test_stats.py checks it against scipy), and the normal interval
@@ -52,21 +52,6 @@ def mean_interval(x: np.ndarray, seed: int = 0) -> tuple[float, float]:
         return float(ci.low), float(ci.high)
     half = Z * _std(x) / math.sqrt(x.size)
     return float(x.mean() - half), float(x.mean() + half)
-
-
-def mean_difference(x, y, seed: int = 0) -> tuple[float, float, float]:
-    """mean(x) - mean(y) with a 95% CI (independent samples): bootstrap while both are small, else normal theory."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    diff = float(x.mean() - y.mean())
-    if x.size < 2 or y.size < 2:
-        return diff, math.nan, math.nan
-    if max(x.size, y.size) <= BOOTSTRAP_MAX_N:
-        ci = bootstrap((x, y), lambda a, b, axis: a.mean(axis) - b.mean(axis), n_resamples=N_RESAMPLES,
-                       method="percentile", paired=False, vectorized=True,
-                       rng=np.random.default_rng(seed)).confidence_interval
-        return diff, float(ci.low), float(ci.high)
-    half = Z * math.sqrt(x.var(ddof=1) / x.size + y.var(ddof=1) / y.size)
-    return diff, diff - half, diff + half
 
 
 def _std(x: np.ndarray) -> float:

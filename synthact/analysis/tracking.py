@@ -8,8 +8,8 @@
   panels that changed (mean L2 curve per kind, ECDFs of the distributed metrics per kind), redrawn at
   most every `figure_interval_s`;
 - at the end, from the cached per-cell aggregates (cells.Sweep, the bounded path): the complete `cells`
-  table, the kind-vs-real `comparison`, the replication `verdicts` (W&B tables a user can group and
-  filter), every panel's line plots, the KS heatmap (an image: W&B has no native heatmap), and summary
+  table, the kind-vs-real `comparison` (with its intervals), the `differences` between rungs, the
+  replication `verdicts` and the target codes' `diagnostics` (W&B tables a user can group and filter), every panel's line plots, the KS heatmap (an image: W&B has no native heatmap), and summary
   metrics (the driver's numbers as `sweep/<name>`, `total/*`, `kind/<kind>/<metric>_mean`,
   `replication/yes|no|inconclusive`).
 
@@ -40,7 +40,7 @@ import pyarrow.fs as pafs
 from synthact import results
 from synthact.analysis import aggregate, figures
 from synthact.analysis.cells import Sweep
-from synthact.analysis.compare import compare
+from synthact.analysis.compare import Analysis, analyse
 from synthact.analysis.stats import STATS
 from synthact.errors import SynthactError
 from synthact.layout import join, resolve_location, write_file_atomic
@@ -81,12 +81,12 @@ class Tracker:
             self._guard("log a finished cell", lambda: self._cell_finished(cell))
 
     def finish(self, summary: dict, out_dir: str | Path, sweep: Sweep | None = None,
-               comparison: pd.DataFrame | None = None) -> None:
+               analysis: Analysis | None = None) -> None:
         """Log the final tables, comparison, plots and summary metrics from the aggregates; close the run.
 
-        `sweep` and `comparison` (its `aggregate.compare_kinds`), when the caller already has them."""
+        `sweep` and `analysis` (its `compare.analyse`), when the caller already has them."""
         if self.run is not None:
-            self._guard("log the final results", lambda: self._finish(summary, out_dir, sweep, comparison))
+            self._guard("log the final results", lambda: self._finish(summary, out_dir, sweep, analysis))
         if self.run is not None:
             run, self.run = self.run, None
             self._guard("close the run", run.finish)
@@ -149,7 +149,7 @@ class Tracker:
             self._last_figures = time.monotonic()
         self.run.log(data)
 
-    def _finish(self, summary: dict, out_dir: str | Path, sweep: Sweep | None, comparison: pd.DataFrame | None) -> None:
+    def _finish(self, summary: dict, out_dir: str | Path, sweep: Sweep | None, analysis: Analysis | None) -> None:
         import wandb
 
         numbers = _flatten(summary, "sweep/")  # prefixed: the driver's "cells" count must not clash with the table
@@ -160,12 +160,12 @@ class Tracker:
             return
         if sweep.aggregates.empty:
             return
-        if comparison is None:
-            comparison, verdicts = compare(sweep)
-        else:
-            verdicts = aggregate.verdicts(comparison)
+        analysis = analysis or analyse(sweep)
+        comparison, verdicts = analysis.comparison, analysis.verdicts
         data = {"cells": _table(sweep.aggregates[CELL_COLUMNS]), "comparison": _table(comparison),
-                "verdicts": _table(verdicts)}
+                "differences": _table(analysis.differences), "verdicts": _table(verdicts)}
+        if not analysis.diagnostics.empty:
+            data["diagnostics"] = _table(analysis.diagnostics)
         data |= panel_plots(sweep)
         if not comparison.empty:
             data["comparison_ks"] = wandb.Image(_image(figures.comparison_figure(comparison)))

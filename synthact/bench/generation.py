@@ -15,18 +15,26 @@ from synthact.scan.metrics import curve_metrics
 
 # The constructions of template-built kinds timed by --generation, each as the paper's paired target
 # of real bases: name -> (kind, GenerationSettings overrides); the bare kind is the paper's construction.
+# Every rung and control of the ladder (docs/science.md, "Beyond the paper: the ladder") is one of them.
+OTHER_ERROR = {"add_error": True, "error_source": "other"}
 CONSTRUCTIONS = {
-    "synthetic_baseline": ("synthetic_baseline", {}),
+    "random_latents (R0)": ("random_latents", {}),
+    "synthetic_baseline (R1)": ("synthetic_baseline", {}),
     "synthetic_baseline/tol": ("synthetic_baseline", {"match": "tol"}),
-    "synthetic_structured": ("synthetic_structured", {}),
+    "synthetic_structured (R2)": ("synthetic_structured", {}),
     "synthetic_structured/pairwise": ("synthetic_structured", {"structure": "pairwise", "candidates": 16}),
-    "random_latents": ("random_latents", {}),
+    "synthetic_cooccur/none/geometry": ("synthetic_cooccur", {"cooccur": "none", "geometry_temp": 0.01}),
     "synthetic_cooccur (R3)": ("synthetic_cooccur", {}),
     "synthetic_cooccur/all (challenger)": ("synthetic_cooccur", {"cooccur_window": "all"}),
     "synthetic_cooccur/geometry (R4)": ("synthetic_cooccur", {"geometry_temp": 0.01}),
     "synthetic_cooccur/geometry/ranked (R5)": ("synthetic_cooccur", {"geometry_temp": 0.01, "value_source": "ranked"}),
+    "synthetic_cooccur/geometry/sampled (R5)": ("synthetic_cooccur", {"geometry_temp": 0.01, "value_source": "sampled"}),
     "control_swapped/4": ("control_swapped", {"swaps": 4}),
     "control_swapped/0/permuted": ("control_swapped", {"swaps": 0, "value_source": "permuted"}),
+    "control_other_latents": ("control_other_latents", {}),
+    "synthetic_baseline/+other error": ("synthetic_baseline", OTHER_ERROR),
+    "synthetic_cooccur/geometry/+other error": ("synthetic_cooccur", {"geometry_temp": 0.01, **OTHER_ERROR}),
+    "control_other_latents/+other error": ("control_other_latents", OTHER_ERROR),
 }
 
 

@@ -38,7 +38,8 @@ class GenerationSettings:
     value_source: str = _spec_default("value_source")  # "template": i's value (the paper); "sampled": j's own values
     exclude_template: bool = _spec_default("exclude_template")  # no replacement is any template latent
     match_norm: bool = _spec_default("match_norm")  # rescale the code to the template's norm
-    add_error: bool = _spec_default("add_error")  # add the template's SAE error (real - sae_recon)
+    add_error: bool = _spec_default("add_error")  # add an SAE error (x - sae_recon(x))
+    error_source: str = _spec_default("error_source")  # with add_error: the template's error, or an "other" prompt's
     cooccur: str = _spec_default("cooccur")  # synthetic_cooccur: weight by co-occurrence counts, or "none" (generation/ladder.py)
     cooccur_window: str = _spec_default("cooccur_window")  # synthetic_cooccur candidates: the nearest_k in frequency, or "all"
     geometry_temp: float = _spec_default("geometry_temp")  # synthetic_cooccur: > 0 also favours kept decoder cosines
@@ -53,7 +54,7 @@ def method(kind: str, s: GenerationSettings) -> str:
     pairwise search (tol is pairwise with C = 1)."""
     if kind == "random_latents":
         return "random"
-    if kind in ("synthetic_cooccur", "control_swapped"):
+    if kind in ("synthetic_cooccur", "control_swapped", "control_other_latents"):
         return kind
     if kind == "synthetic_baseline":
         return "nearest_k" if s.match == "nearest_k" else "pairwise"
@@ -87,6 +88,10 @@ class Activations:
     l0: np.ndarray | None  # int32 [B]: size of the built code, or L0 of the SAE code of the vector
     prompt_based: bool  # the activation is a function of `tokens`
     template_latents: list[np.ndarray] | None = None  # synthetic kinds: i_1..i_k, aligned with latents
+    # The other real prompt of control_other_latents (its latents) and error_source "other" (its SAE error).
+    other_docs: np.ndarray | None = None  # int64 [B]
+    other_offsets: np.ndarray | None = None  # int64 [B]
+    other_tokens: np.ndarray | None = None  # int64 [B, n_ctx]
 
     def __len__(self) -> int:
         return self.vectors.shape[0]
@@ -95,7 +100,7 @@ class Activations:
         """Overwrite draws `rows` with the draws of `other` (same kind, len(other) == len(rows))."""
         idx = torch.as_tensor(rows, device=self.vectors.device)
         self.vectors[idx] = other.vectors
-        for name in ("docs", "offsets", "tokens", "l0"):
+        for name in ("docs", "offsets", "tokens", "l0", "other_docs", "other_offsets", "other_tokens"):
             mine = getattr(self, name)
             if mine is not None:
                 mine[rows] = getattr(other, name)

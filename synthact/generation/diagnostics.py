@@ -13,8 +13,8 @@ alone, before any scan, and stored in the code's result row:
   to its top latent (largest value);
 - `target_top_share`: the top latent's share of the sum of values; `target_mean_value`: mean value;
 - `target_distance` (already a column): ||T - A||.
-`diagnostics_text(out)` summarises them per cell for `synthact compare` (pandas only, no torch); the held-out
-part of the pool gives the same numbers for real codes never used by the statistics (`heldout_codes`).
+The held-out part of the pool gives the same numbers for real codes never used by the statistics
+(`heldout_codes`). Reading them back, per cell, is analysis/diagnostics.py's.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 
 # The diagnostic columns a result row carries (results.DIAGNOSTICS), besides target_l0 and target_distance.
 COLUMNS = ("target_log_freq", "target_pmi", "target_pair_cos", "target_top_cos", "target_top_share",
@@ -93,20 +92,26 @@ def _pmi(table, ids, pair):
 
 
 def target_columns(target, ctx, settings=None) -> dict[str, np.ndarray | None]:
-    """COLUMNS for a batch of targets: their built codes, or their SAE codes; None without targets."""
+    """COLUMNS of a batch of targets' built codes (or their SAE codes); None without targets."""
     if target is None:
         return dict.fromkeys(COLUMNS)
+    return code_diagnostics(*_codes(target, ctx), ctx, *_table_settings(settings))
+
+
+def _table_settings(settings) -> tuple[int, float]:
+    return (settings.cooccur_top_m, settings.holdout) if settings is not None else (64, 0.25)
+
+
+def _codes(target, ctx) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The built codes of a batch of targets, or their SAE codes."""
     import torch
 
     if target.latents is not None:
-        latents, values = target.latents, target.values
-    else:
-        with torch.no_grad():
-            z = ctx.sae.encode(target.vectors.to(ctx.sae.W_dec.dtype)).float().cpu()
-        latents = [torch.nonzero(row).flatten().numpy() for row in z]
-        values = [row[torch.as_tensor(ids, dtype=torch.long)].numpy() for row, ids in zip(z, latents)]
-    top_m, holdout = (settings.cooccur_top_m, settings.holdout) if settings is not None else (64, 0.25)
-    return code_diagnostics(latents, values, ctx, top_m, holdout)
+        return target.latents, target.values
+    with torch.no_grad():
+        z = ctx.sae.encode(target.vectors.to(ctx.sae.W_dec.dtype)).float().cpu()
+    latents = [torch.nonzero(row).flatten().numpy() for row in z]
+    return latents, [row[torch.as_tensor(ids, dtype=torch.long)].numpy() for row, ids in zip(z, latents)]
 
 
 def heldout_codes(stats, holdout: float = 0.25) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -118,63 +123,3 @@ def heldout_codes(stats, holdout: float = 0.25) -> tuple[list[np.ndarray], list[
     lat, val = stats.code_latents.cpu().numpy(), stats.code_values.cpu().numpy()
     rows = range(split_pool(stats.n, holdout), stats.n)
     return [lat[offsets[i]: offsets[i + 1]] for i in rows], [val[offsets[i]: offsets[i + 1]] for i in rows]
-
-
-# --------------------------------------------------------------------------- the table in compare
-
-SHOWN = {"target_l0": "L0", "target_log_freq": "log10 f", "target_pmi": "PMI", "target_pair_cos": "pair cos",
-         "target_top_cos": "top cos", "target_top_share": "top share", "target_mean_value": "mean value",
-         "target_distance": "||T-A||"}
-LADDER_SETTINGS = ("match", "structure", "cooccur", "cooccur_window", "geometry_temp", "swaps", "swap_order",
-                   "value_source", "add_error", "template")
-
-
-def cell_summary(rows: pd.DataFrame) -> dict | None:
-    """Mean and std of each diagnostic of one cell's rows (one read layer's: the codes are per base), with the
-    cell's settings; None for a cell without target diagnostics."""
-    have = [c for c in SHOWN if c in rows]
-    if "target_kind" not in rows or "target_log_freq" not in have:
-        return None
-    rows = rows[rows.target_kind.notna() & rows.target_log_freq.notna()]
-    if rows.empty:
-        return None
-    rows = rows[rows.read_layer == rows.read_layer.min()]
-    first = rows.iloc[0]
-    return {"L": first["layer"], "base": first["base_kind"], "direction": first["direction"], "n": len(rows),
-            "settings": {c: first[c] for c in LADDER_SETTINGS if c in rows},
-            **{SHOWN[c]: f"{rows[c].mean():.3g}+-{rows[c].std():.2g}" for c in have}}
-
-
-def diagnostics_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean +- std of each diagnostic per cell with a target, from the rows of one or more cells."""
-    return summary_table([cell_summary(group) for _, group in rows.groupby("cell_id", sort=False)])
-
-
-def summary_table(summaries: list[dict | None]) -> pd.DataFrame:
-    """The cells' summaries as one table; a settings column names only the ladder settings that vary."""
-    summaries = [s for s in summaries if s is not None]
-    if not summaries:
-        return pd.DataFrame()
-    names = dict.fromkeys(c for s in summaries for c in s["settings"])
-    varying = [c for c in names if len({str(s["settings"].get(c)) for s in summaries
-                                        if pd.notna(s["settings"].get(c))}) > 1]
-    out = [s | {"settings": ", ".join(f"{c}={_short(s['settings'][c])}" for c in varying
-                                      if pd.notna(s["settings"].get(c)))} for s in summaries]
-    return pd.DataFrame(out).sort_values(["L", "base", "direction", "settings"], kind="stable", ignore_index=True)
-
-
-def _short(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def diagnostics_text(out) -> str:
-    """The diagnostics table of a results directory, as `synthact compare` prints it ('' without diagnostics)."""
-    from synthact import results
-
-    wanted = ["cell_id", "layer", "read_layer", "base_kind", "direction", "target_kind", *LADDER_SETTINGS, *SHOWN]
-    table = summary_table([cell_summary(cell.read(wanted).to_pandas()) for cell in results.sweep_cells(out)])
-    if table.empty:  # e.g. results written before the diagnostic columns existed
-        return ""
-    with pd.option_context("display.width", 250, "display.max_rows", 2000, "display.max_columns", 30):
-        return ("Diagnostics of the target codes (mean+-std per cell; built codes, or the SAE code of other "
-                "targets; PMI in bits against the pool's statistics part):\n" + table.to_string(index=False))

@@ -8,15 +8,18 @@ Order of each base's random draws (what `from_provenance` and the tests rely on)
 - real, sae_recon: the prompt.
 - gaussian: eps ~ N(0, I) (d_model float64 normals) first, then a context prompt.
 - single_latent: a context prompt, then the latent, then the pool code whose norm it takes.
-- SAE-built from a template (synthetic_*, random_latents): the template prompt (redrawn while its
-  SAE code is empty; nothing when the template is the base), then the choice uniforms ([k, C] for
-  structure pairwise and match tol, [k] otherwise), then the value uniforms [k].
+- SAE-built from a template (synthetic_*, random_latents, the ladder's kinds): the template prompt (redrawn
+  while its SAE code is empty; nothing when the template is the base), then the other prompt where there is
+  one (control_other_latents, and add_error with error_source "other"; for control_other_latents further rounds
+  of OTHER_ROUNDS prompts while its code has fewer latents than the template's), then the choice uniforms
+  ([k, C] for structure pairwise and match tol, [k] otherwise), then the value uniforms [k].
 
 Built codes: the template's latents i_1..i_k are taken in ascending id (the authors' order; largest
 value first for match tol and structure pairwise); j_t replaces i_t (`latents[t]` pairs with
 `template_latents[t]`); no j is used twice, no j_t is i_t and, with `exclude_template`, no j is any
 template latent. With `match_norm` the built code's values are scaled by one factor so that the
-activation (decoded, plus the template's SAE error with `add_error`) has the template's norm.
+activation (decoded, plus the SAE error with `add_error`) has the template's norm. The SAE error
+x - decode(encode(x)) is the template's, or with error_source "other" the other prompt's (transplanted).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from synthact.spec import KINDS, TEMPLATE_KINDS
 
 VALUE_SOURCES = ("sampled", "template", "ranked", "permuted")
 MAX_TEMPLATE_TRIES = 32  # prompts tried per base before an empty SAE code is an error
+# control_other_latents: other prompts tried per base, by round, for a code at least as long as the template's
+OTHER_ROUNDS = (1, 3, 28)  # the first round is the one prompt every draw takes
+ERROR_SOURCES = ("template", "other")
 
 
 def draw(
@@ -67,6 +73,8 @@ def draw(
 def _check_settings(s: GenerationSettings) -> None:
     if s.value_source not in VALUE_SOURCES:
         raise SynthactError(f"value_source '{s.value_source}' is unknown; use one of {', '.join(VALUE_SOURCES)}")
+    if s.error_source not in ERROR_SOURCES:
+        raise SynthactError(f"error_source '{s.error_source}' is unknown; use one of {', '.join(ERROR_SOURCES)}")
     if not (s.tol >= 0 and math.isfinite(s.tol)):
         raise SynthactError(f"tol {s.tol} must be a finite number >= 0 (a distance in log10 frequency)")
     if s.cooccur not in ("counts", "none") or s.cooccur_window not in ("nearest_k", "all") or s.swap_order not in (
@@ -216,6 +224,39 @@ def _draw_templates(rngs, ctx: GenContext) -> _Templates:
 
 
 
+@torch.no_grad()
+def _draw_other(rngs, ctx: GenContext, lat: torch.Tensor | None, exclude_template: bool) -> _Templates:
+    """Another real prompt per draw, with its activation and SAE code. With the template codes `lat` [B, K]
+    (control_other_latents): the first prompt whose code has at least the template's L0 usable latents
+    (ladder.other_codes), else the first with the most, among up to sum(OTHER_ROUNDS) prompts from the draw's
+    RNG, drawn in OTHER_ROUNDS rounds (a draw short after a round draws the next round's prompts)."""
+    docs, offsets, tokens = _prompts(rngs, ctx)
+    x = _forward(ctx, tokens)
+    other = _Templates(docs, offsets, tokens, x, _encode(ctx, x))
+    if lat is None:
+        return other
+    need = (lat >= 0).sum(1)
+    have = (ladder.other_codes(lat, other.z, exclude_template) != 0).sum(1)
+    for size in OTHER_ROUNDS[1:]:
+        short = np.flatnonzero((have < need).cpu().numpy())
+        if short.size == 0:
+            break
+        d, o, t = _prompts([rngs[i] for i in short for _ in range(size)], ctx)
+        x_new = _forward(ctx, t)
+        z_new = _encode(ctx, x_new)
+        idx = torch.as_tensor(short, device=x.device)
+        counts = (ladder.other_codes(lat[idx].repeat_interleave(size, 0), z_new, exclude_template) != 0).sum(1)
+        first = torch.minimum(counts.view(-1, size), need[idx, None]).argmax(1)  # first enough, else first most
+        pick = torch.arange(short.size, device=x.device) * size + first
+        better = (counts[pick] > have[idx]).cpu().numpy()
+        rows, sel = short[better], pick[torch.as_tensor(better, device=x.device)]
+        sel_np = sel.cpu().numpy()
+        other.docs[rows], other.offsets[rows], other.tokens[rows] = d[sel_np], o[sel_np], t[sel_np]
+        at = torch.as_tensor(rows, device=x.device)
+        other.x[at], other.z[at], have[at] = x_new[sel], z_new[sel], counts[sel]
+    return other
+
+
 def _paired_templates(base: Activations, ctx: GenContext) -> _Templates:
     """The bases as templates: their vectors and SAE codes (an empty code gives an empty built code)."""
     x = base.vectors.float()
@@ -237,24 +278,31 @@ def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettin
         order = np.argsort(-val, kind="stable") if how == "pairwise" else np.arange(lat.shape[0])
         tlat.append(lat[order].astype(np.int64)), tval.append(val[order])
     k = np.array([t.shape[0] for t in tlat])
-    u_cand = [rng.random((kb, c)) for rng, kb in zip(rngs, k)]
-    u_val = [rng.random(kb) for rng, kb in zip(rngs, k)]
-
     b, kmax = len(rngs), int(k.max())
     lat = torch.full((b, kmax), -1, dtype=torch.long)
     tv = torch.zeros(b, kmax)
-    uc = torch.zeros(b, kmax, c, dtype=torch.float64)
-    uv = torch.zeros(b, kmax, dtype=torch.float64)
     for i in range(b):
         lat[i, : k[i]] = torch.from_numpy(tlat[i])
         tv[i, : k[i]] = torch.from_numpy(tval[i])
+    lat, tv = lat.to(device), tv.to(device)
+    mask = lat >= 0
+    other = None
+    if how == "control_other_latents" or (settings.add_error and settings.error_source == "other"):
+        other = _draw_other(rngs, ctx, lat if how == "control_other_latents" else None, settings.exclude_template)
+
+    u_cand = [rng.random((kb, c)) for rng, kb in zip(rngs, k)]
+    u_val = [rng.random(kb) for rng, kb in zip(rngs, k)]
+    uc = torch.zeros(b, kmax, c, dtype=torch.float64)
+    uv = torch.zeros(b, kmax, dtype=torch.float64)
+    for i in range(b):
         uc[i, : k[i]] = torch.from_numpy(u_cand[i])
         uv[i, : k[i]] = torch.from_numpy(u_val[i])
-    lat, tv, uc, uv = lat.to(device), tv.to(device), uc.to(device), uv.to(device)
-    mask = lat >= 0
+    uc, uv = uc.to(device), uv.to(device)
 
     if kmax == 0:
         chosen = lat.clamp(min=0)
+    elif how == "control_other_latents":
+        chosen, mask = ladder.other_latents(lat, tv, ladder.other_codes(lat, other.z, settings.exclude_template))
     elif how == "pairwise":
         chosen = match_pairwise(ctx, lat.clamp(min=0), k, uc, settings.tol, settings.exclude_template)
     else:
@@ -274,20 +322,24 @@ def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettin
         if settings.value_source == "ranked":
             values = ladder.by_rank(values, tv, mask)
     values = values * mask
-    error = templ.x - ctx.sae.decode(templ.z).float() if settings.add_error else torch.zeros_like(templ.x)
+    source = other if settings.error_source == "other" else templ
+    error = source.x - ctx.sae.decode(source.z).float() if settings.add_error else torch.zeros_like(templ.x)
     if settings.match_norm:
         code = torch.einsum("bk,bkd->bd", values, ctx.sae.W_dec.float()[chosen])
         offset = ctx.sae.b_dec.float() + error
         values = values * _scale_to_norm(code, offset, templ.x.norm(dim=-1))[:, None]
     x = decode_sparse(ctx, chosen, values) + error
 
-    chosen_np, values_np = chosen.cpu().numpy(), values.float().cpu().numpy()
+    chosen_np, values_np, kept = chosen.cpu().numpy(), values.float().cpu().numpy(), mask.cpu().numpy()
     return Activations(
         kind, x, templ.docs, templ.offsets, templ.tokens,
-        [chosen_np[i, : k[i]].astype(np.int32) for i in range(b)],
-        [values_np[i, : k[i]].astype(np.float32) for i in range(b)],
-        k.astype(np.int32), True,
-        template_latents=[t.astype(np.int32) for t in tlat],
+        [chosen_np[i, kept[i]].astype(np.int32) for i in range(b)],
+        [values_np[i, kept[i]].astype(np.float32) for i in range(b)],
+        kept.sum(1).astype(np.int32), True,
+        template_latents=[t[kept[i, : k[i]]].astype(np.int32) for i, t in enumerate(tlat)],
+        other_docs=other.docs if other is not None else None,
+        other_offsets=other.offsets if other is not None else None,
+        other_tokens=other.tokens if other is not None else None,
     )
 
 
@@ -315,12 +367,14 @@ def from_provenance(
     add_error: bool | None,
     ctx: GenContext,
     seed: int | None = None,
+    error_source: str | None = None,
+    other_tokens=None,
 ) -> torch.Tensor:
     """Rebuild one activation [d_model] from what a result row stores.
 
     real / sae_recon: from `tokens`; gaussian: from the draw `seed` (the base or target seed);
-    SAE-built kinds: from `latents` and `values` (plus the template's SAE error from `tokens`
-    when `add_error`).
+    SAE-built kinds: from `latents` and `values`, plus with `add_error` the SAE error of the template's prompt
+    `tokens`, or with `error_source` "other" of the other prompt `other_tokens` (target_other_tokens).
     """
     if kind not in KINDS:
         raise SynthactError(f"unknown kind of activation '{kind}'; use one of {', '.join(KINDS)}")
@@ -331,8 +385,12 @@ def from_provenance(
         return _gaussian(ctx, eps[None])[0]
     with_error = bool(add_error) and kind in TEMPLATE_KINDS
     if kind in ("real", "sae_recon") or with_error:
+        if with_error and error_source == "other":
+            tokens, what = other_tokens, "the other prompt's tokens (target_other_tokens) for its transplanted error"
+        else:
+            what = "its prompt tokens"
         if tokens is None:
-            raise SynthactError(f"rebuilding a '{kind}' activation needs its prompt tokens")
+            raise SynthactError(f"rebuilding a '{kind}' activation needs {what}")
         x = _forward(ctx, np.asarray(tokens, dtype=np.int64)[None])
     if kind == "real":
         return x[0]

@@ -21,6 +21,12 @@ in as one uniform per slot, drawn per base.
 - `swapped` (kind control_swapped): the template's code with `swaps` of its latents replaced as the
   baseline replaces them (frequency-matched, never a template latent), the latents that co-occur most
   (`swap_order` most_cooccurring) or least with the rest of the code first; the rest are kept.
+- `other_latents` (kind control_other_latents): right values, wrong latents. The latent set of another real
+  prompt's SAE code (with `exclude_template`, less the template's latents) carries the template's values by
+  rank: the template's r-th largest value goes to the other code's r-th largest latent (ties: lower slot, lower
+  id). The built code keeps the template's L0 where the other code has that many latents (kinds.py draws
+  further other prompts, up to 32 in all, kinds.OTHER_ROUNDS, while it has fewer); where it still has fewer,
+  the template's smallest values are left out and the built code has the other code's L0 (`target_l0`).
 """
 
 from __future__ import annotations
@@ -181,3 +187,28 @@ def permuted(template_values: torch.Tensor, mask: torch.Tensor, uv: torch.Tensor
     """The template's values permuted among the code's latents by the value uniforms uv [B, K]."""
     perm = torch.argsort(torch.where(mask, uv, math.inf), dim=1, stable=True)
     return template_values.gather(1, perm) * mask
+
+
+def other_codes(lat: torch.Tensor, other_z: torch.Tensor, exclude_template: bool) -> torch.Tensor:
+    """Another prompt's dense SAE codes [B, d_sae], less the template latents `lat` [B, K] (-1 = padding) with
+    `exclude_template`."""
+    if not exclude_template:
+        return other_z
+    d_sae = other_z.shape[1]
+    z = torch.cat([other_z, torch.zeros_like(other_z[:, :1])], 1)  # column d_sae absorbs padding
+    return z.scatter(1, torch.where(lat >= 0, lat, d_sae), 0.0)[:, :d_sae]
+
+
+def other_latents(lat: torch.Tensor, values: torch.Tensor, other_z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """control_other_latents (see the module docstring) on the other codes `other_z` [B, d_sae] (from
+    other_codes): (chosen [B, K], kept [B, K]), slot t of the template carrying its value to chosen[:, t] where
+    kept."""
+    b, k = lat.shape
+    live = lat >= 0
+    low = torch.tensor(-math.inf, device=lat.device)
+    ranked = torch.sort(torch.where(other_z != 0, other_z.float(), low), dim=1, descending=True, stable=True)
+    top, present = ranked.indices[:, :k], torch.isfinite(ranked.values[:, :k])
+    slots = torch.sort(torch.where(live, values, low), dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(slots).scatter_(1, slots, torch.arange(k, device=lat.device).expand(b, k).contiguous())
+    kept = live & present.gather(1, rank)
+    return torch.where(kept, top.gather(1, rank), 0), kept

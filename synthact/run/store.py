@@ -283,17 +283,19 @@ def _identity_hash(spec, recorded: str) -> str:
 
 @dataclass
 class Verification:
-    """What an output directory holds: good shards, shards whose record lies (id, problem), stray files, and
-    (deep only) damaged reference statistics (directory, problem), which a rerun recomputes."""
+    """What an output directory holds: good shards, shards whose record lies (id, problem), stray files,
+    (deep only) damaged reference statistics (directory, problem), which a rerun recomputes, and (recompute
+    only) each cell's recomputation of its rows (`recompute.CellRecompute`)."""
 
     good: set[str] = field(default_factory=set)
     bad: list[tuple[str, str]] = field(default_factory=list)
     strays: list[str] = field(default_factory=list)
     bad_stats: list[tuple[str, str]] = field(default_factory=list)
+    recomputed: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.bad and not self.strays and not self.bad_stats
+        return not self.bad and not self.strays and not self.bad_stats and all(c.ok for c in self.recomputed)
 
 
 def verify(out, deep: bool = False) -> Verification:

@@ -137,7 +137,7 @@ class Worker:
                 "base_doc": base.docs,
                 "base_offset": base.offsets,
                 "base_tokens": list(base.tokens),
-                **_target_prompt_columns(target, n),
+                **target_prompt_columns(target),
                 "base_latents": base.latents,
                 "base_latent_values": base.values,
                 "target_latents": target.latents if target is not None else None,
@@ -219,10 +219,16 @@ def _encoded_l0(ctx: GenContext, vectors: torch.Tensor) -> np.ndarray:
     return (codes != 0).sum(-1).cpu().numpy().astype(np.int32)
 
 
-def _target_prompt_columns(target: Activations | None, n: int) -> dict:
-    if target is None or not target.prompt_based:
-        return {"target_doc": None, "target_offset": None, "target_tokens": None}
-    return {"target_doc": target.docs, "target_offset": target.offsets, "target_tokens": list(target.tokens)}
+def target_prompt_columns(target: Activations | None) -> dict:
+    """The target's own prompt (prompt-based targets) and the other prompt it borrowed latents or an SAE error from."""
+    own = {"target_doc": None, "target_offset": None, "target_tokens": None}
+    if target is not None and target.prompt_based:
+        own = {"target_doc": target.docs, "target_offset": target.offsets, "target_tokens": list(target.tokens)}
+    other = {"target_other_doc": None, "target_other_offset": None, "target_other_tokens": None}
+    if target is not None and target.other_tokens is not None:
+        other = {"target_other_doc": target.other_docs, "target_other_offset": target.other_offsets,
+                 "target_other_tokens": list(target.other_tokens)}
+    return own | other
 
 
 def _column(name: str, value, n: int):

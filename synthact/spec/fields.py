@@ -206,7 +206,8 @@ class GenerationSpec(Frozen):
     match_norm: list[bool] = Field(
         [False], description="Rescale a built code so its activation has the template's norm (the paper: no)."
     )
-    add_error: list[bool] = Field([False], description="Add the template's SAE error (real - sae_recon).")
+    add_error: list[bool] = Field([False], description="Add an SAE error (x - sae_recon(x)) to built activations: "
+                                  "the template's, or another prompt's (error_source).")
     cooccur: list[Literal["counts", "none"]] = Field(
         ["counts"],
         description="synthetic_cooccur: weight candidates by their co-occurrence counts with the latents already "
@@ -237,6 +238,11 @@ class GenerationSpec(Frozen):
         ["most_cooccurring"],
         description="control_swapped: swap the latents that co-occur most (or least) with the rest of the code first.",
     )
+    error_source: list[Literal["template", "other"]] = Field(
+        ["template"],
+        description="With add_error: whose SAE error is added, the template's own (its prompt's) or that of another "
+        "real prompt drawn from the draw's RNG (other: the transplanted-error control, on any rung).",
+    )
 
     @field_validator("*")
     @classmethod
@@ -262,10 +268,12 @@ class GenerationSpec(Frozen):
         return sum(math.prod(map(len, choices)) for choices in self._choices(kinds, paired))
 
     def _choices(self, kinds: set[str], paired: bool):
-        """Per (match, structure) a kind here uses: each axis's (index, value) choices, [(0, None)] where unused."""
+        """Per (match, structure, cooccur_window, cooccur, add_error) a kind here uses: each axis's (index, value)
+        choices, [(0, None)] where unused."""
         used = set()
-        if kinds & set(TEMPLATE_KINDS):
-            used |= {"value_source", "exclude_template", "match_norm", "add_error"}
+        built = kinds & set(TEMPLATE_KINDS)
+        if built:
+            used |= {"value_source", "exclude_template", "match_norm"}
         if paired:
             used.add("template")
         matches = list(enumerate(self.match)) if "synthetic_baseline" in kinds else [None]
@@ -273,8 +281,12 @@ class GenerationSpec(Frozen):
         cooccur = "synthetic_cooccur" in kinds
         windows = list(enumerate(self.cooccur_window)) if cooccur else [None]
         weights = list(enumerate(self.cooccur)) if cooccur else [None]
-        for m, st, w, co in itertools.product(matches, structures, windows, weights):
+        errors = list(enumerate(self.add_error)) if built else [None]
+        for m, st, w, co, er in itertools.product(matches, structures, windows, weights, errors):
             keep, fixed = set(used), {}
+            if er is not None:  # error_source only where an error is added
+                keep |= {"add_error"} | ({"error_source"} if er[1] else set())
+                fixed["add_error"] = [er]
             if m is not None:
                 keep |= {"match", "nearest_k" if m[1] == "nearest_k" else "tol"}
                 fixed["match"] = [m]

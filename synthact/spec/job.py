@@ -26,6 +26,7 @@ from synthact.spec.fields import (
 from synthact.spec.ids import digest
 from synthact.spec.layers import check_layers
 from synthact.spec.vocabulary import (
+    AS_BEFORE,
     GENERATION_AXES,
     KINDS,
     LADDER_AXES,
@@ -141,11 +142,19 @@ class Job(Frozen):
                 raise ValueError(problem)
         paired_targets = {target_kind(k, d) for k, d in itertools.product(self.base_kinds, self.directions)
                           if k != "real"} & set(TEMPLATE_KINDS)
-        if True in self.generation.add_error and "base" in self.generation.template and paired_targets:
+        errors = self.generation.error_source if True in self.generation.add_error else []
+        if "template" in errors and "base" in self.generation.template and paired_targets:
             raise ValueError(
                 "add_error with template 'base' needs real bases (the error is the SAE error of the base's prompt); "
                 f"targets {', '.join(sorted(paired_targets))} of other base kinds would be paired: drop add_error or "
                 "use template: [independent]"
+            )
+        built_bases = sorted(set(self.base_kinds) & set(TEMPLATE_KINDS))
+        if "other" in errors and built_bases:
+            raise ValueError(
+                "error_source 'other' applies to targets: a row records the other prompt of its target only, so "
+                f"SAE-built bases ({', '.join(built_bases)}) cannot take another prompt's error; use real bases or "
+                "error_source: [template]"
             )
         labels = [scan.label for scan in self.scan]
         if len(set(labels)) != len(labels):
@@ -250,6 +259,7 @@ class Cell:
     holdout: float | None = None
     swaps: int | None = None
     swap_order: str | None = None
+    error_source: str | None = None
 
     def generation(self) -> dict:
         """The cell's generation axes."""
@@ -295,9 +305,11 @@ class Cell:
 
 
 def _without_unused_ladder_axes(settings: dict) -> dict:
-    """The ladder's axes that a cell does not use are left out of what its ids and seeds hash, so the cells
-    and bases of jobs without the ladder are the same as before it existed."""
-    return {k: v for k, v in settings.items() if not (k in LADDER_AXES and v is None)}
+    """The ladder's axes that a cell does not use (or uses at the value that was all there was before them,
+    AS_BEFORE) are left out of what its ids and seeds hash, so the cells and bases of jobs without the ladder
+    are the same as before it existed."""
+    return {k: v for k, v in settings.items()
+            if not (k in LADDER_AXES and (v is None or (k in AS_BEFORE and v == AS_BEFORE[k])))}
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,16 @@ KINDS = (
     "single_latent",
     "synthetic_cooccur",
     "control_swapped",
+    "control_other_latents",
 )
 Kind = Literal[KINDS]  # the same names, as a type the spec schema checks against
 SYNTHETIC_KINDS = ("synthetic_baseline", "synthetic_structured")
 # Kinds built from a template's SAE code, latent by latent: as targets, the template is the base's own code.
-TEMPLATE_KINDS = (*SYNTHETIC_KINDS, "random_latents", "synthetic_cooccur", "control_swapped")
+TEMPLATE_KINDS = (*SYNTHETIC_KINDS, "random_latents", "synthetic_cooccur", "control_swapped", "control_other_latents")
 # The ladder's kinds (generation/ladder.py): not in a job's default base_kinds, so default grids stay as they were.
-LADDER_KINDS = ("synthetic_cooccur", "control_swapped")
-# Template-built controls that keep some of the template's latents (generation/ladder.py).
-CONTROL_KINDS = ("control_swapped",)
+LADDER_KINDS = ("synthetic_cooccur", "control_swapped", "control_other_latents")
+# Template-built controls that keep some of the template's latents, or may (generation/ladder.py).
+CONTROL_KINDS = ("control_swapped", "control_other_latents")
 
 
 GENERATION_AXES = (
@@ -31,7 +32,10 @@ GENERATION_AXES = (
     "value_source", "exclude_template", "match_norm", "add_error",
 )
 # The ladder's axes (generation/ladder.py): cells that use none of them keep the cell ids they had before.
-LADDER_AXES = ("cooccur", "cooccur_window", "geometry_temp", "cooccur_top_m", "holdout", "swaps", "swap_order")
+LADDER_AXES = ("cooccur", "cooccur_window", "geometry_temp", "cooccur_top_m", "holdout", "swaps", "swap_order",
+               "error_source")
+# Ladder axes at the value that is what every cell did before the axis existed: left out of ids and seeds too.
+AS_BEFORE = {"error_source": "template"}
 GENERATION_AXES = (*GENERATION_AXES, *LADDER_AXES)
 
 

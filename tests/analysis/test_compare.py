@@ -34,14 +34,20 @@ def test_compare_prints_table_and_verdicts_and_writes_nothing_unasked(out, capsy
     assert run_compare([str(out)]) == 0
     text = capsys.readouterr().out
     assert not (out / "compare.csv").exists()  # only the cache of per-cell aggregates is written (OUT/analysis)
-    expected = aggregate.compare_kinds(Sweep.open(out))
-    verdicts = aggregate.verdicts(expected)
+    sweep = Sweep.open(out)
+    expected, differences = aggregate.compare_kinds(sweep), aggregate.differences(sweep)
+    verdicts = aggregate.verdicts(expected, differences)
     for line in aggregate.verdict_lines(verdicts):
         assert line in text
     for check in (aggregate.CHECK_STRUCTURE, aggregate.CHECK_PLATEAU, aggregate.CHECK_GAUSSIAN, aggregate.CHECK_CLOSEST):
         assert check in text
-    assert "toward:synthetic_structured anchor vs toward:synthetic_baseline k=10: YES" in text
-    assert "synthetic_structured anchor vs synthetic_baseline k=10: YES" in text
+    assert "toward:synthetic_structured anchor vs toward:synthetic_baseline k=10: " in text
+    assert "synthetic_structured anchor vs synthetic_baseline k=10: YES (KS" in text
+    # the distances with their intervals, and the differences between rungs with their verdict sentences
+    row = expected[(expected.axis == "target") & (expected.target_kind == "gaussian")].iloc[0]
+    assert f"{row.ks_stat:.3f} [{row.ks_ci_low:.3f}, {row.ks_ci_high:.3f}]" in text
+    assert compare.DIFFERENCES_HEADING in text
+    assert all(v in text for v in differences.verdict)
 
 
 def test_compare_csv_option(out, tmp_path):
@@ -52,7 +58,10 @@ def test_compare_csv_option(out, tmp_path):
     assert len(saved) == len(expected) > 0
     np.testing.assert_allclose(saved.ks_stat, expected.ks_stat)
     np.testing.assert_allclose(saved.diff_ci_high, expected.diff_ci_high)
+    np.testing.assert_allclose(saved.ks_ci_low, expected.ks_ci_low)
     assert set(saved.metric) == set(results.COMPARED)
+    differences = pd.read_csv(tmp_path / "sub" / "c-differences.csv")
+    np.testing.assert_allclose(differences.ks_diff_p_holm, aggregate.differences(Sweep.open(out)).ks_diff_p_holm)
 
 
 def test_compare_without_real_says_so(tmp_path, capsys):

@@ -108,12 +108,14 @@ def test_detectable_difference_has_the_asked_power_and_shrinks_like_one_over_roo
     assert inference.detectable_ks_difference(4000) == pytest.approx(d / 2, rel=0.15)
 
 
-def test_a_panel_compares_each_kind_with_the_one_before_and_adjusts_over_its_pairs():
-    real, a, b = _paired_triple(80, seed=8, shift=5.0)
-    distances, differences = inference.ladder_panel(real, {"far": a, "near": b, "same": b.copy()}, n_boot=200,
-                                                    n_perm=200)
-    assert [d["kind"] for d in distances] == ["far", "near", "same"]
-    assert distances[1]["ks"] == pytest.approx(stats.ks_2samp(b, real).statistic)
-    assert [(d["a"], d["b"]) for d in differences] == [("far", "near"), ("near", "same")]
-    np.testing.assert_allclose([d["ks_diff_p_holm"] for d in differences],
-                               inference.holm([d["ks_diff_p"] for d in differences]))
+def test_unpaired_difference_resamples_each_kind_on_its_own():
+    rng = np.random.default_rng(12)
+    real, a, b = rng.integers(40, 60, 70).astype(float), rng.integers(44, 64, 50).astype(float), \
+        rng.integers(40, 60, 90).astype(float)
+    out = inference.paired_difference(real, a, b, paired=False, n_boot=2000, n_perm=2000, labels=("A", "B"))
+    assert out["ks_diff"] == pytest.approx(stats.ks_2samp(b, real).statistic - stats.ks_2samp(a, real).statistic)
+    assert out["mean_diff"] == pytest.approx(b.mean() - a.mean()) and (out["n"], out["n_b"]) == (50, 90)
+    ref = stats.permutation_test((a, b), lambda x, y: np.mean(y) - np.mean(x), n_resamples=5000,
+                                 random_state=np.random.default_rng(3))
+    assert out["mean_diff_p"] == pytest.approx(ref.pvalue, abs=0.03)
+    assert out["ks_diff_lo"] < out["ks_diff"] < out["ks_diff_hi"] and "KS(B) - KS(A)" in out["verdict"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import html
 import io
 import os
 import re
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthact.analysis import figures, report
+from synthact.analysis import compare, figures, report
 from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
 from tests.helpers import make_job, write_results
@@ -84,6 +85,17 @@ def test_page_renders_in_chromium_with_every_figure(built, tmp_path):
     shot = tmp_path / "shot.png"
     chromium(tmp_path, "--window-size=1200,4000", f"--screenshot={shot}", page.as_uri())
     assert pixel_std(shot.read_bytes()) > 10
+
+
+def test_page_has_the_intervals_the_differences_between_rungs_and_the_diagnostics(built):
+    out, _ = built
+    page = html.unescape((out / "report.html").read_text())
+    analysis = compare.analyse(Sweep.open(out))
+    for column in ("ks_ci_low", "ks_ci_high", "ks_perm_p", "w_ci_low", "w_ci_high", "paired"):
+        assert f"<th>{column}</th>" in page
+    assert '<h2 id="differences">' in page and all(v in page for v in analysis.differences.verdict)
+    assert '<h2 id="diagnostics">' in page and not analysis.diagnostics.empty
+    assert all(f"<td>{v}</td>" in page for v in analysis.diagnostics["PMI"])
 
 
 def test_html_option_and_no_curves(tmp_path):

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from synthact import results
-from synthact.analysis import aggregate, figures, tracking
+from synthact.analysis import aggregate, compare, figures, tracking
 from synthact.analysis.tracking import Tracker, TrackingWarning, read_offline_run
 from synthact.analysis.cells import Sweep
 from tests.analysis.test_aggregate import rows_of
@@ -102,9 +102,23 @@ def test_comparison_and_verdicts_are_logged(tracked):
     expected = aggregate.compare_kinds(Sweep.open(out))
     logged = run["tables"]["comparison"]
     assert len(logged) == len(expected)
-    for column in ("ks_stat", "ks_pvalue", "wasserstein", "mean_diff"):
+    for column in ("ks_stat", "ks_pvalue", "wasserstein", "mean_diff", "ks_ci_low", "ks_ci_high", "w_ci_high",
+                   "ks_perm_p"):
         np.testing.assert_allclose(logged[column].astype(float), expected[column], rtol=1e-9)
     assert set(run["tables"]["verdicts"].verdict) >= {"YES"}
+
+
+def test_differences_between_rungs_and_diagnostics_are_logged(tracked):
+    _, out, _, run, _ = tracked
+    analysis = compare.analyse(Sweep.open(out))
+    logged = run["tables"]["differences"]
+    assert list(logged.columns) == list(analysis.differences.columns) and len(logged) == len(analysis.differences) > 0
+    for column in ("ks_diff", "ks_diff_lo", "ks_diff_hi", "ks_diff_p_holm", "mean_diff_p"):
+        np.testing.assert_allclose(logged[column].astype(float), analysis.differences[column], rtol=1e-9)
+    assert logged.verdict.tolist() == analysis.differences.verdict.tolist()
+    diagnostics = run["tables"]["diagnostics"]
+    assert len(diagnostics) == len(analysis.diagnostics) > 0
+    assert diagnostics["PMI"].tolist() == analysis.diagnostics["PMI"].tolist()
 
 
 def test_summary_metrics(tracked):

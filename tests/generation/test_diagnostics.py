@@ -1,11 +1,10 @@
-"""Diagnostics of codes (generation/diagnostics.py) against hand-computed values, and their table."""
+"""Diagnostics of codes (generation/diagnostics.py) against hand-computed values."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from synthact.generation import diagnostics
@@ -59,17 +58,3 @@ def test_heldout_codes_are_the_last_codes_of_the_pool():
     ctx = hand_context(W, FREQ, [[0], [1], [0, 2], [2], [1, 2]])
     latents, _ = diagnostics.heldout_codes(ctx.stats, holdout=0.4)
     assert [x.tolist() for x in latents] == [[2], [1, 2]]
-
-
-def test_the_table_summarises_each_cell_once_per_base():
-    rows = pd.DataFrame({
-        "cell_id": ["a"] * 4 + ["b", "c"], "layer": 1, "read_layer": [2, 2, 3, 3, 2, 2],
-        "base_kind": "real", "direction": ["toward:real"] * 4 + ["toward:synthetic_cooccur"] * 2,
-        "target_kind": ["real"] * 4 + ["synthetic_cooccur"] * 2, "cooccur": [None] * 4 + ["counts", "none"],
-        "swaps": [None] * 4 + [8.0] * 2, "template": [None] * 4 + ["base"] * 2,
-        **{c: [1.0, 3.0, 1.0, 3.0, 5.0, 5.0] for c in diagnostics.SHOWN},
-    })
-    table = diagnostics.diagnostics_table(rows)
-    assert table.n.tolist() == [2, 1, 1]  # one read layer's rows
-    assert table.settings.tolist() == ["", "cooccur=counts", "cooccur=none"]  # swaps=8 does not vary: not shown
-    assert table["PMI"].tolist() == ["2+-1.4", "5+-nan", "5+-nan"]

@@ -1,5 +1,6 @@
 """The ladder (generation/ladder.py): co-occurrence and geometry weights, ranked and permuted values, the
-swapped-code control, the co-occurrence table; hand-built SAEs and pools with known answers."""
+swapped-code and other-latents controls, the transplanted SAE error, the co-occurrence table; hand-built SAEs
+and pools with known answers."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from synthact.generation import ladder
 from synthact.generation.context import GenContext, GenerationSettings
 from synthact.generation.kinds import draw, from_provenance
 from synthact.generation.stats import ReferenceStats, cooccurrence
+from synthact.inputs.hooks import real_activations, stream_index
+from synthact.run.worker import target_prompt_columns
 from tests.helpers import toy_context
 
 
@@ -204,15 +207,17 @@ def test_every_rung_recomputes_from_its_row_and_has_distinct_alive_latents(name)
     ctx = toy_context()
     kind, settings = LADDER[name]
     base = draw("real", [np.random.default_rng(i) for i in range(30)], ctx)
-    for add_error in (False, True):
-        s = dataclasses.replace(settings, add_error=add_error)
+    for add_error, source in ((False, "template"), (True, "template"), (True, "other")):
+        s = dataclasses.replace(settings, add_error=add_error, error_source=source)
         built = draw(kind, [np.random.default_rng(50 + i) for i in range(30)], ctx, s, template=base)
         alive = ctx.stats.freq.numpy() > 0
         for b in range(30):
             j = built.latents[b]
             assert len(set(j.tolist())) == len(j) and np.array_equal(built.l0[b], base.l0[b])
             assert alive[j].all() or kind == "control_swapped"
-            rebuilt = from_provenance(kind, built.tokens[b], j, built.values[b], add_error, ctx)
+            other = built.other_tokens[b] if built.other_tokens is not None else None
+            rebuilt = from_provenance(kind, built.tokens[b], j, built.values[b], add_error, ctx, error_source=source,
+                                      other_tokens=other)
             torch.testing.assert_close(rebuilt, built.vectors[b], rtol=1e-5, atol=1e-5)
         if settings.value_source in ("template", "permuted"):
             for b in range(30):
@@ -235,3 +240,94 @@ def test_the_expanded_cosine_error_for_every_latent_equals_the_direct_one():
     squares = ((dirs @ unit.T) ** 2).sum(1)
     direct = ladder._cosine_error(unit, cand, dirs, target_cos, None)
     torch.testing.assert_close(ladder._cosine_error(unit, cand, dirs, target_cos, squares), direct)
+
+
+def test_other_latents_carry_the_template_values_by_rank_on_a_hand_built_code():
+    # Template slots (latents 1, 3, 5) with values .5, 2, 1: ranks 2, 0, 1. The other code, by value: 3 (5.0, a
+    # template latent), 4 (3.0), 6 (0.7), 0 (0.2), 2 (0.1).
+    lat = torch.tensor([[1, 3, 5], [1, 3, -1]])
+    values = torch.tensor([[0.5, 2.0, 1.0], [0.5, 2.0, 0.0]])
+    other = torch.zeros(2, 8)
+    other[0, [3, 4, 6, 0, 2]] = torch.tensor([5.0, 3.0, 0.7, 0.2, 0.1])
+    other[1, [3, 7]] = torch.tensor([5.0, 1.0])  # only one latent once the template's 3 is left out
+    chosen, kept = ladder.other_latents(lat, values, ladder.other_codes(lat, other, True))
+    assert chosen[0].tolist() == [0, 4, 6] and kept[0].all()
+    # The second code has one usable latent: it takes the template's largest value; the rest are left out.
+    assert kept[1].tolist() == [False, True, False] and chosen[1, 1] == 7
+    # Without exclude_template the other code is used as it is: its largest latent is the template's own 3.
+    chosen, kept = ladder.other_latents(lat, values, ladder.other_codes(lat, other, False))
+    assert chosen[0].tolist() == [6, 3, 4] and chosen[1, :2].tolist() == [7, 3] and kept[1].tolist() == [True, True, False]
+
+
+def sae_error(ctx, tokens):
+    with torch.no_grad():
+        x = real_activations(ctx.model, torch.as_tensor(np.asarray(tokens)[None]), stream_index(ctx.sae, ctx.layer))
+        return (x - ctx.sae.decode(ctx.sae.encode(x)))[0]
+
+
+def test_other_latents_are_the_other_codes_top_latents_and_rebuild_from_the_row():
+    ctx = toy_context()
+    base = draw("real", [np.random.default_rng(i) for i in range(20)], ctx)
+    s = GenerationSettings(add_error=True, error_source="other")
+    built = draw("control_other_latents", [np.random.default_rng(70 + i) for i in range(20)], ctx, s, template=base)
+    row = target_prompt_columns(built)
+    for b in range(20):
+        with torch.no_grad():
+            z_a = ctx.sae.encode(base.vectors[b: b + 1])[0]
+            z_o = ctx.sae.encode(real_activations(ctx.model, torch.as_tensor(built.other_tokens[b][None]),
+                                                  stream_index(ctx.sae, ctx.layer)))[0]
+        a_ids = torch.nonzero(z_a).flatten().numpy()
+        o_ids = np.array([j for j in np.argsort(-z_o.numpy(), kind="stable") if z_o[j] > 0 and j not in a_ids])
+        n = min(len(a_ids), len(o_ids))
+        # A's n largest values, largest first, sit on the other code's n largest (non-template) latents.
+        by_value = np.argsort(-built.values[b], kind="stable")
+        np.testing.assert_array_equal(built.latents[b][by_value], o_ids[:n])
+        np.testing.assert_allclose(built.values[b][by_value], -np.sort(-z_a[a_ids].numpy())[:n], rtol=1e-5, atol=1e-6)
+        rebuilt = from_provenance("control_other_latents", built.tokens[b], built.latents[b], built.values[b], True,
+                                  ctx, error_source="other", other_tokens=row["target_other_tokens"][b])
+        torch.testing.assert_close(rebuilt, built.vectors[b], rtol=1e-5, atol=1e-5)
+    assert np.mean(built.l0 == base.l0) > 0.8  # redrawn other prompts keep A's L0 almost always
+
+
+def test_a_transplanted_error_is_the_other_prompts_sae_error_and_rebuilds_from_the_row():
+    ctx = toy_context()
+    base = draw("real", [np.random.default_rng(i) for i in range(12)], ctx)
+    for kind in ("synthetic_baseline", "control_swapped"):
+        s = GenerationSettings(add_error=True, error_source="other")
+        built = draw(kind, [np.random.default_rng(90 + i) for i in range(12)], ctx, s, template=base)
+        row = target_prompt_columns(built)
+        assert row["target_other_doc"] is not None and len(row["target_other_tokens"]) == 12
+        for b in range(12):
+            code = from_provenance(kind, built.tokens[b], built.latents[b], built.values[b], False, ctx)
+            other, own = sae_error(ctx, row["target_other_tokens"][b]), sae_error(ctx, base.tokens[b])
+            torch.testing.assert_close(built.vectors[b] - code, other, rtol=1e-4, atol=1e-5)
+            assert float((other - own).norm()) > 1e-3 * float(own.norm())
+            rebuilt = from_provenance(kind, built.tokens[b], built.latents[b], built.values[b], True, ctx,
+                                      error_source="other", other_tokens=row["target_other_tokens"][b])
+            torch.testing.assert_close(rebuilt, built.vectors[b], rtol=1e-5, atol=1e-5)
+    # Without the new setting nothing is drawn for it: the same latents as before it existed, and no other prompt.
+    plain = draw("synthetic_baseline", [np.random.default_rng(90 + i) for i in range(12)], ctx, template=base)
+    own = draw("synthetic_baseline", [np.random.default_rng(90 + i) for i in range(12)], ctx,
+               GenerationSettings(add_error=True), template=base)
+    assert plain.other_tokens is None and target_prompt_columns(plain)["target_other_tokens"] is None
+    for a, b in zip(plain.latents, own.latents):
+        assert np.array_equal(a, b)
+
+
+def test_the_new_controls_leave_default_cell_ids_as_they_were():
+    """The error_source axis is left out of ids where it is unused or at its default (docs/spec.md, "Resume")."""
+    from synthact.spec import parse_job
+    from tests.helpers import toy_job
+
+    def ids(**generation):
+        job = parse_job(toy_job(base_kinds=["real"], directions=["toward:synthetic_baseline"],
+                                generation={"template": ["independent"], **generation}))
+        return {c.add_error: (c.cell_id, c.error_source, c.base_settings()) for c in job.cells()}
+
+    before = ids(add_error=[False, True])
+    assert ids(add_error=[False, True], error_source=["template"]) == before
+    assert before[False][1] is None and before[True][1] == "template"
+    # The ids these cells had before error_source existed (computed with that code).
+    assert (before[False][0], before[True][0]) == ("d01df73e4ddc", "bc3bdb11e94c")
+    transplanted = ids(add_error=[False, True], error_source=["other"])
+    assert transplanted[False] == before[False] and transplanted[True][0] != before[True][0]
