@@ -113,9 +113,10 @@ def test_token_cluster_from_ray_start_with_a_node_killed_mid_sweep_gives_the_loc
 @pytest.mark.slow
 def test_ray_local_run_after_its_driver_was_killed_resumes_undisturbed_by_leftover_processes(job, local_rows, tmp_path):
     """SIGKILL of a `--ray local` driver can leave Ray's agent processes behind (in the driver's process group,
-    re-parented to init); the next `--ray local` run starts its own instance beside them and finishes the sweep."""
+    re-parented to init); the next `--ray local` run starts its own instance beside them and finishes the sweep.
+    One worker actor per run is enough for that (each actor costs seconds of imports)."""
     spec = tmp_path / "job.yaml"
-    spec.write_text(yaml.safe_dump(RAY_TINY))
+    spec.write_text(yaml.safe_dump(dict(RAY_TINY, ray=dict(RAY_TINY["ray"], max_workers=1))))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "synthact.cli", "run", str(spec), "--out", str(out), "--ray", "local",
            "--no-progress", "--no-wandb"]

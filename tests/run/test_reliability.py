@@ -546,7 +546,7 @@ def test_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     data = toy_job(base_kinds=["real"], directions=["isotropic"], bases_per_cell=2, shard_size=1, device="auto",
-                   scan={"steps": 4}, reference={"n_prompts": 128}, wandb=False)
+                   scan={"steps": 4}, reference={"n_prompts": 128}, wandb=False, ray={"max_workers": 1})
     job = parse_job(data)
     refused = []
 
