@@ -10,6 +10,7 @@ The Python API (the command line is a thin layer over it)::
     rows = synthact.read_rows(sweep.out)                 # pandas, one row per curve (read_table: Arrow)
     comparison, verdicts = synthact.compare(sweep.out)   # each kind against real, with intervals
     synthact.differences(sweep.out)                      # between rungs: paired intervals, Holm-adjusted p
+    print(synthact.analyse(sweep.out).text())            # all of it, as `synthact compare` prints it
     synthact.report(sweep.out)                           # PNG figures and an HTML page
 
 `import synthact` is cheap: each function imports torch, TransformerLens, Ray or W&B when it needs it.
@@ -20,8 +21,8 @@ from synthact.errors import SpecError, SynthactError
 
 __version__ = "0.1.0"
 
-_API = ("load_job", "grid", "grid_size", "run_job", "SweepRun", "read_rows", "read_table", "compare", "differences", "report",
-        "verify")
+_API = ("load_job", "grid", "grid_size", "run_job", "SweepRun", "read_rows", "read_table", "compare", "analyse",
+        "differences", "report", "verify")
 
 __all__ = [*_API, "SynthactError", "SpecError", "__version__"]
 

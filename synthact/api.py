@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from synthact.analysis.compare import Analysis
     from synthact.analysis.report import Report
     from synthact.run.plan import RunSummary
     from synthact.run.store import Verification
@@ -161,12 +162,21 @@ def compare(out: str | Path, csv: str | Path | None = None, ray: str | None = No
     return compare_rows(out, csv, ray)
 
 
+def analyse(out: str | Path, ray: str | None = None) -> Analysis:
+    """Everything `synthact compare` shows of a sweep, as one `Analysis`: `.comparison` and `.verdicts` (as
+    `compare` returns them), `.differences` (as `differences` returns it), `.diagnostics` (per cell, the
+    statistics of the built codes against real codes) and `.text()` (the printed tables)."""
+    from synthact.analysis.compare import analyse as analyse_sweep
+
+    return analyse_sweep(out, ray)
+
+
 def differences(out: str | Path, csv: str | Path | None = None, ray: str | None = None) -> pd.DataFrame:
     """The differences between rungs of the ladder (and the paper's structured vs baseline), per panel: for each
     pair of kinds, KS(b, real) - KS(a, real) and mean(b) - mean(a) with 95% intervals (paired over bases where
     the kinds were built for the same bases), permutation p-values and Holm-adjusted ones across the grid, and
     the verdict sentence. `csv` also saves it there. Computed per panel and cached like `compare`'s numbers."""
-    from synthact.analysis.compare import analyse, save_csv
+    from synthact.analysis.compare import save_csv
 
     table = analyse(out, ray).differences
     if csv:

@@ -28,10 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-# Commands whose options live in their own module; only the module of the command being run is imported.
-MODULE_COMMANDS = {
-    "compare": ("synthact.analysis.compare", "each kind against real: KS, Wasserstein, difference of means, verdicts"),
-    "report": ("synthact.analysis.report", "PNG figures and a self-contained HTML page of a sweep"),
+# Tools whose many options live in their own module; only the module of the command being run is imported.
+TOOL_COMMANDS = {
     "bench": ("synthact.bench", "scan speed: plain vs fast path, points/s, TFLOP/s, deviations"),
     "bench-ray": ("synthact.bench.ray_driver", "driver overhead of a Ray sweep with thousands of shards"),
 }
@@ -64,8 +62,23 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--fields", action="store_true", help="print every spec field with its description (Markdown)")
     p.set_defaults(func=cmd_validate)
 
+    p = sub.add_parser("compare", help="each kind against real, the differences between rungs, verdicts",
+                       description=cmd_compare.__doc__)
+    p.add_argument("out", help="output directory of a sweep (its results/ folder is read)")
+    p.add_argument("--csv", metavar="FILE", help="also save the comparison table (every column) as CSV here, and "
+                   "the differences between rungs beside it (FILE-differences.csv)")
+    add_ray_argument(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="PNG figures and a self-contained HTML page of a sweep",
+                       description=cmd_report.__doc__)
+    p.add_argument("out", help="output directory of a sweep (its results/ folder is read)")
+    p.add_argument("--html", metavar="FILE", help="where to write the HTML page (default: OUT/report.html)")
+    add_ray_argument(p)
+    p.set_defaults(func=cmd_report)
+
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    for name, (module_name, summary) in MODULE_COMMANDS.items():
+    for name, (module_name, summary) in TOOL_COMMANDS.items():
         if name != chosen:
             sub.add_parser(name, help=summary)
             continue
@@ -89,6 +102,45 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  {shard_id}: {problem}", file=sys.stderr)
     print(summary.render(result, sweep.out, sweep.comparison, sweep.verdicts))
     return 0 if result.ok else 1
+
+
+def add_ray_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", metavar="ADDRESS",
+                        help="aggregate the cells as Ray tasks ('auto', 'local' or a cluster address); the results "
+                             "and OUT/analysis must be on storage every node reaches")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Each kind against real along both axes: per compared cell and metric, mean +- std of both, the difference of
+    means, the KS distance and the Wasserstein distance, each with a 95% bootstrap interval (paired over bases
+    where the kinds share them), the KS permutation p-value, and the authors' reported values where the sweep's
+    framing is theirs. Then the differences between rungs of the ladder (paired intervals, permutation p,
+    Holm-adjusted p across the grid), one verdict line per paper finding, and the diagnostics of the built codes.
+    Per-cell and per-panel numbers are cached under OUT/analysis/, so a rerun reads only what changed."""
+    from synthact.analysis.compare import differences_path, save_csv
+    from synthact.run.store import completion_note
+
+    if note := completion_note(args.out):
+        print(note + "\n")
+    analysis = api.analyse(args.out, args.ray)
+    print(analysis.text())
+    if args.csv:
+        saved = [save_csv(analysis.comparison, args.csv, "comparison"),
+                 save_csv(analysis.differences, differences_path(args.csv), "differences")]
+        print("\nSaved: " + ", ".join(map(str, saved)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write PNG figures (OUT/report/) and one self-contained HTML page (default OUT/report.html): the curves and
+    metric distributions of each kind against real, the comparison and differences tables, the diagnostics."""
+    from synthact.run.store import completion_note
+
+    if note := completion_note(args.out):
+        print(note)
+    report = api.report(args.out, args.html, args.ray)
+    print(f"{len(report.figures)} figures in {report.figure_dir}; page: {report.html}")
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

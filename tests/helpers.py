@@ -231,6 +231,14 @@ def synthact(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["synthact", *args], code, stdout.getvalue(), stderr.getvalue())
 
 
+def command(*argv: str) -> int:
+    """A `synthact` command run in this process, its SynthactError raised rather than printed (cli.main prints it)."""
+    from synthact import cli
+
+    args = cli.build_parser(list(argv)).parse_args(list(argv))
+    return args.func(args)
+
+
 def synthact_process(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """`python -m synthact.cli ARGS` in a fresh process (this checkout's code), for what only a process shows."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -10,9 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from synthact import results
-from synthact.analysis import report
 from synthact.errors import SynthactError
-from tests.helpers import make_job, write_results
+from tests.helpers import command, make_job, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +75,5 @@ def test_cell_key_changes_when_a_shard_is_rewritten(out):
 
 
 def test_report_html_naming_a_directory_is_a_clear_error(out, tmp_path):
-    parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
     with pytest.raises(SynthactError, match="is a directory"):
-        report.run(parser.parse_args([str(out), "--html", str(tmp_path)]))
+        command("report", str(out), "--html", str(tmp_path))

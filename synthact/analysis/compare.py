@@ -16,7 +16,6 @@ cells that changed. --csv FILE saves the comparison there and the differences be
 
 from __future__ import annotations
 
-import argparse
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from synthact.analysis import aggregate, diagnostics, paper
 from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
 from synthact.results import COMPARED
-from synthact.run.store import completion_note
 
 # The comparison columns shown (printed here, and in the report's table), in order.
 SHOWN = ["axis", "layer", "read_layer", "scan", "base_kind", "direction", "variant", "metric", "n", "mean", "std",
@@ -171,28 +169,3 @@ def differences_path(csv: str | Path) -> Path:
     """Where --csv FILE puts the differences: FILE-differences.csv beside it."""
     path = Path(csv).expanduser()
     return path.with_name(f"{path.stem}-differences{path.suffix or '.csv'}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", help="output directory of a sweep (its results/ folder is read)")
-    parser.add_argument("--csv", metavar="FILE", help="also save the comparison table (every column) as CSV here, and "
-                        "the differences between rungs beside it (FILE-differences.csv)")
-    add_ray_argument(parser)
-
-
-def add_ray_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ray", metavar="ADDRESS",
-                        help="aggregate the cells as Ray tasks ('auto', 'local' or a cluster address); the results "
-                             "and OUT/analysis must be on storage every node reaches")
-
-
-def run(args: argparse.Namespace) -> int:
-    if note := completion_note(args.out):
-        print(note + "\n")
-    analysis = analyse(args.out, args.ray)
-    print(analysis.text())
-    if args.csv:
-        saved = [save_csv(analysis.comparison, args.csv, "comparison"),
-                 save_csv(analysis.differences, differences_path(args.csv), "differences")]
-        print("\nSaved: " + ", ".join(map(str, saved)))
-    return 0

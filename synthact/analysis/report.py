@@ -10,7 +10,6 @@ one file. Reads the same cached per-cell aggregates as `synthact compare`.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import os
@@ -158,17 +157,3 @@ def _job_name(out: Path) -> str:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", help="output directory of a sweep (its results/ folder is read)")
-    parser.add_argument("--html", metavar="FILE", help="where to write the HTML page (default: OUT/report.html)")
-    compare.add_ray_argument(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    if note := completion_note(args.out):
-        print(note)
-    report = build_report(args.out, args.html, args.ray)
-    print(f"{len(report.figures)} figures in {report.figure_dir}; page: {report.html}")
-    return 0

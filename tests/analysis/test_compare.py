@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import warnings
 
@@ -14,13 +13,11 @@ from synthact import results
 from synthact.analysis import aggregate, compare
 from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
-from tests.helpers import make_job, write_results
+from tests.helpers import command, make_job, write_results
 
 
 def run_compare(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    compare.add_arguments(parser)
-    return compare.run(parser.parse_args(argv))
+    return command("compare", *argv)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -18,7 +17,7 @@ from PIL import Image
 from synthact.analysis import compare, figures, report
 from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
-from tests.helpers import make_job, write_results
+from tests.helpers import command, make_job, write_results
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -27,9 +26,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def run_report(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
-    return report.run(parser.parse_args(argv))
+    return command("report", *argv)
 
 
 def pixel_std(png: bytes) -> float:
