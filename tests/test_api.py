@@ -36,6 +36,17 @@ def test_import_and_validate_load_no_heavy_library():
     assert result.stdout.strip() == "[]"
 
 
+def test_a_ray_driver_loads_no_model_library():
+    """The driver of a Ray sweep (often a CPU head node) plans, dispatches, writes and compares: no torch,
+    TransformerLens or sae_lens in its process; the worker actors import them."""
+    code = ("import sys, synthact.cli, synthact.run.ray_executor, synthact.analysis.compare, synthact.analysis.summary; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformer_lens', 'sae_lens'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def test_load_job_takes_a_path_a_dict_or_a_job():
     from_path = synthact.load_job(ROOT / "jobs" / "paper-toy.yaml")
     from_dict = synthact.load_job(yaml.safe_load((ROOT / "jobs" / "paper-toy.yaml").read_text()))

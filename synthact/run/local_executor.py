@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from synthact.errors import SynthactError, first_line
 from synthact.run.plan import CellListener, Plan, Progress, RunSummary
 from synthact.run.store import Store
@@ -94,6 +92,8 @@ def preflight(job: Job, worker) -> None:
 
 def _check_finite(sae, where: str) -> None:
     """Refuse an SAE with a NaN or infinite weight (it would surface later as a scan 'overflow')."""
+    import torch  # here, not at the top: a Ray driver imports this module and never loads a model
+
     for name, tensor in sae.named_parameters():
         bad = ~torch.isfinite(tensor.detach())
         if bad.any():
