@@ -21,12 +21,10 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-# The longest tests (tens of seconds each on 2 cores: Ray clusters, whole sweeps, processes that import torch
-# afresh). They are marked `slow` (`-m "not slow and not gpu"` leaves them out for a quick run) and start first,
-# in this order, so that the two workers finish at about the same time. The first mostly waits (for a W&B server
-# that is not there): it runs while the other worker starts its Ray cluster and the default toy builds.
+# The longest tests, longest first (tens of seconds each on 2 cores: Ray clusters, whole sweeps, processes that
+# import torch afresh). They are marked `slow` (`-m "not slow and not gpu"` leaves them out for a quick run) and
+# start first, so that the two workers finish at about the same time.
 SLOW = (
-    "tests/analysis/test_tracking.py::test_unreachable_server_is_one_warning_and_the_sweep_goes_on",
     "tests/run/test_ray.py",
     "tests/run/test_ray_processes.py",
     "tests/run/test_reliability.py::test_ray_local_on_a_cpu_machine_ignores_ray_address",
