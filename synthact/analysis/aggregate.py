@@ -221,7 +221,19 @@ def differences(sweep: Sweep, metrics=COMPARED) -> pd.DataFrame:
     for column in ("ks_diff_p", "mean_diff_p"):
         for _, rows in table.groupby("metric", sort=False):
             table.loc[rows.index, f"{column}_holm"] = holm(rows[column].astype(float))
+    if not table.empty:
+        table["verdict"] = [grid_verdict(v, p) for v, p in zip(table.verdict, table.ks_diff_p_holm.astype(float))]
     return table
+
+
+def grid_verdict(verdict: str, p_holm: float) -> str:
+    """A pair's verdict (its interval and permutation p) with the KS difference's Holm-adjusted p; a difference
+    that the interval shows but that does not survive Holm's correction across the grid says so."""
+    if not math.isfinite(p_holm):
+        return verdict
+    claims = not verdict.startswith(("no detectable", "too few"))
+    return f"{verdict}, Holm p = {p_holm:.2g}" + (" (not significant across the grid)" if claims and p_holm > ALPHA
+                                                  else "")
 
 
 def _differences_panel(sweep: Sweep, axis: str, panel: dict, records: list[dict], metrics) -> list[dict]:

@@ -82,7 +82,7 @@ def _pm(mean: float, std: float) -> str:
 
 def readable_differences(differences: pd.DataFrame) -> pd.DataFrame:
     """The differences between rungs as a compact table, metric by metric: the pair, the verdict sentence (KS
-    difference with its interval and p), its Holm-adjusted p, and the difference of means with its interval."""
+    difference with its interval, p and Holm-adjusted p), and the difference of means with its interval."""
     order = {m: i for i, m in enumerate(COMPARED)}
     rows = differences.iloc[sorted(range(len(differences)), key=lambda i: (
         differences.axis.iloc[i] != "target", order.get(differences.metric.iloc[i], len(order))))]
@@ -91,7 +91,7 @@ def readable_differences(differences: pd.DataFrame) -> pd.DataFrame:
         **({"scan": rows.scan} if "scan" in rows and rows.scan.notna().any() else {}),
         "metric": rows.metric, "step": rows.step, "a": rows.variant_a, "b": rows.variant_b, "n": rows.n,
         "paired": rows.paired.map({True: "yes", False: "no"}),
-        "KS(b) - KS(a) [95% CI], p": rows.verdict, "Holm": rows.ks_diff_p_holm.map("{:.2g}".format),
+        "KS(b) - KS(a) [95% CI], p, Holm p": rows.verdict,
         "mean(b) - mean(a) [95% CI], p (Holm)": [
             f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}], {p:.2g} ({ph:.2g})" for d, lo, hi, p, ph in
             zip(rows.mean_diff, rows.mean_diff_lo, rows.mean_diff_hi, rows.mean_diff_p, rows.mean_diff_p_holm)],
@@ -105,7 +105,7 @@ def comparison_text(comparison: pd.DataFrame, verdicts: pd.DataFrame, difference
                 "directions (target kinds) or `real` to base_kinds (base kinds) to compare against it.")
     lines = []
     with pd.option_context("display.width", 250, "display.max_rows", 2000, "display.max_columns", 30,
-                           "display.max_colwidth", 120):
+                           "display.max_colwidth", 200):
         for axis, heading in HEADINGS.items():
             table = readable(comparison, axis)
             if not table.empty:

@@ -218,7 +218,18 @@ def test_differences_equal_inference_on_the_values_aligned_by_base(sweep):
         expected = inference.paired_difference(*samples, n_boot=aggregate.N_BOOT, n_perm=aggregate.N_PERM, seed=0,
                                                labels=(row.rung_a, row.rung_b if isinstance(row.rung_b, str) else "gaussian"))
         for key, value in expected.items():
-            assert row[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+            if key == "verdict":  # the pair's own verdict, then its Holm p across the grid
+                assert row[key].startswith(value + ", Holm p = "), row[key]
+            else:
+                assert row[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+
+
+def test_a_difference_that_does_not_survive_holm_says_so():
+    shown = "R2 closer to real than R1: KS(R2) - KS(R1) = -0.150 [-0.300, -0.017] (95% CI), p = 0.011"
+    assert aggregate.grid_verdict(shown, 0.49) == shown + ", Holm p = 0.49 (not significant across the grid)"
+    assert aggregate.grid_verdict(shown, 0.02) == shown + ", Holm p = 0.02"
+    none = "no detectable difference: KS(R2) - KS(R1) = +0.050 [-0.100, +0.200] (95% CI), p = 0.28"
+    assert aggregate.grid_verdict(none, 0.63) == none + ", Holm p = 0.63"
 
 
 def test_holm_adjusts_over_every_panel_of_the_grid_one_family_per_metric(sweep):
