@@ -1,5 +1,6 @@
 """The Python API: what `import synthact` offers, that it stays cheap, and the README's notebook example as written."""
 
+import ast
 import os
 import re
 import subprocess
@@ -27,24 +28,25 @@ def test_every_name_in_all_is_documented_and_reachable():
         synthact.nope  # noqa: B018
 
 
-def test_import_and_validate_load_no_heavy_library():
-    code = ("import sys, synthact; synthact.grid_size(synthact.load_job('jobs/paper.yaml')); "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'transformer_lens', 'wandb'}))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+def loaded_in_a_fresh_process(code: str, libraries: set[str]) -> list[str]:
+    """Which of `libraries` a fresh Python process has imported after running `code`."""
+    probe = f"{code}; import sys; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(libraries)!r})))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120,
                             env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    return ast.literal_eval(result.stdout.strip())
+
+
+def test_import_and_validate_load_no_heavy_library():
+    code = "import synthact; synthact.grid_size(synthact.load_job('jobs/paper.yaml'))"
+    assert loaded_in_a_fresh_process(code, {"torch", "ray", "transformer_lens", "wandb"}) == []
 
 
 def test_a_ray_driver_loads_no_model_library():
     """The driver of a Ray sweep (often a CPU head node) plans, dispatches, writes and compares: no torch,
     TransformerLens or sae_lens in its process; the worker actors import them."""
-    code = ("import sys, synthact.cli, synthact.run.ray_executor, synthact.analysis.compare, synthact.analysis.summary; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformer_lens', 'sae_lens'}))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    code = "import synthact.cli, synthact.run.ray_executor, synthact.analysis.compare, synthact.analysis.summary"
+    assert loaded_in_a_fresh_process(code, {"torch", "transformer_lens", "sae_lens"}) == []
 
 
 def test_load_job_takes_a_path_a_dict_or_a_job():
