@@ -21,16 +21,18 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-# The longest tests, longest first (tens of seconds each on 2 cores: Ray clusters, whole sweeps, processes that
-# import torch afresh). They are marked `slow` (`-m "not slow and not gpu"` leaves them out for a quick run) and
-# start first, so that the two workers finish at about the same time.
+# The longest tests (tens of seconds each on 2 cores: Ray clusters, whole sweeps, processes that import torch
+# afresh), in the order the two workers start them: the first Ray file starts its cluster while the default toy
+# builds, the other worker meanwhile renders the report (no toy needed), then takes the Ray processes file. A
+# file named here runs whole on one worker. They are marked `slow` (`-m "not slow and not gpu"` leaves them out
+# for a quick run); the rest follow in file order.
 SLOW = (
     "tests/run/test_ray.py",
-    "tests/run/test_ray_processes.py",
-    "tests/run/test_reliability.py::test_ray_local_on_a_cpu_machine_ignores_ray_address",
-    "tests/analysis/test_tracking.py",
-    "tests/test_end_to_end.py",
     "tests/analysis/test_report.py",
+    "tests/run/test_ray_processes.py",
+    "tests/analysis/test_tracking.py",
+    "tests/run/test_reliability.py::test_ray_local_on_a_cpu_machine_ignores_ray_address",
+    "tests/test_end_to_end.py",
 )
 
 
@@ -55,12 +57,14 @@ def pytest_unconfigure(config):
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Mark the slow tests and put them first; keep each file whose tests share a module-scoped fixture on one
-    worker (an xdist group: `--dist loadgroup`), so the fixture (a finished sweep, a Ray cluster) is built once."""
+    worker (an xdist group: `--dist loadgroup`), so the fixture (a finished sweep, a Ray cluster) is built once,
+    and each file named in SLOW, so that the workers take them in SLOW's order."""
     for item in items:
+        file = item.nodeid.split("::")[0]
         if item.nodeid.startswith(SLOW):
             item.add_marker(pytest.mark.slow)
-        if shares_a_module_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+        if shares_a_module_fixture(item) or file in SLOW:
+            item.add_marker(pytest.mark.xdist_group(file))
     items.sort(key=slowness_rank)  # stable: file order otherwise
 
 

@@ -42,10 +42,14 @@ def test_import_and_validate_load_no_heavy_library():
     assert loaded_in_a_fresh_process(code, {"torch", "ray", "transformer_lens", "wandb"}) == []
 
 
-def test_a_ray_driver_loads_no_model_library():
+def test_a_ray_driver_loads_no_model_library(tmp_path):
     """The driver of a Ray sweep (often a CPU head node) plans, dispatches, writes and compares: no torch,
-    TransformerLens or sae_lens in its process; the worker actors import them."""
-    code = "import synthact.cli, synthact.run.ray_executor, synthact.analysis.compare, synthact.analysis.summary"
+    TransformerLens or sae_lens in its process; the worker actors import them. Its resume checks of a new
+    output directory (damaged statistics, then the plan) load none either."""
+    code = ("import synthact.cli, synthact.run.ray_executor, synthact.analysis.compare, synthact.analysis.summary; "
+            "from synthact.run.plan import Plan; from synthact.run.store import Store; "
+            f"job = synthact.load_job('jobs/smoke.yaml'); store = Store({str(tmp_path / 'out')!r}, job); "
+            "store.discard_damaged_stats(); Plan(job, store)")
     assert loaded_in_a_fresh_process(code, {"torch", "transformer_lens", "sae_lens"}) == []
 
 

@@ -140,9 +140,11 @@ class Store:
     def discard_damaged_stats(self) -> list[tuple[str, str]]:
         """Remove reference statistics that do not load whole (what `verify --deep` flags); the workers
         recompute them when next needed. Returns (directory, problem) of each."""
+        damaged = _damaged_stats(self.fs, self.path(STATS))
+        if not damaged:
+            return damaged
         from synthact.generation.stats import discard_stats
 
-        damaged = _damaged_stats(self.fs, self.path(STATS))
         for path, problem in damaged:
             print(f"synthact: reference statistics {path} are damaged ({problem}); they will be recomputed",
                   file=sys.stderr)
@@ -323,16 +325,21 @@ def verify(out, deep: bool = False) -> Verification:
 
 
 def _damaged_stats(fs: pafs.FileSystem, folder: str) -> list[tuple[str, str]]:
-    """Statistics directories under `folder` that do not load whole (hidden temporaries skipped)."""
+    """Statistics directories under `folder` that do not load whole (hidden temporaries skipped).
+
+    Loading them needs torch, imported only when there are some: a first run's driver imports no torch."""
+    found = [info.path for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+             if info.type == pafs.FileType.Directory and not info.base_name.startswith(".")]
+    if not found:
+        return []
     from synthact.generation.stats import load_stored_stats
 
     damaged = []
-    for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-        if info.type == pafs.FileType.Directory and not info.base_name.startswith("."):
-            try:
-                load_stored_stats(fs, info.path)
-            except SynthactError as e:
-                damaged.append((info.path, str(e)))
+    for path in found:
+        try:
+            load_stored_stats(fs, path)
+        except SynthactError as e:
+            damaged.append((path, str(e)))
     return damaged
 
 

@@ -1,7 +1,8 @@
 """The Ray executor on a real local multi-node cluster (ray.cluster_utils.Cluster), toy model.
 
 One cluster serves the whole module: a head node with no CPUs (it runs nothing) and two
-worker nodes with one CPU each, so the two worker actors land on different nodes. Drivers and
+worker nodes with one CPU each, so the first test's two worker actors land on different nodes;
+that test removes one node, and the later tests run one actor on the node left. Drivers and
 clusters in processes of their own are in test_ray_processes.py (so the two files can run on two
 pytest-xdist workers); the job and its local rows are fixtures in conftest.py.
 """
@@ -23,9 +24,11 @@ from synthact.results import read_table
 from synthact.run.ray_executor import run_ray
 from synthact.run.store import Store
 from synthact.spec import parse_job
-from tests.helpers import RAY_TINY, ROOT, assert_same_rows, visible_files
+from tests.helpers import RAY_TINY, ROOT, assert_same_rows, synthact, visible_files
 
 LOGGER = "synthact.run.ray_executor"
+# The tests after the first run on the one worker node it leaves, one actor at a time (each costs seconds of imports).
+ONE_ACTOR = dict(RAY_TINY, ray=dict(RAY_TINY["ray"], max_workers=1))
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +63,11 @@ def kill_a_busy_actor() -> None:
     ray.kill(ray.get_actor(names[0]))
 
 
-def test_ray_rows_equal_local_and_shards_spread_over_nodes(cluster, job, local_rows, tmp_path, caplog):
+def test_ray_rows_equal_local_spread_over_nodes_through_a_killed_actor_and_a_removed_node(cluster, job, local_rows,
+                                                                                          tmp_path, caplog):
+    """One sweep over both worker nodes, disturbed twice: a busy actor killed after 2 cells, a node removed after
+    4 (the later tests in this module run on the node left). Nothing is lost and the rows are local mode's."""
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    summary = run_ray(job, Store(tmp_path / "out", job), cluster.address, progress=False)
-    assert summary.ok and summary.shards_done == len(job.shards()) and summary.curves == local_rows.num_rows
-    assert_same_rows(tmp_path / "out", local_rows)
-    nodes = {r.args[1] for r in caplog.records if r.msg.startswith("shard %s ran on node")}
-    assert len(nodes) == 2, f"shards ran on {nodes}; expected both worker nodes"
-    # Statistics live in one shared place: one directory per layer under the store.
-    assert len(list((tmp_path / "out" / "stats").iterdir())) == len(job.layers)
-
-
-def test_actor_killed_and_node_removed_lose_nothing(cluster, job, local_rows, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger=LOGGER)
     removed = []
 
     def remove_a_worker_node():
@@ -81,22 +76,22 @@ def test_actor_killed_and_node_removed_lose_nothing(cluster, job, local_rows, tm
         removed.append(node)
 
     disturb = Disturb({2: kill_a_busy_actor, 4: remove_a_worker_node})
-    try:
-        summary = run_ray(job, Store(tmp_path / "out", job), cluster.address, progress=False, listeners=[disturb])
-    finally:
-        if removed:  # give the later tests their second node back
-            cluster.worker_nodes_in_order.append(cluster.add_node(num_cpus=1))
-            cluster.wait_for_nodes()
+    summary = run_ray(job, Store(tmp_path / "out", job), cluster.address, progress=False, listeners=[disturb])
     assert removed and summary.ok, summary.failures
+    assert summary.shards_done == len(job.shards()) and summary.curves == local_rows.num_rows
     died = [r for r in caplog.records if "died" in r.getMessage()]
     retried = [r for r in caplog.records if "retried" in r.getMessage()]
     assert len(died) >= 2 and retried, "the disturbances hit no shard in flight"
     assert_same_rows(tmp_path / "out", local_rows)
+    nodes = {r.args[1] for r in caplog.records if r.msg.startswith("shard %s ran on node")}
+    assert len(nodes) == 2, f"shards ran on {nodes}; expected both worker nodes"
+    # Statistics live in one shared place: one directory per layer under the store.
+    assert len(list((tmp_path / "out" / "stats").iterdir())) == len(job.layers)
 
 
 def test_driver_killed_mid_sweep_resumes_from_manifest(cluster, job, local_rows, tmp_path):
     spec = tmp_path / "job.yaml"
-    spec.write_text(yaml.safe_dump(RAY_TINY))
+    spec.write_text(yaml.safe_dump(ONE_ACTOR))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "synthact.cli", "run", str(spec), "--out", str(out), "--ray", cluster.address,
            "--no-progress", "--no-wandb"]
@@ -129,15 +124,13 @@ def test_group_that_cannot_load_is_retried_then_reported_rest_completes_exit_cod
     missing = tmp_path / "no-such-sae-{layer}"
     data = dict(RAY_TINY, sae=[{"toy": {}}, {"local": str(missing)}], base_kinds=["real"], directions=["toward:same"],
                 bases_per_cell=4, shard_size=2)
-    data["ray"] = dict(RAY_TINY["ray"], max_retries=1)
+    data["ray"] = dict(ONE_ACTOR["ray"], max_retries=1)
     job = parse_job(data)
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump(data))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "synthact.cli", "run", str(spec), "--out", str(out), "--ray", cluster.address,
-           "--no-progress", "--no-wandb"]
-    result = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
-                            text=True, timeout=240)
+    # In this process, on this module's connection to the cluster (the test above runs driver processes).
+    result = synthact("run", str(spec), "--out", str(out), "--ray", cluster.address, "--no-progress", "--no-wandb")
     assert result.returncode == 1, result.stdout + result.stderr
     bad = {s.shard_id for s in job.shards() if s.cell.sae.local}
     failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
