@@ -276,7 +276,7 @@ RAY_TINY = toy_job(
     name="ray-tiny", read_layers=[-1], base_kinds=["real", "gaussian", "synthetic_structured"],
     generation={"structure": ["pairwise"], "candidates": [4, 16]}, scan={"steps": 8}, bases_per_cell=24, shard_size=2,
     reference={"n_prompts": 256}, device="cpu", wandb=False,
-    ray={"num_gpus": 0, "num_cpus": 1, "max_in_flight": 2, "max_retries": 2},
+    ray={"num_gpus": 0, "num_cpus": 1, "max_in_flight": 2, "max_retries": 2, "dashboard": False},
 )
 
 

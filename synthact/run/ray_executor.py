@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 import uuid
 from collections import deque
@@ -54,7 +55,7 @@ def run_ray(
     plan = Plan(job, store)
     plan.announce_complete_cells(listeners)
     bar = Progress(plan, progress)
-    started_here = connect(address)
+    started_here = connect(address, dashboard=job.ray.dashboard)
     try:
         gpus = actor_gpus(job, address == "local")
         Dispatcher(job, plan, store.stats_root, bar, listeners, gpus).run()
@@ -66,8 +67,10 @@ def run_ray(
     return plan.summary
 
 
-def connect(address: str) -> bool:
-    """Connect this process to Ray; True when this call did (so the caller disconnects)."""
+def connect(address: str, dashboard: bool = True) -> bool:
+    """Connect this process to Ray; True when this call did (so the caller disconnects).
+
+    `dashboard`: whether an instance started here ('local') runs Ray's dashboard; its address is printed."""
     if ray.is_initialized():
         return False
     kwargs = {"log_to_driver": False, "configure_logging": False}
@@ -76,10 +79,12 @@ def connect(address: str) -> bool:
         if address == "local":  # always a new instance here, whatever RAY_ADDRESS says
             saved = os.environ.pop("RAY_ADDRESS", None)
             try:
-                ray.init(address="local", **kwargs)
+                context = ray.init(address="local", include_dashboard=dashboard, **kwargs)
             finally:
                 if saved is not None:
                     os.environ["RAY_ADDRESS"] = saved
+            if context.dashboard_url:  # Ray's own line is silenced with its logging
+                print(f"synthact: Ray dashboard at http://{context.dashboard_url}", file=sys.stderr)
         else:
             ray.init(address=address, **kwargs)
     except RayError as e:  # AuthenticationError, e.g. a ray:// address whose cluster wants a token

@@ -394,5 +394,9 @@ class RaySpec(Frozen):
     max_workers: int | None = Field(None, ge=1, le=100_000, description="Cap on worker actors; default: as many as fit.")
     max_in_flight: int = Field(2, ge=1, le=1000, description="Shards queued per worker at once.")
     max_retries: int = Field(2, ge=0, le=100, description="Retries of a failing shard before it is reported.")
+    dashboard: bool = Field(
+        True, description="Start Ray's dashboard with the instance `--ray local` starts (a few CPU-seconds at "
+                          "start); a running cluster keeps its own."
+    )
 
 

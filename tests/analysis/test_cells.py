@@ -72,8 +72,9 @@ def test_a_cached_part_is_keyed_by_the_rows_it_came_from(out):
     assert cache.load("metrics", fewer) is None
 
 
-def test_ray_tasks_give_the_same_comparison(out):
-    ray = pytest.importorskip("ray")
+def test_ray_tasks_give_the_same_comparison(out, capsys):
+    import ray
+
     _, out = out
     local = aggregate.compare_kinds(Sweep.open(out))
     (out / "analysis").rename(out / "analysis-local")
@@ -81,5 +82,6 @@ def test_ray_tasks_give_the_same_comparison(out):
         remote = aggregate.compare_kinds(Sweep.open(out, ray="local"))
     finally:
         assert not ray.is_initialized()
+    assert "synthact: Ray dashboard at http://" in capsys.readouterr().err  # the instance it started has one
     assert len(cache_files(out)) == len(results.sweep_cells(out))  # the tasks wrote the cache
     pd.testing.assert_frame_equal(remote, local)

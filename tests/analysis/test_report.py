@@ -96,7 +96,7 @@ def test_page_has_the_intervals_the_differences_between_rungs_and_the_diagnostic
 
 
 def test_html_option_and_no_curves(tmp_path):
-    job = make_job(bases=6)
+    job = make_job(bases=6, directions=["toward:same", "isotropic", "toward:gaussian"])
     write_results(job, tmp_path / "out", keep_curves=False)
     target = tmp_path / "elsewhere" / "r.html"
     assert run_report([str(tmp_path / "out"), "--html", str(target)]) == 0

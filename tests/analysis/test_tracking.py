@@ -251,7 +251,7 @@ def test_failure_mid_sweep_closes_the_run_with_one_warning(tmp_path, monkeypatch
 def test_a_resumed_sweep_continues_the_same_run(tmp_path, monkeypatch):
     """Two runs of the tracker on one output directory (a sweep and its resume) log to one W&B run id."""
     monkeypatch.setenv("WANDB_MODE", "offline")
-    job = make_job(bases=4)
+    job = make_job(bases=4, base_kinds=["real", "gaussian"], directions=["toward:same", "isotropic"])  # 4 cells
     write_results(job, tmp_path)
     cells = results.sweep_cells(tmp_path)
     for part in (cells[:3], cells[3:]):

@@ -1,8 +1,8 @@
 """The Ray executor on a real local multi-node cluster (ray.cluster_utils.Cluster), toy model.
 
-One cluster serves the whole module: a head node with no CPUs (it runs nothing) and two
-worker nodes with one CPU each, so the first test's two worker actors land on different nodes;
-that test removes one node, and the later tests run one actor on the node left. Drivers and
+One cluster serves the whole module: a head node and a worker node with one CPU each, so the
+first test's two worker actors land on different nodes; that test removes the worker node, and
+the later tests run one actor on the head. Drivers and
 clusters in processes of their own are in test_ray_processes.py (so the two files can run on two
 pytest-xdist workers); the job and its local rows are fixtures in conftest.py.
 """
@@ -27,18 +27,17 @@ from synthact.spec import parse_job
 from tests.helpers import RAY_TINY, ROOT, assert_same_rows, synthact, visible_files
 
 LOGGER = "synthact.run.ray_executor"
-# The tests after the first run on the one worker node it leaves, one actor at a time (each costs seconds of imports).
+# The tests after the first run on the head node it leaves, one actor at a time (each costs seconds of imports).
 ONE_ACTOR = dict(RAY_TINY, ray=dict(RAY_TINY["ray"], max_workers=1))
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
-        workers = [c.add_node(num_cpus=1) for _ in range(2)]
+        c.worker_node = c.add_node(num_cpus=1)
         c.wait_for_nodes()
         ray.init(address=c.address, log_to_driver=False)
-        c.worker_nodes_in_order = workers
         yield c
     finally:
         ray.shutdown()
@@ -65,17 +64,16 @@ def kill_a_busy_actor() -> None:
 
 def test_ray_rows_equal_local_spread_over_nodes_through_a_killed_actor_and_a_removed_node(cluster, job, local_rows,
                                                                                           tmp_path, caplog):
-    """One sweep over both worker nodes, disturbed twice: a busy actor killed after 2 cells, a node removed after
-    4 (the later tests in this module run on the node left). Nothing is lost and the rows are local mode's."""
+    """One sweep over both nodes, disturbed twice: a busy actor killed after 2 cells, the worker node removed
+    after 4 (the later tests in this module run on the head). Nothing is lost and the rows are local mode's."""
     caplog.set_level(logging.DEBUG, logger=LOGGER)
     removed = []
 
-    def remove_a_worker_node():
-        node = cluster.worker_nodes_in_order.pop()
-        cluster.remove_node(node)
-        removed.append(node)
+    def remove_the_worker_node():
+        cluster.remove_node(cluster.worker_node)
+        removed.append(cluster.worker_node)
 
-    disturb = Disturb({2: kill_a_busy_actor, 4: remove_a_worker_node})
+    disturb = Disturb({2: kill_a_busy_actor, 4: remove_the_worker_node})
     summary = run_ray(job, Store(tmp_path / "out", job), cluster.address, progress=False, listeners=[disturb])
     assert removed and summary.ok, summary.failures
     assert summary.shards_done == len(job.shards()) and summary.curves == local_rows.num_rows
@@ -84,7 +82,7 @@ def test_ray_rows_equal_local_spread_over_nodes_through_a_killed_actor_and_a_rem
     assert len(died) >= 2 and retried, "the disturbances hit no shard in flight"
     assert_same_rows(tmp_path / "out", local_rows)
     nodes = {r.args[1] for r in caplog.records if r.msg.startswith("shard %s ran on node")}
-    assert len(nodes) == 2, f"shards ran on {nodes}; expected both worker nodes"
+    assert len(nodes) == 2, f"shards ran on {nodes}; expected both nodes"
     # Statistics live in one shared place: one directory per layer under the store.
     assert len(list((tmp_path / "out" / "stats").iterdir())) == len(job.layers)
 

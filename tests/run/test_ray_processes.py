@@ -134,6 +134,7 @@ def test_ray_local_run_after_its_driver_was_killed_resumes_undisturbed_by_leftov
         rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert rerun.returncode == 0, rerun.stdout + rerun.stderr
         assert "already done" in rerun.stdout and not list(out.rglob(".tmp-*"))
+        assert "Ray dashboard" not in rerun.stderr  # RAY_TINY's ray.dashboard: false
         assert_same_rows(out, local_rows)
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -538,15 +538,16 @@ def test_names_are_identifiers():
 # ---------------------------------------------------------------------- --ray local never hangs
 
 
-def test_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatch):
-    """Default ray.num_gpus (1) on a machine without GPUs, RAY_ADDRESS pointing nowhere: it runs, on CPU actors."""
+def test_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatch, capsys):
+    """Default ray.num_gpus (1) on a machine without GPUs, RAY_ADDRESS pointing nowhere: it runs, on CPU actors
+    (and without Ray's dashboard, as the job asks)."""
     import ray
 
     from synthact.run.ray_executor import actor_gpus, run_ray
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
     data = toy_job(base_kinds=["real"], directions=["isotropic"], bases_per_cell=2, shard_size=1, device="auto",
-                   scan={"steps": 4}, reference={"n_prompts": 128}, wandb=False, ray={"max_workers": 1})
+                   scan={"steps": 4}, reference={"n_prompts": 128}, wandb=False, ray={"max_workers": 1, "dashboard": False})
     job = parse_job(data)
     refused = []
 
@@ -560,3 +561,4 @@ def test_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatch):
     summary = run_ray(job, Store(tmp_path / "out", job), "local", progress=False, listeners=[AskForCuda()])
     assert summary.ok and summary.shards_done == 2 and time.perf_counter() - start < 240
     assert refused and not ray.is_initialized()
+    assert "Ray dashboard" not in capsys.readouterr().err
