@@ -22,12 +22,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 # The longest tests (tens of seconds each on 2 cores: Ray clusters, whole sweeps, processes that import torch
-# afresh), in the order the two workers start them: the first Ray file starts its cluster while the default toy
-# builds, the other worker meanwhile renders the report (no toy needed), then takes the Ray processes file. A
-# file named here runs whole on one worker. They are marked `slow` (`-m "not slow and not gpu"` leaves them out
-# for a quick run); the rest follow in file order.
+# afresh) and the two that mostly wait (on W&B and S3 timeouts), in the order the two workers start them: the
+# first Ray file starts its cluster while the default toy builds; the other worker meanwhile waits out the
+# timeouts (the build uses the core) and renders the report (no toy needed), then takes the Ray processes file.
+# A file named here runs whole on one worker, but for the tests named on their own. They are marked `slow`
+# (`-m "not slow and not gpu"` leaves them out for a quick run); the rest follow in file order.
 SLOW = (
     "tests/run/test_ray.py",
+    "tests/analysis/test_tracking.py::test_unreachable_server_is_one_warning_and_the_sweep_goes_on",
+    "tests/run/test_reliability.py::test_bad_inputs_are_one_paragraph",
     "tests/analysis/test_report.py",
     "tests/run/test_ray_processes.py",
     "tests/analysis/test_tracking.py",
@@ -63,7 +66,7 @@ def pytest_collection_modifyitems(config, items):
         file = item.nodeid.split("::")[0]
         if item.nodeid.startswith(SLOW):
             item.add_marker(pytest.mark.slow)
-        if shares_a_module_fixture(item) or file in SLOW:
+        if shares_a_module_fixture(item) or file in SLOW and item.nodeid not in SLOW:
             item.add_marker(pytest.mark.xdist_group(file))
     items.sort(key=slowness_rank)  # stable: file order otherwise
 
