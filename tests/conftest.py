@@ -23,15 +23,15 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 # The longest tests (tens of seconds each on 2 cores: Ray clusters, whole sweeps, processes that import torch
 # afresh) and the two that mostly wait (on W&B and S3 timeouts), in the order the two workers start them: the
-# first Ray file starts its cluster while the default toy builds; the other worker meanwhile waits out the
-# timeouts (the build uses the core) and renders the report (no toy needed), then takes the Ray processes file.
-# A file named here runs whole on one worker, but for the tests named on their own. They are marked `slow`
+# first Ray file starts its cluster and waits for the default toy, which builds meanwhile; the other worker
+# renders the report (no toy needed), then waits out the timeouts while the Ray processes use the cores. A file
+# named here runs whole on one worker, but for the tests named on their own. They are marked `slow`
 # (`-m "not slow and not gpu"` leaves them out for a quick run); the rest follow in file order.
 SLOW = (
     "tests/run/test_ray.py",
+    "tests/analysis/test_report.py",
     "tests/analysis/test_tracking.py::test_unreachable_server_is_one_warning_and_the_sweep_goes_on",
     "tests/run/test_reliability.py::test_bad_inputs_are_one_paragraph",
-    "tests/analysis/test_report.py",
     "tests/run/test_ray_processes.py",
     "tests/analysis/test_tracking.py",
     "tests/run/test_reliability.py::test_ray_local_on_a_cpu_machine_ignores_ray_address",
