@@ -46,7 +46,7 @@ def chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("rep")
-    job = make_job()
+    job = make_job(directions=["toward:same", "isotropic", "toward:synthetic_structured"])  # 12 panels, 25 figures
     write_results(job, out)
     assert run_report([str(out)]) == 0
     return out, Sweep.open(out).aggregates
