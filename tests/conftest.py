@@ -24,16 +24,17 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 # The longest tests (tens of seconds each on 2 cores: Ray clusters, whole sweeps, processes that import torch
 # afresh) and the two that mostly wait (on W&B and S3 timeouts), in the order the two workers start them: the
 # first Ray file starts its cluster and waits for the default toy, which builds meanwhile; the other worker
-# renders the report (no toy needed), then waits out the timeouts while the Ray processes use the cores. A file
-# named here runs whole on one worker, but for the tests named on their own. They are marked `slow`
-# (`-m "not slow and not gpu"` leaves them out for a quick run); the rest follow in file order.
+# renders the report and logs the W&B runs (no toy needed), then waits out the timeouts while the Ray
+# processes use the cores. A file named here runs whole on one worker, but for the tests named on their own.
+# They are marked `slow` (`-m "not slow and not gpu"` leaves them out for a quick run); the rest follow in
+# file order.
 SLOW = (
     "tests/run/test_ray.py",
     "tests/analysis/test_report.py",
+    "tests/analysis/test_tracking.py",
     "tests/analysis/test_tracking.py::test_unreachable_server_is_one_warning_and_the_sweep_goes_on",
     "tests/run/test_reliability.py::test_bad_inputs_are_one_paragraph",
     "tests/run/test_ray_processes.py",
-    "tests/analysis/test_tracking.py",
     "tests/run/test_reliability.py::test_ray_local_on_a_cpu_machine_ignores_ray_address",
     "tests/test_end_to_end.py",
 )
@@ -72,7 +73,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def slowness_rank(item) -> int:
-    """The place of the item's entry in SLOW (longest first), after them all for the rest."""
+    """The place of the item's entry in SLOW (its own entry before its file's), after them all for the rest."""
+    if item.nodeid in SLOW:
+        return SLOW.index(item.nodeid)
     return next((i for i, prefix in enumerate(SLOW) if item.nodeid.startswith(prefix)), len(SLOW))
 
 
