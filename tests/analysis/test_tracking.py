@@ -195,15 +195,15 @@ def test_disabled_tracker_writes_nothing(tmp_path):
 
 
 UNREACHABLE = """
+import json
 import warnings
 from pathlib import Path
-from tests.helpers import make_job, write_results
 from synthact.analysis.tracking import Tracker, TrackingWarning
 from synthact.results import sweep_cells
+from synthact.spec import parse_job
 
 out = Path({out!r})
-job = make_job(bases=4)
-write_results(job, out)
+job = parse_job(json.loads(Path({spec!r}).read_text()))
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     tracker = Tracker(job, out, {{"cells": 8}})
@@ -217,12 +217,17 @@ print(tracking[0].message if tracking else "")
 
 
 def test_unreachable_server_is_one_warning_and_the_sweep_goes_on(tmp_path):
-    """Online mode against a closed port (a fresh process: W&B reads its environment once per process). W&B's
-    waits are shortened: 5 s for the run (90 by default) and no account lookup first (two more 5 s waits)."""
+    """Online mode against a closed port, in a fresh process (W&B reads its environment once per process) that
+    tracks results written here. W&B's waits are shortened: 5 s for the run (90 by default) and no account
+    lookup first (two more 5 s waits)."""
+    job = make_job(bases=4)
+    out, spec = tmp_path / "out", tmp_path / "job.json"
+    write_results(job, out)
+    spec.write_text(json.dumps(job.canonical()))
     env = dict(os.environ, WANDB_MODE="online", WANDB_BASE_URL="http://127.0.0.1:9", WANDB_API_KEY=FAKE_KEY,
                WANDB_INIT_TIMEOUT="5", WANDB_X_DISABLE_VIEWER="true", WANDB_SILENT="false", PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-c", UNREACHABLE.format(out=str(tmp_path))], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", UNREACHABLE.format(out=str(out), spec=str(spec))], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "TRACKING_WARNINGS 1" in result.stdout, result.stdout + result.stderr[-3000:]
     assert "tracking is off" in result.stdout
