@@ -249,7 +249,8 @@ def read_claim(fs: pafs.FileSystem, root: str, uri: str) -> dict | None:
             raise ValueError("not a claim")
         return theirs
     except OSError as e:
-        raise SynthactError(f"cannot read '{uri}/job.json' ({e}); check the directory's permissions") from None
+        raise SynthactError(f"cannot read job.json in '{uri}' ({e}); check that the location is reachable and "
+                            "readable") from None
     except (ValueError, KeyError, TypeError):
         raise SynthactError(
             f"'{uri}/job.json' is damaged (empty or not a synthact claim), so it is unknown which spec "
