@@ -67,7 +67,7 @@ def pytest_collection_modifyitems(config, items):
         file = item.nodeid.split("::")[0]
         if item.nodeid.startswith(SLOW):
             item.add_marker(pytest.mark.slow)
-        if shares_a_module_fixture(item) or file in SLOW and item.nodeid not in SLOW:
+        if shares_a_module_fixture(item) or (file in SLOW and item.nodeid not in SLOW):
             item.add_marker(pytest.mark.xdist_group(file))
     items.sort(key=slowness_rank)  # stable: file order otherwise
 
