@@ -107,20 +107,21 @@ def run_job(
     job = load_job(job)
     out = output_of(job, out)
     store = Store(out, job)
-    listeners, tracker = [], None
-    if job.wandb.enabled and wandb:
-        from synthact.analysis.tracking import Tracker
+    with store.locked():  # one run at a time writes a local output directory
+        listeners, tracker = [], None
+        if job.wandb.enabled and wandb:
+            from synthact.analysis.tracking import Tracker
 
-        tracker = Tracker(job, out, grid_size(job))
-        listeners.append(tracker)
-    if ray:
-        from synthact.run.ray_executor import run_ray
+            tracker = Tracker(job, out, grid_size(job))
+            listeners.append(tracker)
+        if ray:
+            from synthact.run.ray_executor import run_ray
 
-        summary = run_ray(job, store, ray, progress=progress, listeners=listeners)
-    else:
-        from synthact.run.local_executor import run_local
+            summary = run_ray(job, store, ray, progress=progress, listeners=listeners)
+        else:
+            from synthact.run.local_executor import run_local
 
-        summary = run_local(job, store, progress=progress, listeners=listeners)
+            summary = run_local(job, store, progress=progress, listeners=listeners)
     if summary.fatal:
         redone = "".join(f"; shard {shard_id} was redone because {problem}" for shard_id, problem in summary.redone)
         raise SynthactError(f"nothing could run: {summary.fatal}{redone}")
@@ -197,7 +198,7 @@ def verify(out: str | Path, deep: bool = False, recompute: int | None = None) ->
     all; it loads the model) into `.recomputed`, one `CellRecompute` per cell. Raises `SynthactError` when `out` is
     not a sweep's output directory."""
     from synthact.layout import resolve_location
-    from synthact.run.store import read_claim
+    from synthact.manifest import read_claim
     from synthact.run.store import verify as verify_out
 
     fs, root, uri = resolve_location(out)

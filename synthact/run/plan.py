@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from synthact.errors import describe
 from synthact.results import CellRows, cell_rows
-from synthact.run.store import Store
+from synthact.run.store import Store, refuse_other_spec
 from synthact.spec import Job, Shard
 
 
@@ -70,19 +70,24 @@ class RunSummary:
 
 
 class Plan:
-    """The shards still to run, and which cells each finished shard completes."""
+    """The shards still to run, and which cells each finished shard completes.
+
+    Resume: the finished shards are verified (`Store.verify`); a shard written by another job spec than job.json's
+    stops the run (`refuse_other_spec`), the job's shards that fail a check are forgotten and redone, and records
+    outside the job's grid are left alone (never read, named by `synthact verify`)."""
 
     def __init__(self, job: Job, store: Store):
         self.job = job
         self.store = store
         store.clean_temporaries()
         found = store.verify()
-        store.forget(found.bad)
+        refuse_other_spec(store.uri, job, found)
+        store.forget([shard_id for shard_id, _ in found.redo])
         shards = job.shards()
         self.pending: list[Shard] = [s for s in shards if s.shard_id not in found.good]
         self.remaining = Counter(s.cell.cell_id for s in self.pending)
         self.summary = RunSummary(cells=len(job.cells()), shards=len(shards), shards_skipped=len(shards) - len(self.pending),
-                                  redone=found.bad)
+                                  redone=found.redo)
         self.curves_per_shard = {s.shard_id: s.n_bases * len(job.read_layers) for s in shards}
         self.complete_at_start = sorted({s.cell.cell_id for s in shards} - set(self.remaining))
         self.shards_of: dict[str, list[str]] = defaultdict(list)
