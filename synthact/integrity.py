@@ -24,6 +24,55 @@ import pyarrow.fs as pafs
 RECORD = "record.json"  # a built directory's record of its files
 CHUNK = 1 << 20
 
+# docs/results.md's section on integrity (generated with the column reference, `results.column_reference`).
+RULE = """## Integrity
+
+Every file a result depends on has a record of its size and sha256, and every reader checks the bytes it uses
+against it (`synthact/integrity.py`):
+
+| files | record | checked by |
+|---|---|---|
+| shards `results/cell=<cell_id>/<shard_id>.parquet` | `manifest/<shard_id>.json` | every reader, `verify` |
+| reference statistics `stats/<key>/` | `stats/<key>/record.json` | the workers, `verify --deep` |
+| toy model and SAE caches (`$SYNTHACT_CACHE/models/...`) | `record.json` in each | every load, `verify --deep` |
+| analysis caches `analysis/<part>/cell=<id>.parquet`, `analysis/panels/<digest>.json` | `<file>.record.json` | `compare`, `report`, the run summary, W&B |
+
+- **A shard is used only when** its file has the recorded size and sha256 (hashed from the very bytes then
+  parsed), is readable Parquet with the recorded rows, its metadata names the spec hash that `job.json`
+  records, and its `shard_id` and `cell_id` columns are its record's. `verify` also checks that each record
+  is a shard of the job's grid. A reader skips what fails and names it in one line on stderr
+  (`synthact: skipped N file(s) of OUT: ...`), once per file and process; `compare`'s "incomplete" note
+  counts the shards that pass. The cached aggregates are keyed by the sha256 of the checked shards, so
+  what `compare` answers never depends on whether `OUT/analysis` exists; a cached file whose bytes are not
+  the recorded ones is recomputed. A file's digest is remembered for the life of a process while the file
+  is unchanged (inode, size, mtime, ctime; on object stores size and mtime), so each byte is hashed once
+  per command.
+- **A record names only its own place.** Its file must be exactly `results/cell=<cell_id>/<shard_id>.parquet`
+  for its own ids, and its shard id its own file name; any other record is damaged: named, never followed.
+  A second record naming an existing file is therefore a damaged record, and counts nothing twice.
+- **Nothing is deleted outside `results/` and `manifest/`**, apart from synthact's own hidden temporaries and
+  damaged statistics and toy caches it recomputes. A rerun deletes the record and file of a shard of the
+  job's grid that fails its check (the paths built from the job's ids, never from a record) and computes it
+  again; records outside the grid are left alone (`verify` names them).
+- **Rows of two jobs are never mixed.** A rerun refuses, in one paragraph naming the fields that differ,
+  when `job.json` records another spec than the one given, and when the directory holds shards written by
+  another spec than its `job.json` records (a shard copied from another sweep, or `job.json` replaced).
+- **Damaged statistics and toy caches heal.** A worker recomputes statistics whose files are not the recorded
+  ones (or do not load) and a toy model or SAE is rebuilt in place; both are deterministic, so the rows
+  computed from them are the rows the sweep already holds. Files written before records existed:
+  shard records without size and sha256 are checked by rows only (their digest still keys the caches);
+  statistics and toy caches without `record.json` cannot be checked, so they are recomputed or rebuilt once,
+  with a note, rather than trusted.
+- **One run at a time.** `synthact run` holds `OUT/.lock` (an exclusive `flock`, with its pid, host and start
+  time) while it computes; a second run into the same local directory refuses in one paragraph naming the
+  holder. The system releases the lock when its process ends however it ends, so a lock file left by a run
+  that died is taken over with a note. Object stores have no such lock: two runs into one URI both compute
+  every shard (the rows are the same and each write is atomic, so nothing is mixed, only time lost).
+- **Storage that does not answer** (a refused or silent endpoint) is asked once per process with one quick
+  attempt: one paragraph, exit 2, within seconds. Child paths of a URI go before its query string
+  (`s3://bucket/x/stats?endpoint_override=host:port&scheme=http`).
+""".splitlines()
+
 _digests: dict[tuple, tuple[int, str]] = {}  # (path, file identity) -> (size, sha256) seen by this process
 
 

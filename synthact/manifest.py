@@ -2,7 +2,7 @@
 
 `job.json` (the claim) records the job's spec and its hash; `Store.write_shard` writes a shard's Parquet file,
 then its record `manifest/<shard_id>.json`: file, row count, size and sha256. Every reader (resume, verify,
-compare, report, W&B) takes exactly the files the records name and checks them (`results.check_shard`).
+compare, report, W&B) takes exactly the files the records name and checks them (`manifest.check_shard`).
 A record names only its own place: its file must be exactly `results/cell=<cell_id>/<shard_id>.parquet`
 for its own ids, and its shard id must be its own file name; any other record is damaged (named, never
 followed). A file under results/ that no record names is a stray: it is named, never read.
@@ -14,9 +14,12 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from synthact.errors import SynthactError
+from synthact.errors import SynthactError, first_line
+from synthact.integrity import identity, mismatch, read_with_digest
 from synthact.layout import JOB_JSON, MANIFEST, RESULTS, join
 
 CELL_ID = re.compile(r"[0-9a-f]+")
@@ -155,6 +158,74 @@ def read_claim(fs: pafs.FileSystem, root: str, uri: str) -> dict | None:
             f"'{join(uri, JOB_JSON)}' is damaged (empty or not a synthact claim), so it is unknown which spec "
             "these results belong to; use a new --out directory, or delete the directory to start over"
         ) from None
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A shard's file checked against its record and the directory's job: the sha256 of its bytes (None when they
+    cannot be read), the problem (None when it is good), and, when its metadata names another job spec than the
+    directory's job.json, that spec (canonical JSON; its hash where the file has no spec): the shard belongs to
+    another sweep, or job.json was replaced."""
+
+    sha256: str | None
+    problem: str | None = None
+    other_spec: str | None = None
+    provenance: str | None = None  # the worker's provenance metadata (model, SAE, statistics paths), JSON
+
+
+_checked: dict[tuple, Checked] = {}  # verdicts of this process, by the file's identity and what it was checked against
+
+
+def check_shard(fs: pafs.FileSystem, root: str, record: ShardRecord, spec_hash: str | None,
+                deep: bool = False) -> Checked:
+    """Check a recorded shard: the file present, of the recorded size and sha256 (hashed from the very bytes that
+    are then parsed), readable Parquet holding the recorded rows (`deep`: every row decoded), written for the
+    directory's job (`spec_hash`, the one job.json records, in its metadata) and holding the recorded shard's rows
+    only (its `shard_id` and `cell_id` columns). Remembered for the process while the file is unchanged."""
+    path = join(root, record.file)
+    key = (identity(fs, path), record, spec_hash, deep)
+    if key[0] is not None and key in _checked:
+        return _checked[key]
+    found = _check(fs, path, record, spec_hash, deep)
+    if key[0] is not None:
+        _checked[key] = found
+    return found
+
+
+def _check(fs: pafs.FileSystem, path: str, record: ShardRecord, spec_hash: str | None, deep: bool) -> Checked:
+    try:
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return Checked(None, f"{path} is missing")
+        data, size, sha = read_with_digest(fs, path)
+    except OSError as e:
+        return Checked(None, f"{path} cannot be read ({first_line(str(e))})")
+    problem = mismatch(path, size, sha, record.size, record.sha256)
+    if problem:
+        return Checked(sha, problem.replace("its record", "its manifest record"))
+    try:
+        file = pq.ParquetFile(pa.BufferReader(data))
+        rows = file.read().num_rows if deep else file.metadata.num_rows
+        meta = file.schema_arrow.metadata or {}
+        names = [c for c in ("shard_id", "cell_id") if c in file.schema_arrow.names]
+        ids = file.read(columns=names) if names else None
+    except (pa.ArrowException, OSError) as e:
+        return Checked(sha, f"{path} is not readable Parquet ({first_line(str(e)) or type(e).__name__})")
+    if rows != record.rows:
+        return Checked(sha, f"{path} holds {rows} rows, its manifest record says {record.rows}")
+    theirs = meta.get(b"synthact.spec_hash", b"").decode(errors="replace")
+    if spec_hash is not None and theirs != spec_hash:
+        if not theirs:
+            return Checked(sha, f"{path} has no synthact spec hash in its metadata (synthact did not write it)")
+        return Checked(sha, f"{path} was written by another job spec (spec hash {theirs[:12]} in its metadata, "
+                            f"{spec_hash[:12]} in job.json): a shard copied from another sweep, or job.json replaced",
+                       other_spec=meta.get(b"synthact.job", theirs.encode()).decode(errors="replace"))
+    for name in names:
+        values = ids.column(name).unique().to_pylist()
+        if values != [getattr(record, name)] and rows:
+            return Checked(sha, f"{path} holds rows of {name} {', '.join(map(str, values[:3]))}, its manifest record "
+                                f"says {getattr(record, name)}")
+    provenance = meta.get(b"synthact.run.provenance")
+    return Checked(sha, provenance=provenance.decode(errors="replace") if provenance else None)
 
 
 def result_files(fs: pafs.FileSystem, folder: str) -> list[str]:

@@ -17,9 +17,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from synthact.errors import SynthactError, first_line
-from synthact.integrity import identity, mismatch, read_with_digest
+from synthact.integrity import RULE
 from synthact.layout import MANIFEST, RESULTS, cell_dir, join, resolve_location, unreachable
-from synthact.manifest import ShardRecord, read_claim, read_manifest, read_record, record_path, result_files
+from synthact.manifest import (ShardRecord, check_shard, read_claim, read_manifest, read_record, record_path,
+                               result_files)
 
 F64, I32, I64, STR = pa.float64(), pa.int32(), pa.int64(), pa.string()
 LIST_I32, LIST_F32 = pa.list_(I32), pa.list_(pa.float32())
@@ -165,10 +166,10 @@ def column_reference() -> str:
              "from `synthact/results.py`, where every column is declared.", "",
              "**The manifest, not the folder, defines a sweep's rows.** `OUT/manifest/<shard_id>.json` holds one",
              "record per finished shard: its file, row count, size and sha256. Every reader (`synthact run`'s",
-             "resume, `verify`, `compare`, `report`, W&B) takes exactly the files the records name; any other file",
-             "under `results/` (a copied shard, another job's file) is a stray: named, never read. A listed file",
-             "whose bytes or rows differ from its record is redone by the next `synthact run` (`synthact verify",
-             "OUT` lists them). Reading Parquet directly (pyarrow, pandas, DuckDB) sees the folder instead.", ""]
+             "resume, `verify`, `compare`, `report`, the run summary, W&B, `read_table`) takes exactly the files the",
+             "records name; any other file under `results/` (a copied shard, another job's file) is a stray: named,",
+             "never read. Reading Parquet directly (pyarrow, pandas, DuckDB) sees the folder instead.", "",
+             *RULE, ""]
     for title, group in (("Ids", IDS), ("Grid axes", AXES), ("Provenance", PROVENANCE), ("Metrics", METRICS),
                          ("JS metrics (with `js: true`)", JS_METRICS), ("Activations", ACTIVATIONS),
                          ("Curves", CURVES)):
@@ -211,73 +212,6 @@ def frame(records: list[dict], columns=()) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- reading
-
-
-@dataclass(frozen=True)
-class Checked:
-    """A shard's file checked against its record and the directory's job: the sha256 of its bytes (None when they
-    cannot be read), the problem (None when it is good), and, when its metadata names another job spec than the
-    directory's job.json, that spec hash (the shard belongs to another sweep, or job.json was replaced)."""
-
-    sha256: str | None
-    problem: str | None = None
-    other_spec: str | None = None
-    provenance: str | None = None  # the worker's provenance metadata (model, SAE, statistics paths), JSON
-
-
-_checked: dict[tuple, Checked] = {}  # verdicts of this process, by the file's identity and what it was checked against
-
-
-def check_shard(fs: pafs.FileSystem, root: str, record: ShardRecord, spec_hash: str | None,
-                deep: bool = False) -> Checked:
-    """Check a recorded shard: the file present, of the recorded size and sha256 (hashed from the very bytes that
-    are then parsed), readable Parquet holding the recorded rows (`deep`: every row decoded), written for the
-    directory's job (`spec_hash`, the one job.json records, in its metadata) and holding the recorded shard's rows
-    only (its `shard_id` and `cell_id` columns). Remembered for the process while the file is unchanged."""
-    path = join(root, record.file)
-    key = (identity(fs, path), record, spec_hash, deep)
-    if key[0] is not None and key in _checked:
-        return _checked[key]
-    found = _check(fs, path, record, spec_hash, deep)
-    if key[0] is not None:
-        _checked[key] = found
-    return found
-
-
-def _check(fs: pafs.FileSystem, path: str, record: ShardRecord, spec_hash: str | None, deep: bool) -> Checked:
-    try:
-        if fs.get_file_info(path).type != pafs.FileType.File:
-            return Checked(None, f"{path} is missing")
-        data, size, sha = read_with_digest(fs, path)
-    except OSError as e:
-        return Checked(None, f"{path} cannot be read ({first_line(str(e))})")
-    problem = mismatch(path, size, sha, record.size, record.sha256)
-    if problem:
-        return Checked(sha, problem.replace("its record", "its manifest record"))
-    try:
-        file = pq.ParquetFile(pa.BufferReader(data))
-        rows = file.read().num_rows if deep else file.metadata.num_rows
-        meta = file.schema_arrow.metadata or {}
-        names = [c for c in ("shard_id", "cell_id") if c in file.schema_arrow.names]
-        ids = file.read(columns=names) if names else None
-    except (pa.ArrowException, OSError) as e:
-        return Checked(sha, f"{path} is not readable Parquet ({first_line(str(e)) or type(e).__name__})")
-    if rows != record.rows:
-        return Checked(sha, f"{path} holds {rows} rows, its manifest record says {record.rows}")
-    theirs = meta.get(b"synthact.spec_hash", b"").decode(errors="replace")
-    if spec_hash is not None and theirs != spec_hash:
-        if not theirs:
-            return Checked(sha, f"{path} has no synthact spec hash in its metadata (synthact did not write it)")
-        return Checked(sha, f"{path} was written by another job spec (spec hash {theirs[:12]} in its metadata, "
-                            f"{spec_hash[:12]} in job.json): a shard copied from another sweep, or job.json replaced",
-                       other_spec=theirs)
-    for name in names:
-        values = ids.column(name).unique().to_pylist()
-        if values != [getattr(record, name)] and rows:
-            return Checked(sha, f"{path} holds rows of {name} {', '.join(map(str, values[:3]))}, its manifest record "
-                                f"says {getattr(record, name)}")
-    provenance = meta.get(b"synthact.run.provenance")
-    return Checked(sha, provenance=provenance.decode(errors="replace") if provenance else None)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -13,9 +14,9 @@ from typing import Protocol
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from synthact.errors import describe
+from synthact.errors import SynthactError, describe
 from synthact.results import CellRows, cell_rows
-from synthact.run.store import Store, refuse_other_spec
+from synthact.run.store import Store, Verification, spec_differences
 from synthact.spec import Job, Shard
 
 
@@ -142,6 +143,25 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def refuse_other_spec(uri: str, job: Job, found: Verification) -> None:
+    """A resume over shards written by another job spec than job.json's would mix two jobs' rows: refuse, naming
+    the fields in which they differ (job.json replaced, or shards copied in from another sweep)."""
+    if not found.other_spec:
+        return
+    shard_id, theirs = sorted(found.other_spec.items())[0]
+    try:
+        spec = json.loads(theirs)
+        differ = spec_differences(spec, job.canonical(), "in the shards", "in job.json")
+    except (ValueError, TypeError, AttributeError):
+        differ = f"the shards carry spec hash {theirs[:12]}"
+    raise SynthactError(
+        f"output directory '{uri}' holds {len(found.other_spec)} shard(s) (e.g. {shard_id}) written by another job "
+        f"spec than the one its job.json records: {differ}. job.json was replaced or shards were copied in, and "
+        f"resuming would mix two jobs' rows. `synthact verify {uri}` names them; restore the job.json they were "
+        "written with (and rerun that spec), move them out, or use a new --out directory."
+    )
 
 
 def _notify(listeners: list[CellListener], cell: CellRows) -> None:

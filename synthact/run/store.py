@@ -16,11 +16,8 @@ job spec is never deleted: the rerun refuses instead. A local output directory i
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
-import socket
 import sys
 import time
 import uuid
@@ -36,13 +33,12 @@ from synthact.errors import SynthactError
 from synthact.integrity import digest, record_problem
 from synthact.layout import (MANIFEST, RESULTS, STATS, cache_dir, is_disk_full, join, resolve_location, shard_file,
                              unreachable)
-from synthact.manifest import ShardRecord, read_claim, read_manifest, record_path, result_files, shard_file_name
-from synthact.results import check_shard
+from synthact.manifest import (ShardRecord, check_shard, read_claim, read_manifest, record_path, result_files,
+                               shard_file_name)
+from synthact.run.lock import LOCK, hold
 from synthact.run.provenance import input_fingerprints, package_versions
 from synthact.spec import Job, Shard
 from synthact.spec.job import NOT_IDENTITY
-
-LOCK = ".lock"
 
 
 class Store:
@@ -312,66 +308,6 @@ def _flat(data, prefix: str = "") -> dict:
     return {prefix.rstrip("."): data}
 
 
-# ---------------------------------------------------------------------- one run at a time
-
-
-@contextlib.contextmanager
-def hold(root: Path, uri: str):
-    """Hold OUT/.lock (an exclusive `flock`, released by the system when the process ends, however it ends) with
-    the holder's pid, host and start time in it. A second run refuses in one paragraph naming the holder; a lock
-    file left by a run that is gone is taken over with a note. Where the filesystem has no locks, or the directory
-    cannot be written (the run's first write then says so), nothing is held."""
-    path = root / LOCK
-    while True:
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:  # a read-only or full directory: the run's first write says so in its own words
-            yield
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = _holder(os.read(fd, 4096))
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise SynthactError(
-                    f"output directory '{uri}' is in use by another `synthact run` ({holder}); two runs into one "
-                    "directory would both compute every shard. Wait for it to finish (then rerun to resume), or stop "
-                    f"it; if no such run exists any more, delete {path}"
-                ) from None
-            yield  # no locks on this filesystem
-            return
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)  # its holder removed it as we opened it: take the new one
-    previous = os.read(fd, 4096)
-    if previous.strip():
-        print(f"synthact: {path} was left by a run that is no longer running ({_holder(previous)}); taking it over",
-              file=sys.stderr)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}).encode(), 0)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        os.close(fd)
-
-
-def _holder(data: bytes) -> str:
-    try:
-        holder = json.loads(data)
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(holder["started"])))
-        return f"pid {int(holder['pid'])} on host {holder['host']}, started {started}"
-    except (ValueError, KeyError, TypeError):
-        return "holder unknown"
-
-
 # ---------------------------------------------------------------------- verification
 
 
@@ -405,7 +341,7 @@ class Verification:
 
 
 def verify(out, deep: bool = False) -> Verification:
-    """Check every manifest record against the job's grid and its file (`results.check_shard`: present, of the
+    """Check every manifest record against the job's grid and its file (`manifest.check_shard`: present, of the
     recorded size and sha256, readable Parquet with the recorded rows, written for this job, its own rows).
 
     Every file is read once for its checksum (remembered while unchanged, `integrity`); `deep` also decodes
@@ -454,25 +390,6 @@ def _grid(claim: dict) -> set[str] | None:
         return {s.shard_id for s in Job.model_validate(claim.get("spec")).shards()}
     except (ValueError, TypeError):
         return None
-
-
-def refuse_other_spec(uri: str, job: Job, found: Verification) -> None:
-    """A resume over shards written by another job spec than job.json's would mix two jobs' rows: refuse, naming
-    the fields in which they differ (job.json replaced, or shards copied in from another sweep)."""
-    if not found.other_spec:
-        return
-    shard_id, theirs = sorted(found.other_spec.items())[0]
-    try:
-        spec = json.loads(theirs)
-        differ = spec_differences(spec, job.canonical(), "in the shards", "in job.json")
-    except (ValueError, TypeError, AttributeError):
-        differ = f"the shards carry spec hash {theirs[:12]}"
-    raise SynthactError(
-        f"output directory '{uri}' holds {len(found.other_spec)} shard(s) (e.g. {shard_id}) written by another job "
-        f"spec than the one its job.json records: {differ}. job.json was replaced or shards were copied in, and "
-        f"resuming would mix two jobs' rows. `synthact verify {uri}` names them; restore the job.json they were "
-        "written with (and rerun that spec), move them out, or use a new --out directory."
-    )
 
 
 def _damaged_stats(fs: pafs.FileSystem, folder: str) -> list[tuple[str, str]]:

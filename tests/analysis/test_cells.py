@@ -3,15 +3,17 @@ with the aggregation run as Ray tasks."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from synthact import results
 from synthact.analysis import aggregate
-from synthact.analysis.cells import Cache, Sweep
+from synthact.analysis.cells import RECORD, Cache, Sweep
 from synthact.run.store import Store
-from tests.helpers import make_job, shard_rows, write_results
+from tests.helpers import make_job, shard_rows, synthact, write_results
 
 
 @pytest.fixture
@@ -71,6 +73,19 @@ def test_a_cached_part_is_keyed_by_the_rows_it_came_from(out):
     assert Cache(cell, seed=1).load("metrics", cell) is None  # another seed: other intervals
     fewer = results.CellRows(cell.fs, cell.root, cell.cell_id, cell.records[:-1], cell.digests[:-1], cell.spec_hash)
     assert cache.load("metrics", fewer) is None
+
+
+@pytest.mark.parametrize("rows", [None, [1, 2], "rows", []], ids=["null", "ints", "string", "empty"])
+def test_a_damaged_panel_cache_is_recomputed_never_trusted(out, rows):
+    _, out = out
+    first = synthact("compare", str(out))
+    panels = [p for p in (out / "analysis" / "panels").glob("*.json") if not p.name.endswith(RECORD)]
+    assert first.returncode == 0 and panels
+    for panel in panels:
+        panel.write_text(json.dumps(json.loads(panel.read_text()) | {"rows": rows}))
+    again = synthact("compare", str(out))
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert again.stdout == first.stdout
 
 
 def test_ray_tasks_give_the_same_comparison(out, capsys):
