@@ -11,7 +11,7 @@ import pytest
 
 from synthact import results
 from synthact.analysis import aggregate
-from synthact.analysis.cells import RECORD, Cache, Sweep
+from synthact.analysis.cells import Cache, Sweep
 from synthact.run.store import Store
 from tests.helpers import make_job, shard_rows, synthact, write_results
 
@@ -79,7 +79,7 @@ def test_a_cached_part_is_keyed_by_the_rows_it_came_from(out):
 def test_a_damaged_panel_cache_is_recomputed_never_trusted(out, rows):
     _, out = out
     first = synthact("compare", str(out))
-    panels = [p for p in (out / "analysis" / "panels").glob("*.json") if not p.name.endswith(RECORD)]
+    panels = [p for p in (out / "analysis" / "panels").glob("*.json") if not p.name.endswith(".record.json")]
     assert first.returncode == 0 and panels
     for panel in panels:
         panel.write_text(json.dumps(json.loads(panel.read_text()) | {"rows": rows}))
