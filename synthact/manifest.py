@@ -183,7 +183,10 @@ def check_shard(fs: pafs.FileSystem, root: str, record: ShardRecord, spec_hash: 
     directory's job (`spec_hash`, the one job.json records, in its metadata) and holding the recorded shard's rows
     only (its `shard_id` and `cell_id` columns). Remembered for the process while the file is unchanged."""
     path = join(root, record.file)
-    key = (identity(fs, path), record, spec_hash, deep)
+    try:
+        key = (identity(fs, path), record, spec_hash, deep)
+    except OSError as e:
+        return Checked(None, f"{path} cannot be read ({first_line(str(e))})")
     if key[0] is not None and key in _checked:
         return _checked[key]
     found = _check(fs, path, record, spec_hash, deep)

@@ -329,7 +329,8 @@ def sweep_cells(out, cell_id: str | None = None) -> list[CellRows]:
     try:
         manifest = read_manifest(fs, root)
         folder = join(root, RESULTS) if cell_id is None else cell_dir(root, cell_id)
-        strays = [path for path in result_files(fs, folder) if path not in manifest.files(root)]
+        named = manifest.files(root)
+        strays = [path for path in result_files(fs, folder) if path not in named]
     except OSError as e:
         raise unreachable(uri, e) from None
     by_cell = manifest.by_cell()

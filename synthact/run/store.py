@@ -377,7 +377,8 @@ def verify(out, deep: bool = False) -> Verification:
         else:
             found.good.add(shard_id)
             provenance.add(checked.provenance)
-    found.strays = [path for path in files if path not in manifest.files(root)]
+    named = manifest.files(root)
+    found.strays = [path for path in files if path not in named]
     if deep:
         found.bad_stats = _damaged_stats(fs, join(root, STATS))
         found.bad_caches = _damaged_caches(provenance)
