@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 
 from synthact import results
-from synthact.analysis import aggregate, compare, figures, tracking
-from synthact.analysis.tracking import Tracker, TrackingWarning, read_offline_run
+from synthact.analysis import aggregate, compare, figures, tracking, wandb_run
+from synthact.analysis.tracking import Tracker, TrackingWarning
+from synthact.analysis.wandb_files import read_offline_run
 from synthact.analysis.cells import Sweep
 from tests.analysis.test_aggregate import rows_of
 from tests.helpers import finite, make_job, write_results
@@ -265,7 +266,7 @@ def test_a_resumed_sweep_continues_the_same_run(tmp_path, monkeypatch):
             tracker.cell_finished(cell)
         tracker.finish({"cells": len(part)}, tmp_path)
     first, second = (read_offline_run(d) for d in run_dirs(tmp_path))
-    assert first["id"] == second["id"] == json.loads((tmp_path / tracking.RUN_ID_FILE).read_text())["id"]
+    assert first["id"] == second["id"] == json.loads((tmp_path / wandb_run.RUN_ID_FILE).read_text())["id"]
     assert first["finished"] and second["finished"]
     other = tmp_path / "other"
     write_results(job, other)
