@@ -98,7 +98,9 @@ class Tracker:
 
     def stop(self, exit_code: int = 0) -> None:
         """Close the run (with `exit_code`, e.g. 130 for a sweep interrupted by Ctrl-C: its history so far stays,
-        and the rerun that resumes the sweep continues it)."""
+        and the rerun that resumes the sweep continues it). Cells not yet in the live table go there first."""
+        if self.run is not None and self._pending:
+            self._guard("log the last cells", lambda: self._log(self._live()))
         if self.run is not None:
             run, self.run = self.run, None
             self._guard("close the run", lambda: run.finish(exit_code=exit_code))
@@ -164,7 +166,7 @@ class Tracker:
         self.curves_done += int(rows.curves.sum())
         self._pending += 1
         data = {"progress/cells_done": self.cells_done, "progress/curves_done": self.curves_done}
-        if self.increments * self.cells_total < LIVE_INCREMENTS * self.cells_done:  # its share of the increments
+        if self.increments * self.cells_total < (LIVE_INCREMENTS - 1) * self.cells_done:  # its share, less the last
             data |= self._live()
         self._stale |= {panel_key(axis, panel) for axis in figures.SUBJECT for panel, _ in aggregate.panels(rows, axis)}
         if self._stale and time.monotonic() - self._last_figures >= self.figure_interval_s:
