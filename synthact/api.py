@@ -108,9 +108,8 @@ def run_job(
 
     job = load_job(job)
     out = output_of(job, out)
-    shown = Progress(progress)
-    shown.phase(f"claiming {out}")
     store = Store(out, job)
+    shown = Progress(progress)
     listeners, tracker = [], None
     if job.wandb.enabled and wandb:
         from synthact.analysis.tracking import Tracker

@@ -75,6 +75,12 @@ def figure_panels(aggregates: pd.DataFrame):
         yield axis, panel, group, f"{axis} kinds: {panel_label(group.iloc[0], axis)}", panel_slug(panel, axis, several)
 
 
+def panel_heading(title: str, several: bool) -> str:
+    """A panel's title for a page's headings: without the model and SAE where the sweep has only one."""
+    head, _, rest = title.partition(": ")
+    return title if several else f"{head}: " + " | ".join(rest.split(" | ")[2:])
+
+
 def panel_rank(axis: str, panel: dict, group: pd.DataFrame) -> tuple:
     mode = group.scan_mode.iloc[0] if "scan_mode" in group else None
     what = kind_rank(panel["base_kind"]) if axis == "target" else direction_rank(panel["direction"])
@@ -112,16 +118,14 @@ def short_label(row: dict, axis: str) -> str:
     return f"{rung}: {label}" if rung else label
 
 
-def panel_figures(sweep: Sweep, bands: pd.DataFrame | None = None, only: set[str] | None = None):
-    """(title, slug, [(name, caption, figure), ...]) per panel: its mean curves (where bands exist) and
-    distributions, each in parts of at most KINDS_PER_FIGURE kinds. `only` limits it to the panels with those
-    slugs; `bands` defaults to every cell's (sweep.bands())."""
+def panel_figures(sweep: Sweep, bands: pd.DataFrame | None = None):
+    """(heading, slug, [(name, caption, figure), ...]) per panel: its mean curves (where bands exist) and
+    distributions, each in parts of at most KINDS_PER_FIGURE kinds; `bands` defaults to every cell's."""
     bands = sweep.bands() if bands is None else bands
+    several = sweep.aggregates[["model", "sae"]].drop_duplicates().shape[0] > 1
     for axis, panel, group, title, slug in figure_panels(sweep.aggregates):
-        if only is not None and slug not in only:
-            continue
         reals, others = ordered(group, axis)
-        chunks = [others[i:i + KINDS_PER_FIGURE] for i in range(0, len(others), KINDS_PER_FIGURE)] or [reals]
+        chunks = [others[i:i + KINDS_PER_FIGURE] for i in range(0, len(others), KINDS_PER_FIGURE)]
         mine = bands[bands.cell_id.isin(set(group.cell_id)) & (bands.read_layer == panel["read_layer"])] \
             if not bands.empty else bands
         steps = target_steps(sweep, group, panel["read_layer"]) if not mine.empty else {}
@@ -134,7 +138,7 @@ def panel_figures(sweep: Sweep, bands: pd.DataFrame | None = None, only: set[str
                               curve_figure(mine, reals, chunk, title + said, axis, steps)))
             drawn.append((f"distributions_{slug}{part}", f"ECDFs per kind against real{said}: {title}",
                           distribution_figure(sweep, reals, chunk, title + said, axis, panel["read_layer"])))
-        yield title, slug, drawn
+        yield panel_heading(title, several), slug, drawn
 
 
 def target_steps(sweep: Sweep, cells: pd.DataFrame, read_layer: int) -> dict[str, float]:
@@ -178,8 +182,8 @@ def curve_figure(bands: pd.DataFrame, reals: list[dict], kinds: list[dict], titl
                  steps: dict[str, float]) -> Figure:
     """Small multiples: per kind, its mean L2 curve (25-75% band shaded, 5-95% lighter) against real's in black;
     a triangle at the median step reaching the target, on step scans."""
-    by_cell = {(r.cell_id): r._asdict() for r in bands.itertuples(index=False)}
-    fig, axes, columns = _grid(len(kinds), 1, 2.7, 2.1, title, shared=True)
+    by_cell = {r.cell_id: r._asdict() for r in bands.itertuples(index=False)}
+    fig, axes, _ = _grid(len(kinds), 1, 2.7, 2.1, title, shared=True)
     for k, ax in enumerate(axes.ravel()):
         if k >= len(kinds):
             ax.set_visible(False)
@@ -193,9 +197,10 @@ def curve_figure(bands: pd.DataFrame, reals: list[dict], kinds: list[dict], titl
         ax.set_title(_wrap(short_label(row, axis), 2.7, 7.5), fontsize=7.5)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-    sample = kinds[0] if kinds else reals[0]
+    sample = kinds[0]
     fig.supxlabel(_wrap(step_axis_label(sample, bool(steps)), fig.get_figwidth(), 8), fontsize=8)
-    fig.supylabel(f"L2 distance from the scan's start at read layer {sample['read_layer']}", fontsize=8)
+    fig.supylabel(_wrap(f"L2 distance from the scan's start at read layer {sample['read_layer']}",
+                        fig.get_figheight(), 8), fontsize=8)
     return fig
 
 
@@ -224,7 +229,6 @@ def _band(ax, row: dict, color, reached: float | None, zorder: int) -> None:
 def distribution_figure(sweep: Sweep, reals: list[dict], kinds: list[dict], title: str, axis: str,
                         read_layer: int) -> Figure:
     """Small multiples, a row per metric under each kind: the kind's ECDF against real's (black, drawn last)."""
-    kinds = kinds or reals
     fig, axes, columns = _grid(len(kinds), len(DISTRIBUTED), 2.4, 1.9, title)
     real_values = {m: np.sort(np.concatenate([sweep.values(r["cell_id"], read_layer, m) for r in reals]))
                    if reals else np.empty(0) for m in DISTRIBUTED}
@@ -246,7 +250,7 @@ def distribution_figure(sweep: Sweep, reals: list[dict], kinds: list[dict], titl
             ax.set_ylim(0, 1.02)
             ax.tick_params(labelsize=6.5)
             ax.grid(alpha=0.3)
-    fig.supylabel("fraction of curves <= x (black: real)", fontsize=8)
+    fig.supylabel(_wrap("fraction of curves <= x (black: real)", fig.get_figheight(), 8), fontsize=8)
     return fig
 
 

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from synthact.analysis import compare, diagnostics, figures
 from synthact.analysis.cells import Sweep
-from synthact.analysis.order import scan_rank
+from synthact.analysis.order import direction_rank, kind_rank, scan_rank
 from synthact.errors import SynthactError
 from synthact.layout import resolve_location
 from synthact.run.store import completion_note, read_claim
@@ -47,7 +47,7 @@ class Report:
 
     def describe(self) -> str:
         """One line: where the figures and the page are, and their sizes."""
-        return (f"{len(self.figures)} figures ({_mb(self.figure_bytes)}) in {self.figure_dir}; page: {self.html} "
+        return (f"{len(self.figures)} figures in {self.figure_dir} ({_mb(self.figure_bytes)}); page: {self.html} "
                 f"({_mb(self.html.stat().st_size)}, figures embedded)" + (f"; read from {self.source}" if self.source else ""))
 
 
@@ -184,6 +184,7 @@ def _answers(analysis: compare.Analysis) -> str:
     for label, group in groups:
         axis, scan = label[0], label[-1] if len(label) > 1 else None
         varying = [c for c in WHERE if c in group and c not in key and group[c].astype(str).nunique() > 1]
+        group = group.iloc[sorted(range(len(group)), key=lambda i: _where_rank(group.iloc[i]))]
         shown = group[varying + [c for c in group.columns if c not in WHERE]]
         heading = f"{axis} axis" + (f", experiment {scan}" if scan is not None and scan == scan else "")
         table = shown.to_html(index=False, classes="verdicts", float_format="{:.4g}".format, na_rep="")
@@ -191,6 +192,12 @@ def _answers(analysis: compare.Analysis) -> str:
             table = table.replace(f"<td>{verdict}</td>", f'<td class="{verdict}">{verdict}</td>')
         out.append(f"<h3>{html.escape(heading)}</h3>{table}")
     return "\n".join(out)
+
+
+def _where_rank(row) -> tuple:
+    """A verdict's place in its experiment: by model, SAE, layers, then base kind or direction in the one order."""
+    what = kind_rank(row["base_kind"]) if row["axis"] == "target" else direction_rank(row["direction"])
+    return (str(row.get("model")), str(row.get("sae")), row.get("layer"), row.get("read_layer"), what)
 
 
 def _differences(differences: pd.DataFrame) -> str:

@@ -239,7 +239,7 @@ def test_report_says_where_it_wrote_and_how_big(twins):
     out, written, _ = twins["smoke"]
     line = written.describe()
     assert str(out / "report") in line and str(out / "report.html") in line
-    assert re.search(rf"{len(written.figures)} figures \(\d+\.\d MB\)", line) and "figures embedded" in line
+    assert re.search(rf"{len(written.figures)} figures in \S+ \(\d+\.\d MB\)", line) and "figures embedded" in line
 
 
 def test_page_renders_in_chromium_with_every_figure(built, tmp_path):

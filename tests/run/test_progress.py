@@ -40,7 +40,7 @@ def test_phases_come_before_the_first_shard_and_the_eta_after_enough_shards(job,
     shown = screens(result.stderr)
     first_shard = next(i for i, text in enumerate(shown) if (b := bars([text])) and b[0][2] > 0)
     before = "\n".join(shown[:first_shard])
-    for phase in ("claiming", "checking the finished shards", "loading model toy-", "reference statistics of layer 1"):
+    for phase in ("checking the finished shards", "loading model toy-", "reference statistics of layer 1"):
         assert phase in before, before
     after = "\n".join(shown[first_shard:])
     assert "statistics: each kind against real" in after
