@@ -1,14 +1,16 @@
 """A local S3 server for the tests that read or reference a sweep on S3."""
 
+import uuid
+
 import pytest
 
 
 @pytest.fixture
 def s3_bucket(monkeypatch):
-    """A bucket 'bkt' on a local S3 server (moto), reached through AWS_ENDPOINT_URL; yields a boto3 client.
+    """A new bucket on a local S3 server (moto), reached through AWS_ENDPOINT_URL: yields (boto3 client, its name).
 
-    Write into it with the client (or pyarrow with `?allow_delayed_open=true`: moto 5.2.1 answers pyarrow's
-    multipart uploads wrongly, getmoto/moto#10055)."""
+    Moto keeps its buckets in the process, so each test gets its own. Write into it with the client (or pyarrow
+    with `?allow_delayed_open=true`: moto 5.2.1 answers pyarrow's multipart uploads wrongly, getmoto/moto#10055)."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -18,7 +20,7 @@ def s3_bucket(monkeypatch):
     for name, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "test",
                         "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(name, value)
-    client = boto3.client("s3")
-    client.create_bucket(Bucket="bkt")
-    yield client
+    client, bucket = boto3.client("s3"), f"bkt-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    yield client, bucket
     server.stop()

@@ -327,7 +327,8 @@ def s3_out(s3_bucket, tmp_path):
     local = tmp_path / "local"
     write_results(make_job(bases=6, base_kinds=["real", "gaussian"], directions=["toward:same", "isotropic"]), local)
     report.build_report(local)
+    client, bucket = s3_bucket
     for path in local.rglob("*"):
         if path.is_file() and path.relative_to(local).parts[0] in ("results", "manifest"):
-            s3_bucket.upload_file(str(path), "bkt", f"sweep/{path.relative_to(local)}")
-    return "s3://bkt/sweep?allow_delayed_open=true", local
+            client.upload_file(str(path), bucket, f"sweep/{path.relative_to(local)}")
+    return f"s3://{bucket}/sweep?allow_delayed_open=true", local

@@ -354,14 +354,15 @@ def test_a_remote_sweep_is_a_reference_artifact(s3_bucket, tmp_path):
     local = tmp_path / "local"
     job = make_job(bases=4, base_kinds=["real"], directions=["isotropic"])
     write_results(job, local)
+    client, bucket = s3_bucket
     for path in local.rglob("*"):
         if path.is_file():
-            s3_bucket.upload_file(str(path), "bkt", f"sweep/{path.relative_to(local)}")
-    artifact = tracking.results_artifact(job, "s3://bkt/sweep?allow_delayed_open=true")
+            client.upload_file(str(path), bucket, f"sweep/{path.relative_to(local)}")
+    artifact = tracking.results_artifact(job, f"s3://{bucket}/sweep?allow_delayed_open=true")
     entries = artifact.manifest.entries
     records = read_manifest(LocalFileSystem(), str(local)).records.values()
     assert set(entries) == {r.file for r in records}
-    assert all(entries[name].ref == f"s3://bkt/sweep/{name}" for name in entries)
+    assert all(entries[name].ref == f"s3://{bucket}/sweep/{name}" for name in entries)
 
 
 # --------------------------------------------------------------------------- OUT/wandb_run.json
