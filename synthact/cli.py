@@ -101,6 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for shard_id, problem in result.redone:
             print(f"  {shard_id}: {problem}", file=sys.stderr)
     print(summary.render(result, sweep.out, sweep.comparison, sweep.verdicts))
+    if sweep.wandb:
+        print(sweep.wandb)
     return 0 if result.ok else 1
 
 
@@ -139,7 +141,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if note := completion_note(args.out):
         print(note)
     report = api.report(args.out, args.html, args.ray)
-    print(f"{len(report.figures)} figures in {report.figure_dir}; page: {report.html}")
+    print(report.describe())
     return 0
 
 

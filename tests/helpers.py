@@ -55,10 +55,14 @@ def toy_job(**overrides) -> dict:
     return job
 
 
-CENTRE = {"real": 12.0, "sae_recon": 11.5, "synthetic_structured": 9.0, "synthetic_baseline": 7.5, "gaussian": 4.0}
+CENTRE = {"real": 12.0, "sae_recon": 11.5, "synthetic_structured": 9.0, "synthetic_baseline": 7.5, "gaussian": 4.0,
+          "random_latents": 7.0, "single_latent": 5.0, "synthetic_cooccur": 9.5, "control_swapped": 11.0,
+          "control_other_latents": 8.0}
 
 
-WIDTH = {"real": 1.0, "sae_recon": 1.1, "synthetic_structured": 1.2, "synthetic_baseline": 2.5, "gaussian": 3.5}
+WIDTH = {"real": 1.0, "sae_recon": 1.1, "synthetic_structured": 1.2, "synthetic_baseline": 2.5, "gaussian": 3.5,
+         "random_latents": 2.6, "single_latent": 3.0, "synthetic_cooccur": 1.3, "control_swapped": 1.1,
+         "control_other_latents": 2.0}
 
 
 def make_job(bases: int = 40, steps: int = 20, **overrides) -> Job:
@@ -126,6 +130,7 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True, read_la
         if cell.target_kind:  # the target codes' diagnostics (analysis/diagnostics.py), from their own draws
             other = np.random.default_rng([seed, shard.start, int(cell.cell_id, 16) % 2**31, read_layer])
             rows |= {c: other.normal(-1.0, 0.3, b).tolist() for c in diagnostics.COLUMNS}
+            rows["target_step"] = other.integers(n_steps // 3, n_steps, b).tolist()  # where the target is reached
         if keep_curves:
             rows["l2_curve"] = curves.tolist()
         for name, values in rows.items():
@@ -133,6 +138,14 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True, read_la
     schema = results.result_schema(js=True, keep_curves=keep_curves)
     n = len(columns["cell_id"])
     return pa.table({f.name: pa.array(columns.get(f.name, [None] * n), type=f.type) for f in schema}, schema=schema)
+
+
+def twin_job(name: str, bases: int = 8) -> Job:
+    """A small twin of jobs/<name>.yaml: the same kinds, directions, generation settings and scans (so the same
+    panels), one layer, `bases` bases per cell; its rows come from `write_results` (read layer 3)."""
+    spec = yaml.safe_load((ROOT / "jobs" / f"{name}.yaml").read_text())
+    spec.update(layers=spec["layers"][:1], bases_per_cell=bases, shard_size=bases)
+    return parse_job(spec)
 
 
 def write_results(job: Job, out: Path, seed: int = 0, keep_curves: bool = True,

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -129,20 +131,75 @@ class Plan:
 
 
 class Progress:
-    """A progress bar over curves, with shards done, curves/s and ETA."""
+    """What a sweep is doing, from its first second.
 
-    def __init__(self, plan: Plan, enabled: bool = True):
-        total = sum(plan.curves_per_shard[s.shard_id] for s in plan.pending)
-        self.bar = tqdm(total=total, unit="curve", disable=not enabled, dynamic_ncols=True, smoothing=0.1)
+    `phase(text)` says what runs now (checking finished shards, loading the model, reference statistics, the
+    statistics after the sweep): a line of its own while no bar is open, the bar's description while one is.
+    `start(plan)` opens a bar over every curve of the sweep, those finished by an earlier run counted as done, so
+    that its counter and the shard counter beside it count the same thing; an ETA is shown once
+    MIN_SHARDS_FOR_ETA shards have finished in this run, from their pace since the first (loading excluded).
+    """
+
+    MIN_SHARDS_FOR_ETA = 3
+
+    def __init__(self, enabled: bool = True, file=None):
+        self.enabled, self.file = enabled, file
+        self.bar = None
+        self.plan: Plan | None = None
+        self._first: tuple[float, int] | None = None  # (time, curves done) at the first shard this run finished
+        self._finished = 0  # shards finished in this run
+
+    def phase(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            print(f"synthact: {text}", file=self.file or sys.stderr, flush=True)
+        else:
+            self.bar.set_description_str(text)
+
+    def start(self, plan: Plan) -> None:
         self.plan = plan
+        if not self.enabled:
+            return
+        total = sum(plan.curves_per_shard.values())
+        left = sum(plan.curves_per_shard[s.shard_id] for s in plan.pending)
+        self.bar = tqdm(total=total, initial=total - left, unit="curve", disable=not self.enabled, file=self.file,
+                        dynamic_ncols=True, mininterval=0, bar_format=BAR)
+        self._postfix()
 
     def update(self, shard: Shard) -> None:
+        if self.bar is None:
+            return
+        self._finished += 1
+        curves = self.plan.curves_per_shard[shard.shard_id]
+        if self._first is None:
+            self._first = (time.monotonic(), self.bar.n + curves)
+        self._postfix(self.bar.n + curves, refresh=False)
+        self.bar.update(curves)  # one line per shard: the bar and its counters at once
+
+    def _postfix(self, done: int | None = None, refresh: bool = True) -> None:
         s = self.plan.summary
-        self.bar.update(self.plan.curves_per_shard[shard.shard_id])
-        self.bar.set_postfix_str(f"shards {s.shards_done + s.shards_skipped}/{s.shards}, failed {len(s.failures)}")
+        done = self.bar.n if done is None else done
+        text = f"shards {s.shards_done + s.shards_skipped}/{s.shards}, failed {len(s.failures)}"
+        if self._finished >= self.MIN_SHARDS_FOR_ETA:
+            since, at = self._first
+            rate = (done - at) / max(time.monotonic() - since, 1e-9)
+            if rate > 0:
+                text += f", {rate:.1f} curves/s, ETA {tqdm.format_interval((self.bar.total - done) / rate)}"
+        self.bar.set_postfix_str(text, refresh=refresh)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} curves [{elapsed}{postfix}]"
+
+
+def progress_of(progress: bool | Progress) -> Progress:
+    """The executors' `progress` argument (on/off, or the caller's `Progress`) as a `Progress`."""
+    return progress if isinstance(progress, Progress) else Progress(bool(progress))
 
 
 def refuse_other_spec(uri: str, job: Job, found: Verification) -> None:
