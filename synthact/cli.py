@@ -163,13 +163,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     found = api.verify(args.out, deep=args.deep, recompute=args.recompute)
     uri = resolve_location(args.out)[2]
     for cell in found.recomputed:
-        print(f"cell {cell.cell_id} ({cell.label}): {cell.matched} of {cell.rows} rows recompute")
+        print(f"cell {cell.cell_id} ({cell.label}): {cell.matched} of {cell.rows} rows recompute"
+              + (f" (the cell holds {cell.expected})" if cell.expected != cell.rows else ""))
         for problem in cell.mismatches:
             print(f"  mismatch: {problem}")
     if args.recompute is not None:
         matched, rows = sum(c.matched for c in found.recomputed), sum(c.rows for c in found.recomputed)
-        print(f"{uri}: {matched} of {rows} rows in {len(found.recomputed)} cell(s) recompute "
-              f"({time.perf_counter() - started:.1f} s)")
+        expected = sum(c.expected for c in found.recomputed)
+        print(f"{uri}: {matched} of {rows} rows in {len(found.recomputed)} cell(s) recompute"
+              + (f" (the cells hold {expected})" if expected != rows else "")
+              + f" ({time.perf_counter() - started:.1f} s)")
     for shard_id, problem in found.bad:
         print(f"bad shard {shard_id}: {problem}")
     for path in found.strays:
