@@ -99,8 +99,8 @@ def run_job(
     Calling it again with the same job and `out` resumes: finished shards are verified and skipped, damaged
     ones redone. `ray`: None runs in this process; 'local', 'auto' or a cluster address runs the same shards
     on Ray worker actors, with the same rows and the same resume. `wandb=False` turns tracking off even when
-    the job asks for it. Failed shards are in `SweepRun.summary.failures` (`SweepRun.ok` is False); a sweep of
-    which nothing could run raises `SynthactError`.
+    the job asks for it. Failed shards are in `SweepRun.summary.failures` (`SweepRun.ok` is False; `.causes()`
+    groups them by message); a sweep whose workers could not load at all raises `SynthactError` (bad input).
     """
     from synthact.run.store import Store
 
@@ -128,6 +128,10 @@ def run_job(
     from synthact.analysis.compare import analyse
 
     run = SweepRun(out, summary)
+    if summary.wrote_nothing:  # every shard failed: no rows to compare (the caller reports summary.causes())
+        if tracker is not None:
+            tracker.finish(summary.as_dict(), out)
+        return run
     sweep = Sweep.open(out)  # the bounded path: cells the tracker already aggregated are read from the cache
     analysis = None
     if not sweep.aggregates.empty:

@@ -100,8 +100,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"synthact: {len(result.redone)} finished shard(s) failed verification and were redone:", file=sys.stderr)
         for shard_id, problem in result.redone:
             print(f"  {shard_id}: {problem}", file=sys.stderr)
+    if result.wrote_nothing:
+        print(failure_report(result), file=sys.stderr)
+        return 1
     print(summary.render(result, sweep.out, sweep.comparison, sweep.verdicts))
     return 0 if result.ok else 1
+
+
+def failure_report(result) -> str:
+    """Why a sweep wrote nothing: each distinct cause once, with how many shards (and which) it failed."""
+    lines = [f"synthact: every shard failed ({len(result.failures)} of {result.shards}); nothing was written. Causes:"]
+    for cause, shard_ids in result.causes():
+        shown = ", ".join(shard_ids[:3]) + (f" and {len(shard_ids) - 3} more" if len(shard_ids) > 3 else "")
+        lines.append(f"  {len(shard_ids)} shard(s) ({shown}): {cause}")
+    lines.append("Fix the cause and rerun the same command: the failed shards are run again.")
+    return "\n".join(lines)
 
 
 def add_ray_argument(parser: argparse.ArgumentParser) -> None:

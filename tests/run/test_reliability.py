@@ -350,6 +350,39 @@ def test_degenerate_sae_is_one_paragraph_naming_the_cause(tmp_path, capsys, chan
     assert needle in err and err.count("\n") == 1, err
 
 
+def test_a_run_whose_every_shard_fails_says_why_once_and_exits_1(tmp_path, capsys):
+    """Finite but huge weights in block 2: every shard's scan overflows float32 at run time. The run names the
+    cause once for all the shards it failed and exits 1 (not "holds no results", exit 2)."""
+    from safetensors.torch import load_file, save_file
+
+    model = gpt2_checkpoint(tmp_path / "model")
+    tensors = load_file(model / "model.safetensors")
+    tensors["transformer.h.2.mlp.c_proj.weight"] *= 1e36
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    job = write_job(tmp_path / "j.yaml", model={"local": str(model)}, sae={"local": local_sae(tmp_path / "sae")},
+                    corpus={"toy": {"n_docs": 64, "doc_len": 16}}, n_ctx=8, base_kinds=["real"],
+                    directions=["isotropic"], bases_per_cell=6, shard_size=2)
+    capsys.readouterr()  # what saving the checkpoint printed
+    code, out, err = cli(capsys, "run", str(job), "--out", str(tmp_path / "out"), "--no-progress")
+    assert code == 1 and "Traceback" not in err and out == "", err
+    assert "every shard failed (3 of 3); nothing was written" in err and "holds no results" not in err, err
+    assert err.count("3 shard(s)") == 1 and "overflow float32" in err and "finite weights and inputs" in err, err
+
+
+def test_a_nan_weight_met_during_a_scan_is_named_not_called_an_overflow(tmp_path):
+    from synthact.run.local_executor import load_worker
+
+    job = parse_job(toy_job(base_kinds=["real"], directions=["isotropic"], bases_per_cell=2, shard_size=2,
+                            reference={"n_prompts": 128}, device="cpu", wandb=False))
+    worker = load_worker(job, job.cells()[0].group, str(tmp_path / "stats"))
+    with torch.no_grad():
+        worker.backend.model.model.blocks[2].mlp.W_in[3, 5] = float("nan")  # past any check at load time
+    with pytest.raises(SynthactError) as error:
+        worker.run_shard(job.shards()[0])
+    message = str(error.value)
+    assert "NaN or infinite weights in blocks.2.mlp.W_in" in message and "overflow" not in message, message
+
+
 @pytest.mark.parametrize("damage", ["model.safetensors", "config.json", "sae_weights.safetensors", "training.json"])
 def test_damaged_toy_cache_files_are_rebuilt(tmp_path, monkeypatch, capsys, damage):
     from synthact.inputs.backends import load_backend
