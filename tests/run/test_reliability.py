@@ -7,7 +7,6 @@ model, with real Parquet files, a real local Ray instance and real tmpfs mounts 
 import json
 import os
 import subprocess
-import time
 import warnings
 from pathlib import Path
 
@@ -229,10 +228,9 @@ def test_a_spec_that_fails_to_load_leaves_the_directory_free(tmp_path, capsys):
     ({"base_kinds": ["synthetic_baseline", "synthetic_structured"], "directions": ["toward:synthetic_structured"],
       "generation": {"nearest_k": list(range(1, 1001)), "anchor_pool": list(range(1, 1001))}}, "shards"),
 ])
+@pytest.mark.timeout(600)  # catches a hang only (a grid listed instead of counted: test_grid_is_counted_...)
 def test_validate_refuses(tmp_path, capsys, fields, needle):
-    start = time.perf_counter()
     assert needle in clean_error(capsys, "validate", str(write_job(tmp_path / "j.yaml", **fields)))
-    assert time.perf_counter() - start < 10
 
 
 def test_grid_is_counted_without_listing_it():
@@ -571,6 +569,7 @@ def test_names_are_identifiers():
 # ---------------------------------------------------------------------- --ray local never hangs
 
 
+@pytest.mark.timeout(600)  # catches a hang (waiting for a GPU that never comes) only
 def test_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatch, capsys):
     """Default ray.num_gpus (1) on a machine without GPUs, RAY_ADDRESS pointing nowhere: it runs, on CPU actors
     (and without Ray's dashboard, as the job asks)."""
@@ -590,8 +589,7 @@ def test_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatch, c
                 actor_gpus(parse_job(dict(data, device="cuda")), started_here=True)
             refused.append(str(error.value))
 
-    start = time.perf_counter()
     summary = run_ray(job, Store(tmp_path / "out", job), "local", progress=False, listeners=[AskForCuda()])
-    assert summary.ok and summary.shards_done == 2 and time.perf_counter() - start < 240
+    assert summary.ok and summary.shards_done == 2
     assert refused and not ray.is_initialized()
     assert "Ray dashboard" not in capsys.readouterr().err
