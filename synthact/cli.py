@@ -104,6 +104,7 @@ def one_line_warnings():
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("always", module="synthact")  # each one reaches `show`, which shows a text once
         warnings.showwarning = show
         yield
 
