@@ -4,6 +4,7 @@ duplicated or missing row is named, and only that row."""
 
 import copy
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +22,7 @@ from synthact.scan.metrics import curve_metrics, metric_ranges
 from synthact.spec import KINDS, MetricsSpec, parse_job
 from tests.helpers import synthact, toy_job
 
+ROOT = Path(__file__).resolve().parents[2]
 COMMON = dict(read_layers=[2, -1], bases_per_cell=2, shard_size=2, reference={"n_prompts": 256}, device="cpu",
               wandb=False)
 # Every kind as base and target, both scan framings (from A, interpolating; from T towards A, stepping), with JS.
@@ -245,3 +247,34 @@ def test_cli_exit_codes(sweeps, tmp_path):
 def run_cli(*args):
     done = synthact(*args)
     return done.returncode, done.stdout, done.stderr
+
+
+# ---------------------------------------------------------------------- every job of jobs/, made tiny
+
+
+TINY = ["bases_per_cell=2", "shard_size=2", "reference.n_prompts=256", "wandb=false", "device=cpu"]
+TOY_JOBS = {  # each shipped toy job (and layers.yaml on the toy), two bases a cell and short scans
+    "smoke": ["scan.steps=8"],
+    "paper-toy": ["scan.0.steps=8", "scan.1.steps=8", "scan.2.steps=8"],
+    "ladder-toy": ["scan.0.steps=8"],
+    "layers": ["model={toy: {}}", "sae={toy: {}}", "corpus={toy: {}}", "layers=[1, 2]", "scan.steps=8"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TOY_JOBS)
+def test_every_toy_job_recomputes_and_an_edited_row_fails_alone(name, tmp_path):
+    job = api.load_job(ROOT / "jobs" / f"{name}.yaml", [*TINY, *TOY_JOBS[name]])
+    assert run_local(job, Store(tmp_path, job), progress=False).ok
+    checks = recompute(tmp_path)
+    assert len(checks) == len(job.cells()) and all(c.ok for c in checks), [m for c in checks for m in c.mismatches][:5]
+    assert sum(c.rows for c in checks) == sum(c.expected for c in checks) == len(job.cells()) * 2
+    worker, cell, rows = cell_rows(job, tmp_path, lambda c: c.base_kind == "real" and c.target_kind is not None)
+    for column, value in [("step_size", 0.25), ("steps", 9), ("plateau_threshold", 1.0), ("direction", "isotropic"),
+                          ("cell_id", "000000000000"), ("base_seed", 1), ("target_seed", 1)]:
+        edited = rows.copy()
+        edited.loc[1, column] = value
+        found = check_rows(worker, cell, edited)
+        assert found.matched == 1 and len(found.mismatches) == 1 and column in found.mismatches[0], found.mismatches
+    doubled = check_rows(worker, cell, rows.iloc[[0, 1, 1]])
+    assert (doubled.rows, doubled.matched, doubled.expected) == (3, 2, 2) and "a second row" in doubled.mismatches[0]
