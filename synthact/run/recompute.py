@@ -52,8 +52,8 @@ INPUTS = ("cell_id", "scan", "layer", "base_index", "base_kind", "direction", "t
           "step_size", "stop_at_target", "error_source", "target_other_tokens")
 SCAN = ("scan_mode", "scan_start", "steps", "step_size", "stop_at_target")
 CURVES = ("l2_curve", "js_curve")
-COLUMNS = (*dict.fromkeys((*INPUTS, *AXES)), "shard_id", "seed", "target_distance", "target_step", *MetricsSpec.model_fields,
-           *METRICS, *JS_METRICS, *CURVES)
+COLUMNS = (*dict.fromkeys((*INPUTS, *AXES)), "shard_id", "seed", "target_distance", "target_step",
+           *MetricsSpec.model_fields, *METRICS, *JS_METRICS, *CURVES)
 INTEGER = {name for name, (kind, _) in (METRICS | JS_METRICS).items() if pa.types.is_integer(kind)}
 
 
@@ -151,10 +151,11 @@ def check_rows(worker: Worker, cell: Cell, rows: pd.DataFrame, bases=None, batch
     rows = rows.sort_values(["base_index", "read_layer"], kind="stable").reset_index(drop=True)
     problems: dict[int, list[str]] = {}
     seen, held = set(), set()
+    constant, base_settings = planned(cell, job), cell.base_settings()
     for index, row in rows.iterrows():
         key = (_int(row.base_index), _int(row.read_layer))
         seen.add(key)
-        problems[index] = planned_problems(row, cell, job, worker.read_layers, expected)
+        problems[index] = planned_problems(row, cell, job, worker.read_layers, expected, base_settings, constant)
         if not problems[index]:  # the first row of a curve that holds what its cell says is the curve's
             if key in held:
                 problems[index].append("a second row for this curve (a cell holds one per base and read layer)")
@@ -173,20 +174,26 @@ def check_rows(worker: Worker, cell: Cell, rows: pd.DataFrame, bases=None, batch
     return found
 
 
-def planned_problems(row, cell: Cell, job: Job, read_layers: list[int], expected: set) -> list[str]:
-    """What of a row differs from what its cell must hold: ids, base index, seeds, axes, scan and metric settings."""
+def planned(cell: Cell, job: Job) -> dict:
+    """What every row of a cell must hold, whatever its base: ids, seed, axes, scan and metric settings."""
+    values = {"cell_id": cell.cell_id, "seed": job.seed, **cell.settings(), "scan_mode": cell.scan.mode,
+              "scan_start": cell.scan.start, "steps": cell.scan.steps, "stop_at_target": cell.scan.stop_at_target,
+              **job.metrics.model_dump()}
+    return values | ({"step_size": cell.scan.step_size} if cell.scan.mode == "step" else {})
+
+
+def planned_problems(row, cell: Cell, job: Job, read_layers: list[int], expected: set, base_settings: dict,
+                     constant: dict) -> list[str]:
+    """What of a row differs from what its cell must hold (`constant`, `planned(cell, job)`, and per base its
+    shard and the seeds derived from the job's seed, `base_settings` and the base index)."""
     i = _int(row.base_index)
-    planned = {"cell_id": cell.cell_id, "seed": job.seed, **cell.settings(),
-               "scan_mode": cell.scan.mode, "scan_start": cell.scan.start, "steps": cell.scan.steps,
-               "stop_at_target": cell.scan.stop_at_target, **job.metrics.model_dump()}
-    if cell.scan.mode == "step":
-        planned["step_size"] = cell.scan.step_size
+    values = dict(constant)
     if i is not None and 0 <= i < job.bases_per_cell:
-        planned |= {"shard_id": f"{cell.cell_id}-{i // job.shard_size:05d}",
-                    "base_seed": derive_seed(job.seed, "base", cell.base_settings(), i),
-                    "target_seed": derive_seed(job.seed, "target", cell.cell_id, i)}
+        values |= {"shard_id": f"{cell.cell_id}-{i // job.shard_size:05d}",
+                   "base_seed": derive_seed(job.seed, "base", base_settings, i),
+                   "target_seed": derive_seed(job.seed, "target", cell.cell_id, i)}
     problems = [f"{name} {_shown(name, _value(row, name))}, but its cell's is {_shown(name, value)}"
-                for name, value in planned.items() if axis_value(name, _value(row, name)) != axis_value(name, value)]
+                for name, value in values.items() if axis_value(name, _value(row, name)) != axis_value(name, value)]
     r = _int(row.read_layer)
     if r not in read_layers:
         problems.insert(0, f"read layer {r} is not one of the job's ({', '.join(map(str, read_layers))})")
