@@ -42,6 +42,7 @@ from synthact.run.worker import Worker, stop_point, target_steps
 from synthact.scan import scan
 from synthact.scan.metrics import curve_metrics, last_point, metric_ranges
 from synthact.spec import Cell, Job, MetricsSpec, ScanSpec, derive_seed
+from synthact.spec.vocabulary import AS_BEFORE
 
 SEED = 0  # which bases are sampled
 STORED_RTOL = 1e-9  # float metrics of a stored curve: the same float64 arithmetic
@@ -193,7 +194,7 @@ def planned_problems(row, cell: Cell, job: Job, read_layers: list[int], expected
                    "base_seed": derive_seed(job.seed, "base", base_settings, i),
                    "target_seed": derive_seed(job.seed, "target", cell.cell_id, i)}
     problems = [f"{name} {_shown(name, _value(row, name))}, but its cell's is {_shown(name, value)}"
-                for name, value in values.items() if axis_value(name, _value(row, name)) != axis_value(name, value)]
+                for name, value in values.items() if not _holds(name, _value(row, name), value)]
     r = _int(row.read_layer)
     if r not in read_layers:
         problems.insert(0, f"read layer {r} is not one of the job's ({', '.join(map(str, read_layers))})")
@@ -385,6 +386,13 @@ def _range(values) -> str:
         return "any value" if values[0] is None else f"{values[0]:.7g}..{values[1]:.7g}"
     lo, hi = min(values), max(values)
     return str(lo) if lo == hi else f"one of {sorted(values)}" if len(values) < 6 else f"{lo}..{hi}"
+
+
+def _holds(name: str, stored, value) -> bool:
+    """A row's value of a setting against its cell's (a ladder axis absent from rows written before it existed
+    holds its AS_BEFORE value)."""
+    stored = axis_value(name, stored)
+    return stored == axis_value(name, value) or (stored is None and AS_BEFORE.get(name) == value)
 
 
 def _shown(name: str, value) -> str:
