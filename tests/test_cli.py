@@ -184,3 +184,17 @@ def test_unreachable_ray_address_fails_fast(tmp_path):
     job = write_job(tmp_path / "j.yaml")
     result = synthact("run", str(job), "--out", str(tmp_path / "o"), "--ray", "127.0.0.1:1", "--no-progress")
     assert_clean_error(result, "no Ray cluster answers at '127.0.0.1:1'", "--ray local")
+
+
+def test_overrides_go_anywhere_after_the_command_and_alone_change_the_default_job():
+    from synthact import cli
+
+    def parsed(*argv):
+        parser = cli.build_parser(list(argv))
+        args = cli.parse(parser, list(argv))
+        return args.job, args.overrides
+
+    assert parsed("run", "seed=3", "--no-wandb") == (str(cli.SMOKE_JOB), ["seed=3"])
+    assert parsed("run", "jobs/paper-toy.yaml", "--out", "o", "seed=3", "--no-progress", "js=true") == (
+        "jobs/paper-toy.yaml", ["seed=3", "js=true"])
+    assert parsed("validate", "jobs/paper-toy.yaml", "scan.0.steps=9") == ("jobs/paper-toy.yaml", ["scan.0.steps=9"])
