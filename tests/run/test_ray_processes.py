@@ -20,12 +20,19 @@ from tests.helpers import RAY_TINY, ROOT, assert_same_rows
 # ---------------------------------------------------------------------- clusters started with `ray start`
 
 
-def free_port() -> int:
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: all bound at once, so that the kernel cannot hand the same one out twice (one at a
+    time, a port just closed came back for another of Ray's components on a busy machine)."""
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class RayStartCluster:
@@ -40,22 +47,23 @@ class RayStartCluster:
         self.temp = tempfile.mkdtemp(prefix="sa-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
         self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, PYTHONPATH=str(ROOT))
         self.env.pop("RAY_ADDRESS", None)
-        self.port = free_port()
+        self.port, client = free_ports(2)
         self.address = f"127.0.0.1:{self.port}"
         self.groups: list[int] = []
         self._start("--head", f"--port={self.port}", "--num-cpus=1", "--include-dashboard=false",
-                    f"--ray-client-server-port={free_port()}")
+                    f"--ray-client-server-port={client}", taken={self.port, client})
 
     def add_node(self) -> int:
         """Start a worker node with one CPU; return its process group."""
         self._start(f"--address={self.address}", "--num-cpus=1")
         return self.groups[-1]
 
-    def _start(self, *args: str) -> None:
+    def _start(self, *args: str, taken: set[int] = frozenset()) -> None:
+        ports = [p for p in free_ports(6 + len(taken)) if p not in taken][:6]
+        names = ("dashboard-agent-listen", "metrics-export", "node-manager", "object-manager", "runtime-env-agent",
+                 "dashboard-agent-grpc")
         cmd = ["ray", "start", *args, f"--temp-dir={self.temp}", "--disable-usage-stats",
-               f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-               f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-               f"--runtime-env-agent-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}"]
+               *(f"--{name}-port={port}" for name, port in zip(names, ports, strict=True))]
         started = subprocess.Popen(cmd, env=self.env, start_new_session=True, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
         self.groups.append(started.pid)  # the node's processes stay in this group after `ray start` returns
