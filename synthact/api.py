@@ -106,9 +106,10 @@ def run_job(
     Calling it again with the same job and `out` resumes: finished shards are verified and skipped, damaged
     ones redone. `ray`: None runs in this process; 'local', 'auto' or a cluster address runs the same shards
     on Ray worker actors, with the same rows and the same resume. `wandb=False` turns tracking off even when
-    the job asks for it. `overrides` change spec fields ("key.sub=value", see `load_job`); OUT/job.json records them,
-    and a resume needs the same spec (the same overrides). Failed shards are in `SweepRun.summary.failures` (`SweepRun.ok` is False; `.causes()`
-    groups them by message); a sweep whose workers could not load at all raises `SynthactError` (bad input).
+    the job asks for it. `overrides` change spec fields ("key.sub=value", see `load_job`); OUT/job.json records
+    them, and a resume needs the same spec (the same overrides). Failed shards are in `SweepRun.summary.failures`
+    (`SweepRun.ok` is False; `.causes()` groups them by cause); a sweep whose workers could not load at all raises
+    `SynthactError` (bad input).
     """
     from synthact.run.store import Store
 
@@ -117,20 +118,21 @@ def run_job(
     job = load_job(job, overrides)
     out = output_of(job, out)
     store = Store(out, job, overrides=list(overrides))
-    listeners, tracker = [], None
-    if job.wandb.enabled and wandb:
-        from synthact.analysis.tracking import Tracker
+    with store.locked():  # one run at a time writes a local output directory
+        listeners, tracker = [], None
+        if job.wandb.enabled and wandb:
+            from synthact.analysis.tracking import Tracker
 
-        tracker = Tracker(job, out, grid_size(job))
-        listeners.append(tracker)
-    if ray:
-        from synthact.run.ray_executor import run_ray
+            tracker = Tracker(job, out, grid_size(job))
+            listeners.append(tracker)
+        if ray:
+            from synthact.run.ray_executor import run_ray
 
-        summary = run_ray(job, store, ray, progress=progress, listeners=listeners)
-    else:
-        from synthact.run.local_executor import run_local
+            summary = run_ray(job, store, ray, progress=progress, listeners=listeners)
+        else:
+            from synthact.run.local_executor import run_local
 
-        summary = run_local(job, store, progress=progress, listeners=listeners)
+            summary = run_local(job, store, progress=progress, listeners=listeners)
     if summary.fatal:
         redone = "".join(f"; shard {shard_id} was redone because {problem}" for shard_id, problem in summary.redone)
         raise SynthactError(f"nothing could run: {summary.fatal}{redone}")
@@ -223,7 +225,7 @@ def verify(out: str | Path, deep: bool = False, recompute: int | None = None) ->
     all; it loads the model) into `.recomputed`, one `CellRecompute` per cell. Raises `SynthactError` when `out` is
     not a sweep's output directory."""
     from synthact.layout import resolve_location
-    from synthact.run.store import read_claim
+    from synthact.manifest import read_claim
     from synthact.run.store import verify as verify_out
 
     fs, root, uri = resolve_location(out)

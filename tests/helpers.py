@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import yaml
 
@@ -22,7 +21,6 @@ from synthact.generation import diagnostics
 from synthact.generation.context import GenContext
 from synthact.generation.stats import ReferenceStats, compute_stats
 from synthact.inputs.backends import load_backend
-from synthact.manifest import ShardRecord, shard_file_name
 from synthact.scan.metrics import curve_metrics
 from synthact.spec import (
     CorpusSpec,
@@ -139,17 +137,15 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True, read_la
 
 def write_results(job: Job, out: Path, seed: int = 0, keep_curves: bool = True,
                   read_layers=(2, 3)) -> dict[str, pa.Table]:
-    """Write every shard and its manifest record as `synthact run` does; return each cell's rows."""
+    """Write every shard as `synthact run` does (`Store`: job.json, each file with its manifest record); return each
+    cell's rows."""
+    from synthact.run.store import Store
+
+    store = Store(out, job)
     cells: dict[str, list[pa.Table]] = {}
     for shard in job.shards():
         table = shard_rows(job, shard, seed, keep_curves, read_layers)
-        record = ShardRecord(shard.shard_id, shard.cell.cell_id, table.num_rows,
-                             shard_file_name(shard.cell.cell_id, shard.shard_id), 0.0)
-        path = out / record.file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
-        (out / "manifest").mkdir(exist_ok=True)
-        (out / "manifest" / f"{shard.shard_id}.json").write_bytes(record.to_json())
+        store.write_shard(shard, table)
         cells.setdefault(shard.cell.cell_id, []).append(table)
     return {cid: pa.concat_tables(tables) for cid, tables in cells.items()}
 

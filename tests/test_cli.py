@@ -68,15 +68,31 @@ def test_validate_and_run_take_overrides(tmp_path):
 
 
 def test_results_warnings_are_one_line_each_once(tmp_path):
-    """A file under results/ that no record names: compare warns once, in one line, not as a raw Python warning."""
+    """A file under results/ that no record names: compare says so once, in one line, not as a raw Python warning."""
     job, out = write_job(tmp_path / "j.yaml"), tmp_path / "out"
     assert synthact("run", str(job), "--out", str(out), "--no-progress").returncode == 0
     shard = next((out / "results").rglob("*.parquet"))
     (shard.parent / "copied.parquet").write_bytes(shard.read_bytes())
     result = synthact("compare", str(out))
-    warned = [line for line in result.stderr.splitlines() if line]
-    assert result.returncode == 0 and len(warned) == 1 and warned[0].startswith("synthact: warning: 1 file(s) under")
-    assert "copied.parquet" in warned[0] and "UnreadableResultsWarning" not in result.stderr
+    told = [line for line in result.stderr.splitlines() if line]
+    assert result.returncode == 0 and len(told) == 1 and told[0].startswith("synthact: ") and "copied.parquet" in told[0]
+    assert "Warning" not in result.stderr and "warnings.warn" not in result.stderr
+
+
+def test_synthact_warnings_print_as_one_line_each_text_once(capsys):
+    """However many places raise the same synthact warning, the command line shows it once, as one line."""
+    import warnings
+
+    from synthact.analysis.tracking import TrackingWarning
+    from synthact.cli import one_line_warnings
+
+    with one_line_warnings():
+        for _ in range(3):
+            warnings.warn("W&B could not log (timeout)", TrackingWarning, stacklevel=1)
+        warnings.warn("W&B could not log (timeout)", TrackingWarning, stacklevel=1)  # another place
+        warnings.warn("W&B could not close the run", TrackingWarning, stacklevel=1)
+    assert capsys.readouterr().err.splitlines() == ["synthact: warning: W&B could not log (timeout)",
+                                                    "synthact: warning: W&B could not close the run"]
 
 
 @pytest.mark.parametrize("command, interrupted, truth", [

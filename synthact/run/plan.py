@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -14,9 +15,9 @@ from typing import Protocol
 import pyarrow as pa
 from tqdm.auto import tqdm
 
-from synthact.errors import describe
+from synthact.errors import SynthactError, describe
 from synthact.results import CellRows, cell_rows
-from synthact.run.store import Store
+from synthact.run.store import Store, Verification, spec_differences
 from synthact.spec import Job, Shard
 
 
@@ -85,19 +86,24 @@ class RunSummary:
 
 
 class Plan:
-    """The shards still to run, and which cells each finished shard completes."""
+    """The shards still to run, and which cells each finished shard completes.
+
+    Resume: the finished shards are verified (`Store.verify`); a shard written by another job spec than job.json's
+    stops the run (`refuse_other_spec`), the job's shards that fail a check are forgotten and redone, and records
+    outside the job's grid are left alone (never read, named by `synthact verify`)."""
 
     def __init__(self, job: Job, store: Store):
         self.job = job
         self.store = store
         store.clean_temporaries()
         found = store.verify()
-        store.forget(found.bad)
+        refuse_other_spec(store.uri, job, found)
+        store.forget([shard_id for shard_id, _ in found.redo])
         shards = job.shards()
         self.pending: list[Shard] = [s for s in shards if s.shard_id not in found.good]
         self.remaining = Counter(s.cell.cell_id for s in self.pending)
         self.summary = RunSummary(cells=len(job.cells()), shards=len(shards), shards_skipped=len(shards) - len(self.pending),
-                                  redone=found.bad)
+                                  redone=found.redo)
         self.curves_per_shard = {s.shard_id: s.n_bases * len(job.read_layers) for s in shards}
         self.complete_at_start = sorted({s.cell.cell_id for s in shards} - set(self.remaining))
         self.shards_of: dict[str, list[str]] = defaultdict(list)
@@ -153,6 +159,25 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def refuse_other_spec(uri: str, job: Job, found: Verification) -> None:
+    """A resume over shards written by another job spec than job.json's would mix two jobs' rows: refuse, naming
+    the fields in which they differ (job.json replaced, or shards copied in from another sweep)."""
+    if not found.other_spec:
+        return
+    shard_id, theirs = sorted(found.other_spec.items())[0]
+    try:
+        spec = json.loads(theirs)
+        differ = spec_differences(spec, job.canonical(), "in the shards", "in job.json")
+    except (ValueError, TypeError, AttributeError):
+        differ = f"the shards carry spec hash {theirs[:12]}"
+    raise SynthactError(
+        f"output directory '{uri}' holds {len(found.other_spec)} shard(s) (e.g. {shard_id}) written by another job "
+        f"spec than the one its job.json records: {differ}. job.json was replaced or shards were copied in, and "
+        f"resuming would mix two jobs' rows. `synthact verify {uri}` names them; restore the job.json they were "
+        "written with (and rerun that spec), move them out, or use a new --out directory."
+    )
 
 
 def _notify(listeners: list[CellListener], cell: CellRows) -> None:
