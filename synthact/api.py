@@ -31,7 +31,8 @@ def load_job(job: str | Path | Mapping | Job, overrides: list[str] | tuple[str, 
 
     A dict without `name` is named "job". Raises `SpecError` naming every problem.
     """
-    from synthact.spec import Job, apply_overrides, load_job as load_yaml, parse_job
+    from synthact.spec import Job, apply_overrides, parse_job
+    from synthact.spec import load_job as load_yaml
 
     overrides = list(overrides)
     if isinstance(job, Job):

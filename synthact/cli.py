@@ -315,12 +315,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(line)
     from synthact.analysis.inference import detectable_ks_difference
 
-    for text in (f"{size['cells']} cells x {job.bases_per_cell} bases = {size['curves']} curves "
-                 f"({len(job.read_layers)} read layer(s)); {size['shards']} shards of <= {job.shard_size} bases; "
-                 f"{size['scan_points']:,} scan points (forward passes of one position through the read layers).",
-                 f"models: {', '.join(m.label for m in job.model)}; SAEs: {', '.join(s.label for s in job.sae)}",
-                 f"power: with {job.bases_per_cell} bases per kind the two-sample KS test (alpha 0.05) detects a KS "
-                 f"distance of {detectable_ks_difference(job.bases_per_cell):.3f} between two kinds with 80% power"):
+    counts = (f"{size['cells']} cells x {job.bases_per_cell} bases = {size['curves']} curves "
+              f"({len(job.read_layers)} read layer(s)); {size['shards']} shards of <= {job.shard_size} bases; "
+              f"{size['scan_points']:,} scan points (forward passes of one position through the read layers).")
+    power = (f"power: with {job.bases_per_cell} bases per kind the two-sample KS test (alpha 0.05) detects a KS "
+             f"distance of {detectable_ks_difference(job.bases_per_cell):.3f} between two kinds with 80% power")
+    inputs = f"models: {', '.join(m.label for m in job.model)}; SAEs: {', '.join(s.label for s in job.sae)}"
+    for text in (counts, inputs, power):
         print(textwrap.fill(text, WIDTH, subsequent_indent="  "))
     return 0
 

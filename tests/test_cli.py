@@ -5,10 +5,10 @@ process, to see the exit code and stderr a shell sees."""
 
 import json
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from synthact import api
 from tests.helpers import QUICK_SAE, saved_toy_sae, synthact, synthact_process, write_job

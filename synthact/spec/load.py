@@ -64,7 +64,7 @@ def load_job(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> J
         raise SpecError(f"job spec '{path}' is larger than {MAX_SPEC_BYTES // 1024} KiB; a job spec is a short YAML file")
     try:
         text = path.read_text()
-        data = yaml.load(text, StrictLoader)  # noqa: S506 - a SafeLoader
+        data = yaml.load(text, StrictLoader)
     except UnicodeDecodeError:
         raise SpecError(f"job spec '{path}' is not a text file; pass the path of a YAML file") from None
     except DuplicateKey as e:
@@ -92,7 +92,7 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             raise SpecError(f"'{item}' is not an override; write key=value (a dotted key for a nested field, e.g. "
                             "scan.steps=20 or generation.nearest_k=[5, 10]; the value is YAML)")
         try:
-            value = yaml.load(text, StrictLoader)  # noqa: S506 - a SafeLoader
+            value = yaml.load(text, StrictLoader)
         except yaml.YAMLError as e:
             raise SpecError(f"override '{item}': the value is not valid YAML ({first_line(str(e))})") from None
         *path, last = key.strip().split(".")

@@ -202,8 +202,8 @@ def test_a_duplicated_row_is_named_and_a_cell_holds_its_own_count(sweeps):
     worker, cell, rows = cell_rows(job, out, lambda c: c.direction == "latent:random" and c.base_kind == "gaussian")
     doubled = check_rows(worker, cell, rows.iloc[[*range(8), 5]])
     assert (doubled.rows, doubled.matched, doubled.expected) == (9, 8, 8) and not doubled.ok
-    assert doubled.mismatches == [f"base {rows.base_index[5]} read layer {rows.read_layer[5]}: a second row for this "
-                                  "curve (a cell holds one per base and read layer)"]
+    second = "a second row for this curve (a cell holds one per base and read layer)"
+    assert doubled.mismatches == [f"base {rows.base_index[5]} read layer {rows.read_layer[5]}: {second}"]
     short = check_rows(worker, cell, rows.iloc[1:])
     assert (short.rows, short.matched, short.expected) == (7, 7, 8) and not short.ok
     assert short.mismatches == [f"base 0 read layer {rows.read_layer[0]}: missing (the cell has no row for it)"]
