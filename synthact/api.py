@@ -25,19 +25,26 @@ if TYPE_CHECKING:
     from synthact.run.store import Verification
     from synthact.spec import Job
 
-def load_job(job: str | Path | Mapping | Job) -> Job:
-    """A validated job from a YAML path, a dict of the same fields, or a `Job` (returned as it is).
+def load_job(job: str | Path | Mapping | Job, overrides: list[str] | tuple[str, ...] = ()) -> Job:
+    """A validated job from a YAML path, a dict of the same fields, or a `Job` (returned as it is), with `overrides`
+    ("key.sub=value" strings, values in YAML: `["seed=3", "scan.steps=20"]`) applied on top.
 
     A dict without `name` is named "job". Raises `SpecError` naming every problem.
     """
-    from synthact.spec import Job, load_job as load_yaml, parse_job
+    from synthact.spec import Job, apply_overrides, parse_job
+    from synthact.spec import load_job as load_yaml
 
+    overrides = list(overrides)
     if isinstance(job, Job):
-        return job
+        return parse_job(apply_overrides(job.canonical(), overrides), "job spec with " + " ".join(overrides)) \
+            if overrides else job
     if isinstance(job, Mapping):
-        return parse_job({"name": "job", **job}, source="job spec (dict)")
+        source = "job spec (dict)" + (f" with {' '.join(overrides)}" if overrides else "")
+        return parse_job(apply_overrides({"name": "job", **job}, overrides), source=source)
     if isinstance(job, (str, Path)):
-        return load_yaml(job)
+        if not str(job).strip():
+            raise SpecError("the job spec path is empty; pass the path of a YAML file such as jobs/smoke.yaml")
+        return load_yaml(job, overrides)
     raise SpecError(f"a job is a YAML path, a dict of spec fields or a synthact Job, not {type(job).__name__}")
 
 
@@ -94,21 +101,26 @@ def run_job(
     ray: str | None = None,
     wandb: bool = True,
     progress: bool = True,
+    overrides: list[str] | tuple[str, ...] = (),
 ) -> SweepRun:
     """Run every shard of `job` not yet written into `out` (a directory or a pyarrow URI) and compare the rows.
 
     Calling it again with the same job and `out` resumes: finished shards are verified and skipped, damaged
     ones redone. `ray`: None runs in this process; 'local', 'auto' or a cluster address runs the same shards
     on Ray worker actors, with the same rows and the same resume. `wandb=False` turns tracking off even when
-    the job asks for it. Failed shards are in `SweepRun.summary.failures` (`SweepRun.ok` is False); a sweep of
-    which nothing could run raises `SynthactError`.
+    the job asks for it. `overrides` change spec fields ("key.sub=value", see `load_job`); OUT/job.json records
+    them, and a resume needs the same spec (the same overrides). Failed shards are in `SweepRun.summary.failures`
+    (`SweepRun.ok` is False; `.causes()` groups them by cause); a sweep whose workers could not load at all raises
+    `SynthactError` (bad input).
     """
     from synthact.run.plan import Progress
     from synthact.run.store import Store
 
-    job = load_job(job)
+    _require(ray, "ray")
+    _require(out, "out")
+    job = load_job(job, overrides)
     out = output_of(job, out)
-    store = Store(out, job)
+    store = Store(out, job, overrides=list(overrides))
     shown = Progress(progress)
     with store.locked():  # one run at a time writes a local output directory
         listeners, tracker = [], None
@@ -140,6 +152,11 @@ def run_job(
     from synthact.analysis.compare import analyse
 
     run = SweepRun(out, summary)
+    if summary.wrote_nothing:  # every shard failed: no rows to compare (the caller reports summary.causes())
+        if tracker is not None:
+            tracker.finish(summary.as_dict(), out)
+            run.wandb = tracker.note
+        return run
     shown.phase("statistics: each kind against real and the differences between rungs, with their intervals")
     sweep = Sweep.open(out)  # the bounded path: cells the tracker already aggregated are read from the cache
     analysis = None
@@ -151,6 +168,12 @@ def run_job(
         tracker.finish(summary.as_dict(), out, sweep, analysis)
         run.wandb = tracker.note
     return run
+
+
+def _require(value, name: str) -> None:
+    """Refuse an empty string where a value is optional: "" would silently mean "not given"."""
+    if isinstance(value, (str, Path)) and not str(value).strip():
+        raise SynthactError(f"{name} is empty ('{value}'); give a value, or leave it out (None)")
 
 
 def read_rows(out: str | Path, curves: bool = False) -> pd.DataFrame:
@@ -174,6 +197,8 @@ def compare(out: str | Path, csv: str | Path | None = None, ray: str | None = No
     cells on a Ray cluster (shared storage). Memory is bounded by one panel, whatever the sweep's size."""
     from synthact.analysis.compare import compare as compare_rows
 
+    _require(csv, "csv")
+    _require(ray, "ray")
     return compare_rows(out, csv, ray)
 
 
@@ -183,6 +208,7 @@ def analyse(out: str | Path, ray: str | None = None) -> Analysis:
     statistics of the built codes against real codes) and `.text()` (the printed tables)."""
     from synthact.analysis.compare import analyse as analyse_sweep
 
+    _require(ray, "ray")
     return analyse_sweep(out, ray)
 
 
@@ -193,6 +219,7 @@ def differences(out: str | Path, csv: str | Path | None = None, ray: str | None 
     the verdict sentence. `csv` also saves it there. Computed per panel and cached like `compare`'s numbers."""
     from synthact.analysis.compare import save_csv
 
+    _require(csv, "csv")
     table = analyse(out, ray).differences
     if csv:
         save_csv(table, csv, "differences")
@@ -203,6 +230,8 @@ def report(out: str | Path, html: str | Path | None = None, ray: str | None = No
     """Write the figures (OUT/report/*.png) and one self-contained HTML page (default OUT/report.html)."""
     from synthact.analysis.report import build_report
 
+    _require(html, "html")
+    _require(ray, "ray")
     return build_report(out, html, ray)
 
 

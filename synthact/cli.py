@@ -3,29 +3,110 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
 import importlib
+import os
+import re
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 
-from synthact import api
+from synthact import __version__, api
 from synthact.errors import SynthactError
 
 SMOKE_JOB = Path(__file__).resolve().parents[1] / "jobs" / "smoke.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except SynthactError as e:
-        print(f"synthact: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("synthact: interrupted; finished shards are kept, rerun the same command to resume.", file=sys.stderr)
-        return 130
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with one_line_warnings():
+        parser = build_parser(argv)
+        args = parse(parser, argv)
+        try:
+            return args.func(args)
+        except SynthactError as e:
+            print(f"synthact: error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"synthact: interrupted; {INTERRUPTED.get(args.command, 'nothing was changed')}.", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # the reader stopped reading (`synthact validate JOB | head`)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+
+
+# What is true after Ctrl-C, per command.
+INTERRUPTED = {
+    "run": "finished shards are kept, rerun the same command to resume",
+    "compare": "the results are untouched; the per-cell and per-panel summaries already computed are kept under "
+               "OUT/analysis and a rerun reuses them",
+    "report": "the results are untouched; the figures written so far are in OUT/report, a rerun writes them all",
+    "verify": "nothing was changed (verify only reads)",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with synthact's convention for bad input: one paragraph on stderr, exit 2, and a "did you mean"
+    for a misspelt command or option."""
+
+    def error(self, message: str):
+        words = re.findall(r"invalid choice: '([^']*)'|unrecognized arguments: (.*)", message)
+        typed = [w for choice, rest in words for w in ([choice] if choice else rest.split())]
+        known = [*self.choices_and_options()]
+        near = [m for w in typed for m in difflib.get_close_matches(w, known, n=1, cutoff=0.6)]
+        hint = f"; did you mean {' '.join(near)}?" if near else ""
+        self.exit(2, f"synthact: error: {message}{hint} (see `{self.prog} --help`)\n")
+
+    def choices_and_options(self):
+        """Every subcommand name and option string this parser and its subparsers know."""
+        for action in self._actions:
+            yield from action.option_strings
+            for name, sub in (action.choices or {}).items() if isinstance(action.choices, dict) else ():
+                yield name
+                yield from (o for a in sub._actions for o in a.option_strings)
+
+
+def parse(parser: Parser, argv: list[str]) -> argparse.Namespace:
+    """Parse argv; for run and validate, KEY=VALUE words anywhere after the job are spec overrides."""
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        if args.job and "=" in args.job and not Path(args.job).exists():  # `synthact run seed=3`: the default job
+            args.overrides.insert(0, args.job)
+            args.job = parser.default_job if args.command == "run" else None
+        args.overrides += [w for w in extra if "=" in w and not w.startswith("-")]
+        extra = [w for w in extra if not ("=" in w and not w.startswith("-"))]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def given(value: str) -> str:
+    """An option's value that must not be empty (`--csv ""` would otherwise be read as not given at all)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty; give a value, or leave the option out")
+    return value
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """synthact's own warnings as one line each ("synthact: warning: ..."), each text once, however many places
+    raise it; other libraries' warnings as Python shows them (their deprecations hidden)."""
+    shown, python_shows = set(), warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not category.__module__.startswith("synthact"):
+            python_shows(message, category, filename, lineno, file, line)
+        elif str(message) not in shown:
+            shown.add(str(message))
+            print(f"synthact: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("always", module="synthact")  # each one reaches `show`, which shows a text once
+        warnings.showwarning = show
+        yield
 
 
 # Tools whose many options live in their own module; only the module of the command being run is imported.
@@ -35,22 +116,30 @@ TOOL_COMMANDS = {
 }
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+OVERRIDES_HELP = ("spec fields to change, e.g. seed=3 bases_per_cell=20 scan.steps=50 generation.nearest_k=[5,10] "
+                  "(dotted keys for nested fields, a number for a list's element; values are YAML; validated like "
+                  "the file, and recorded in OUT/job.json)")
+
+
+def build_parser(argv: list[str] | None = None) -> Parser:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="synthact", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="synthact", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"synthact {__version__}")
+    parser.default_job = str(SMOKE_JOB)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("run", help="run a sweep (default: the offline smoke job)", description=cmd_run.__doc__)
-    p.add_argument("job", nargs="?", default=str(SMOKE_JOB), help="YAML job spec (default: jobs/smoke.yaml)")
-    p.add_argument("--out", help="output directory or URI (default: the job's `output`, else runs/<job name>)")
-    p.add_argument("--ray", metavar="ADDRESS", help="run on Ray: 'auto', 'local', or a cluster address")
+    p.add_argument("job", nargs="?", default=str(SMOKE_JOB), type=given, help="YAML job spec (default: jobs/smoke.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    p.add_argument("--out", type=given, help="output directory or URI (default: the job's `output`, else runs/<job name>)")
+    p.add_argument("--ray", metavar="ADDRESS", type=given, help="run on Ray: 'auto', 'local', or a cluster address")
     p.add_argument("--no-wandb", action="store_true", help="do not log to Weights & Biases")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("verify", help="check an output directory's files against its manifest",
                        description=cmd_verify.__doc__)
-    p.add_argument("out", help="output directory or URI of a sweep")
+    p.add_argument("out", type=given, help="output directory or URI of a sweep")
     p.add_argument("--deep", action="store_true", help="also read every row and the reference statistics")
     p.add_argument("--recompute", nargs="?", type=int, const=0, metavar="N",
                    help="also rebuild each row's base and target from the row alone, rescan it and compare its curves "
@@ -58,22 +147,23 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("validate", help="check a job spec and print its grid", description=cmd_validate.__doc__)
-    p.add_argument("job", nargs="?", help="YAML job spec")
+    p.add_argument("job", nargs="?", type=given, help="YAML job spec")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP.replace(", and recorded in OUT/job.json", ""))
     p.add_argument("--fields", action="store_true", help="print every spec field with its description (Markdown)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("compare", help="each kind against real, the differences between rungs, verdicts",
                        description=cmd_compare.__doc__)
-    p.add_argument("out", help="output directory of a sweep (its results/ folder is read)")
-    p.add_argument("--csv", metavar="FILE", help="also save the comparison table (every column) as CSV here, and "
+    p.add_argument("out", type=given, help="output directory of a sweep (its results/ folder is read)")
+    p.add_argument("--csv", metavar="FILE", type=given, help="also save the comparison table (every column) as CSV here, and "
                    "the differences between rungs beside it (FILE-differences.csv)")
     add_ray_argument(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="PNG figures and a self-contained HTML page of a sweep",
                        description=cmd_report.__doc__)
-    p.add_argument("out", help="output directory of a sweep (its results/ folder is read)")
-    p.add_argument("--html", metavar="FILE", help="where to write the HTML page (default: OUT/report.html)")
+    p.add_argument("out", type=given, help="output directory of a sweep (its results/ folder is read)")
+    p.add_argument("--html", metavar="FILE", type=given, help="where to write the HTML page (default: OUT/report.html)")
     add_ray_argument(p)
     p.set_defaults(func=cmd_report)
 
@@ -91,23 +181,42 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run a sweep into an output directory; rerunning the same command resumes it."""
+    """Run a sweep into an output directory; rerunning the same command resumes it.
+
+    KEY=VALUE words change fields of the spec (e.g. `synthact run jobs/paper-toy.yaml bases_per_cell=20 seed=3`):
+    the same validation and messages as the file, and OUT/job.json records them. A resume needs the same spec:
+    the same overrides (or none that change the job's identity, docs/spec.md "Resume"); a different one is refused.
+    """
     from synthact.analysis import summary
 
-    sweep = api.run_job(args.job, args.out, ray=args.ray, wandb=not args.no_wandb, progress=not args.no_progress)
+    sweep = api.run_job(args.job, args.out, ray=args.ray, wandb=not args.no_wandb, progress=not args.no_progress,
+                        overrides=args.overrides)
     result = sweep.summary
     if result.redone:
         print(f"synthact: {len(result.redone)} finished shard(s) failed verification and were redone:", file=sys.stderr)
         for shard_id, problem in result.redone:
             print(f"  {shard_id}: {problem}", file=sys.stderr)
+    if result.wrote_nothing:
+        print(failure_report(result), file=sys.stderr)
+        return 1
     print(summary.render(result, sweep.out, sweep.comparison, sweep.verdicts))
     if sweep.wandb:
         print(sweep.wandb)
     return 0 if result.ok else 1
 
 
+def failure_report(result) -> str:
+    """Why a sweep wrote nothing: each distinct cause once, with how many shards (and which) it failed."""
+    lines = [f"synthact: every shard failed ({len(result.failures)} of {result.shards}); nothing was written. Causes:"]
+    for cause, shard_ids in result.causes():
+        shown = ", ".join(shard_ids[:3]) + (f" and {len(shard_ids) - 3} more" if len(shard_ids) > 3 else "")
+        lines.append(f"  {len(shard_ids)} shard(s) ({shown}): {cause}")
+    lines.append("Fix the cause and rerun the same command: the failed shards are run again.")
+    return "\n".join(lines)
+
+
 def add_ray_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ray", metavar="ADDRESS",
+    parser.add_argument("--ray", metavar="ADDRESS", type=given,
                         help="aggregate the cells as Ray tasks ('auto', 'local' or a cluster address); the results "
                              "and OUT/analysis must be on storage every node reaches")
 
@@ -165,13 +274,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     found = api.verify(args.out, deep=args.deep, recompute=args.recompute)
     uri = resolve_location(args.out)[2]
     for cell in found.recomputed:
-        print(f"cell {cell.cell_id} ({cell.label}): {cell.matched} of {cell.rows} rows recompute")
+        print(f"cell {cell.cell_id} ({cell.label}): {cell.matched} of {cell.rows} rows recompute"
+              + (f" (the cell holds {cell.expected})" if cell.expected != cell.rows else ""))
         for problem in cell.mismatches:
             print(f"  mismatch: {problem}")
     if args.recompute is not None:
         matched, rows = sum(c.matched for c in found.recomputed), sum(c.rows for c in found.recomputed)
-        print(f"{uri}: {matched} of {rows} rows in {len(found.recomputed)} cell(s) recompute "
-              f"({time.perf_counter() - started:.1f} s)")
+        expected = sum(c.expected for c in found.recomputed)
+        print(f"{uri}: {matched} of {rows} rows in {len(found.recomputed)} cell(s) recompute"
+              + (f" (the cells hold {expected})" if expected != rows else "")
+              + f" ({time.perf_counter() - started:.1f} s)")
     for shard_id, problem in found.bad:
         print(f"bad shard {shard_id}: {problem}")
     for path in found.strays:
@@ -190,31 +302,58 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Validate a job spec and print its grid without loading any model (or, with --fields, list the fields)."""
-    import pandas as pd
-
+    """Validate a job spec and print its grid without loading any model (or, with --fields, list the fields): the
+    grid axes that vary from cell to cell (one row per cell), what every cell shares, the counts and the KS power."""
     if args.fields:
         print(api.field_reference())
         return 0
     if not args.job:
         raise SynthactError("give a job spec to validate (e.g. synthact validate jobs/smoke.yaml), or --fields")
-    job = api.load_job(args.job)
+    job = api.load_job(args.job, args.overrides)
     cells = api.grid(job)
     size = api.grid_size(job)
     print(f"job '{job.name}': valid (spec hash {job.spec_hash[:12]})")
-    with pd.option_context("display.width", 200, "display.max_rows", 200):
-        print(cells.drop(columns=["model", "sae"]).to_string(index=False))
-    print(
-        f"{size['cells']} cells x {job.bases_per_cell} bases = {size['curves']} curves "
-        f"({len(job.read_layers)} read layer(s)); {size['shards']} shards of <= {job.shard_size} bases; "
-        f"{size['scan_points']:,} scan points (forward passes of one position through the read layers)."
-    )
-    print(f"models: {', '.join(m.label for m in job.model)}; SAEs: {', '.join(s.label for s in job.sae)}")
+    for line in grid_lines(cells):
+        print(line)
     from synthact.analysis.inference import detectable_ks_difference
 
-    print(f"power: with {job.bases_per_cell} bases per kind the two-sample KS test (alpha 0.05) detects a KS distance "
-          f"of {detectable_ks_difference(job.bases_per_cell):.3f} between two kinds with 80% power")
+    counts = (f"{size['cells']} cells x {job.bases_per_cell} bases = {size['curves']} curves "
+              f"({len(job.read_layers)} read layer(s)); {size['shards']} shards of <= {job.shard_size} bases; "
+              f"{size['scan_points']:,} scan points (forward passes of one position through the read layers).")
+    power = (f"power: with {job.bases_per_cell} bases per kind the two-sample KS test (alpha 0.05) detects a KS "
+             f"distance of {detectable_ks_difference(job.bases_per_cell):.3f} between two kinds with 80% power")
+    inputs = f"models: {', '.join(m.label for m in job.model)}; SAEs: {', '.join(s.label for s in job.sae)}"
+    for text in (counts, inputs, power):
+        print(textwrap.fill(text, WIDTH, subsequent_indent="  "))
     return 0
+
+
+GRID_ROWS = 60  # cells listed by validate; `synthact.grid(JOB)` lists every one
+WIDTH = 120  # characters per printed line
+
+
+def grid_lines(cells) -> list[str]:
+    """The grid as validate prints it: the axes that take several values (one row per cell, '-' where an axis does
+    not apply), then those with one value in every cell, then those with one value where they apply."""
+    import pandas as pd
+
+    from synthact.results import axis_value
+
+    values = {c: [axis_value(c, v) for v in cells[c]] for c in cells}
+    distinct = {c: {repr(v): v for v in vs if v is not None} for c, vs in values.items()}
+    varying = [c for c in values if len(distinct[c]) > 1]
+    lines = []
+    if varying:
+        table = pd.DataFrame({c: ["-" if v is None else v for v in values[c]] for c in varying})
+        lines.append("the axes that vary, one row per cell:")
+        lines += ["  " + line for line in table.head(GRID_ROWS).to_string(index=False).splitlines()]
+        if len(table) > GRID_ROWS:
+            lines.append(f"  ... and {len(table) - GRID_ROWS} more cells (synthact.grid(JOB) lists them all)")
+    for where, keep in (("every cell", lambda c: None not in values[c]), ("where they apply", lambda c: None in values[c])):
+        same = [f"{c} {next(iter(distinct[c].values()))}" for c in values if len(distinct[c]) == 1 and keep(c)]
+        if same:
+            lines += textwrap.wrap(f"{where}: " + ", ".join(same), WIDTH, subsequent_indent="  ")
+    return lines
 
 
 if __name__ == "__main__":

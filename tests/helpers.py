@@ -255,6 +255,26 @@ def synthact_process(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProces
                           env=env, timeout=600)
 
 
+@contextlib.contextmanager
+def network_attempts():
+    """Every outgoing connection this process attempts meanwhile, recorded (address) and refused: what a test of
+    "fails fast without the network" checks instead of a wall-clock time (no connection, or one probe and no
+    retries)."""
+    import socket
+
+    attempts, original = [], socket.socket.connect
+
+    def connect(sock, address):
+        attempts.append(address)
+        raise ConnectionRefusedError(f"refused by the test (connection to {address})")
+
+    socket.socket.connect = connect
+    try:
+        yield attempts
+    finally:
+        socket.socket.connect = original
+
+
 def write_job(path: Path, **fields) -> Path:
     job = toy_job(name="cli", base_kinds=["real"], directions=["isotropic"], scan={"steps": 10}, bases_per_cell=2,
                   shard_size=2, reference={"n_prompts": 128}, device="cpu", wandb=False)

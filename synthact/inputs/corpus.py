@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthact.errors import SynthactError
+from synthact.errors import SynthactError, first_line
 from synthact.inputs.hub import hub_error, require_hub
 from synthact.inputs.toy import toy_corpus
 from synthact.spec import CorpusSpec
@@ -101,11 +101,17 @@ def _read_parquet(path: Path, column: str, n_ctx: int) -> np.ndarray:
     import pyarrow.parquet as pq
 
     try:
+        names = pq.read_schema(path).names
+        if column not in names:  # named from the file's own schema, not pyarrow's dataset fields (__filename, ...)
+            raise SynthactError(f"Parquet corpus '{path}' has no column '{column}' (its columns: {', '.join(names)}); "
+                                "set corpus.column to the column that holds a list of token ids per row")
         table = pq.read_table(path, columns=[column])
-    except Exception as e:  # pyarrow raises several types for a missing column or a bad file
+    except SynthactError:
+        raise
+    except Exception as e:  # pyarrow raises several types for a bad file
         raise SynthactError(
-            f"could not read column '{column}' of Parquet corpus '{path}' ({e}); set corpus.column to the "
-            "column that holds a list of token ids per row"
+            f"could not read column '{column}' of Parquet corpus '{path}' ({first_line(str(e))}); set corpus.column to "
+            "the column that holds a list of token ids per row"
         ) from None
     return _rows_to_docs(table.column(column).to_pylist(), n_ctx, f"{path}:{column}")
 

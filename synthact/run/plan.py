@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -42,6 +43,7 @@ class RunSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     redone: list[tuple[str, str]] = field(default_factory=list)  # finished shards that failed verification
     wall_s: float = 0.0
+    load_failures: int = 0  # failed shards whose worker could not load (their group's one message)
 
     @property
     def ok(self) -> bool:
@@ -49,11 +51,24 @@ class RunSummary:
 
     @property
     def fatal(self) -> str | None:
-        """The one error every shard failed with when nothing of the sweep could run, else None."""
+        """The one error when no worker could load and so nothing of the sweep could run (bad input), else None."""
         messages = {message for _, message in self.failures}
-        if self.shards_done or self.shards_skipped or len(messages) != 1:
+        if self.shards_done or self.shards_skipped or self.load_failures != len(self.failures) or len(messages) != 1:
             return None
         return messages.pop()
+
+    @property
+    def wrote_nothing(self) -> bool:
+        """True when the sweep has no finished shard at all (every shard failed)."""
+        return not (self.shards_done or self.shards_skipped)
+
+    def causes(self) -> list[tuple[str, list[str]]]:
+        """The distinct causes of the failures, the most frequent first: per cause the first message (messages that
+        differ only in their numbers, such as a norm or a point, are one cause) and the shards that failed with it."""
+        shards: dict[str, tuple[str, list[str]]] = {}
+        for shard_id, message in self.failures:
+            shards.setdefault(re.sub(r"\d[\d.e+-]*", "#", message), (message, []))[1].append(shard_id)
+        return sorted(shards.values(), key=lambda item: -len(item[1]))
 
     @property
     def curves_per_s(self) -> float:
@@ -123,6 +138,7 @@ class Plan:
         """A group whose worker could not load: each of its shards fails with the same message."""
         for shard in shards:
             self.failed(shard, message)
+            self.summary.load_failures += 1
 
     def announce_complete_cells(self, listeners: list[CellListener]) -> None:
         """Cells finished by an earlier run of this spec are reported too (a resumed sweep logs all)."""

@@ -352,8 +352,8 @@ class Dispatcher:
             log.warning("worker actor for group %s failed to load (attempt %d), retrying: %s", slot.group, n, message)
             return
         queue = self.queues[slot.group]
-        while queue:
-            self.plan.failed(queue.popleft(), f"{message} (tried {n} times)")
+        self.plan.group_failed(list(queue), f"{message} (tried {n} times)")
+        queue.clear()
 
     # ------------------------------------------------------------------ shards
 

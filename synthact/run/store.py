@@ -49,9 +49,10 @@ class Store:
     directory free, and it is checked again before every shard write.
     """
 
-    def __init__(self, out: str | Path, job: Job):
+    def __init__(self, out: str | Path, job: Job, overrides: list[str] | tuple[str, ...] = ()):
         self.fs, self.root, self.uri = resolve_location(out)
         self.job = job
+        self.overrides = list(overrides)  # the command line's KEY=VALUE words, recorded in job.json
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
         self.inputs = input_fingerprints(job)
         self.claimed_hash = job.spec_hash  # what job.json records once claimed: the hash every shard carries
@@ -118,8 +119,8 @@ class Store:
         """Write job.json unless it exists (create-exclusive where the filesystem allows); recheck it."""
         if self._check_claim():
             return
-        data = {"spec_hash": self.job.spec_hash, "spec": self.job.canonical(), "inputs": self.inputs,
-                "versions": package_versions()}
+        data = {"spec_hash": self.job.spec_hash, "spec": self.job.canonical(), "overrides": self.overrides,
+                "inputs": self.inputs, "versions": package_versions()}
         try:
             self.fs.create_dir(self.root, recursive=True)
             self._write_atomic(self.path("job.yaml"), yaml.safe_dump(self.job.canonical(), sort_keys=False).encode())

@@ -96,13 +96,9 @@ class Worker:
             base_l0 = base.l0 if base.l0 is not None else _encoded_l0(ctx, base.vectors)
         curves = {r: c.numpy() for r, c in result.l2.items()}
         js_curve = result.js.numpy() if result.js is not None else None
-        for name, c in [*((f"read layer {r}", c) for r, c in curves.items()), ("JS", js_curve)]:
-            if c is not None and not np.isfinite(c).all():
-                raise SynthactError(
-                    f"shard {shard.shard_id}: the scan produced non-finite {name} distances (NaN or inf); "
-                    f"step_size {cell.scan.step_size} with dtype {job.dtype} overflows; use a smaller step_size"
-                    + (" or dtype float32" if job.dtype != "float32" else "")
-                )
+        named = [*((f"read layer {r}", c) for r, c in curves.items()), *([("JS", js_curve)] if job.js else [])]
+        if not all(np.isfinite(c).all() for _, c in named):
+            raise SynthactError(non_finite_cause(self.backend.model, job.dtype, start, direction, coeffs, named))
         return self._table(shard, base, dirs, base_seeds, target_seeds, base_l0, step, curves, js_curve)
 
     def _table(self, shard, base: Activations, dirs: Directions, base_seeds, target_seeds, base_l0, step, curves, js_curve):
@@ -167,6 +163,34 @@ class Worker:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def non_finite_cause(model, dtype: str, start: torch.Tensor, direction: torch.Tensor, coeffs: torch.Tensor,
+                     curves: list[tuple[str, np.ndarray]]) -> str:
+    """Why a scan gave NaN or infinite distances, as far as it is known: a damaged model weight, inputs that were
+    not finite before the scan, or (finite weights and inputs) an overflow of the dtype, where it starts."""
+    bad = [(name, c) for name, c in curves if not np.isfinite(c).all()]
+    head = f"the scan produced NaN or infinite distances ({', '.join(name for name, _ in bad)})"
+    damaged = [name for name, p in model.model.named_parameters() if not torch.isfinite(p.detach()).all()]
+    if damaged:
+        more = f" and {len(damaged) - 1} more tensor(s)" if len(damaged) > 1 else ""
+        return (f"{head}: model '{model.label}' has NaN or infinite weights in {damaged[0]}{more}; its checkpoint is "
+                "damaged: point the spec at an intact one")
+    for name, x in (("start points (base or target activations)", start), ("directions", direction),
+                    ("scan coefficients", coeffs)):
+        if not torch.isfinite(x).all():
+            return (f"{head}: the {name} were NaN or infinite before the scan (they are built from the SAE, the "
+                    "reference statistics and the model: check that these are intact)")
+    # finite weights and inputs: only a value beyond the dtype's range (then inf - inf, 0 * inf) makes NaN or inf
+    first = [(int(np.argmax(~np.isfinite(row))), b) for _, c in bad for b, row in enumerate(c) if not np.isfinite(row).all()]
+    n, b = min(first)
+    size = float(coeffs[b, n].abs() * direction[b].norm())
+    if n == 0:
+        return (f"{head}: already at the scan's start point (norm {float(start[b].norm()):.3g}), with finite weights "
+                f"and inputs, so the model's activations there overflow {dtype}")
+    return (f"{head} from scan point n = {n} on (a perturbation of norm {size:.3g} from a start point of norm "
+            f"{float(start[b].norm()):.3g}), with finite weights and inputs: the activations overflow {dtype}; use a "
+            "smaller step_size or fewer steps" + (", or dtype float32" if dtype != "float32" else ""))
 
 
 def settings_for(cell: Cell, kind: str | None) -> GenerationSettings | None:

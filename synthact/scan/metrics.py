@@ -83,3 +83,46 @@ def curve_metrics(
     values = (max_slope_step.astype(np.int32), max_slope, max_slope_start.astype(np.int32),
               plateau_len.astype(np.int32), ratio, final)
     return dict(zip(JS_METRICS if js else METRICS, values, strict=True))
+
+
+def metric_ranges(curve: np.ndarray, tolerance, step: float, last: np.ndarray | None = None,
+                  settings: MetricsSpec | None = None, js: bool = False) -> dict[str, set[int] | tuple]:
+    """What `curve_metrics` may give for a curve [N+1] known only to within `tolerance` (a number, or one per point):
+    per integer metric the set of values some curve within the tolerance gives (a crossing of a threshold or a
+    near-tie of two slopes may fall on either side), per float metric an interval (lo, hi), (None, None) where
+    any value (NaN too) is possible. Same keys as `curve_metrics`."""
+    s = settings or MetricsSpec()
+    d = np.asarray(curve, np.float64)
+    tol = np.broadcast_to(np.asarray(tolerance, np.float64), d.shape)
+    end = len(d) - 1 if last is None else int(np.clip(np.asarray(last).reshape(-1)[0], 0, len(d) - 1))
+    d, tol = d[: end + 1], tol[: end + 1]
+    constant = s.fallback == "constant"
+    slopes, slack = np.diff(d), tol[1:] + tol[:-1]  # s_1..s_end, each within +-slack
+    if end == 0:
+        slope_steps, starts, max_slope = {AUTHORS_MAX_SLOPE_STEP_FALLBACK if constant else 0}, {0}, (0.0, 0.0)
+    else:
+        padded, padded_slack = np.concatenate([slopes[:1], slopes]), np.concatenate([slack[:1], slack])  # s_0 := s_1
+        lo, hi = padded - padded_slack, padded + padded_slack
+        slope_steps = set(np.flatnonzero(hi >= lo.max()).tolist()) if (hi > s.slope_threshold).any() else set()
+        if not (lo > s.slope_threshold).any():
+            slope_steps.add(AUTHORS_MAX_SLOPE_STEP_FALLBACK if constant else end)
+        starts = set(np.flatnonzero(slopes + slack >= (slopes - slack).max()).tolist())
+        max_slope = ((slopes - slack).max() / step, (slopes + slack).max() / step)
+
+    final = (d[end] - tol[end], d[end] + tol[end])
+    relative = s.plateau_mode == "relative"
+    threshold = tuple(s.plateau_threshold * f for f in final) if relative else (s.plateau_threshold,) * 2
+    possible, certain = np.flatnonzero(d + tol >= threshold[0]), np.flatnonzero(d - tol >= threshold[1])
+    fallback = AUTHORS_PLATEAU_FALLBACK if constant else end + 1
+    plateaus = set(range(possible[0], (certain[0] if certain.size else end) + 1)) if possible.size else set()
+    plateaus |= set() if certain.size else {fallback}
+
+    ratio = (None, None)
+    if end >= 1 and max_slope[0] > 0:
+        n_early = max(1, int(np.rint(EARLY_FRACTION * end)))
+        mean, spread = slopes[:n_early].mean(), slack[:n_early].mean()
+        early = ((mean - spread) / step, (mean + spread) / step)
+        corners = [e / m for e in early for m in max_slope]
+        ratio = (min(corners), max(corners))
+    values = (slope_steps, max_slope, starts, plateaus, ratio, final)
+    return dict(zip(JS_METRICS if js else METRICS, values, strict=True))

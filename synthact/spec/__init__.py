@@ -21,6 +21,7 @@ from synthact.spec.layers import check_layers, resolve_read_layer
 from synthact.spec.load import (
     MAX_SPEC_BYTES,
     MAX_SPEC_VALUES,
+    apply_overrides,
     expanded_size,
     field_reference,
     format_validation_error,
@@ -65,6 +66,7 @@ __all__ = [
     "resolve_read_layer",
     "MAX_SPEC_BYTES",
     "MAX_SPEC_VALUES",
+    "apply_overrides",
     "expanded_size",
     "field_reference",
     "format_validation_error",

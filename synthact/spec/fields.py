@@ -16,7 +16,9 @@ from synthact.spec.vocabulary import GENERATION_AXES, TEMPLATE_KINDS
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN and inf mean nothing here
+    # NaN and inf mean nothing here; strict: a boolean or a string is not a number (`bases_per_cell: true` is not 1,
+    # "3" is not 3), while an integer is a fine float
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
     def __hash__(self) -> int:  # by value, also for specs holding dicts (from_pretrained_kwargs)
         return hash(digest(self.model_dump(mode="json")))

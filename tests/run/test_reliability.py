@@ -7,7 +7,6 @@ model, with real Parquet files, a real local Ray instance and real tmpfs mounts 
 import json
 import os
 import subprocess
-import time
 import warnings
 from pathlib import Path
 
@@ -229,10 +228,9 @@ def test_a_spec_that_fails_to_load_leaves_the_directory_free(tmp_path, capsys):
     ({"base_kinds": ["synthetic_baseline", "synthetic_structured"], "directions": ["toward:synthetic_structured"],
       "generation": {"nearest_k": list(range(1, 1001)), "anchor_pool": list(range(1, 1001))}}, "shards"),
 ])
+@pytest.mark.timeout(600)  # catches a hang only (a grid listed instead of counted: test_grid_is_counted_...)
 def test_validate_refuses(tmp_path, capsys, fields, needle):
-    start = time.perf_counter()
     assert needle in clean_error(capsys, "validate", str(write_job(tmp_path / "j.yaml", **fields)))
-    assert time.perf_counter() - start < 10
 
 
 def test_grid_is_counted_without_listing_it():
@@ -348,6 +346,39 @@ def test_degenerate_sae_is_one_paragraph_naming_the_cause(tmp_path, capsys, chan
     capsys.readouterr()  # what saving the checkpoint printed
     err = clean_error(capsys, "run", str(job), "--out", str(tmp_path / "out"), "--no-progress")
     assert needle in err and err.count("\n") == 1, err
+
+
+def test_a_run_whose_every_shard_fails_says_why_once_and_exits_1(tmp_path, capsys):
+    """Finite but huge weights in block 2: every shard's scan overflows float32 at run time. The run names the
+    cause once for all the shards it failed and exits 1 (not "holds no results", exit 2)."""
+    from safetensors.torch import load_file, save_file
+
+    model = gpt2_checkpoint(tmp_path / "model")
+    tensors = load_file(model / "model.safetensors")
+    tensors["transformer.h.2.mlp.c_proj.weight"] *= 1e36
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    job = write_job(tmp_path / "j.yaml", model={"local": str(model)}, sae={"local": local_sae(tmp_path / "sae")},
+                    corpus={"toy": {"n_docs": 64, "doc_len": 16}}, n_ctx=8, base_kinds=["real"],
+                    directions=["isotropic"], bases_per_cell=6, shard_size=2)
+    capsys.readouterr()  # what saving the checkpoint printed
+    code, out, err = cli(capsys, "run", str(job), "--out", str(tmp_path / "out"), "--no-progress")
+    assert code == 1 and "Traceback" not in err and out == "", err
+    assert "every shard failed (3 of 3); nothing was written" in err and "holds no results" not in err, err
+    assert err.count("3 shard(s)") == 1 and "overflow float32" in err and "finite weights and inputs" in err, err
+
+
+def test_a_nan_weight_met_during_a_scan_is_named_not_called_an_overflow(tmp_path):
+    from synthact.run.local_executor import load_worker
+
+    job = parse_job(toy_job(base_kinds=["real"], directions=["isotropic"], bases_per_cell=2, shard_size=2,
+                            reference={"n_prompts": 128}, device="cpu", wandb=False))
+    worker = load_worker(job, job.cells()[0].group, str(tmp_path / "stats"))
+    with torch.no_grad():
+        worker.backend.model.model.blocks[2].mlp.W_in[3, 5] = float("nan")  # past any check at load time
+    with pytest.raises(SynthactError) as error:
+        worker.run_shard(job.shards()[0])
+    message = str(error.value)
+    assert "NaN or infinite weights in blocks.2.mlp.W_in" in message and "overflow" not in message, message
 
 
 @pytest.mark.parametrize("damage", ["model.safetensors", "config.json", "sae_weights.safetensors", "training.json"])
@@ -538,6 +569,7 @@ def test_names_are_identifiers():
 # ---------------------------------------------------------------------- --ray local never hangs
 
 
+@pytest.mark.timeout(600)  # catches a hang (waiting for a GPU that never comes) only
 def test_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatch, capsys):
     """Default ray.num_gpus (1) on a machine without GPUs, RAY_ADDRESS pointing nowhere: it runs, on CPU actors
     (and without Ray's dashboard, as the job asks)."""
@@ -557,8 +589,7 @@ def test_ray_local_on_a_cpu_machine_ignores_ray_address(tmp_path, monkeypatch, c
                 actor_gpus(parse_job(dict(data, device="cuda")), started_here=True)
             refused.append(str(error.value))
 
-    start = time.perf_counter()
     summary = run_ray(job, Store(tmp_path / "out", job), "local", progress=False, listeners=[AskForCuda()])
-    assert summary.ok and summary.shards_done == 2 and time.perf_counter() - start < 240
+    assert summary.ok and summary.shards_done == 2
     assert refused and not ray.is_initialized()
     assert "Ray dashboard" not in capsys.readouterr().err

@@ -39,7 +39,73 @@ def test_unknown_key_is_named():
 
 def test_unknown_nested_key_is_named():
     msg = error_of(toy_job(metrics={"stepz": 3}))
-    assert "unknown key 'metrics.stepz'" in msg
+    assert "unknown key 'metrics.stepz'" in msg and "did you mean" not in msg  # nothing near it
+
+
+@pytest.mark.parametrize("fields, unknown, near", [
+    ({"bases_per_cel": 3}, "bases_per_cel", "bases_per_cell"),
+    ({"metrics": {"slope_treshold": 0.1}}, "metrics.slope_treshold", "slope_threshold"),
+    ({"generation": {"nearst_k": [5]}}, "generation.nearst_k", "nearest_k"),
+    ({"model": {"toy": {"n_layer": 4}}}, "model[0].toy.n_layer", "n_layers"),
+    ({"scan": [{"step_sise": 0.5}]}, "scan[0].step_sise", "step_size"),
+])
+def test_an_unknown_key_gets_the_nearest_known_name(fields, unknown, near):
+    assert f"unknown key '{unknown}': did you mean '{near}'?" in error_of(toy_job(**fields))
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path):
+    """YAML keeps the last of two equal keys without a word; a job spec refuses them, nested or at the top."""
+    base = yaml.safe_dump(toy_job(bases_per_cell=10))
+    for extra, key in (("scan:\n  steps: 10\n  steps: 20\n", "steps"), ("bases_per_cell: 3\n", "bases_per_cell")):
+        path = tmp_path / "j.yaml"
+        path.write_text(base + extra)
+        lines = [i + 1 for i, line in enumerate(path.read_text().splitlines()) if line.strip().startswith(f"{key}:")]
+        with pytest.raises(SpecError) as e:
+            load_job(path)
+        assert f"line {lines[1]}: key '{key}' is given twice (first on line {lines[0]})" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"bases_per_cell": True}, "bases_per_cell: expects a whole number, not true (a boolean)"),
+    ({"shard_size": "4"}, "shard_size: expects a whole number, not '4'"),
+    ({"scan": {"step_size": False}}, "scan[0].step_size: expects a number, not false (a boolean)"),
+    ({"metrics": {"plateau_threshold": "20"}}, "metrics.plateau_threshold: expects a number, not '20'"),
+    ({"generation": {"nearest_k": [True]}}, "generation.nearest_k[0]: expects a whole number, not true"),
+    ({"scan": {"steps": 10.5}}, "scan[0].steps: Input should be a valid integer"),
+])
+def test_a_boolean_or_a_string_is_not_a_number(fields, needle):
+    assert needle in error_of(toy_job(**fields))
+
+
+def test_an_integer_is_a_fine_float():
+    job = parse_job(toy_job(scan={"steps": 10, "step_size": 1}, metrics={"plateau_threshold": 20}))
+    assert job.scan[0].step_size == 1.0 and isinstance(job.scan[0].step_size, float)
+
+
+def test_overrides_change_fields_by_dotted_keys_and_list_elements(tmp_path):
+    path = tmp_path / "j.yaml"
+    path.write_text(yaml.safe_dump(toy_job(scan=[{"name": "a", "steps": 10}, {"name": "b", "steps": 20}])))
+    job = load_job(path, ["seed=3", "scan.1.steps=30", "metrics.cut=before_target", "layers=[1, 2]",
+                          "generation.nearest_k=[5, 10]", "wandb=false"])
+    assert (job.seed, [s.steps for s in job.scan], job.metrics.cut, job.layers) == (3, [10, 30], "before_target", [1, 2])
+    assert job.generation.nearest_k == [5, 10] and job.wandb.enabled is False
+    assert load_job(path).seed == 0  # the file is unchanged
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("bases_per_cel=3", "with bases_per_cel=3 is invalid:\n  - unknown key 'bases_per_cel': did you mean 'bases_per_cell'?"),
+    ("bases_per_cell=true", "bases_per_cell: expects a whole number, not true (a boolean)"),
+    ("scan.3.steps=5", "override 'scan.3.steps=5': '3' is not an element of a list of 2 (0..1)"),
+    ("seed", "'seed' is not an override; write key=value"),
+    ("layers=[1", "override 'layers=[1': the value is not valid YAML"),
+    ("name.x=1", "override 'name.x=1': name is 't', not a section with fields"),
+])
+def test_a_bad_override_is_refused_like_the_file(tmp_path, override, needle):
+    path = tmp_path / "j.yaml"
+    path.write_text(yaml.safe_dump(toy_job(scan=[{"name": "a", "steps": 10}, {"name": "b", "steps": 20}])))
+    with pytest.raises(SpecError) as e:
+        load_job(path, [override])
+    assert needle in str(e.value), str(e.value)
 
 
 def test_layer_out_of_range_for_toy_model():
