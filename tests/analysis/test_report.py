@@ -311,11 +311,12 @@ def test_distribution_figures_are_small_multiples_of_each_kind_against_real(buil
 
 
 def test_report_reads_a_sweep_on_s3_and_writes_it_here(s3_out, tmp_path, monkeypatch):
-    """An S3 OUT (a local S3 server): the report reads the sweep there and writes the page and figures locally."""
+    """An S3 OUT (a local S3 server): the report reads the sweep there and writes the page and figures here,
+    named after the job."""
     uri, local = s3_out
     monkeypatch.chdir(tmp_path)
     written = report.build_report(uri)
-    assert written.html == tmp_path / "sweep-report.html" and written.figure_dir == tmp_path / "sweep-report-figures"
+    assert written.html == tmp_path / "fake-report.html" and written.figure_dir == tmp_path / "fake-report-figures"
     assert {p.name for p in written.figures} == {p.name for p in (local / "report").glob("*.png")}
     assert "read from s3://" in written.describe()
     assert '<h2 id="answers">' in written.html.read_text()
@@ -329,6 +330,6 @@ def s3_out(s3_bucket, tmp_path):
     report.build_report(local)
     client, bucket = s3_bucket
     for path in local.rglob("*"):
-        if path.is_file() and path.relative_to(local).parts[0] in ("results", "manifest"):
+        if path.is_file() and path.relative_to(local).parts[0] in ("results", "manifest", "job.json"):
             client.upload_file(str(path), bucket, f"sweep/{path.relative_to(local)}")
     return f"s3://{bucket}/sweep?allow_delayed_open=true", local
