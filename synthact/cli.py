@@ -205,7 +205,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         f"{size['scan_points']:,} scan points (forward passes of one position through the read layers)."
     )
     print(f"models: {', '.join(m.label for m in job.model)}; SAEs: {', '.join(s.label for s in job.sae)}")
-    from synthact.analysis.inference import detectable_ks_difference
+    from synthact.analysis.power import detectable_ks_difference
 
     print(f"power: with {job.bases_per_cell} bases per kind the two-sample KS test (alpha 0.05) detects a KS distance "
           f"of {detectable_ks_difference(job.bases_per_cell):.3f} between two kinds with 80% power")

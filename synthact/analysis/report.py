@@ -126,9 +126,10 @@ the paper's design: real bases pushed toward each kind of target, each against <
 {note}
 {''.join(sections)}
 <h2>Comparison table</h2>
-<p>Each kind against real: 95% percentile bootstrap intervals of the KS distance (<code>ks_ci_*</code>), the
-Wasserstein distance (<code>w_ci_*</code>) and the difference of means (<code>diff_ci_*</code>), paired over bases
-where <code>paired</code>; <code>ks_perm_p</code> is the permutation p-value of the KS distance.</p>{table}
+<p>Each kind against real: the difference of means with its 95% t interval (<code>mean_diff_lo</code>,
+<code>mean_diff_hi</code>) and p (<code>mean_diff_p</code>), paired over bases where <code>paired</code>;
+<code>ks_perm_p</code> is the permutation p-value of "same distribution". The KS and Wasserstein distances
+have no interval: none is calibrated (docs/science.md, "Statistics").</p>{table}
 {_differences(analysis.differences)}
 {_diagnostics(analysis.diagnostics)}
 </body></html>

@@ -1,11 +1,15 @@
 """`synthact bench --analysis ROWS`: wall time and peak memory of `synthact compare` and `synthact report` on ROWS curves.
 
-The results directory is built as `synthact run` lays it out: the grid of jobs/paper-toy.yaml (14 cells:
-real bases toward seven kinds of target, two scans), ROWS/14 curves per cell in shards of `SHARD_ROWS`,
+The results directory is built as `synthact run` lays it out: the grid of jobs/paper-toy.yaml (21 cells:
+real bases toward seven kinds of target, three scans), ROWS/21 curves per cell in shards of `SHARD_ROWS`,
 every column of the result schema with 101-point L2 curves (plateau-then-blow-up, per-kind centre and
-width) and their metrics from `scan.metrics.curve_metrics`, and a manifest record per shard. A block of
-curves is drawn once per cell and written to each of its shards (so building 1e7 rows takes minutes,
-not hours); the analysis reads every shard as it would real ones.
+width) and their metrics from `scan.metrics.curve_metrics`, and a manifest record per shard. As in the
+paper's design the cells are built for the same bases: base i of every cell has the base seed `synthact
+run` derives for it (`derive_seed(seed, "base", cell.base_settings(), i)`), and a base's curves share a
+component (correlation `RHO` between cells), so compare pairs the cells base by base. A block of curves
+is drawn once per cell and written to each of its shards (so building 1e7 rows takes minutes, not hours;
+base i and base i + SHARD_ROWS then share values, alike in every cell); the analysis reads every shard as
+it would real ones.
 
 Each command runs in its own process (its peak RSS from resource.getrusage in a small launcher), first on a directory
 without cached aggregates (`cold`), then again with them (`rerun`: what a second compare or report costs).
@@ -31,9 +35,11 @@ from synthact.layout import MANIFEST
 from synthact.manifest import ShardRecord, shard_file_name
 from synthact.scan.metrics import curve_metrics
 from synthact.spec import load_job, parse_job
+from synthact.spec.ids import derive_seed, digest
 
 PAPER_TOY = Path(__file__).resolve().parents[2] / "jobs" / "paper-toy.yaml"
 SHARD_ROWS = 50_000
+RHO = 0.5  # correlation between two cells' blow-up centres of one base (0.3-0.6 between cells on the toy)
 CENTRE = {"real": 52.0, "sae_recon": 53.0, "synthetic_structured": 55.0, "synthetic_baseline": 57.0,
           "gaussian": 65.0, "single_latent": 60.0, "random_latents": 62.0}
 
@@ -47,15 +53,20 @@ def build(out: Path, rows: int, seed: int = 0) -> dict:
     (out / "job.json").write_text(json.dumps({"spec": job.canonical()}))
     schema = results.result_schema(js=False, keep_curves=True)
     blocks: dict[str, pa.Table] = {}
+    seeds: dict[str, np.ndarray] = {}
     written = 0
     for shard in job.shards():
         cell = shard.cell
         if cell.cell_id not in blocks:
             blocks[cell.cell_id] = _block(job, cell, min(SHARD_ROWS, per_cell), schema, seed)
+        bases = digest(cell.base_settings())
+        if bases not in seeds:  # the base seeds `synthact run` gives these bases: equal in every cell built for them
+            seeds[bases] = np.array([derive_seed(job.seed, "base", cell.base_settings(), i) for i in range(per_cell)])
         table = blocks[cell.cell_id].slice(0, shard.n_bases)
-        table = table.set_column(schema.get_field_index("shard_id"), "shard_id", pa.array([shard.shard_id] * shard.n_bases))
-        table = table.set_column(schema.get_field_index("base_index"), "base_index",
-                                 pa.array(np.arange(shard.start, shard.stop, dtype=np.int32)))
+        for name, values in (("shard_id", pa.array([shard.shard_id] * shard.n_bases)),
+                             ("base_index", pa.array(np.arange(shard.start, shard.stop, dtype=np.int32))),
+                             ("base_seed", pa.array(seeds[bases][shard.start:shard.stop], pa.int64()))):
+            table = table.set_column(schema.get_field_index(name), name, values)
         record = ShardRecord(shard.shard_id, cell.cell_id, table.num_rows, shard_file_name(cell.cell_id, shard.shard_id),
                              time.time())
         path = out / record.file
@@ -68,10 +79,13 @@ def build(out: Path, rows: int, seed: int = 0) -> dict:
 
 
 def _block(job, cell, n: int, schema: pa.Schema, seed: int) -> pa.Table:
-    """n rows of one cell with every column: seeded sigmoid curves whose blow-up depends on the target kind."""
+    """n rows of one cell with every column: seeded sigmoid curves whose blow-up depends on the target kind and,
+    through a component shared by every cell of the same bases, on the base."""
     rng = np.random.default_rng([seed, int(cell.cell_id, 16) % 2**31])
+    shared = np.random.default_rng([seed, int(digest(cell.base_settings())[:8], 16)]).standard_normal(n)
     steps = cell.scan.steps
-    centre = rng.normal(CENTRE[cell.target_kind or "real"], 8.0, n) * steps / 100
+    spread = np.sqrt(RHO) * shared + np.sqrt(1 - RHO) * rng.standard_normal(n)
+    centre = (CENTRE[cell.target_kind or "real"] + 8.0 * spread) * steps / 100
     width = rng.lognormal(np.log(3.0), 0.3, n)
     height = rng.lognormal(np.log(25.0), 0.2, n)
     points = np.arange(steps + 1)
@@ -82,7 +96,7 @@ def _block(job, cell, n: int, schema: pa.Schema, seed: int) -> pa.Table:
     metrics = curve_metrics(curves, step, settings=job.metrics)
     columns = {"cell_id": [cell.cell_id] * n, **{a: [v] * n for a, v in cell.settings().items()},
                "read_layer": np.full(n, job.model[0].toy.n_layers - 1, np.int32), "seed": np.full(n, job.seed),
-               "base_seed": rng.integers(0, 2**62, n), "target_seed": rng.integers(0, 2**62, n),
+               "target_seed": rng.integers(0, 2**62, n),
                "scan_mode": [cell.scan.mode] * n, "steps": np.full(n, steps, np.int32), "step_size": step,
                "stop_at_target": [cell.scan.stop_at_target] * n, "target_distance": rng.normal(25, 2, n),
                "target_step": np.full(n, steps, np.int32), **metrics,

@@ -1,0 +1,127 @@
+"""Empirical CDFs of samples on a shared grid of values: what inference.py's KS statistics, resamples and
+large-sample (Gaussian) approximations are computed from. Pure numpy, no I/O.
+
+A sample is held as integer *codes* into the grid (the sorted distinct values of the pooled samples, or,
+with `max_points`, cut points at quantiles of them): the ECDF at grid point j is the share of codes <= j,
+which is exact at every grid point and needs no sorting per resample. Ties (the integer max-slope step)
+are kept as they are: equal values share a code, as scipy's `ks_2samp` treats them.
+
+- Small samples: `counts` of many resamples at once (index arrays or weights, in `blocks` of bounded size).
+- Large samples: the Gaussian limit of resampled ECDFs: `ecdf_noise` for one sample (O(draws x points)),
+  and for paired samples the covariance of the gap processes F_x - F_y from counts and joint counts
+  (`paired_gap_covariance`, `paired_null_covariance`: O(n + points^2)) with `gaussian` draws of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK_ELEMENTS = 2_000_000  # resamples per block x max(n, grid points): bounds memory
+
+
+def codes(*arrays: np.ndarray, max_points: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each array as integer codes into a grid, and the grid. The grid is the sorted distinct values of all
+    arrays together; with `max_points` and more distinct values than that, `max_points` cut points at
+    equally spaced quantiles of the pooled values (the last is the maximum), a value's code being the first
+    cut point >= it."""
+    pooled = np.concatenate(arrays)
+    grid = np.unique(pooled)
+    if max_points is not None and grid.size > max_points:
+        grid = np.unique(np.quantile(pooled, np.arange(1, max_points + 1) / max_points, method="inverted_cdf"))
+    cuts = np.cumsum([len(a) for a in arrays])[:-1]
+    return np.split(np.searchsorted(grid, pooled, side="left"), cuts), grid
+
+
+def counts(codes_: np.ndarray, size: int, index: np.ndarray | None = None,
+           weights: np.ndarray | None = None) -> np.ndarray:
+    """[R, size] counts per grid point: resample r takes codes_[index[r]] (or weights[r] of each element)."""
+    if index is not None:
+        rows, picked, w = index.shape[0], codes_[index], None
+    else:
+        rows, picked, w = weights.shape[0], np.broadcast_to(codes_, weights.shape), weights.ravel().astype(float)
+    flat = (np.arange(rows)[:, None] * size + picked).ravel()
+    return np.bincount(flat, weights=w, minlength=rows * size).reshape(rows, size)
+
+
+def cdf(count: np.ndarray) -> np.ndarray:
+    """ECDF at the grid points, per row of a count matrix (or of one count vector)."""
+    return np.cumsum(count, -1) / count.sum(-1, keepdims=True)
+
+
+def ks(cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
+    """KS distance max |F_x - F_y| over the grid, per row of two count matrices over the same grid."""
+    return np.abs(cdf(cx) - cdf(cy)).max(-1)
+
+
+def blocks(total: int, width: int):
+    """Sizes of the blocks that `total` resamples of `width` elements each are drawn in."""
+    size = max(1, BLOCK_ELEMENTS // max(width, 1))
+    for start in range(0, total, size):
+        yield min(size, total - start)
+
+
+# --------------------------------------------------------------------------- large samples
+
+
+def ecdf_noise(p: np.ndarray, n: float, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """[draws, points] draws of F* - F, where F* is the ECDF of n values drawn from grid probabilities p:
+    the multinomial's Gaussian limit, cumsum(sqrt(p) z - p (sqrt(p) . z)) / sqrt(n), in O(draws x points)."""
+    root = np.sqrt(p)
+    z = rng.standard_normal((draws, p.size)) * root
+    return np.cumsum(z - np.outer(z.sum(-1), p), -1) / np.sqrt(n)
+
+
+def joint_cdf(cx: np.ndarray, cy: np.ndarray, size: int) -> np.ndarray:
+    """P(x <= t_s, y <= t_t) for paired codes (row i of both is base i), as a [size, size] matrix."""
+    table = np.bincount(cx * size + cy, minlength=size * size).reshape(size, size)
+    return table.cumsum(0).cumsum(1) / cx.size
+
+
+def _min_cdf(f: np.ndarray) -> np.ndarray:
+    """P(x <= t_s, x <= t_t) = F(min(t_s, t_t))."""
+    return f[np.minimum.outer(np.arange(f.size), np.arange(f.size))]
+
+
+def paired_gap_covariance(real: np.ndarray, a: np.ndarray, b: np.ndarray, size: int) -> np.ndarray:
+    """The covariance of the gaps F_a - F_real and F_b - F_real (stacked: 2 x size points) as estimated by
+    their means over n bases (row i of each array is base i): the covariance of the per-base vectors
+    1{k_i <= t} - 1{real_i <= t} divided by n, from joint counts in O(n + size^2)."""
+    f = {id(x): cdf(np.bincount(x, minlength=size)) for x in (real, a, b)}
+
+    def both(x, y):  # E[1{x <= s} 1{y <= t}]
+        return _min_cdf(f[id(x)]) if x is y else joint_cdf(x, y, size)
+
+    def block(x, y):
+        second = both(x, y) - both(x, real) - both(real, y) + both(real, real)
+        return (second - np.outer(f[id(x)] - f[id(real)], f[id(y)] - f[id(real)])) / real.size
+
+    ab = block(a, b)
+    return np.block([[block(a, a), ab], [ab.T, block(b, b)]])
+
+
+def paired_null_covariance(cx: np.ndarray, cy: np.ndarray, size: int) -> np.ndarray:
+    """The covariance of the gap F_x - F_y when the two values of each base are swapped at random (the paired
+    permutation null): E[d(s) d(t)] / n for the per-base d_i(t) = 1{x_i <= t} - 1{y_i <= t}."""
+    fx, fy = (cdf(np.bincount(c, minlength=size)) for c in (cx, cy))
+    xy = joint_cdf(cx, cy, size)
+    return (_min_cdf(fx) - xy - xy.T + _min_cdf(fy)) / cx.size
+
+
+def gaussian(cov: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """[draws, dim] centred Gaussian vectors with covariance `cov` (positive semidefinite)."""
+    return rng.standard_normal((draws, cov.shape[0])) @ _cholesky(cov).T
+
+
+def _cholesky(cov: np.ndarray) -> np.ndarray:
+    """L with L L^T = cov for a positive semidefinite cov, columns of (numerically) dependent points left 0.
+    Elementwise numpy, not LAPACK: LAPACK's multithreaded small factorisations stall on a loaded machine
+    (seconds for 256 points where this takes milliseconds)."""
+    k = cov.shape[0]
+    out = np.zeros_like(cov, dtype=float)
+    tol = 1e-10 * max(float(cov.diagonal().max()), 1e-300)
+    for j in range(k):
+        d = cov[j, j] - (out[j, :j] ** 2).sum()
+        if d > tol:
+            out[j, j] = np.sqrt(d)
+            out[j + 1:, j] = (cov[j + 1:, j] - (out[j + 1:, :j] * out[j, :j]).sum(1)) / out[j, j]
+    return out
