@@ -16,14 +16,16 @@ Pure functions over numpy arrays (no I/O), so a reader calls them once per panel
 
 How, and at which sizes:
 - KS difference: estimate +- z * se, p = 2 Phi(-|estimate| / se), se the standard deviation of the KS
-  difference over bootstrap resamples (paired: bases resampled with all three of their values). Up to
-  `EXACT_MAX_N` values per sample the resamples are drawn (`n_boot`); above, the resampled ECDFs are their
-  Gaussian limit on a grid of at most `GRID_POINTS` points (ecdf.ecdf_noise, ecdf.paired_gap_covariance),
-  restricted to the points where each KS can be attained: cost O(n + points^2), not O(n_boot * n).
-- Permutation p of one kind against real: drawn permutations up to EXACT_MAX_N values, exact enumeration of
-  the 2^n swaps of a paired sample when that is at most n_perm; above EXACT_MAX_N the permutation
-  distribution's Gaussian limit on the grid (ecdf.paired_null_covariance, a Brownian bridge unpaired), the KS then taken over the grid's
-  points (exact for integer metrics, which have fewer distinct values than GRID_POINTS).
+  difference over bootstrap resamples (paired: bases resampled with all three of their values; a
+  resample's KS over at most `BOOT_POINTS` quantiles of the pooled values: every value of an integer
+  metric). Up to `EXACT_MAX_N` values a sample the resamples are drawn (`n_boot`); above, the resampled
+  ECDFs are their Gaussian limit on a grid of at most `GRID_POINTS` points (ecdf.ecdf_noise,
+  ecdf.paired_gap_covariance), at the points where each KS can be attained: O(n + points^2), not
+  O(n_boot * n).
+- Permutation p of one kind against real: drawn permutations up to EXACT_MAX_N values (exact enumeration
+  of the 2^n swaps of a paired sample when that is at most n_perm); above, the permutation distribution's
+  Gaussian limit on the grid (ecdf.paired_null_covariance; a Brownian bridge in the pooled ECDF
+  unpaired), the KS then taken over the grid's points (every value of an integer metric).
 - Means: the paired t interval, or Welch's where unpaired, and the t-test's p.
 - Ties (the integer max-slope step): ECDFs on the distinct values, as scipy.stats.ks_2samp; resamples keep
   them; a permutation statistic equal to the observed one (within scipy's relative tolerance) counts as
@@ -41,6 +43,7 @@ from synthact.analysis import ecdf
 
 EXACT_MAX_N = 2000  # above this many values in a sample: the Gaussian (large-sample) path
 GRID_POINTS = 128  # grid points of the Gaussian path (quantiles of the pooled values where there are more)
+BOOT_POINTS = 1024  # grid points of the resampled KS differences (only continuous metrics have more values)
 CANDIDATE_SDS = 10.0  # grid points within this many standard deviations of a KS distance can attain it
 CANDIDATES = 128  # at most this many such points per kind (evenly thinned, the maximum kept)
 TIE_RTOL = 1e4 * np.finfo(float).eps  # statistics this close to the observed one are ties (as scipy.stats)
@@ -193,8 +196,9 @@ def paired_difference(real, a, b, *, paired: bool = True, n_boot: int = 1000, le
 
 
 def _se_bootstrap(y, xa, xb, paired: bool, n_boot: int, rng: np.random.Generator) -> float:
-    """The standard deviation of KS(b*, real*) - KS(a*, real*) over n_boot bootstrap resamples."""
-    (cy, ca, cb), grid = ecdf.codes(y, xa, xb)
+    """The standard deviation of KS(b*, real*) - KS(a*, real*) over n_boot bootstrap resamples, the KS of a
+    resample taken over at most BOOT_POINTS grid points."""
+    (cy, ca, cb), grid = ecdf.codes(y, xa, xb, max_points=BOOT_POINTS)
     u = grid.size
     out = []
     for r in ecdf.blocks(n_boot, max(y.size + xa.size + xb.size, u)):

@@ -23,9 +23,10 @@ def ks_power(d: float, n: int, *, alpha: float = 0.05, n_sim: int = 2000, seed: 
     """Power of the two-sample KS test at level alpha, n values per kind, when the two kinds' distributions
     are a location shift of each other at KS distance d (normals: a shift of 2 Phi^-1((1 + d) / 2) standard
     deviations). The max-slope step is an integer: ties lose some power (at d = 0.042, n = 1000: 0.53
-    for continuous draws, 0.45 for draws rounded to integers), so this is an upper bound for it. By simulation on POWER_GRID quantile bins of the first distribution (multinomial counts
-    per bin, so one simulation costs O(POWER_GRID), not O(n log n)); the critical value is the smallest
-    D = h / n whose simulated null tail (d = 0, same bins) is <= alpha, as an exact test would use."""
+    for continuous draws, 0.45 for draws rounded to integers), so this is an upper bound for it. By
+    simulation on POWER_GRID quantile bins of the first distribution (multinomial counts per bin, so one
+    simulation costs O(POWER_GRID), not O(n log n)); the critical value is the smallest D = h / n whose
+    simulated null tail (d = 0, same bins) is <= alpha, as an exact test would use."""
     if not 0 <= d < 1:
         raise ValueError(f"KS distance {d} must be in [0, 1)")
     edges = special.ndtri(np.linspace(0, 1, POWER_GRID + 1)[1:-1])
