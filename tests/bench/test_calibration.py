@@ -38,21 +38,24 @@ def test_the_scenarios_are_tuned_to_the_distances_they_state():
     ("equal-ks", "continuous", "paired", 3000),  # the large-sample (Gaussian) path
 ])
 def test_the_ks_difference_holds_its_level_where_distances_are_equal_and_shapes_differ(scenario, data, design, n):
-    row = calibration.run_config(scenario, data, design, n, REPLICATES, seed=1)
+    row = calibration.run_config(scenario, data, design, n, REPLICATES, seed=1)[0]
     assert row["path"] == ("gaussian" if n > 2000 else "bootstrap")
     assert TYPE_I[0] <= row["ks_type_i"] <= TYPE_I[1], row
     assert row["ks_coverage"] >= COVERAGE and row["mean_coverage"] >= COVERAGE, row
 
 
 def test_permutation_p_and_mean_tests_hold_their_level_where_every_kind_is_real():
-    row = calibration.run_config("zero", "integer", "paired", 100, REPLICATES, seed=2)
+    (row,) = calibration.run_config("zero", "integer", "paired", 100, REPLICATES, seed=2)
     assert TYPE_I[0] <= row["perm_type_i"] <= TYPE_I[1] and TYPE_I[0] <= row["mean_type_i"] <= TYPE_I[1], row
     assert row["real_mean_coverage"] >= COVERAGE and row["ks_type_i"] <= TYPE_I[1], row
 
 
-def test_an_interval_of_a_nonzero_difference_covers_it():
-    row = calibration.run_config("apart", "continuous", "unpaired", 100, REPLICATES, seed=3)
-    assert row["ks_type_i"] is None and row["ks_coverage"] >= COVERAGE and row["mean_coverage"] >= COVERAGE, row
+def test_an_interval_of_a_nonzero_difference_covers_it_and_skewed_data_shares_the_draws():
+    continuous, skewed = calibration.run_config("apart", "continuous", "unpaired", 100, REPLICATES, seed=3)
+    assert continuous["ks_type_i"] is None and continuous["ks_coverage"] >= COVERAGE, continuous
+    assert continuous["mean_coverage"] >= COVERAGE and continuous["real_mean_coverage"] >= COVERAGE, continuous
+    assert skewed["data"] == "skewed" and skewed["ks_coverage"] == continuous["ks_coverage"]
+    assert skewed["mean_coverage"] != continuous["mean_coverage"]  # the means are those of the skewed values
 
 
 def test_the_table_marks_every_rate_outside_its_target():
