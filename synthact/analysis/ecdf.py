@@ -1,8 +1,8 @@
 """Empirical CDFs of samples on a shared grid of values: what inference.py's KS statistics, resamples and
 large-sample (Gaussian) approximations are computed from. Pure numpy, no I/O.
 
-A sample is held as integer *codes* into the grid (the sorted distinct values of the pooled samples, or,
-with `max_points`, cut points at quantiles of them): the ECDF at grid point j is the share of codes <= j,
+A sample is held as integer *codes* into the grid (the sorted distinct values of the pooled samples, or
+at most a given number of cut points at quantiles of them: `coarsen`): the ECDF at grid point j is the share of codes <= j,
 which is exact at every grid point and needs no sorting per resample. Ties (the integer max-slope step)
 are kept as they are: equal values share a code, as scipy's `ks_2samp` treats them.
 
@@ -20,16 +20,28 @@ BLOCK_ELEMENTS = 2_000_000  # resamples per block x max(n, grid points): bounds 
 
 
 def codes(*arrays: np.ndarray, max_points: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
-    """Each array as integer codes into a grid, and the grid. The grid is the sorted distinct values of all
-    arrays together; with `max_points` and more distinct values than that, `max_points` cut points at
-    equally spaced quantiles of the pooled values (the last is the maximum), a value's code being the first
-    cut point >= it."""
+    """Each array as integer codes into a grid, and the grid: the sorted distinct values of all arrays
+    together, or with `max_points` and more distinct values than that, `coarsen`'s cut points."""
     pooled = np.concatenate(arrays)
-    grid = np.unique(pooled)
-    if max_points is not None and grid.size > max_points:
-        grid = np.unique(np.quantile(pooled, np.arange(1, max_points + 1) / max_points, method="inverted_cdf"))
+    grid, inverse = np.unique(pooled, return_inverse=True)
     cuts = np.cumsum([len(a) for a in arrays])[:-1]
-    return np.split(np.searchsorted(grid, pooled, side="left"), cuts), grid
+    out = np.split(inverse.ravel(), cuts), grid
+    return coarsen(*out, max_points) if max_points is not None else out
+
+
+def coarsen(codes_: list[np.ndarray], grid: np.ndarray, max_points: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Codes on a grid of at most `max_points` cut points where the grid has more: the pooled values'
+    quantiles at 1/max_points, 2/max_points, ..., 1 (the smallest value reaching each share, as
+    np.quantile's inverted_cdf; ties merge), a value's code being the first cut point >= it. The ECDF at a
+    cut point is exact. O(n + grid points)."""
+    if grid.size <= max_points:
+        return codes_, grid
+    pooled = np.concatenate(codes_)
+    cumulative = np.cumsum(np.bincount(pooled, minlength=grid.size))
+    shares = np.ceil(np.arange(1, max_points + 1) * pooled.size / max_points)
+    kept = np.unique(np.searchsorted(cumulative, shares, side="left"))
+    mapping = np.searchsorted(kept, np.arange(grid.size), side="left")
+    return [mapping[c] for c in codes_], grid[kept]
 
 
 def counts(codes_: np.ndarray, size: int, index: np.ndarray | None = None,

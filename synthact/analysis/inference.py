@@ -60,10 +60,10 @@ def _clean(*arrays, paired: bool) -> list[np.ndarray]:
     return [a[np.isfinite(a)] for a in arrays]
 
 
-def _ks(x: np.ndarray, y: np.ndarray) -> float:
-    """The two-sample KS distance (scipy's ks_2samp statistic, ties included)."""
-    (cx, cy), grid = ecdf.codes(x, y)
-    return float(ecdf.ks(np.bincount(cx, minlength=grid.size), np.bincount(cy, minlength=grid.size)))
+def _ks(cx: np.ndarray, cy: np.ndarray, size: int) -> float:
+    """The two-sample KS distance of two samples' codes on a grid of `size` points (on the grid of every
+    distinct value: scipy's ks_2samp statistic, ties included)."""
+    return float(ecdf.ks(np.bincount(cx, minlength=size), np.bincount(cy, minlength=size)))
 
 
 def _normal(estimate: float, se: float, level: float) -> tuple[float, float, float]:
@@ -111,25 +111,26 @@ def distance_to_real(values, real, *, paired: bool = False, n_perm: int = 2000, 
     out = {"n": int(x.size), "n_real": int(y.size)}
     if x.size < 2 or y.size < 2:
         return out | dict.fromkeys(DISTANCE_KEYS, math.nan)
-    ks = _ks(x, y)
+    (cx, cy), grid = ecdf.codes(x, y)
+    ks = _ks(cx, cy, grid.size)
     rng = np.random.default_rng(seed)
-    large = max(x.size, y.size) > EXACT_MAX_N
-    p = _permutation_p_gaussian(x, y, paired, n_perm, rng) if large else _permutation_p(x, y, ks, paired, n_perm,
-                                                                                         rng)
+    if max(x.size, y.size) > EXACT_MAX_N:
+        p = _permutation_p_gaussian(*ecdf.coarsen([cx, cy], grid, GRID_POINTS), paired, n_perm, rng)
+    else:
+        p = _permutation_p(cx, cy, grid.size, ks, paired, n_perm, rng)
     return out | {"ks": ks, "ks_p": p} | mean_difference(x, y, paired=paired, level=level)
 
 
-def _permutation_p(x: np.ndarray, y: np.ndarray, ks: float, paired: bool, n_perm: int,
+def _permutation_p(cx: np.ndarray, cy: np.ndarray, u: int, ks: float, paired: bool, n_perm: int,
                    rng: np.random.Generator) -> float:
     """P(KS of a permuted pair >= the observed KS), by drawn permutations (+1, as scipy) or, paired with
     2^n <= n_perm, over all 2^n swaps."""
-    (cx, cy), grid = ecdf.codes(x, y)
-    u, n = grid.size, x.size
+    n = cx.size
     exact = paired and 2**n <= n_perm
     total = 2**n if exact else n_perm
     both = np.concatenate([cx, cy])
     null, start = [], 0
-    for r in ecdf.blocks(total, max(x.size + y.size, u)):
+    for r in ecdf.blocks(total, max(both.size, u)):
         if paired:
             flip = (((np.arange(start, start + r)[:, None] >> np.arange(n)[None]) & 1).astype(bool) if exact
                     else rng.random((r, n)) < 0.5)
@@ -145,19 +146,18 @@ def _permutation_p(x: np.ndarray, y: np.ndarray, ks: float, paired: bool, n_perm
     return float(extreme / null.size if exact else (extreme + 1) / (null.size + 1))
 
 
-def _permutation_p_gaussian(x: np.ndarray, y: np.ndarray, paired: bool, n_perm: int,
+def _permutation_p_gaussian(codes_: list[np.ndarray], grid: np.ndarray, paired: bool, n_perm: int,
                             rng: np.random.Generator) -> float:
     """The permutation p from the permutation distribution's Gaussian limit, the KS taken over the grid:
     paired, the gap under random swaps within bases; unpaired, a Brownian bridge in the pooled ECDF."""
-    (cx, cy), grid = ecdf.codes(x, y, max_points=GRID_POINTS)
-    size = grid.size
-    ks = float(ecdf.ks(np.bincount(cx, minlength=size), np.bincount(cy, minlength=size)))
+    (cx, cy), size = codes_, grid.size
+    ks = _ks(cx, cy, size)
     if paired:
         null = ecdf.gaussian(ecdf.paired_null_covariance(cx, cy, size), n_perm, rng)
     else:
-        total = x.size + y.size
+        total = cx.size + cy.size
         pooled = np.bincount(np.concatenate([cx, cy]), minlength=size) / total
-        scale = math.sqrt((1 / x.size + 1 / y.size) * total / (total - 1))  # a bridge of variance H(1 - H) scaled
+        scale = math.sqrt((1 / cx.size + 1 / cy.size) * total / (total - 1))  # a bridge of variance H(1 - H) scaled
         null = ecdf.ecdf_noise(pooled, 1.0, n_perm, rng) * scale
     null = np.abs(null).max(-1)
     return float(((null >= ks - TIE_RTOL * ks).sum() + 1) / (n_perm + 1))
@@ -184,36 +184,40 @@ def paired_difference(real, a, b, *, paired: bool = True, n_boot: int = 1000, le
     out = {"n": int(xa.size), "n_b": int(xb.size), "n_real": int(y.size), "paired": paired}
     if min(y.size, xa.size, xb.size) < 2:
         return out | dict.fromkeys(DIFFERENCE_KEYS, math.nan) | {"se_method": None, "verdict": "too few bases"}
-    ks_a, ks_b = _ks(xa, y), _ks(xb, y)
+    codes_, grid = ecdf.codes(y, xa, xb)
+    ks_a, ks_b = _ks(codes_[1], codes_[0], grid.size), _ks(codes_[2], codes_[0], grid.size)
     diff = ks_b - ks_a
     rng = np.random.default_rng(seed)
     large = max(y.size, xa.size, xb.size) > EXACT_MAX_N
-    se = (_se_gaussian if large else _se_bootstrap)(y, xa, xb, paired, n_boot, rng)
+    if large:
+        se = _se_gaussian(*ecdf.coarsen(codes_, grid, GRID_POINTS), paired, n_boot, rng)
+    else:
+        se = _se_bootstrap(*ecdf.coarsen(codes_, grid, BOOT_POINTS), paired, n_boot, rng)
     lo, hi, p = _normal(diff, se, level)
     return out | {"ks_a": ks_a, "ks_b": ks_b, "ks_diff": diff, "ks_diff_se": se, "ks_diff_lo": lo, "ks_diff_hi": hi,
                   "ks_diff_p": p} | mean_difference(xb, xa, paired=paired, level=level) | {
         "se_method": "gaussian" if large else "bootstrap", "verdict": _verdict(diff, lo, hi, p, level, labels)}
 
 
-def _se_bootstrap(y, xa, xb, paired: bool, n_boot: int, rng: np.random.Generator) -> float:
-    """The standard deviation of KS(b*, real*) - KS(a*, real*) over n_boot bootstrap resamples, the KS of a
-    resample taken over at most BOOT_POINTS grid points."""
-    (cy, ca, cb), grid = ecdf.codes(y, xa, xb, max_points=BOOT_POINTS)
-    u = grid.size
+def _se_bootstrap(codes_: list[np.ndarray], grid: np.ndarray, paired: bool, n_boot: int,
+                  rng: np.random.Generator) -> float:
+    """The standard deviation of KS(b*, real*) - KS(a*, real*) over n_boot bootstrap resamples, on the grid of
+    the codes (real, a, b)."""
+    (cy, ca, cb), u = codes_, grid.size
     out = []
-    for r in ecdf.blocks(n_boot, max(y.size + xa.size + xb.size, u)):
-        ia = rng.integers(0, xa.size, (r, xa.size))
-        ib, iy = (ia, ia) if paired else (rng.integers(0, xb.size, (r, xb.size)), rng.integers(0, y.size, (r, y.size)))
+    for r in ecdf.blocks(n_boot, max(cy.size + ca.size + cb.size, u)):
+        ia = rng.integers(0, ca.size, (r, ca.size))
+        ib, iy = (ia, ia) if paired else (rng.integers(0, cb.size, (r, cb.size)), rng.integers(0, cy.size, (r, cy.size)))
         c_real = ecdf.counts(cy, u, iy)
         out.append(ecdf.ks(ecdf.counts(cb, u, ib), c_real) - ecdf.ks(ecdf.counts(ca, u, ia), c_real))
     return float(np.concatenate(out).std(ddof=1))
 
 
-def _se_gaussian(y, xa, xb, paired: bool, n_boot: int, rng: np.random.Generator) -> float:
+def _se_gaussian(codes_: list[np.ndarray], grid: np.ndarray, paired: bool, n_boot: int,
+                 rng: np.random.Generator) -> float:
     """The same standard deviation with the resampled gaps F_k* - F_real* drawn from their Gaussian limit on
     the grid, at the points where each KS can be attained (paired: the three values of a base together)."""
-    (cy, ca, cb), grid = ecdf.codes(y, xa, xb, max_points=GRID_POINTS)
-    size = grid.size
+    (cy, ca, cb), size = codes_, grid.size
     f = [np.bincount(c, minlength=size) / c.size for c in (cy, ca, cb)]
     gaps = [np.cumsum(f[k]) - np.cumsum(f[0]) for k in (1, 2)]
     if paired:
