@@ -19,7 +19,7 @@ from synthact import results
 from synthact.analysis import aggregate, inference, stats
 from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
-from tests.helpers import finite, make_job, write_results
+from tests.helpers import PAPER_SCANS, TOWARD, finite, make_job, write_results
 
 
 def rows_of(out):
@@ -31,15 +31,9 @@ def rows_of(out):
 # (a narrower blow-up is a larger max_slope).
 
 
-# The paper's two experiments: the sensitivity scan (interpolate: the slope verdicts read it) and a plateau scan
-# (step: the plateau verdict reads it); interpolation needs a target, so no isotropic direction.
-SCANS = [{"name": "sensitivity", "mode": "interpolate", "steps": 20}, {"name": "plateaus", "steps": 20, "step_size": 0.5}]
-TOWARD = ["toward:same", "toward:gaussian", "toward:synthetic_baseline", "toward:synthetic_structured"]
-
-
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    job = make_job(directions=TOWARD, scan=SCANS)
+    job = make_job(directions=TOWARD, scan=PAPER_SCANS)
     out = tmp_path_factory.mktemp("out")
     write_results(job, out)
     return job, out, rows_of(out)

@@ -13,8 +13,7 @@ from synthact import results
 from synthact.analysis import aggregate, compare
 from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
-from tests.analysis.test_aggregate import SCANS, TOWARD
-from tests.helpers import command, make_job, write_results
+from tests.helpers import PAPER_SCANS, TOWARD, command, make_job, write_results
 
 
 def run_compare(argv: list[str]) -> int:
@@ -24,7 +23,7 @@ def run_compare(argv: list[str]) -> int:
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp")
-    write_results(make_job(directions=TOWARD, scan=SCANS), out)
+    write_results(make_job(directions=TOWARD, scan=PAPER_SCANS), out)
     return out
 
 
