@@ -315,7 +315,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"job '{job.name}': valid (spec hash {job.spec_hash[:12]})")
     for line in grid_lines(cells):
         print(line)
-    from synthact.analysis.inference import detectable_ks_difference
+    from synthact.analysis.power import detectable_ks_difference
 
     counts = (f"{size['cells']} cells x {job.bases_per_cell} bases = {size['curves']} curves "
               f"({len(job.read_layers)} read layer(s)); {size['shards']} shards of <= {job.shard_size} bases; "

@@ -65,6 +65,13 @@ WIDTH = {"real": 1.0, "sae_recon": 1.1, "synthetic_structured": 1.2, "synthetic_
          "control_other_latents": 2.0}
 
 
+# The paper's two experiments, for make_job(scan=PAPER_SCANS): the sensitivity scan (interpolate: the slope verdicts
+# read it) and a plateau scan (step: the plateau verdict reads it). Interpolation needs a target: TOWARD directions.
+PAPER_SCANS = [{"name": "sensitivity", "mode": "interpolate", "steps": 20},
+               {"name": "plateaus", "steps": 20, "step_size": 0.5}]
+TOWARD = ["toward:same", "toward:gaussian", "toward:synthetic_baseline", "toward:synthetic_structured"]
+
+
 def make_job(bases: int = 40, steps: int = 20, **overrides) -> Job:
     spec = {
         "name": "fake",

@@ -89,7 +89,8 @@ def test_run_reads_compares_reports_and_resumes(tmp_path):
     out = tmp_path / "out"
     sweep = synthact.run_job(spec, out, progress=False)
     assert sweep.ok and sweep.out == str(out) and sweep.summary.shards_done == 4
-    assert set(sweep.comparison.variant) == {"toward:gaussian"} and not sweep.verdicts.empty
+    assert set(sweep.comparison.variant) == {"toward:gaussian"}
+    assert sweep.verdicts.empty  # step scans only, no synthetic kind: no slope and no plateau verdict (aggregate.verdicts)
     rows = synthact.read_rows(out)
     assert isinstance(rows, pd.DataFrame) and len(rows) == 12 and "l2_curve" not in rows
     assert "l2_curve" in sweep.rows(curves=True)

@@ -28,13 +28,12 @@ from synthact.spec import SYNTHETIC_KINDS
 PANELS = {"base": ("model", "sae", "layer", "read_layer", "scan", "direction"),
           "target": ("model", "sae", "layer", "read_layer", "scan", "base_kind")}
 ALPHA = 0.05
-# Resamples: N_BOOT for every interval and for the permutation p of each kind's KS to real; N_PERM for the
-# permutation p-values of the differences between rungs, which are Holm-adjusted: the smallest two-sided p is
-# 2 / (N_PERM + 1), so Holm over a family of m comparisons can reach ALPHA only while m < ALPHA * (N_PERM + 1) / 2
-# (250 here).
-N_BOOT = 2000
-N_PERM = 10_000
-PANEL_VERSION = 1  # bump when what a panel's cached rows (cells.Sweep.panel_rows) hold changes
+# Resamples (at most inference.EXACT_MAX_N values a sample; above, their Gaussian limit): N_BOOT bootstrap
+# resamples give the standard error of a KS difference between rungs (to about 2%; its p-value is normal, so
+# Holm is not limited by a resample count), N_PERM permutations the p-value of a kind's KS to real.
+N_BOOT = 1000
+N_PERM = 2000
+PANEL_VERSION = 2  # bump when what a panel's cached rows (cells.Sweep.panel_rows) hold changes
 
 
 # --------------------------------------------------------------------------- panels and labels
@@ -114,16 +113,18 @@ def compare_kinds(sweep: Sweep, metrics=COMPARED) -> pd.DataFrame:
     axis "base": per direction, each base kind's cell against the `real` base's cell. The reference is the
     panel's real cell(s) whose generation settings, where both have one, match. Columns: the panel axes,
     `axis`, `cell_id`, `variant`, `metric`, n / mean / std of the cell and of real (`*_real`), the two-sample
-    KS statistic and its p-value (scipy), the Wasserstein distance, and inference.distance_to_real's 95%
-    intervals: `ks_ci_low/high`, `w_ci_low/high`, `mean_diff` with `diff_ci_low/high`, and the permutation
-    p-value of the KS `ks_perm_p`, paired (bases resampled jointly) where `paired`; and the paper's reported
-    numbers where this is the paper's setting (`paper_*`, else NaN). Panel by panel: only one panel's values
-    are read at a time.
+    KS statistic and its p-value (scipy, `ks_pvalue`: exact only for independent samples), the Wasserstein
+    distance, and from inference.distance_to_real the permutation p-value of "same distribution"
+    (`ks_perm_p`) and `mean_diff` = mean - mean_real with its 95% t interval `mean_diff_lo/hi` and p
+    `mean_diff_p`, paired over bases where `paired`; and the paper's reported numbers where this is the
+    paper's setting (`paper_*`, else NaN). The KS and Wasserstein distances have no interval: none we
+    measured is calibrated (docs/science.md, "Statistics"). Panel by panel: only one panel's values are read
+    at a time.
     """
     out = [*_compare_axis(sweep, "target", metrics), *_compare_axis(sweep, "base", metrics)]
     return frame(out, [] if out else ["axis", *PANELS["base"], "base_kind", "target_kind", "cell_id", "variant",
-                                      "metric", "n", "mean", "mean_real", "ks_stat", "ks_ci_low", "ks_ci_high",
-                                      "ks_perm_p", "paired"])
+                                      "metric", "n", "mean", "mean_real", "ks_stat", "ks_perm_p", "mean_diff",
+                                      "mean_diff_lo", "mean_diff_hi", "mean_diff_p", "paired"])
 
 
 def _subject(axis: str) -> str:
@@ -149,7 +150,7 @@ def _compare_axis(sweep: Sweep, axis: str, metrics) -> list[dict]:
     for panel, group in panels(sweep.aggregates, axis):
         records = group.to_dict("records")
         what = {"rows": "comparison", "version": PANEL_VERSION, "axis": axis, "cells": records, "metrics": list(metrics),
-                "n_boot": N_BOOT}
+                "n_perm": N_PERM}
         out += sweep.panel_rows(what, group.cell_id, partial(_compare_panel, sweep, axis, panel, records, metrics))
     return out
 
@@ -177,14 +178,12 @@ def _compare_panel(sweep: Sweep, axis: str, panel: dict, records: list[dict], me
             ks_stat, ks_pvalue, wasserstein = distances(x, y)
             pair = _by_base(sweep, [first["cell_id"], real[0]["cell_id"]], panel["read_layer"], metric) \
                 if len(real) == 1 else None
-            d = distance_to_real(*(pair or (x, y)), paired=pair is not None, n_boot=N_BOOT, n_perm=N_BOOT,
-                                 seed=sweep.seed)
+            d = distance_to_real(*(pair or (x, y)), paired=pair is not None, n_perm=N_PERM, seed=sweep.seed)
             entry = base | {
                 "metric": metric, "n": x.size, "n_real": y.size, "mean": float(x.mean()), "std": _std(x),
-                "mean_real": float(y.mean()), "std_real": _std(y), "mean_diff": d["mean_diff"],
-                "diff_ci_low": d["mean_diff_lo"], "diff_ci_high": d["mean_diff_hi"], "ks_stat": ks_stat,
-                "ks_pvalue": ks_pvalue, "ks_ci_low": d["ks_lo"], "ks_ci_high": d["ks_hi"], "ks_perm_p": d["ks_p"],
-                "wasserstein": wasserstein, "w_ci_low": d["w_lo"], "w_ci_high": d["w_hi"],
+                "mean_real": float(y.mean()), "std_real": _std(y), "ks_stat": ks_stat, "ks_pvalue": ks_pvalue,
+                "ks_perm_p": d["ks_p"], "wasserstein": wasserstein, "mean_diff": d["mean_diff"],
+                "mean_diff_lo": d["mean_diff_lo"], "mean_diff_hi": d["mean_diff_hi"], "mean_diff_p": d["mean_diff_p"],
                 "paired": pair is not None,
             }
             out.append(entry | paper.reported(entry))
@@ -196,25 +195,28 @@ def _compare_panel(sweep: Sweep, axis: str, panel: dict, records: list[dict], me
 
 DIFFERENCE_COLUMNS = ["axis", *PANELS["base"], "base_kind", "scan_mode", "step", "rung_a", "rung_b", "variant_a",
                       "variant_b", "cell_a", "cell_b", "metric", "paired", "n", "n_b", "n_real", "ks_a", "ks_b",
-                      "ks_diff", "ks_diff_lo", "ks_diff_hi", "ks_diff_p", "ks_diff_p_holm", "mean_diff",
-                      "mean_diff_lo", "mean_diff_hi", "mean_diff_p", "mean_diff_p_holm", "verdict"]
+                      "ks_diff", "ks_diff_se", "ks_diff_lo", "ks_diff_hi", "ks_diff_p", "ks_diff_p_holm", "mean_diff",
+                      "mean_diff_se", "mean_diff_lo", "mean_diff_hi", "mean_diff_p", "mean_diff_p_holm", "se_method",
+                      "verdict"]
 
 
 def differences(sweep: Sweep, metrics=COMPARED) -> pd.DataFrame:
     """The differences between rungs (rungs.pairs), one row per (axis, panel, pair of cells, metric).
 
     For cells a and b of a panel and the real cell they are both compared with: KS(b, real) - KS(a, real)
-    (`ks_diff`, negative: b is closer to real) and mean(b) - mean(a) (`mean_diff`), each with its 95% interval
-    and two-sided permutation p-value (inference.paired_difference: paired over bases where the three cells
-    were built for the same bases, `paired`; else resampled each on its own), the p-values Holm-adjusted over
-    the whole grid (`*_p_holm`: every panel's pairs on both axes together, one family per metric and
-    statistic), and the verdict sentence with its interval. Panel by panel, like compare_kinds."""
+    (`ks_diff`, negative: b is closer to real; `ks_a`, `ks_b` the two distances) and mean(b) - mean(a)
+    (`mean_diff`), each with its standard error (`*_se`), 95% interval (`*_lo`, `*_hi`) and the p-value of
+    "no difference" from the same computation (`*_p`; inference.paired_difference: paired over bases where
+    the three cells were built for the same bases, `paired`; else each sample on its own; `se_method` says
+    whether the KS standard error came from drawn resamples or their Gaussian limit), the p-values
+    Holm-adjusted over the whole grid (`*_p_holm`: every panel's pairs on both axes together, one family per
+    metric and statistic), and the verdict sentence with its interval. Panel by panel, like compare_kinds."""
     out = []
     for axis in ("target", "base"):
         for panel, group in panels(sweep.aggregates, axis):
             records = group.to_dict("records")
             what = {"rows": "differences", "version": PANEL_VERSION, "axis": axis, "cells": records,
-                    "metrics": list(metrics), "n_boot": N_BOOT, "n_perm": N_PERM}
+                    "metrics": list(metrics), "n_boot": N_BOOT}
             out += sweep.panel_rows(what, group.cell_id,
                                     partial(_differences_panel, sweep, axis, panel, records, metrics))
     table = frame(out, DIFFERENCE_COLUMNS)
@@ -227,8 +229,8 @@ def differences(sweep: Sweep, metrics=COMPARED) -> pd.DataFrame:
 
 
 def grid_verdict(verdict: str, p_holm: float) -> str:
-    """A pair's verdict (its interval and permutation p) with the KS difference's Holm-adjusted p; a difference
-    that the interval shows but that does not survive Holm's correction across the grid says so."""
+    """A pair's verdict (its interval and p) with the KS difference's Holm-adjusted p; a difference that the
+    interval shows but that does not survive Holm's correction across the grid says so."""
     if not math.isfinite(p_holm):
         return verdict
     claims = not verdict.startswith(("no detectable", "too few"))
@@ -265,8 +267,7 @@ def _difference_rows(sweep: Sweep, axis: str, panel: dict, step: str, a: dict, b
                            sweep.values(a["cell_id"], layer, metric), sweep.values(b["cell_id"], layer, metric)]
         if min(s.size for s in samples) == 0:
             continue
-        d = paired_difference(*samples, paired=pair is not None, n_boot=N_BOOT, n_perm=N_PERM, seed=sweep.seed,
-                              labels=names)
+        d = paired_difference(*samples, paired=pair is not None, n_boot=N_BOOT, seed=sweep.seed, labels=names)
         out.append(head | {"metric": metric} | d)
     return out
 
@@ -282,9 +283,11 @@ SLOPE_METRIC = "max_slope_step"  # the paper's headline metric (falls back to ma
 CHECK_STRUCTURE = "synthetic_structured closer to real than synthetic_baseline (KS on max_slope_step, 95% CI)"
 STRUCTURE_STEP = "R1 -> R2"  # rungs.STEPS: synthetic_baseline -> synthetic_structured
 CHECK_PLATEAU = "plateaus shorter than real (mean plateau_len, 95% CI)"
-CHECK_GAUSSIAN = "gaussian unlike real (KS on max_slope_step, p < 0.05)"
+CHECK_GAUSSIAN = "gaussian unlike real (KS on max_slope_step, permutation p < 0.05)"
 CHECK_CLOSEST = "closest to real (KS on max_slope_step)"
-VERDICT_COLUMNS = ["axis", *PANELS["base"], "base_kind", "check", "subject", "verdict", "detail"]
+SLOPE_SCAN, PLATEAU_SCAN = "interpolate", "step"  # the scan mode of the paper's sensitivity and plateau experiments
+VERDICT_COLUMNS = ["axis", *PANELS["base"], "base_kind", "check", "subject", "verdict", "metric", "scan_mode",
+                   "estimate", "lo", "hi", "p", "p_holm", "n", "detail"]
 
 
 def verdicts(comparison: pd.DataFrame, differences: pd.DataFrame) -> pd.DataFrame:
@@ -293,9 +296,13 @@ def verdicts(comparison: pd.DataFrame, differences: pd.DataFrame) -> pd.DataFram
     YES means the paper's finding holds. "Structured closer to real than baseline" reads the R1 -> R2 rows of
     `differences`: YES when the 95% interval of KS(structured) - KS(baseline) lies below 0, NO when above,
     INCONCLUSIVE when it covers 0 (paired where the kinds share their bases, else the unpaired interval).
-    Slope checks use the sensitivity scan (mode interpolate) and the plateau check the plateau scan (mode
-    step) where the sweep has one; otherwise every scan. Columns: `axis`, the panel axes, `check`, `subject`,
-    `verdict` (YES / NO / INCONCLUSIVE, or the closest variant), `detail`.
+    The slope checks (closest, structure, gaussian) read only the scans of the sensitivity experiment (mode
+    interpolate, the paper's max-slope framing) and the plateau check only the plateau scans (mode step):
+    a sweep without such a scan gets no such verdict, rather than one from another experiment's scan.
+    Columns: `axis`, the panel axes, `check`, `subject`, `verdict` (YES / NO / INCONCLUSIVE, or the closest
+    variant), and what it rests on: `metric`, `scan_mode`, `estimate` (the KS difference, the KS distance
+    or the difference of means the check reads), its 95% interval `lo`, `hi` (NaN where the check has
+    none), `p` and `p_holm` (NaN where none), `n` (values of the subject), and the `detail` sentence.
     """
     if comparison.empty:
         return frame([], VERDICT_COLUMNS)
@@ -304,36 +311,46 @@ def verdicts(comparison: pd.DataFrame, differences: pd.DataFrame) -> pd.DataFram
     for axis in ("target", "base"):
         rows = comparison[comparison.axis == axis]
         kind = _subject(axis)
-        slope = _experiment(rows, slope_metric, "interpolate")
-        plateau = _experiment(rows, "plateau_len", "step")
+        slope = _experiment(rows, slope_metric, SLOPE_SCAN)
+        plateau = _experiment(rows, "plateau_len", PLATEAU_SCAN)
         steps = _experiment(differences[(differences.axis == axis) & (differences.step == STRUCTURE_STEP)],
-                            slope_metric, "interpolate")
+                            slope_metric, SLOPE_SCAN)
         for panel, group in panels(pd.concat([slope, plateau]), axis):
             head = {"axis": axis} | panel
             s = group[group.metric == slope_metric].sort_values("ks_stat")
             if not s.empty:
                 ranking = "KS " + " < ".join(f"{r.variant} {r.ks_stat:.3f}" for r in s.itertuples())
-                out.append(head | {"check": CHECK_CLOSEST, "subject": "all kinds", "verdict": s.iloc[0]["variant"],
-                                   "detail": ranking})
+                first = s.iloc[0]
+                out.append(head | _basis(first, first["ks_stat"]) | {
+                    "check": CHECK_CLOSEST, "subject": "all kinds", "verdict": first["variant"], "detail": ranking})
             for d in _of_panel(steps, panel).itertuples():
                 verdict = "YES" if d.ks_diff_hi < 0 else "NO" if d.ks_diff_lo > 0 else "INCONCLUSIVE"
-                out.append(head | {"check": CHECK_STRUCTURE, "subject": f"{d.variant_b} vs {d.variant_a}",
-                                   "verdict": verdict,
-                                   "detail": f"KS {d.ks_b:.3f} vs {d.ks_a:.3f}, difference {d.ks_diff:+.3f} "
-                                             f"[{d.ks_diff_lo:+.3f}, {d.ks_diff_hi:+.3f}] (95% CI, "
-                                             f"{'paired' if d.paired else 'unpaired'}), p={d.ks_diff_p:.2g}, "
-                                             f"Holm p={d.ks_diff_p_holm:.2g}"})
+                out.append(head | _basis(d._asdict(), d.ks_diff, d.ks_diff_lo, d.ks_diff_hi, d.ks_diff_p,
+                                         d.ks_diff_p_holm) | {
+                    "check": CHECK_STRUCTURE, "subject": f"{d.variant_b} vs {d.variant_a}", "verdict": verdict,
+                    "detail": f"KS {d.ks_b:.3f} vs {d.ks_a:.3f}, difference {d.ks_diff:+.3f} "
+                              f"[{d.ks_diff_lo:+.3f}, {d.ks_diff_hi:+.3f}] (95% CI, "
+                              f"{'paired' if d.paired else 'unpaired'}), p={d.ks_diff_p:.2g}, "
+                              f"Holm p={d.ks_diff_p_holm:.2g}"})
             for g in s[s[kind] == "gaussian"].itertuples():
-                out.append(head | {"check": CHECK_GAUSSIAN, "subject": g.variant,
-                                   "verdict": "YES" if g.ks_pvalue < ALPHA else "NO",
-                                   "detail": f"KS {g.ks_stat:.3f}, p={g.ks_pvalue:.2g}, Wasserstein {g.wasserstein:.3g}"})
+                out.append(head | _basis(g._asdict(), g.ks_stat, p=g.ks_perm_p) | {
+                    "check": CHECK_GAUSSIAN, "subject": g.variant, "verdict": "YES" if g.ks_perm_p < ALPHA else "NO",
+                    "detail": f"KS {g.ks_stat:.3f}, permutation p={g.ks_perm_p:.2g}, Wasserstein {g.wasserstein:.3g}"})
             p = group[(group.metric == "plateau_len") & group[kind].isin(SYNTHETIC_KINDS)]
             for r in p.itertuples():
-                verdict = "YES" if r.diff_ci_high < 0 else "NO" if r.diff_ci_low > 0 else "INCONCLUSIVE"
-                out.append(head | {"check": CHECK_PLATEAU, "subject": r.variant, "verdict": verdict,
-                                   "detail": f"{_plateau_framing(r)}: mean {r.mean:.2f} vs real {r.mean_real:.2f}, "
-                                             f"diff {r.mean_diff:+.2f} [{r.diff_ci_low:+.2f}, {r.diff_ci_high:+.2f}]"})
+                verdict = "YES" if r.mean_diff_hi < 0 else "NO" if r.mean_diff_lo > 0 else "INCONCLUSIVE"
+                out.append(head | _basis(r._asdict(), r.mean_diff, r.mean_diff_lo, r.mean_diff_hi, r.mean_diff_p) | {
+                    "check": CHECK_PLATEAU, "subject": r.variant, "verdict": verdict,
+                    "detail": f"{_plateau_framing(r)}: mean {r.mean:.2f} vs real {r.mean_real:.2f}, "
+                              f"diff {r.mean_diff:+.2f} [{r.mean_diff_lo:+.2f}, {r.mean_diff_hi:+.2f}], "
+                              f"p={r.mean_diff_p:.2g}"})
     return frame(out, VERDICT_COLUMNS)
+
+
+def _basis(row, estimate, lo=math.nan, hi=math.nan, p=math.nan, p_holm=math.nan) -> dict:
+    """The numbers a verdict rests on (VERDICT_COLUMNS), from its comparison or differences row."""
+    return {"metric": row["metric"], "scan_mode": row.get("scan_mode"), "estimate": float(estimate), "lo": float(lo),
+            "hi": float(hi), "p": float(p), "p_holm": float(p_holm), "n": int(row["n"])}
 
 
 def _of_panel(rows: pd.DataFrame, panel: dict) -> pd.DataFrame:
@@ -345,10 +362,8 @@ def _of_panel(rows: pd.DataFrame, panel: dict) -> pd.DataFrame:
 
 
 def _experiment(rows: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
-    """The comparison rows of `metric`, from the scans of `mode` where there are any."""
-    picked = rows[rows.metric == metric]
-    of_mode = picked[picked.scan_mode == mode]
-    return of_mode if not of_mode.empty else picked
+    """The rows of `metric` from the scans of `mode` (none where the sweep has no such scan)."""
+    return rows[(rows.metric == metric) & (rows.scan_mode == mode)]
 
 
 def _plateau_framing(row) -> str:

@@ -3,12 +3,13 @@ between rungs of the ladder, the paper's findings as verdicts, and the diagnosti
 
 Target axis (the paper's design): per base kind, each target kind's curves against those toward `real`.
 Base axis: per direction, each base kind's curves against the `real` base's. For each compared cell and
-metric (`max_slope_step`, `plateau_len`, ...): mean +- std of both, the difference of means, the KS
-distance and the Wasserstein distance, each with a 95% percentile bootstrap interval (paired over bases
-where the kind and real were built for the same bases), the KS p-value (scipy) and its permutation
-p-value, and, in the paper's own setting, the values the authors reported. Then the differences between
-rungs (KS(b) - KS(a) and mean(b) - mean(a) with paired intervals, permutation p-values and Holm-adjusted
-ones across the grid), one verdict line per finding (docs/science.md), and the diagnostics per cell.
+metric (`max_slope_step`, `plateau_len`, ...): mean +- std of both, the difference of means with its 95%
+t interval (paired over bases where the kind and real were built for the same bases), the KS distance with
+its p-value (scipy) and the permutation p-value of "same distribution", the Wasserstein distance, and, in
+the paper's own setting, the values the authors reported. Then the differences between rungs (KS(b) -
+KS(a) and mean(b) - mean(a), each with its interval and the p-value of "no difference", paired over bases,
+and Holm-adjusted p-values across the grid), one verdict line per finding (docs/science.md), and the
+diagnostics per cell.
 Per-cell aggregates and per-panel intervals are cached under OUT/analysis/, so a rerun reads only the
 cells that changed. --csv FILE saves the comparison there and the differences beside it
 (FILE-differences.csv).
@@ -29,22 +30,22 @@ from synthact.results import COMPARED
 
 # The comparison columns shown (printed here, and in the report's table), in order.
 SHOWN = ["axis", "layer", "read_layer", "scan", "base_kind", "direction", "variant", "metric", "n", "mean", "std",
-         "mean_real", "std_real", "mean_diff", "diff_ci_low", "diff_ci_high", "ks_stat", "ks_ci_low", "ks_ci_high",
-         "ks_pvalue", "ks_perm_p", "wasserstein", "w_ci_low", "w_ci_high", "paired",
-         "paper_mean", "paper_std", "paper_ks", "paper_match"]
+         "mean_real", "std_real", "mean_diff", "mean_diff_lo", "mean_diff_hi", "mean_diff_p", "ks_stat", "ks_pvalue",
+         "ks_perm_p", "wasserstein", "paired", "paper_mean", "paper_std", "paper_ks", "paper_match"]
 HEADINGS = {
     "target": "Target kinds against toward:real, per base kind (the paper's design; diff = kind - real; 95% CIs "
               "paired over bases; perm p: permutation p of the KS):",
     "base": "Base kinds against real, per direction (diff = kind - real; 95% CIs; perm p: permutation p of the KS):",
 }
 DIFFERENCES_HEADING = ("Differences between rungs, kind b against kind a (KS(b) - KS(a) < 0: b closer to real; "
-                       "95% CIs paired over bases where both share them; p: permutation, Holm: adjusted over the "
-                       "grid per metric):")
+                       "95% CIs paired over bases where both share them; p: of no difference, from the same "
+                       "standard error; Holm: adjusted over the grid per metric):")
 PANEL_COLUMN = {"target": "base_kind", "base": "direction"}
 
 
 def readable(comparison: pd.DataFrame, axis: str) -> pd.DataFrame:
-    """One axis of the comparison as a compact table: mean +- std, diff [CI], KS, p, W1, and the paper's values."""
+    """One axis of the comparison as a compact table: mean +- std, diff [CI], KS, p, W1, and the paper's values
+    (the KS and Wasserstein distances without intervals: none is calibrated, docs/science.md)."""
     rows = comparison[comparison.axis == axis]
     table = pd.DataFrame({
         "L": rows.layer, "R": rows.read_layer,
@@ -54,12 +55,10 @@ def readable(comparison: pd.DataFrame, axis: str) -> pd.DataFrame:
         "mean+-std": [_pm(m, s) for m, s in zip(rows["mean"], rows["std"])],
         "real": [_pm(m, s) for m, s in zip(rows.mean_real, rows.std_real)],
         "diff [95% CI]": [f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}]" for d, lo, hi in
-                          zip(rows.mean_diff, rows.diff_ci_low, rows.diff_ci_high)],
-        "KS [95% CI]": [f"{k:.3f} [{lo:.3f}, {hi:.3f}]" for k, lo, hi in
-                        zip(rows.ks_stat, rows.ks_ci_low, rows.ks_ci_high)],
+                          zip(rows.mean_diff, rows.mean_diff_lo, rows.mean_diff_hi)],
+        "KS": rows.ks_stat.map("{:.3f}".format),
         "p": rows.ks_pvalue.map("{:.2g}".format), "perm p": rows.ks_perm_p.map("{:.2g}".format),
-        "W1 [95% CI]": [f"{w:.3g} [{lo:.3g}, {hi:.3g}]" for w, lo, hi in
-                        zip(rows.wasserstein, rows.w_ci_low, rows.w_ci_high)],
+        "W1": rows.wasserstein.map("{:.3g}".format),
     })
     if "paper_mean" in rows and rows.paper_mean.notna().any():  # framing-only values marked * (paper.FRAMING_NOTE)
         table["paper (KS)"] = [

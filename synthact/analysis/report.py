@@ -136,10 +136,11 @@ def _page(uri: str, name: str, sweep: Sweep, analysis: compare.Analysis, section
     parts = [("answers", "Answers: the replication checks", _answers(analysis)),
              *sections,
              ("comparison", "Comparison table",
-              "<p>Each kind against real: 95% percentile bootstrap intervals of the KS distance (<code>ks_ci_*</code>), "
-              "the Wasserstein distance (<code>w_ci_*</code>) and the difference of means (<code>diff_ci_*</code>), "
-              "paired over bases where <code>paired</code>; <code>ks_perm_p</code> is the permutation p-value of the "
-              f"KS distance.</p>{table}" if table else "")]
+              "<p>Each kind against real: the difference of means with its 95% t interval (<code>mean_diff_lo</code>, "
+              "<code>mean_diff_hi</code>) and p (<code>mean_diff_p</code>), paired over bases where <code>paired</code>; "
+              "<code>ks_perm_p</code> is the permutation p-value of \"same distribution\". The KS and Wasserstein "
+              "distances have no interval: none is calibrated (docs/science.md, \"Statistics\").</p>"
+              f"{table}" if table else "")]
     if not analysis.differences.empty:
         parts.append(("differences", "Differences between rungs", _differences(analysis.differences)))
     if not analysis.diagnostics.empty:

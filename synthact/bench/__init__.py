@@ -1,5 +1,6 @@
 """`synthact bench`: scan speed (plain vs fast path, points/s, TFLOP/s, deviations), generation and
-end-to-end timings, and (`--analysis ROWS`) compare / report on ROWS curves. `--model` builds a GPT-2-architecture HookedTransformer directly; `--family` writes a
+end-to-end timings, (`--analysis ROWS`) compare / report on ROWS curves, and (`--calibration`) the type-I
+error and coverage of compare's tests and intervals by simulation. `--model` builds a GPT-2-architecture HookedTransformer directly; `--family` writes a
 realistic-shape random checkpoint of that family with `transformers` and loads it through
 `model: {local: DIR}`, as a user's checkpoint would be (`--family all`: one table of all).
 """
@@ -55,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "directory of ROWS curves (the paper-toy grid, curves included), without and with cached aggregates",
     )
     parser.add_argument("--keep", metavar="DIR", help="with --analysis: build the results under DIR and keep them")
+    parser.add_argument(
+        "--calibration", type=at_least(10), nargs="?", const=1000, metavar="REPLICATES",
+        help="instead: type-I error and coverage of every test and interval `synthact compare` prints, by simulation "
+             "(REPLICATES data sets per configuration, default 1000; n = 100, 1000, 10,000)",
+    )
+    parser.add_argument("--jobs", type=at_least(1), default=1, help="with --calibration: processes (default 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -81,6 +88,12 @@ def device_name(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.calibration:
+        from synthact.bench.calibration import calibration, format_calibration
+
+        rows = calibration(args.calibration, jobs=args.jobs)
+        print(json.dumps(rows, indent=2) if args.json else format_calibration(rows))
+        return 0
     if args.analysis:
         from synthact.bench.analysis import analysis_benchmark, format_analysis
 

@@ -1,12 +1,16 @@
 """`synthact bench --analysis ROWS`: wall time and peak memory of `synthact compare` and `synthact report` on ROWS curves.
 
-The results directory is built as `synthact run` lays it out: the grid of jobs/paper-toy.yaml (14 cells:
-real bases toward seven kinds of target, two scans), ROWS/14 curves per cell in shards of `SHARD_ROWS`,
+The results directory is built as `synthact run` lays it out: the grid of jobs/paper-toy.yaml (21 cells:
+real bases toward seven kinds of target, three scans), ROWS/21 curves per cell in shards of `SHARD_ROWS`,
 every column of the result schema with 101-point L2 curves (plateau-then-blow-up, per-kind centre and
 width) and their metrics from `scan.metrics.curve_metrics`, written by `run.store.Store` (job.json, each
-shard with its spec hash and its manifest record: size and sha256, which every reader checks). A block of
-curves is drawn once per cell and written to each of its shards (so building 1e7 rows takes minutes,
-not hours); the analysis reads every shard as it would real ones.
+shard with its spec hash and its manifest record: size and sha256, which every reader checks). As in the
+paper's design the cells are built for the same bases: base i of every cell has the base seed `synthact
+run` derives for it (`derive_seed(seed, "base", cell.base_settings(), i)`), and a base's curves share a
+component (correlation `RHO` between cells), so compare pairs the cells base by base. A block of curves
+is drawn once per cell and written to each of its shards (so building 1e7 rows takes minutes, not hours;
+base i and base i + SHARD_ROWS then share values, alike in every cell); the analysis reads every shard as
+it would real ones.
 
 Each command runs in its own process (its peak RSS from resource.getrusage in a small launcher), first on a directory
 without cached aggregates (`cold`), then again with them (`rerun`: what a second compare or report costs).
@@ -29,9 +33,11 @@ from synthact import results
 from synthact.run.store import Store
 from synthact.scan.metrics import curve_metrics
 from synthact.spec import load_job, parse_job
+from synthact.spec.ids import derive_seed, digest
 
 PAPER_TOY = Path(__file__).resolve().parents[2] / "jobs" / "paper-toy.yaml"
 SHARD_ROWS = 50_000
+RHO = 0.5  # correlation between two cells' blow-up centres of one base (0.3-0.6 between cells on the toy)
 CENTRE = {"real": 52.0, "sae_recon": 53.0, "synthetic_structured": 55.0, "synthetic_baseline": 57.0,
           "gaussian": 65.0, "single_latent": 60.0, "random_latents": 62.0}
 
@@ -44,15 +50,20 @@ def build(out: Path, rows: int, seed: int = 0) -> dict:
     store = Store(out, job)  # job.json, and each shard with its spec hash and manifest record (size, sha256)
     schema = results.result_schema(js=False, keep_curves=True)
     blocks: dict[str, pa.Table] = {}
+    seeds: dict[str, np.ndarray] = {}
     written = 0
     for shard in job.shards():
         cell = shard.cell
         if cell.cell_id not in blocks:
             blocks[cell.cell_id] = _block(job, cell, min(SHARD_ROWS, per_cell), schema, seed)
+        bases = digest(cell.base_settings())
+        if bases not in seeds:  # the base seeds `synthact run` gives these bases: equal in every cell built for them
+            seeds[bases] = np.array([derive_seed(job.seed, "base", cell.base_settings(), i) for i in range(per_cell)])
         table = blocks[cell.cell_id].slice(0, shard.n_bases)
-        table = table.set_column(schema.get_field_index("shard_id"), "shard_id", pa.array([shard.shard_id] * shard.n_bases))
-        table = table.set_column(schema.get_field_index("base_index"), "base_index",
-                                 pa.array(np.arange(shard.start, shard.stop, dtype=np.int32)))
+        for name, values in (("shard_id", pa.array([shard.shard_id] * shard.n_bases)),
+                             ("base_index", pa.array(np.arange(shard.start, shard.stop, dtype=np.int32))),
+                             ("base_seed", pa.array(seeds[bases][shard.start:shard.stop], pa.int64()))):
+            table = table.set_column(schema.get_field_index(name), name, values)
         store.write_shard(shard, table)
         written += table.num_rows
     size = sum(p.stat().st_size for p in (out / "results").rglob("*.parquet"))
@@ -60,10 +71,13 @@ def build(out: Path, rows: int, seed: int = 0) -> dict:
 
 
 def _block(job, cell, n: int, schema: pa.Schema, seed: int) -> pa.Table:
-    """n rows of one cell with every column: seeded sigmoid curves whose blow-up depends on the target kind."""
+    """n rows of one cell with every column: seeded sigmoid curves whose blow-up depends on the target kind and,
+    through a component shared by every cell of the same bases, on the base."""
     rng = np.random.default_rng([seed, int(cell.cell_id, 16) % 2**31])
+    shared = np.random.default_rng([seed, int(digest(cell.base_settings())[:8], 16)]).standard_normal(n)
     steps = cell.scan.steps
-    centre = rng.normal(CENTRE[cell.target_kind or "real"], 8.0, n) * steps / 100
+    spread = np.sqrt(RHO) * shared + np.sqrt(1 - RHO) * rng.standard_normal(n)
+    centre = (CENTRE[cell.target_kind or "real"] + 8.0 * spread) * steps / 100
     width = rng.lognormal(np.log(3.0), 0.3, n)
     height = rng.lognormal(np.log(25.0), 0.2, n)
     points = np.arange(steps + 1)
@@ -74,7 +88,7 @@ def _block(job, cell, n: int, schema: pa.Schema, seed: int) -> pa.Table:
     metrics = curve_metrics(curves, step, settings=job.metrics)
     columns = {"cell_id": [cell.cell_id] * n, **{a: [v] * n for a, v in cell.settings().items()},
                "read_layer": np.full(n, job.model[0].toy.n_layers - 1, np.int32), "seed": np.full(n, job.seed),
-               "base_seed": rng.integers(0, 2**62, n), "target_seed": rng.integers(0, 2**62, n),
+               "target_seed": rng.integers(0, 2**62, n),
                "scan_mode": [cell.scan.mode] * n, "steps": np.full(n, steps, np.int32), "step_size": step,
                "stop_at_target": [cell.scan.stop_at_target] * n, "target_distance": rng.normal(25, 2, n),
                "target_step": np.full(n, steps, np.int32), **metrics,

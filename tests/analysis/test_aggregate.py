@@ -19,7 +19,7 @@ from synthact import results
 from synthact.analysis import aggregate, inference, stats
 from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
-from tests.helpers import finite, make_job, write_results
+from tests.helpers import PAPER_SCANS, TOWARD, finite, make_job, write_results
 
 
 def rows_of(out):
@@ -33,7 +33,7 @@ def rows_of(out):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    job = make_job()
+    job = make_job(directions=TOWARD, scan=PAPER_SCANS)
     out = tmp_path_factory.mktemp("out")
     write_results(job, out)
     return job, out, rows_of(out)
@@ -45,7 +45,7 @@ def test_sweep_holds_every_cell_and_read_layer(sweep):
     assert len(rows) == len(job.cells()) * job.bases_per_cell * 2 == table.curves.sum()
     assert set(table.cell_id) == {c.cell_id for c in job.cells()}
     assert "base_tokens" not in table.columns and "values_max_slope" not in table.columns
-    assert set(table.scan_mode) == {"step"}  # what verdicts pick experiments by (slope: interpolate, plateau: step)
+    assert set(table.scan_mode) == {"step", "interpolate"}  # what verdicts pick experiments by
 
 
 def test_opening_a_directory_without_results_is_a_clear_error(tmp_path):
@@ -117,14 +117,14 @@ def test_compare_kinds_matches_scipy_on_both_axes(sweep):
         kind = (table.base_kind == "gaussian") if axis == "base" else (table.base_kind == "real") & (
             table.target_kind == "gaussian")
         r = table[(table.axis == axis) & kind & (table.metric == "max_slope")].iloc[0]
-        same = (rows.read_layer == r.read_layer) & ((rows.direction == r.direction) if axis == "base"
-                                                    else (rows.base_kind == "real"))
+        same = (rows.read_layer == r.read_layer) & (rows.scan == r.scan) & (
+            (rows.direction == r.direction) if axis == "base" else (rows.base_kind == "real"))
         x = rows[same & subject & (rows.direction == r.direction)].max_slope.to_numpy()
         y = rows[same & reference].max_slope.to_numpy()
         ks = ks_2samp(x, y)
         assert r.ks_stat == pytest.approx(ks.statistic) and r.ks_pvalue == pytest.approx(ks.pvalue)
         assert r.mean_diff == pytest.approx(x.mean() - y.mean()) and r["std"] == pytest.approx(x.std(ddof=1))
-        assert r.diff_ci_low < r.mean_diff < r.diff_ci_high
+        assert r.mean_diff_lo < r.mean_diff < r.mean_diff_hi
         assert r.n == r.n_real == job.bases_per_cell
 
 
@@ -153,7 +153,7 @@ def test_verdicts_state_the_replication_targets(sweep):
     # tells), shorter synthetic plateaus, gaussian far.
     for axis in ("target", "base"):
         subject = "target_kind" if axis == "target" else "base_kind"
-        panels = [g for _, g in aggregate.panels(rows, axis)]
+        panels = [g for _, g in aggregate.panels(rows[rows.scan_mode == "interpolate"], axis)]  # slope: sensitivity
         with_pair = sum({"synthetic_structured", "synthetic_baseline"} <= set(g[subject]) and "real" in set(g[subject])
                         for g in panels)
         structure = by_check[(axis, aggregate.CHECK_STRUCTURE)]
@@ -161,14 +161,50 @@ def test_verdicts_state_the_replication_targets(sweep):
         assert "YES" in by_check[(axis, aggregate.CHECK_PLATEAU)]
         assert set(by_check[(axis, aggregate.CHECK_PLATEAU)]) <= {"YES", "INCONCLUSIVE"}
         assert set(by_check[(axis, aggregate.CHECK_GAUSSIAN)]) == {"YES"}
-        closest = by_check[(axis, aggregate.CHECK_CLOSEST)]
-        assert all(x.startswith("toward:synthetic_structured" if axis == "target" else "synthetic_structured")
-                   for x in closest)
+        closest = v[(v.axis == axis) & (v.check == aggregate.CHECK_CLOSEST)]
+        assert all(d.startswith(f"KS {x} ") for x, d in zip(closest.verdict, closest.detail))  # the smallest KS
+        assert not closest.verdict.str.contains("gaussian").any()
     assert "YES" in by_check[("base", aggregate.CHECK_STRUCTURE)]
     lines = aggregate.verdict_lines(v)
     headers = [line for line in lines if line.startswith("[")]
     assert len(lines) == len(v) + len(headers)
     assert any(h.startswith("[target:") and h.endswith("base real]") for h in headers)
+
+
+def test_plateau_verdicts_come_only_from_step_scans_and_slope_verdicts_only_from_interpolation(sweep):
+    _, out, _ = sweep
+    comparison, differences = analysed(Sweep.open(out))
+    slope = [aggregate.CHECK_CLOSEST, aggregate.CHECK_STRUCTURE, aggregate.CHECK_GAUSSIAN]
+    for mode, absent, present in (("interpolate", [aggregate.CHECK_PLATEAU], slope),
+                                  ("step", slope, [aggregate.CHECK_PLATEAU])):  # a job with only this scan
+        v = aggregate.verdicts(comparison[comparison.scan_mode == mode], differences[differences.scan_mode == mode])
+        assert not v.check.isin(absent).any() and set(present) <= set(v.check), (mode, set(v.check))
+        assert (v.scan_mode == mode).all()
+    both = aggregate.verdicts(comparison, differences)
+    assert set(both[both.check == aggregate.CHECK_PLATEAU].scan_mode) == {"step"}
+    assert set(both[both.check.isin(slope)].scan_mode) == {"interpolate"}
+
+
+def test_each_verdict_carries_the_numbers_it_rests_on(sweep):
+    _, out, _ = sweep
+    comparison, differences = analysed(Sweep.open(out))
+    v = aggregate.verdicts(comparison, differences)
+    assert list(v.columns) == aggregate.VERDICT_COLUMNS and (v.n > 0).all()
+    for r in v[v.check == aggregate.CHECK_STRUCTURE].itertuples():
+        keys = aggregate.panel_axes(differences, r.axis)
+        same = np.logical_and.reduce([differences[k].astype(str) == str(getattr(r, k)) for k in keys])
+        d = differences[same & (differences.axis == r.axis) & (differences.step == aggregate.STRUCTURE_STEP)
+                        & (differences.metric == r.metric)].iloc[0]
+        assert (r.estimate, r.lo, r.hi, r.p, r.p_holm, r.n) == pytest.approx(
+            (d.ks_diff, d.ks_diff_lo, d.ks_diff_hi, d.ks_diff_p, d.ks_diff_p_holm, d.n))
+        assert (r.verdict == "YES") == (r.hi < 0) and (r.verdict == "NO") == (r.lo > 0)
+    plateau = v[v.check == aggregate.CHECK_PLATEAU]
+    assert len(plateau) and (plateau.metric == "plateau_len").all() and plateau.p.between(0, 1).all()
+    assert ((plateau.lo <= plateau.estimate) & (plateau.estimate <= plateau.hi)).all()
+    closest = v[v.check == aggregate.CHECK_CLOSEST]
+    assert closest.lo.isna().all() and closest.estimate.between(0, 1).all()
+    gaussian = v[v.check == aggregate.CHECK_GAUSSIAN]
+    assert ((gaussian.verdict == "YES") == (gaussian.p < aggregate.ALPHA)).all() and len(gaussian)
 
 
 def test_verdicts_say_no_when_the_finding_fails(sweep):
@@ -191,9 +227,11 @@ def test_the_structure_verdict_follows_the_interval_of_the_ks_difference(sweep):
         differences.loc[steps, ["ks_diff_lo", "ks_diff_hi"]] = lo, hi
         v = aggregate.verdicts(comparison, differences)
         structure = v[(v.check == aggregate.CHECK_STRUCTURE) & (v.axis == "target")]
-        assert len(structure) == len(steps) // len(results.COMPARED) > 0
+        sensitivity = differences.loc[steps].scan_mode == "interpolate"  # the slope verdicts' experiment
+        assert len(structure) == sensitivity.sum() // len(results.COMPARED) > 0
         assert set(structure.verdict) == {expected}
         assert all(f"[{lo:+.3f}, {hi:+.3f}] (95% CI, paired)" in d for d in structure.detail)
+        assert (structure.lo == lo).all() and (structure.hi == hi).all()
 
 
 def aligned(rows, cell_ids, read_layer, metric) -> list[np.ndarray]:
@@ -212,10 +250,11 @@ def test_differences_equal_inference_on_the_values_aligned_by_base(sweep):
     assert target.paired.all() and not differences[differences.axis == "base"].paired.any()
     assert set(target.step) == {"R1 -> R2", "R1 -> other"}  # gaussian is a control: against R1
     for _, row in target[target.metric.isin(["max_slope_step", "plateau_len"])].iterrows():
-        real = rows[(rows.base_kind == "real") & (rows.target_kind == "real") & (rows.read_layer == row.read_layer)]
+        real = rows[(rows.base_kind == "real") & (rows.target_kind == "real") & (rows.read_layer == row.read_layer)
+                    & (rows.scan == row.scan)]
         (real_cell,) = real.cell_id.unique()
         samples = aligned(rows, [real_cell, row.cell_a, row.cell_b], row.read_layer, row.metric)
-        expected = inference.paired_difference(*samples, n_boot=aggregate.N_BOOT, n_perm=aggregate.N_PERM, seed=0,
+        expected = inference.paired_difference(*samples, n_boot=aggregate.N_BOOT, seed=0,
                                                labels=(row.rung_a, row.rung_b if isinstance(row.rung_b, str) else "gaussian"))
         for key, value in expected.items():
             if key == "verdict":  # the pair's own verdict, then its Holm p across the grid
@@ -244,22 +283,22 @@ def test_holm_adjusts_over_every_panel_of_the_grid_one_family_per_metric(sweep):
             assert (one_panel[f"{p}_holm"].astype(float) >= alone - 1e-12).all()
 
 
-def test_distances_to_real_have_intervals_paired_where_the_bases_are_shared(sweep):
+def test_distances_to_real_have_permutation_p_and_mean_intervals_paired_where_the_bases_are_shared(sweep):
     _, out, rows = sweep
     comparison = aggregate.compare_kinds(Sweep.open(out))
     assert comparison[comparison.axis == "target"].paired.all()
     assert not comparison[comparison.axis == "base"].paired.any()
-    # (percentile intervals of a KS distance need not hold it: resampled KS distances are biased upward)
-    assert (comparison.ks_ci_low <= comparison.ks_ci_high).all() and (comparison.ks_stat <= comparison.ks_ci_high).all()
-    assert (comparison.w_ci_low <= comparison.w_ci_high).all() and comparison.ks_perm_p.between(0, 1).all()
+    assert not {"ks_ci_low", "ks_ci_high", "w_ci_low", "w_ci_high"} & set(comparison)  # uncalibrated: not given
+    assert comparison.ks_perm_p.between(0, 1).all() and (comparison.mean_diff_lo <= comparison.mean_diff_hi).all()
     row = comparison[(comparison.axis == "target") & (comparison.target_kind == "gaussian")
                      & (comparison.metric == "max_slope_step")].iloc[0]
-    real = rows[(rows.base_kind == "real") & (rows.target_kind == "real") & (rows.read_layer == row.read_layer)]
+    real = rows[(rows.base_kind == "real") & (rows.target_kind == "real") & (rows.read_layer == row.read_layer)
+                & (rows.scan == row.scan)]
     x, y = aligned(rows, [row.cell_id, real.cell_id.iloc[0]], row.read_layer, "max_slope_step")
-    d = inference.distance_to_real(x, y, paired=True, n_boot=aggregate.N_BOOT, n_perm=aggregate.N_BOOT, seed=0)
-    assert (row.ks_ci_low, row.ks_ci_high, row.ks_perm_p) == pytest.approx((d["ks_lo"], d["ks_hi"], d["ks_p"]))
-    assert (row.w_ci_low, row.w_ci_high, row.mean_diff, row.diff_ci_low, row.diff_ci_high) == pytest.approx(
-        (d["w_lo"], d["w_hi"], d["mean_diff"], d["mean_diff_lo"], d["mean_diff_hi"]))
+    d = inference.distance_to_real(x, y, paired=True, n_perm=aggregate.N_PERM, seed=0)
+    assert (row.ks_stat, row.ks_perm_p) == pytest.approx((d["ks"], d["ks_p"]))
+    assert (row.mean_diff, row.mean_diff_lo, row.mean_diff_hi, row.mean_diff_p) == pytest.approx(
+        (d["mean_diff"], d["mean_diff_lo"], d["mean_diff_hi"], d["mean_diff_p"]))
 
 
 def test_generation_settings_are_distinct_variants(tmp_path):

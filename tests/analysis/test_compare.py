@@ -13,7 +13,7 @@ from synthact import results
 from synthact.analysis import aggregate, compare
 from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
-from tests.helpers import command, make_job, write_results
+from tests.helpers import PAPER_SCANS, TOWARD, command, make_job, write_results
 
 
 def run_compare(argv: list[str]) -> int:
@@ -23,7 +23,7 @@ def run_compare(argv: list[str]) -> int:
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     out = tmp_path_factory.mktemp("cmp")
-    write_results(make_job(), out)
+    write_results(make_job(directions=TOWARD, scan=PAPER_SCANS), out)
     return out
 
 
@@ -42,7 +42,8 @@ def test_compare_prints_table_and_verdicts_and_writes_nothing_unasked(out, capsy
     assert "synthetic_structured anchor vs synthetic_baseline k=10: YES (KS" in text
     # the distances with their intervals, and the differences between rungs with their verdict sentences
     row = expected[(expected.axis == "target") & (expected.target_kind == "gaussian")].iloc[0]
-    assert f"{row.ks_stat:.3f} [{row.ks_ci_low:.3f}, {row.ks_ci_high:.3f}]" in text
+    assert f"{row.mean_diff:+.3g} [{row.mean_diff_lo:+.3g}, {row.mean_diff_hi:+.3g}]" in text
+    assert "[nan" not in text and "KS [95% CI]" not in text  # no interval of a distance: none is calibrated
     assert compare.DIFFERENCES_HEADING in text
     assert all(v in text for v in differences.verdict)
 
@@ -54,8 +55,8 @@ def test_compare_csv_option(out, tmp_path):
     expected = aggregate.compare_kinds(Sweep.open(out))
     assert len(saved) == len(expected) > 0
     np.testing.assert_allclose(saved.ks_stat, expected.ks_stat)
-    np.testing.assert_allclose(saved.diff_ci_high, expected.diff_ci_high)
-    np.testing.assert_allclose(saved.ks_ci_low, expected.ks_ci_low)
+    np.testing.assert_allclose(saved.mean_diff_hi, expected.mean_diff_hi)
+    np.testing.assert_allclose(saved.ks_perm_p, expected.ks_perm_p)
     assert set(saved.metric) == set(results.COMPARED)
     differences = pd.read_csv(tmp_path / "sub" / "c-differences.csv")
     np.testing.assert_allclose(differences.ks_diff_p_holm, aggregate.differences(Sweep.open(out)).ks_diff_p_holm)

@@ -263,7 +263,7 @@ def test_page_has_the_intervals_the_differences_between_rungs_and_the_diagnostic
     out, written, _ = twins["ladder-toy"]
     page = html.unescape(written.html.read_text())
     analysis = compare.analyse(Sweep.open(out))
-    for column in ("ks_ci_low", "ks_ci_high", "ks_perm_p", "w_ci_low", "w_ci_high", "paired"):
+    for column in ("mean_diff_lo", "mean_diff_hi", "mean_diff_p", "ks_perm_p", "paired"):
         assert f"<th>{column}</th>" in page
     assert '<h2 id="differences">' in page and all(v in page for v in analysis.differences.verdict)
     assert '<h2 id="diagnostics">' in page and not analysis.diagnostics.empty
