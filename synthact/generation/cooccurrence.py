@@ -83,21 +83,29 @@ def count_pairs(offsets: torch.Tensor, latents: torch.Tensor, start: int, stop: 
     distinct), counting about `chunk` ordered pairs at a time."""
     device = latents.device
     lengths = (offsets[start + 1: stop + 1] - offsets[start:stop]).long()
-    pairs = lengths * lengths
+    ends = torch.cumsum(lengths * lengths, 0)
     keys = torch.zeros(0, dtype=torch.int64, device=device)
     counts = torch.zeros(0, dtype=torch.int64, device=device)
-    first = 0
+    pending, first = [], 0
     while first < lengths.shape[0]:
-        last = first + max(int(torch.searchsorted(torch.cumsum(pairs[first:], 0), chunk, right=True)), 1)
-        new_keys, new_counts = _chunk_keys(offsets[start + first: start + last], lengths[first:last], latents, d_sae)
-        keys, inverse = torch.unique(torch.cat([keys, new_keys]), return_inverse=True)
-        counts = torch.zeros(keys.shape[0], dtype=torch.int64, device=device).scatter_add_(
-            0, inverse, torch.cat([counts, new_counts]))
+        done = int(ends[first - 1]) if first else 0
+        last = max(int(torch.searchsorted(ends, done + chunk, right=True)), first + 1)
+        pending.append(_chunk_keys(offsets[start + first: start + last], lengths[first:last], latents, d_sae))
         first = last
+        if first == lengths.shape[0] or sum(k.shape[0] for k, _ in pending) > max(keys.shape[0], chunk):
+            keys, counts = _merge([(keys, counts), *pending])  # amortized: pending outgrows what is merged
+            pending = []
     fires = torch.bincount(latents[offsets[start]: offsets[stop]].long(), minlength=d_sae).double()
     indptr = torch.zeros(d_sae + 1, dtype=torch.int64, device=device)
     indptr[1:] = torch.cumsum(torch.bincount(keys // d_sae, minlength=d_sae), 0)
     return Cooccurrence(stop - start, indptr, keys % d_sae, counts.double(), fires)
+
+
+def _merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct keys of (keys, counts) parts, ascending, with their counts summed."""
+    keys, inverse = torch.unique(torch.cat([k for k, _ in parts]), return_inverse=True)
+    counts = torch.zeros(keys.shape[0], dtype=torch.int64, device=keys.device)
+    return keys, counts.scatter_add_(0, inverse, torch.cat([c for _, c in parts]))
 
 
 def _chunk_keys(starts: torch.Tensor, lengths: torch.Tensor, latents: torch.Tensor, d_sae: int):
