@@ -31,9 +31,9 @@ LADDER_SETTINGS = ("match", "structure", "cooccur", "cooccur_power", "cooccur_wi
 
 def cell_summary(rows: pd.DataFrame) -> dict | None:
     """Mean and std of each diagnostic of one cell's rows (one read layer's: the codes are per base) and its value KS,
-    with the cell's rung and settings; None for a cell without target diagnostics."""
+    with the cell's rung and settings; None for a cell without held-out diagnostics (rows written before them)."""
     have = [c for c in SHOWN if c in rows]
-    if "target_kind" not in rows or "target_log_freq" not in have:
+    if "target_kind" not in rows or "target_cofire" not in have:
         return None
     rows = rows[rows.target_kind.notna() & rows.target_log_freq.notna()]
     if rows.empty:

@@ -42,7 +42,7 @@ class GenerationSettings:
     error_source: str = _spec_default("error_source")  # with add_error: the template's error, or an "other" prompt's
     cooccur: str = _spec_default("cooccur")  # synthetic_cooccur: weight by co-occurrence counts, or "none" (generation/ladder.py)
     cooccur_power: float = _spec_default("cooccur_power")  # synthetic_cooccur: p of the weight (summed counts)^p
-    cooccur_window: str = _spec_default("cooccur_window")  # synthetic_cooccur candidates: the nearest_k in frequency, or "all"
+    cooccur_window: str = _spec_default("cooccur_window")  # synthetic_cooccur candidates: all, nearest_k or anchor
     geometry_temp: float = _spec_default("geometry_temp")  # synthetic_cooccur: > 0 also favours kept decoder cosines
     holdout: float = _spec_default("holdout")  # fraction of the pool held out of the ladder's statistics
     swaps: int = _spec_default("swaps")  # control_swapped: latents replaced

@@ -80,7 +80,8 @@ def _check_settings(kind: str, s: GenerationSettings) -> None:
         raise SynthactError(f"error_source '{s.error_source}' is unknown; use one of {', '.join(ERROR_SOURCES)}")
     if not (s.tol >= 0 and math.isfinite(s.tol)):
         raise SynthactError(f"tol {s.tol} must be a finite number >= 0 (a distance in log10 frequency)")
-    if s.cooccur not in ("counts", "none") or s.cooccur_window not in ("nearest_k", "all", "anchor") or s.swap_order not in (
+    windows = ("all", "nearest_k", "anchor")
+    if s.cooccur not in ("counts", "none") or s.cooccur_window not in windows or s.swap_order not in (
             "most_cooccurring", "least_cooccurring"):
         raise SynthactError(f"cooccur '{s.cooccur}', cooccur_window '{s.cooccur_window}' or swap_order "
                             f"'{s.swap_order}' is unknown (see synthact validate --fields)")

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
+from pydantic import ValidationError
 
 from synthact.errors import SynthactError
 from synthact.generation.directions import direction_from_provenance
@@ -32,7 +33,7 @@ from synthact.run.store import read_claim
 from synthact.run.worker import Worker, stop_point, target_steps
 from synthact.scan import scan
 from synthact.scan.metrics import curve_metrics, last_point
-from synthact.spec import Job, MetricsSpec, ScanSpec
+from synthact.spec import Job, MetricsSpec, ScanSpec, format_validation_error
 
 RTOL = 1e-5  # ||T - A||
 CURVE_RTOL = 1e-4  # of the curve's largest value (the fast path against itself, float32)
@@ -73,6 +74,9 @@ def recompute(out, per_cell: int = 0) -> list[CellRecompute]:
         raise SynthactError(f"'{uri}' is not a synthact output directory (no job.json)")
     try:
         job = Job.model_validate(claim["spec"])
+    except ValidationError as e:
+        raise SynthactError(f"the spec in '{uri}/job.json' does not parse with this version of synthact, so its "
+                            f"rows cannot be recomputed:\n{format_validation_error(e)}") from None
     except (ValueError, TypeError) as e:
         raise SynthactError(f"the spec in '{uri}/job.json' does not parse with this version of synthact, so its "
                             f"rows cannot be recomputed ({str(e).splitlines()[0]})") from None

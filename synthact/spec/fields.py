@@ -161,7 +161,9 @@ class CorpusSpec(Frozen):
 
 REMOVED_GENERATION = {
     "cooccur_top_m": "cooccur_top_m was removed: co-occurrence is now counted exactly, every partner of every latent "
-    "kept (docs/science.md, \"Beyond the paper: the ladder\"); delete it from the spec and run into a new --out",
+    "kept, and the diagnostics count on the pool's held-out part (docs/science.md, \"Beyond the paper: the "
+    "ladder\"); delete it from the spec and run into a new --out (an output directory whose job.json lists it was "
+    "written by an earlier synthact: rerun it into a new --out to resume or recompute it)",
 }
 RANKED_REMOVED = ("value_source 'ranked' was removed: it moved values between latents, so a latent's value did not "
                   "come from its own distribution; use 'quantile' (R5: each replacement's own value at the template "

@@ -183,21 +183,22 @@ class Job(Frozen):
     def _control_problem(self) -> str | None:
         """Why the job's controls would not be what they are defined to be, or None."""
         g = self.generation
-        kinds = {target_kind(k, d) for k, d in itertools.product(self.base_kinds, self.directions)} | set(self.base_kinds)
-        controls = kinds & set(CONTROL_KINDS)
+        targets = {target_kind(k, d) for k, d in itertools.product(self.base_kinds, self.directions)}
+        controls = (targets | set(self.base_kinds)) & set(CONTROL_KINDS)
         if controls and not set(g.value_source) & set(CONTROL_VALUE_SOURCES):
-            return (f"{', '.join(sorted(controls))} keep the template's values (a control is the template's own values "
-                    f"on other or swapped latents), so they take value_source {' or '.join(CONTROL_VALUE_SOURCES)} only, "
-                    f"and generation.value_source lists neither ({', '.join(g.value_source)}); add template")
+            return (f"{', '.join(sorted(controls))} keep the template's values (a control is the template's own "
+                    f"values on other or swapped latents), so they take value_source "
+                    f"{' or '.join(CONTROL_VALUE_SOURCES)} only, and generation.value_source lists neither "
+                    f"({', '.join(g.value_source)}); add template")
         of_real = {target_kind("real", d) for d in self.directions} if "real" in self.base_kinds else set()
         degenerate = ("control_swapped" in of_real and "base" in g.template
                       and 0 in g.swaps and True in g.add_error and "template" in g.error_source
                       and "template" in g.value_source)
         if degenerate:
-            return ("control_swapped with swaps 0, value_source template and the base's own SAE error (add_error true, "
-                    "error_source template) rebuilds the base A itself (A's code, A's values, A's error), so its target "
-                    "equals its base and the scan has no direction; drop swaps 0, use error_source: [other], or "
-                    "add_error: [false] (then swaps 0 is A's SAE reconstruction)")
+            return ("control_swapped with swaps 0, value_source template and the base's own SAE error (add_error "
+                    "true, error_source template) rebuilds the base A itself (A's code, A's values, A's error), so its "
+                    "target equals its base and the scan has no direction; drop swaps 0, use error_source: [other], "
+                    "or add_error: [false] (then swaps 0 is A's SAE reconstruction)")
         return None
 
     def count(self) -> tuple[int, int]:

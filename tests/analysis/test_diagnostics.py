@@ -38,3 +38,5 @@ def test_each_cell_is_named_by_its_rung_with_real_first_and_its_value_ks():
     assert table.rung.tolist() == ["real", "R1", "R3"]
     assert table["value KS"].tolist() == ["0.1", "0.95", "0.95"]
     assert diagnostics.uniform_ks([[np.nan], None]) != diagnostics.uniform_ks([[np.nan], None])  # none: NaN
+    # Rows written before the held-out diagnostics (no co-fire column) are not summarised under their heading.
+    assert diagnostics.cell_summary(rows.drop(columns="target_cofire")) is None

@@ -1,6 +1,8 @@
 """The ladder's generation settings in the spec: removed settings named with their reason, controls that keep
 their definition, and the swapped control that would be its own base refused before anything runs."""
 
+import json
+
 import pytest
 import yaml
 
@@ -57,3 +59,13 @@ def test_swapped_with_no_swaps_and_the_bases_own_error_is_refused_by_validate(tm
     for generation in ({"swaps": [0], "add_error": [True], "error_source": ["other"]}, {"swaps": [0]},
                        {"swaps": [0], "add_error": [True], "value_source": ["permuted"]}):
         assert parse_job(toy_job(**LADDER, generation=generation)).cells()
+
+
+def test_an_output_directory_written_with_the_top_m_cap_is_refused_for_recompute_with_the_reason(tmp_path):
+    job = parse_job(toy_job(**LADDER))
+    spec = job.canonical()
+    spec["generation"]["cooccur_top_m"] = [64]  # what every job.json of an earlier synthact holds
+    (tmp_path / "job.json").write_text(json.dumps({"spec_hash": job.spec_hash, "spec": spec, "inputs": {}}))
+    result = synthact("verify", str(tmp_path), "--recompute")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot be recomputed" in result.stderr and "cooccur_top_m was removed" in result.stderr
