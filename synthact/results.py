@@ -133,7 +133,7 @@ ACTIVATIONS = {
     "target_top_share": (F64, "Diagnostic: the top latent's share of the sum of its values."),
     "target_mean_value": (F64, "Diagnostic: mean value of its latents."),
     "target_value_quantiles": (LIST_F32, "Diagnostic: each value's randomized quantile within its latent's held-out "
-                                         "values (NaN where it has none); uniform for real codes."),
+                                         "values (null where it has none); uniform for real codes."),
     "direction_latent": (I32, "Latent of `latent:<id>` / `latent:random`."),
     "base_doc": (I64, "Corpus document of the base's prompt (or context prompt)."),
     "base_offset": (I64, "Token offset of that prompt in its document."),

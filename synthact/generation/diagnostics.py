@@ -12,10 +12,10 @@ reference pool (its last `holdout` of codes, N of them; stats.part_range), which
 - `target_pair_cos`: mean decoder cosine over its pairs; `target_top_cos`: mean cosine of its other latents
   to its top latent (largest value);
 - `target_cos_error`: for a code built from a template, mean over its pairs of
-  (cos(j_t, j_m) - cos(i_t, i_m))^2, the error in the template's decoder cosines (NaN for other codes);
+  (cos(j_t, j_m) - cos(i_t, i_m))^2, the error in the template's decoder cosines (null for other codes);
 - `target_top_share`: the top latent's share of the sum of values; `target_mean_value`: mean value;
 - `target_value_quantiles`: each value's randomized quantile within its latent's held-out values
-  (values.LatentValues.quantile, uniforms from the row's target seed; NaN where the latent has none): real
+  (values.LatentValues.quantile, uniforms from the row's target seed; null where the latent has none): real
   codes give uniform quantiles, so their KS against uniform (read back per cell) tests each latent's values;
 - `target_distance` (already a column): ||T - A||.
 A code with fewer than two latents has no pair statistics (NaN). Real targets are SAE codes of fresh prompts,
@@ -45,7 +45,8 @@ CHUNK = 64  # codes at a time: memory O(CHUNK * K^2 + CHUNK * K * d_model)
 def code_diagnostics(latents: list[np.ndarray], values: list[np.ndarray], ctx, seeds: list[int],
                      holdout: float = DEFAULT_HOLDOUT, template_latents: list[np.ndarray] | None = None) -> dict:
     """COLUMNS for each code (latent ids, values; `seeds` one per code for its value quantiles; `template_latents`
-    aligned with `latents` for codes built from a template): arrays, and a list of arrays for the quantiles."""
+    aligned with `latents` for codes built from a template): arrays, and for the quantiles one list per code (None
+    where the latent has no held-out values)."""
     stats = ctx.stats
     counts = cooccurrence(stats, holdout, "heldout")
     held_values = latent_values(stats, holdout, "heldout")
@@ -59,7 +60,8 @@ def code_diagnostics(latents: list[np.ndarray], values: list[np.ndarray], ctx, s
                      for seed, ids in zip(seeds[s: s + CHUNK], latents[s: s + CHUNK])], device, float)
         parts.append(_chunk(lat, val, templ, u, stats, counts, held_values, unit))
         q = parts[-1].pop("target_value_quantiles").float().cpu().numpy()
-        quantiles += [q[b, : len(ids)] for b, ids in enumerate(latents[s: s + CHUNK])]
+        quantiles += [[None if x != x else float(x) for x in q[b, : len(ids)]]
+                      for b, ids in enumerate(latents[s: s + CHUNK])]
     out = {name: torch.cat([p[name] for p in parts]).double().cpu().numpy() for name in COLUMNS[:-1]}
     return out | {"target_value_quantiles": quantiles}
 
@@ -119,7 +121,8 @@ def target_columns(target, ctx, seeds: list[int], settings=None) -> dict:
     if target is None:
         return dict.fromkeys(COLUMNS)
     holdout = settings.holdout if settings is not None else DEFAULT_HOLDOUT
-    return code_diagnostics(*_codes(target, ctx), ctx, seeds, holdout, target.template_latents)
+    out = code_diagnostics(*_codes(target, ctx), ctx, seeds, holdout, target.template_latents)
+    return out if target.template_latents is not None else out | {"target_cos_error": None}  # no template: null
 
 
 def _codes(target, ctx) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from synthact.analysis.diagnostics import uniform_ks
 from synthact.errors import SynthactError
 from synthact.generation import ladder
 from synthact.generation.context import GenerationSettings
@@ -257,12 +258,6 @@ def test_the_sparse_weights_draw_what_the_dense_weights_draw():
     torch.testing.assert_close(ladder.cooccur(ctx, lat, torch.ones(lat.shape), u, s), dense_cooccur(ctx, lat, u, s))
 
 
-def ks_uniform(quantiles) -> float:
-    q = np.sort(np.concatenate(quantiles))
-    q = q[~np.isnan(q)]
-    return float(np.abs(q - (np.arange(q.size) + 0.5) / q.size).max())
-
-
 def held_out(ctx, acts, s=GenerationSettings()) -> dict:
     """Mean held-out PMI, co-fire rate and decoder-cosine error of a batch's codes, and their value-quantile KS."""
     if acts.latents is None:
@@ -275,7 +270,7 @@ def held_out(ctx, acts, s=GenerationSettings()) -> dict:
     d = code_diagnostics(latents, values, ctx, list(range(len(latents))), s.holdout, acts.template_latents)
     cos_error = np.nanmean(d["target_cos_error"]) if acts.template_latents is not None else None
     return {"pmi": np.nanmean(d["target_pmi"]), "cofire": np.nanmean(d["target_cofire"]), "cos_error": cos_error,
-            "value_ks": ks_uniform(d["target_value_quantiles"])}
+            "value_ks": uniform_ks(d["target_value_quantiles"])}
 
 
 def test_the_rungs_deliver_their_claims_on_held_out_codes():
