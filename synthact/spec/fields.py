@@ -232,7 +232,8 @@ class GenerationSpec(Frozen):
     cooccur_power: list[Annotated[float, Field(gt=0, le=100)]] = Field(
         [2.0],
         description="synthetic_cooccur with counts: p of the weight (sum over the chosen latents u of count(u, j))^p; "
-        "1 draws in proportion to the summed counts, 2 (R3) as often as two of the code's latents agree on j.",
+        "1 draws in proportion to the summed counts; 2 (R3) in proportion to the chance that two independent draws "
+        "from those counts both give j, which favours the partners the code shares.",
     )
     cooccur_window: list[Literal["all", "nearest_k", "anchor"]] = Field(
         ["all"],
