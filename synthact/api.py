@@ -67,14 +67,15 @@ def output_of(job: Job, out: str | Path | None = None) -> str:
 
 @dataclass
 class SweepRun:
-    """What `run_job` did: the output location, the run's summary, and the comparison of its rows, the differences
-    between rungs and the verdicts (None if no rows)."""
+    """What `run_job` did: the output location, the run's summary, the comparison of its rows, the differences
+    between rungs and the verdicts (None if no rows), and where its W&B run went."""
 
     out: str
     summary: RunSummary
     comparison: pd.DataFrame | None = None
     verdicts: pd.DataFrame | None = None
     differences: pd.DataFrame | None = None
+    wandb: str | None = None  # where the W&B run went and how to turn W&B off (None without W&B)
 
     @property
     def ok(self) -> bool:
@@ -102,39 +103,53 @@ def run_job(
     the job asks for it. Failed shards are in `SweepRun.summary.failures` (`SweepRun.ok` is False); a sweep of
     which nothing could run raises `SynthactError`.
     """
+    from synthact.run.plan import Progress
     from synthact.run.store import Store
 
     job = load_job(job)
     out = output_of(job, out)
     store = Store(out, job)
-    listeners, tracker = [], None
-    if job.wandb.enabled and wandb:
-        from synthact.analysis.tracking import Tracker
+    shown = Progress(progress)
+    with store.locked():  # one run at a time writes a local output directory
+        listeners, tracker = [], None
+        if job.wandb.enabled and wandb:
+            from synthact.analysis.tracking import Tracker
 
-        tracker = Tracker(job, out, grid_size(job))
-        listeners.append(tracker)
-    if ray:
-        from synthact.run.ray_executor import run_ray
+            shown.phase("W&B: starting the run")
+            tracker = Tracker(job, out, grid_size(job))
+            listeners.append(tracker)
+        try:
+            if ray:
+                from synthact.run.ray_executor import run_ray
 
-        summary = run_ray(job, store, ray, progress=progress, listeners=listeners)
-    else:
-        from synthact.run.local_executor import run_local
+                summary = run_ray(job, store, ray, progress=shown, listeners=listeners)
+            else:
+                from synthact.run.local_executor import run_local
 
-        summary = run_local(job, store, progress=progress, listeners=listeners)
+                summary = run_local(job, store, progress=shown, listeners=listeners)
+        except BaseException as e:  # Ctrl-C or an error: the W&B run keeps its history so far; a rerun continues it
+            if tracker is not None:
+                tracker.stop(130 if isinstance(e, KeyboardInterrupt) else 1)
+            raise
     if summary.fatal:
+        if tracker is not None:
+            tracker.stop(1)
         redone = "".join(f"; shard {shard_id} was redone because {problem}" for shard_id, problem in summary.redone)
         raise SynthactError(f"nothing could run: {summary.fatal}{redone}")
     from synthact.analysis.cells import Sweep
     from synthact.analysis.compare import analyse
 
     run = SweepRun(out, summary)
+    shown.phase("statistics: each kind against real and the differences between rungs, with their intervals")
     sweep = Sweep.open(out)  # the bounded path: cells the tracker already aggregated are read from the cache
     analysis = None
     if not sweep.aggregates.empty:
         analysis = analyse(sweep)
         run.comparison, run.verdicts, run.differences = analysis.comparison, analysis.verdicts, analysis.differences
     if tracker is not None:
+        shown.phase("W&B: logging the final tables, plots and the results artifact")
         tracker.finish(summary.as_dict(), out, sweep, analysis)
+        run.wandb = tracker.note
     return run
 
 
@@ -197,7 +212,7 @@ def verify(out: str | Path, deep: bool = False, recompute: int | None = None) ->
     all; it loads the model) into `.recomputed`, one `CellRecompute` per cell. Raises `SynthactError` when `out` is
     not a sweep's output directory."""
     from synthact.layout import resolve_location
-    from synthact.run.store import read_claim
+    from synthact.manifest import read_claim
     from synthact.run.store import verify as verify_out
 
     fs, root, uri = resolve_location(out)

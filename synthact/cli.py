@@ -101,6 +101,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for shard_id, problem in result.redone:
             print(f"  {shard_id}: {problem}", file=sys.stderr)
     print(summary.render(result, sweep.out, sweep.comparison, sweep.verdicts))
+    if sweep.wandb:
+        print(sweep.wandb)
     return 0 if result.ok else 1
 
 
@@ -139,7 +141,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if note := completion_note(args.out):
         print(note)
     report = api.report(args.out, args.html, args.ray)
-    print(f"{len(report.figures)} figures in {report.figure_dir}; page: {report.html}")
+    print(report.describe())
     return 0
 
 
@@ -176,10 +178,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"stray file (no manifest record; never read): {path}")
     for path, problem in found.bad_stats:
         print(f"damaged reference statistics {path}: {problem}")
+    for path, problem in found.bad_caches:
+        print(f"damaged toy cache {path}: {problem}")
     print(f"{uri}: {len(found.good)} shard(s) verified, {len(found.bad)} bad, {len(found.strays)} stray file(s)"
           + (f", {len(found.bad_stats)} damaged statistics" if found.bad_stats else "")
+          + (f", {len(found.bad_caches)} damaged toy cache(s)" if found.bad_caches else "")
           + ("; rerun the same `synthact run` to redo the bad shards and statistics" if found.bad or found.bad_stats
-             else "")
+             or found.bad_caches else "")
           + ("; stray files are never read: move them out of results/" if found.strays else ""))
     return 0 if found.ok else 1
 

@@ -6,7 +6,9 @@ Layout of an output directory (local path or any pyarrow filesystem URI, e.g. s3
     job.json                          canonical spec + its hash + local inputs' content hashes: a rerun must match
     results/cell=<cell_id>/<shard_id>.parquet   one row per curve
     manifest/<shard_id>.json          one record per finished shard (written after its Parquet file)
-    stats/<key>/                      reference statistics, shared by all workers
+    stats/<key>/                      reference statistics, shared by all workers (each with its record.json)
+    analysis/                         caches of the analysis (each file with a record beside it)
+    .lock                             held by the `synthact run` writing here (local directories)
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from synthact.errors import SynthactError
+from synthact.errors import SynthactError, first_line
+from synthact.integrity import write_record
 
 RESULTS = "results"
 MANIFEST = "manifest"
@@ -34,8 +37,13 @@ JOB_YAML = "job.yaml"
 
 
 def join(root: str, *parts: str) -> str:
-    """A path (or URI) below `root`, '/'-separated whatever the filesystem."""
-    return "/".join([str(root).rstrip("/"), *parts])
+    """A path (or URI) below `root`, '/'-separated whatever the filesystem; a URI's query string
+    (`s3://bucket/x?endpoint_override=host:port&scheme=http`) stays at the end."""
+    root, query = str(root), ""
+    if "://" in root and "?" in root:
+        root, query = root.split("?", 1)
+        query = "?" + query
+    return "/".join([root.rstrip("/"), *parts]) + query
 
 
 def cell_dir(root: str, cell_id: str) -> str:
@@ -52,7 +60,8 @@ def cache_dir() -> Path:
 
 
 def build_dir_once(path: Path, build: Callable[[Path], None]) -> None:
-    """Run `build(tmp)` in a temporary directory beside `path`, then rename it into place.
+    """Run `build(tmp)` in a temporary directory beside `path`, record its files (`integrity.write_record`), then
+    rename it into place.
 
     A killed build leaves only a hidden temporary directory (never half a result). A process that
     finds another one building the same directory waits for it (a lock file beside the directory)
@@ -77,6 +86,7 @@ def _build_and_rename(path: Path, build: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         build(tmp)
+        write_record(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; the result is for every process that may read it
         try:
             os.rename(tmp, path)
@@ -115,7 +125,8 @@ def resolve_location(out) -> tuple[pafs.FileSystem, str, str]:
 
     A local path has `~` expanded and is made absolute (worker processes have their own working
     directory); `scheme://...` must be a URI pyarrow knows (file, s3, gs, hdfs, ...). Unknown
-    schemes, unreachable stores and paths below a regular file are a SynthactError.
+    schemes, unreachable stores and paths below a regular file are a SynthactError: a store is asked once per
+    process, with one quick attempt (`_probe`), so a refused or silent endpoint is named in seconds.
     """
     text = str(out)
     if "://" in text:
@@ -126,6 +137,9 @@ def resolve_location(out) -> tuple[pafs.FileSystem, str, str]:
                 f"cannot use output location '{text}': {e}. Give a local directory, or a URI pyarrow knows "
                 "(file://, s3://bucket/path, gs://bucket/path, hdfs://...) whose bucket exists and is reachable"
             ) from None
+        if text not in _reached:
+            _probe(fs, path, text)
+            _reached.add(text)
         return fs, path, text
     local = Path(text).expanduser().resolve()
     for parent in [local, *local.parents]:
@@ -134,3 +148,35 @@ def resolve_location(out) -> tuple[pafs.FileSystem, str, str]:
                 raise SynthactError(f"cannot use '{text}': '{parent}' is a regular file, not a directory")
             break
     return pafs.LocalFileSystem(), str(local), str(local)
+
+
+_reached: set[str] = set()  # output URIs this process has reached
+PROBE_TIMEOUT_S = 5
+
+
+def unreachable(uri: str, error: BaseException) -> SynthactError:
+    """The one message for storage that does not answer."""
+    text = first_line(str(error)) or type(error).__name__
+    waited = f"no answer within {PROBE_TIMEOUT_S} s: " if "timeout" in text.lower() or "timed out" in text else ""
+    return SynthactError(
+        f"could not reach the storage of '{uri}' ({waited}{text}); check the "
+        "endpoint (endpoint_override, AWS_ENDPOINT_URL), the network and the credentials, then rerun"
+    )
+
+
+def _probe(fs: pafs.FileSystem, path: str, uri: str) -> None:
+    """Ask an object store about `path` once, with one attempt and a short timeout (S3's default client retries
+    a silent endpoint for minutes); a SynthactError when it does not answer."""
+    quick = fs
+    if isinstance(fs, pafs.S3FileSystem):
+        try:
+            options = dict(fs.__reduce__()[1][0])  # the client's settings, as pickling passes them on
+            options |= {"connect_timeout": PROBE_TIMEOUT_S, "request_timeout": PROBE_TIMEOUT_S,
+                        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=1)}
+            quick = pafs.S3FileSystem(**options)
+        except (TypeError, ValueError, IndexError, pa.ArrowException):
+            quick = fs
+    try:
+        quick.get_file_info(path)
+    except (OSError, pa.ArrowException) as e:
+        raise unreachable(uri, e) from None

@@ -8,7 +8,7 @@ docs/results.md explains every column.
 from __future__ import annotations
 
 import math
-import warnings
+import sys
 from dataclasses import dataclass
 
 import pandas as pd
@@ -16,9 +16,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from synthact.errors import SynthactError
-from synthact.layout import RESULTS, cell_dir, join, resolve_location
-from synthact.manifest import ShardRecord, read_manifest, record_path, result_files
+from synthact.errors import SynthactError, first_line
+from synthact.integrity import RULE
+from synthact.layout import MANIFEST, RESULTS, cell_dir, join, resolve_location, unreachable
+from synthact.manifest import (ShardRecord, check_shard, read_claim, read_manifest, read_record, record_path,
+                               result_files)
 
 F64, I32, I64, STR = pa.float64(), pa.int32(), pa.int64(), pa.string()
 LIST_I32, LIST_F32 = pa.list_(I32), pa.list_(pa.float32())
@@ -53,7 +55,8 @@ AXES = {
                               "`error_source`)."),
     "cooccur": (STR, "`synthetic_cooccur`: candidates weighted by co-occurrence `counts` with the latents already chosen, or `none`."),
     "cooccur_power": (F64, "`synthetic_cooccur` with `counts`: p of the weight (summed co-occurrence counts)^p."),
-    "cooccur_window": (STR, "`synthetic_cooccur` candidates: the `nearest_k` in frequency, or `all` alive latents."),
+    "cooccur_window": (STR, "`synthetic_cooccur` candidates: `all` alive latents, the `nearest_k` in frequency, or the "
+                            "`anchor`'s partners (the authors' challenger)."),
     "geometry_temp": (F64, "`synthetic_cooccur`: temperature of the weight favouring kept decoder cosines (0 = off)."),
     "holdout": (F64, "Fraction of the reference pool (its last codes) held out of the ladder's statistics (what "
                      "`synthetic_cooccur`, `control_swapped` and `value_source` quantile draw from) for the diagnostics."),
@@ -171,10 +174,10 @@ def column_reference() -> str:
              "from `synthact/results.py`, where every column is declared.", "",
              "**The manifest, not the folder, defines a sweep's rows.** `OUT/manifest/<shard_id>.json` holds one",
              "record per finished shard: its file, row count, size and sha256. Every reader (`synthact run`'s",
-             "resume, `verify`, `compare`, `report`, W&B) takes exactly the files the records name; any other file",
-             "under `results/` (a copied shard, another job's file) is a stray: named, never read. A listed file",
-             "whose bytes or rows differ from its record is redone by the next `synthact run` (`synthact verify",
-             "OUT` lists them). Reading Parquet directly (pyarrow, pandas, DuckDB) sees the folder instead.", ""]
+             "resume, `verify`, `compare`, `report`, the run summary, W&B, `read_table`) takes exactly the files the",
+             "records name; any other file under `results/` (a copied shard, another job's file) is a stray: named,",
+             "never read. Reading Parquet directly (pyarrow, pandas, DuckDB) sees the folder instead.", "",
+             *RULE, ""]
     for title, group in (("Ids", IDS), ("Grid axes", AXES), ("Provenance", PROVENANCE), ("Metrics", METRICS),
                          ("JS metrics (with `js: true`)", JS_METRICS), ("Activations", ACTIVATIONS),
                          ("Curves", CURVES)):
@@ -219,13 +222,9 @@ def frame(records: list[dict], columns=()) -> pd.DataFrame:
 # --------------------------------------------------------------------------- reading
 
 
-class UnreadableResultsWarning(UserWarning):
-    """Files under results/ were not read: damaged shards (a rerun redoes them) or files no shard wrote."""
-
-
 @dataclass(frozen=True)
 class CellRows:
-    """One cell's rows, read lazily: exactly the shards its manifest records list, only the columns asked for.
+    """One cell's rows, read lazily: exactly its shards that passed `check_shard`, only the columns asked for.
 
     Nothing is read until `read` is called, so passing a `CellRows` around costs nothing; grid axes are
     constant in a cell, so `axes` reads them from one row of one shard.
@@ -235,6 +234,8 @@ class CellRows:
     root: str
     cell_id: str
     records: tuple[ShardRecord, ...]
+    digests: tuple[str, ...] = ()  # the sha256 of each shard's bytes as checked
+    spec_hash: str | None = None
 
     @property
     def num_rows(self) -> int:
@@ -242,26 +243,28 @@ class CellRows:
 
     @property
     def key(self) -> list:
-        """What the cell's rows are: each shard's id, row count, time written and checksum (where recorded)."""
-        return [[r.shard_id, r.rows, r.finished, r.sha256] for r in self.records]
+        """What the cell's rows are: each shard's id, row count, time written and the sha256 of its checked bytes
+        (so a cache keyed by it is invalid once a shard is rewritten, whatever its record says)."""
+        return [[r.shard_id, r.rows, r.finished, d] for r, d in zip(self.records, self.digests, strict=True)]
 
     def read(self, columns) -> pa.Table:
-        """The cell's rows, only `columns` (those the files have); unreadable shards are named and skipped."""
+        """The cell's rows, only `columns` (those the files have); a shard that no longer passes its check (rewritten
+        since) is named and skipped."""
         tables, bad = [], []
-        for record in self.records:
+        for record, sha in zip(self.records, self.digests, strict=True):
             path = join(self.root, record.file)
+            checked = check_shard(self.fs, self.root, record, self.spec_hash)
+            if checked.problem or checked.sha256 != sha:
+                bad.append(checked.problem or f"{path} changed since it was checked")
+                continue
             try:
                 file = pq.ParquetFile(path, filesystem=self.fs)
-                rows = file.metadata.num_rows
-                if rows != record.rows:
-                    bad.append(f"{path} (holds {rows} rows, its record says {record.rows})")
-                    continue
                 current = {RENAMED.get(c, c): c for c in file.schema_arrow.names}  # current name -> name in file
                 table = file.read(columns=[current[c] for c in columns if c in current])
                 tables.append(table.rename_columns([RENAMED.get(c, c) for c in table.column_names]))
-            except (pa.ArrowException, OSError):
-                bad.append(f"{path} (unreadable)")
-        _warn_unread(self.root, bad)
+            except (pa.ArrowException, OSError) as e:
+                bad.append(f"{path} cannot be read ({first_line(str(e)) or type(e).__name__})")
+        name_skipped(self.root, bad)
         if not tables:
             return pa.table({c: pa.array([], type=column_type(c)) for c in columns if column_type(c) is not None})
         return pa.concat_tables(tables, promote_options="default")
@@ -288,51 +291,94 @@ def column_type(column: str):
     return None
 
 
-def _warn_unread(root: str, bad: list[str]) -> None:
-    if bad:
-        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
-        warnings.warn(f"{len(bad)} file(s) under {join(root, RESULTS)} were not read: {shown}. Rerun the same "
-                      "`synthact run` to redo damaged shards; `synthact verify` lists them", UnreadableResultsWarning,
-                      stacklevel=3)
+_named: set[str] = set()  # what this process has already said it skipped
+
+
+def name_skipped(root: str, problems: list[str]) -> None:
+    """Say, in one line on stderr, which files a reader skipped and why; each only once per process."""
+    new = [p for p in dict.fromkeys(problems) if p not in _named]
+    if not new:
+        return
+    _named.update(new)
+    shown = "; ".join(p.replace(join(root, ""), "") for p in new[:3]) + (f"; and {len(new) - 3} more" if len(new) > 3
+                                                                         else "")
+    print(f"synthact: skipped {len(new)} file(s) of {root}: {shown}. Rerun the same `synthact run` to redo damaged "
+          f"shards; `synthact verify {root}` lists every problem.", file=sys.stderr)
+
+
+def open_sweep(out) -> tuple[pafs.FileSystem, str, str, dict]:
+    """(filesystem, root, URI, job.json) of a sweep with results; a SynthactError when it has none, has no
+    job.json (so no job to check its rows against) or cannot be reached."""
+    fs, root, uri = resolve_location(out)
+    try:
+        claim = read_claim(fs, root, uri)
+        has_results = fs.get_file_info(join(root, RESULTS)).type == pafs.FileType.Directory
+    except OSError as e:
+        raise unreachable(uri, e) from None
+    if not has_results:
+        raise SynthactError(
+            f"'{uri}' holds no results (no results/ directory); run `synthact run JOB --out {uri}` first, "
+            "or pass the --out directory of a finished or partial sweep"
+        )
+    if claim is None:
+        raise SynthactError(f"'{uri}' holds results but no job.json, so it is unknown which job they belong to and "
+                            "none can be checked; pass the --out directory `synthact run` wrote")
+    return fs, root, uri, claim
 
 
 def sweep_cells(out, cell_id: str | None = None) -> list[CellRows]:
     """Every cell the manifest lists (or just `cell_id`), in id order, each read lazily (`CellRows`).
 
-    The manifest, not the folder, defines the rows: files no record names (strays) are named in one
-    `UnreadableResultsWarning` and never read.
+    The manifest, not the folder, defines the rows, and each shard is checked (`check_shard`) before any of its
+    rows is used: damaged records, shards that fail their check and files no record names (strays) are named
+    in one line (`name_skipped`) and never read.
     """
-    fs, root, _ = resolve_location(out)
-    if fs.get_file_info(join(root, RESULTS)).type != pafs.FileType.Directory:
-        raise SynthactError(
-            f"'{out}' holds no results (no results/ directory); run `synthact run JOB --out {out}` first, "
-            "or pass the --out directory of a finished or partial sweep"
-        )
-    manifest = read_manifest(fs, root)
+    fs, root, uri, claim = open_sweep(out)
+    try:
+        manifest = read_manifest(fs, root)
+        folder = join(root, RESULTS) if cell_id is None else cell_dir(root, cell_id)
+        named = manifest.files(root)
+        strays = [path for path in result_files(fs, folder) if path not in named]
+    except OSError as e:
+        raise unreachable(uri, e) from None
     by_cell = manifest.by_cell()
     if cell_id is not None:
         by_cell = {cell_id: by_cell.get(cell_id, [])}
-    folder = join(root, RESULTS) if cell_id is None else cell_dir(root, cell_id)
-    named = manifest.files(root)
-    _warn_unread(root, [f"{path} (no manifest record: not read)" for path in result_files(fs, folder)
-                        if path not in named])
-    return [CellRows(fs, root, cid, tuple(records)) for cid, records in sorted(by_cell.items())]
+    bad = [f"{join(root, MANIFEST, shard_id + '.json')} ({problem})" for shard_id, problem in manifest.damaged
+           if cell_id is None or shard_id.startswith(f"{cell_id}-")]
+    cells = [_checked_cell(fs, root, cid, records, claim["spec_hash"], bad) for cid, records in sorted(by_cell.items())]
+    name_skipped(root, bad + [f"{path} (no manifest record: not read)" for path in strays])
+    return [c for c in cells if c.records or cell_id is not None]
+
+
+def _checked_cell(fs, root: str, cell_id: str, records, spec_hash: str, bad: list[str]) -> CellRows:
+    """A cell's rows from the records whose shards pass their check (the others' problems added to `bad`)."""
+    good, digests = [], []
+    for record in records:
+        checked = check_shard(fs, root, record, spec_hash)
+        if checked.problem:
+            bad.append(checked.problem)
+        else:
+            good.append(record)
+            digests.append(checked.sha256)
+    return CellRows(fs, root, cell_id, tuple(good), tuple(digests), spec_hash)
 
 
 def cell_rows(out, cell_id: str, shard_ids) -> CellRows:
-    """One cell's rows from the manifest records of these shards only (missing or damaged records left out):
-    what a driver that knows the cell's shards uses, without listing the whole manifest."""
-    fs, root, _ = resolve_location(out)
-    records = []
+    """One cell's rows from the manifest records of these shards only (missing, damaged or failing ones left out
+    and named): what a driver that knows the cell's shards uses, without listing the whole manifest."""
+    fs, root, _, claim = open_sweep(out)
+    records, bad = [], []
     for shard_id in sorted(shard_ids):
         try:
-            with fs.open_input_stream(record_path(root, shard_id)) as f:
-                record = ShardRecord.from_json(f.read())
+            record = read_record(fs, record_path(root, shard_id))
         except (OSError, ValueError):
             continue
         if record.shard_id == shard_id and record.cell_id == cell_id:
             records.append(record)
-    return CellRows(fs, root, cell_id, tuple(records))
+    cell = _checked_cell(fs, root, cell_id, records, claim["spec_hash"], bad)
+    name_skipped(root, bad)
+    return cell
 
 
 def read_table(out, columns=None, cell_id: str | None = None) -> pa.Table:

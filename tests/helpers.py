@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import yaml
 
@@ -22,7 +21,6 @@ from synthact.generation import diagnostics
 from synthact.generation.context import GenContext
 from synthact.generation.stats import ReferenceStats, compute_stats
 from synthact.inputs.backends import load_backend
-from synthact.manifest import ShardRecord, shard_file_name
 from synthact.scan.metrics import curve_metrics
 from synthact.spec import (
     CorpusSpec,
@@ -57,10 +55,14 @@ def toy_job(**overrides) -> dict:
     return job
 
 
-CENTRE = {"real": 12.0, "sae_recon": 11.5, "synthetic_structured": 9.0, "synthetic_baseline": 7.5, "gaussian": 4.0}
+CENTRE = {"real": 12.0, "sae_recon": 11.5, "synthetic_structured": 9.0, "synthetic_baseline": 7.5, "gaussian": 4.0,
+          "random_latents": 7.0, "single_latent": 5.0, "synthetic_cooccur": 9.5, "control_swapped": 11.0,
+          "control_other_latents": 8.0}
 
 
-WIDTH = {"real": 1.0, "sae_recon": 1.1, "synthetic_structured": 1.2, "synthetic_baseline": 2.5, "gaussian": 3.5}
+WIDTH = {"real": 1.0, "sae_recon": 1.1, "synthetic_structured": 1.2, "synthetic_baseline": 2.5, "gaussian": 3.5,
+         "random_latents": 2.6, "single_latent": 3.0, "synthetic_cooccur": 1.3, "control_swapped": 1.1,
+         "control_other_latents": 2.0}
 
 
 def make_job(bases: int = 40, steps: int = 20, **overrides) -> Job:
@@ -129,6 +131,7 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True, read_la
             other = np.random.default_rng([seed, shard.start, int(cell.cell_id, 16) % 2**31, read_layer])
             rows |= {c: other.normal(-1.0, 0.3, b).tolist() for c in diagnostics.COLUMNS if c != "target_value_quantiles"}
             rows["target_value_quantiles"] = other.random((b, 5)).tolist()
+            rows["target_step"] = other.integers(n_steps // 3, n_steps, b).tolist()  # where the target is reached
         if keep_curves:
             rows["l2_curve"] = curves.tolist()
         for name, values in rows.items():
@@ -138,19 +141,25 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True, read_la
     return pa.table({f.name: pa.array(columns.get(f.name, [None] * n), type=f.type) for f in schema}, schema=schema)
 
 
+def twin_job(name: str, bases: int = 8) -> Job:
+    """A small twin of jobs/<name>.yaml: the same kinds, directions, generation settings and scans (so the same
+    panels), one layer, `bases` bases per cell; its rows come from `write_results` (read layer 3)."""
+    spec = yaml.safe_load((ROOT / "jobs" / f"{name}.yaml").read_text())
+    spec.update(layers=spec["layers"][:1], bases_per_cell=bases, shard_size=bases)
+    return parse_job(spec)
+
+
 def write_results(job: Job, out: Path, seed: int = 0, keep_curves: bool = True,
                   read_layers=(2, 3)) -> dict[str, pa.Table]:
-    """Write every shard and its manifest record as `synthact run` does; return each cell's rows."""
+    """Write every shard as `synthact run` does (`Store`: job.json, each file with its manifest record); return each
+    cell's rows."""
+    from synthact.run.store import Store
+
+    store = Store(out, job)
     cells: dict[str, list[pa.Table]] = {}
     for shard in job.shards():
         table = shard_rows(job, shard, seed, keep_curves, read_layers)
-        record = ShardRecord(shard.shard_id, shard.cell.cell_id, table.num_rows,
-                             shard_file_name(shard.cell.cell_id, shard.shard_id), 0.0)
-        path = out / record.file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
-        (out / "manifest").mkdir(exist_ok=True)
-        (out / "manifest" / f"{shard.shard_id}.json").write_bytes(record.to_json())
+        store.write_shard(shard, table)
         cells.setdefault(shard.cell.cell_id, []).append(table)
     return {cid: pa.concat_tables(tables) for cid, tables in cells.items()}
 

@@ -6,7 +6,7 @@ import pytest
 from synthact import results
 from synthact.analysis import aggregate, stats
 from synthact.analysis.cells import Sweep
-from synthact.analysis.tracking import read_offline_run
+from synthact.analysis.wandb_files import read_offline_run
 from tests.helpers import synthact, write_job
 
 

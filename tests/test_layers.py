@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "synthact"
-ORDER = ["errors", "layout", "manifest", "results", "spec", "inputs", "generation", "scan", "run", "analysis", "bench",
+ORDER = ["errors", "integrity", "layout", "manifest", "results", "spec", "inputs", "generation", "scan", "run", "analysis", "bench",
          "api", "cli"]
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
+import pandas as pd
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from synthact import results
+from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
 from tests.helpers import command, make_job, write_results
 
@@ -36,7 +41,7 @@ def out(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "stray"])
-def test_readers_skip_and_name_unreadable_files(out, damage):
+def test_readers_skip_and_name_unreadable_files_in_one_line(out, damage, capsys):
     complete = results.read_table(out).num_rows
     files = sorted((out / "results").rglob("*.parquet"))
     if damage == "truncate":
@@ -48,11 +53,92 @@ def test_readers_skip_and_name_unreadable_files(out, damage):
         bad = out / "results" / "notes.txt"
         bad.write_text("not parquet")
         lost = 0
-    with pytest.warns(results.UnreadableResultsWarning, match=bad.name):
-        table = results.read_table(out)
-    assert table.num_rows == complete - lost
-    with pytest.warns(results.UnreadableResultsWarning):
-        assert sum(cell.read(["max_slope"]).num_rows for cell in results.sweep_cells(out)) == complete - lost
+    capsys.readouterr()
+    assert results.read_table(out).num_rows == complete - lost
+    assert sum(cell.read(["max_slope"]).num_rows for cell in results.sweep_cells(out)) == complete - lost
+    err = capsys.readouterr().err
+    assert err.startswith("synthact: skipped 1 file(s)") and err.count("\n") == 1 and bad.name in err, err
+
+
+def first_shard(out: Path) -> tuple[Path, Path]:
+    """The first shard's file and its manifest record."""
+    record = sorted((out / "manifest").glob("*.json"))[0]
+    return out / json.loads(record.read_text())["file"], record
+
+
+@pytest.mark.parametrize("change", ["max_slope_step + 30", "one bit flipped"])
+def test_a_shard_changed_under_its_record_is_skipped_whether_or_not_a_cache_exists(out, change, capsys):
+    shard, _ = first_shard(out)
+    lost = pq.read_metadata(shard).num_rows
+    whole = Sweep.open(out).aggregates  # caches every cell
+    if change == "max_slope_step + 30":
+        table = pq.read_table(shard)
+        slopes = pc.add(table["max_slope_step"], 30)
+        pq.write_table(table.set_column(table.schema.get_field_index("max_slope_step"), "max_slope_step", slopes),
+                       shard)
+    else:
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        shard.write_bytes(bytes(data))
+    cached = Sweep.open(out).aggregates
+    shutil.rmtree(out / "analysis")
+    fresh = Sweep.open(out).aggregates
+    pd.testing.assert_frame_equal(cached, fresh)
+    assert cached.curves.sum() == whole.curves.sum() - lost
+    err = capsys.readouterr().err
+    assert shard.name in err and ("does not match the checksum" in err or "bytes, its manifest record says" in err)
+
+
+@pytest.mark.parametrize("file", ["results/../../precious.txt", "results/../job.json", "another shard's"])
+def test_a_record_is_followed_only_to_its_own_file(out, file, capsys):
+    (out.parent / "precious.txt").write_text("mine")
+    complete = results.read_table(out).num_rows
+    shard, record = first_shard(out)
+    others = sorted((out / "manifest").glob("*.json"))[1]
+    named = json.loads(others.read_text())["file"] if file == "another shard's" else file
+    record.write_text(json.dumps(json.loads(record.read_text()) | {"file": named}))
+    assert results.read_table(out).num_rows == complete - pq.read_metadata(shard).num_rows
+    assert "not followed" in capsys.readouterr().err
+
+
+def test_a_second_record_naming_an_existing_file_counts_nothing_twice(out, capsys):
+    complete = results.read_table(out).num_rows
+    _, record = first_shard(out)
+    data = json.loads(record.read_text())
+    cell = data["cell_id"]
+    (out / "manifest" / f"{cell}-00009.json").write_text(json.dumps(data | {"shard_id": f"{cell}-00009"}))
+    assert results.read_table(out).num_rows == complete
+    assert f"{cell}-00009.json (damaged manifest record" in capsys.readouterr().err
+
+
+def test_a_shard_written_for_another_job_is_skipped(out, tmp_path, capsys):
+    other = tmp_path / "other"
+    write_results(make_job(bases=4, directions=["toward:same"], seed=7), other)
+    complete = results.read_table(out).num_rows
+    shard, record = first_shard(out)
+    shutil.copy(other / shard.relative_to(out), shard)
+    shutil.copy(other / record.relative_to(out), record)
+    assert results.read_table(out).num_rows == complete - pq.read_metadata(shard).num_rows
+    assert "written by another job spec" in capsys.readouterr().err
+
+
+def test_a_shard_holding_another_shards_rows_is_skipped(out, capsys):
+    complete = results.read_table(out).num_rows
+    shard, record = first_shard(out)
+    second = sorted((out / "manifest").glob("*.json"))[1]
+    copy = out / json.loads(second.read_text())["file"]
+    shutil.copy(shard, copy)  # shard 0's rows at shard 1's place, recorded as shard 1's
+    data = copy.read_bytes()
+    second.write_text(json.dumps(json.loads(second.read_text()) | {"size": len(data),
+                                                                   "sha256": hashlib.sha256(data).hexdigest()}))
+    assert results.read_table(out).num_rows == complete - pq.read_metadata(copy).num_rows
+    assert "holds rows of shard_id" in capsys.readouterr().err
+
+
+def test_results_without_a_job_json_are_refused(out):
+    (out / "job.json").unlink()
+    with pytest.raises(SynthactError, match="no job.json"):
+        results.read_table(out)
 
 
 def test_cell_rows_read_only_the_columns_asked_and_axes_once(out):
@@ -72,6 +158,19 @@ def test_cell_key_changes_when_a_shard_is_rewritten(out):
     data = json.loads(record.read_text())
     record.write_text(json.dumps(data | {"finished": data["finished"] + 1}))
     assert results.sweep_cells(out)[0].key != cell.key
+
+
+def test_cell_key_is_the_checked_bytes_not_the_record(out):
+    """A legacy record (no sha256): the key still changes when the shard's bytes do."""
+    (cell, *_) = results.sweep_cells(out)
+    record = out / "manifest" / f"{cell.records[0].shard_id}.json"
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k not in ("size", "sha256")}))
+    before = results.sweep_cells(out)[0].key
+    shard = out / cell.records[0].file
+    table = pq.read_table(shard)
+    pq.write_table(table.set_column(table.schema.get_field_index("max_slope"), "max_slope",
+                                    pc.add(table["max_slope"], 1.0)), shard)
+    assert results.sweep_cells(out)[0].key != before
 
 
 def test_report_html_naming_a_directory_is_a_clear_error(out, tmp_path):

@@ -9,11 +9,14 @@ grid axes once (from one row: they are constant in a cell). Per (cell, read laye
   the cell's base seeds sorted: what pairs two cells built for the same bases);
 - the *bands* part: the mean L2 curve and its quantiles per scan step (aggregate.BAND).
 
-Each part is cached as OUT/analysis/<part>/cell=<cell_id>.parquet, keyed by the shard ids, row counts
-(and checksums, where the manifest has them) it was computed from, so a cached part is never stale and
-a rerun pays only for cells that changed. What an analysis computes from a panel's cells (the intervals
-and permutation p-values of aggregate.py) is cached the same way, as OUT/analysis/panels/<digest>.json
-keyed by those cells' keys (`Sweep.panel_rows`). A read-only OUT just means no cache: parts are computed in
+Each part is cached as OUT/analysis/<part>/cell=<cell_id>.parquet, keyed by the shard ids, row counts and
+the sha256 of the shards' checked bytes it was computed from (`CellRows.key`: the shards are checked before
+any cache is consulted), so a cached part is never stale, the answer never depends on whether a cache
+exists, and a rerun pays only for cells that changed. What an analysis computes from a panel's cells (the
+intervals and permutation p-values of aggregate.py) is cached the same way, as
+OUT/analysis/panels/<digest>.json keyed by those cells' keys (`Sweep.panel_rows`). Every cached file has a
+record beside it (`<file>.record.json`: its key, size and sha256); one whose bytes differ from its record
+is recomputed, never trusted. A read-only OUT just means no cache: parts are computed in
 memory. With `ray=ADDRESS`, missing parts are computed by Ray tasks (which read the shards and write
 the cache on shared storage; the driver then reads the cache, so the rows are the same). Memory holds
 the small summaries of all cells and the values of at most `KEEP` cells.
@@ -32,12 +35,14 @@ import pyarrow.parquet as pq
 
 from synthact import results
 from synthact.analysis.stats import STATS, finite, summarize
+from synthact.integrity import digest, known_digest, read_with_digest
 from synthact.layout import join, resolve_location, write_file_atomic
 from synthact.analysis.paper import FRAMING_COLUMNS
 from synthact.results import AGGREGATED, AXES, COMPARED, CellRows, column_type
 
 CACHE = "analysis"
-VERSION = 4  # bump when what a part holds changes: older cached parts are then recomputed
+VERSION = 5  # bump when what a part holds changes: older cached parts are then recomputed
+RECORD = ".record.json"  # beside each cached file: the key it answers, its size and sha256
 BAND = ("mean", "q05", "q25", "median", "q75", "q95")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 KEEP = 8  # cells whose values are held in memory at once (a compared cell and its real references)
@@ -147,7 +152,8 @@ PARTS = {"metrics": metrics_part, "bands": lambda cell, seed: bands_part(cell)}
 
 
 class Cache:
-    """OUT/analysis/<part>/cell=<id>.parquet, each keyed (in its Parquet metadata) by the rows it came from."""
+    """OUT/analysis/<part>/cell=<id>.parquet, each with its record beside it (`write_cached`): keyed by the checked
+    bytes of the rows it came from (`CellRows.key`), and checked against its own size and sha256 when read."""
 
     def __init__(self, cell: CellRows, seed: int):
         self.fs, self.root, self.seed = cell.fs, cell.root, seed
@@ -155,27 +161,54 @@ class Cache:
     def path(self, part: str, cell_id: str) -> str:
         return join(self.root, CACHE, part, f"cell={cell_id}.parquet")
 
-    def key(self, cell: CellRows) -> bytes:
-        return json.dumps({"version": VERSION, "seed": self.seed, "shards": cell.key}).encode()
+    def key(self, cell: CellRows) -> str:
+        return json.dumps({"version": VERSION, "seed": self.seed, "shards": cell.key})
 
     def load(self, part: str, cell: CellRows, columns=None) -> pa.Table | None:
-        """The cached part, or None when there is none or it came from other rows (stale)."""
+        """The cached part, or None when there is none, it came from other rows (stale) or is damaged."""
+        path = self.path(part, cell.cell_id)
         try:
-            file = pq.ParquetFile(self.path(part, cell.cell_id), filesystem=self.fs)
-            if (file.schema_arrow.metadata or {}).get(b"synthact_key") != self.key(cell):
+            checked = read_cached(self.fs, path, self.key(cell))
+            if checked is None:
                 return None
-            return file.read(columns=columns)
+            return pq.read_table(checked if isinstance(checked, str) else pa.BufferReader(checked), columns=columns,
+                                 filesystem=self.fs if isinstance(checked, str) else None)
         except (OSError, pa.ArrowException):
             return None
 
     def store(self, part: str, cell: CellRows, table: pa.Table) -> None:
         """Cache a part; quietly nothing where OUT is not writable (the part is then recomputed when needed)."""
         sink = pa.BufferOutputStream()
-        pq.write_table(table.replace_schema_metadata({b"synthact_key": self.key(cell)}), sink)
-        try:
-            write_file_atomic(self.fs, self.path(part, cell.cell_id), sink.getvalue().to_pybytes())
-        except OSError:
-            pass
+        pq.write_table(table, sink)
+        write_cached(self.fs, self.path(part, cell.cell_id), sink.getvalue().to_pybytes(), self.key(cell))
+
+
+def write_cached(fs, path: str, data: bytes, key: str) -> None:
+    """Write a cache file, then its record `<path>.record.json` (the key it answers, its size and sha256), each
+    atomically; quietly nothing where OUT is not writable."""
+    size, sha = digest(data)
+    try:
+        write_file_atomic(fs, path, data)
+        write_file_atomic(fs, path + RECORD, json.dumps({"key": key, "size": size, "sha256": sha}).encode())
+    except OSError:
+        pass
+
+
+def read_cached(fs, path: str, key: str):
+    """A cache file that answers `key` and whose bytes are the ones its record lists: its path where this process
+    already checked it unchanged, else its bytes (read once, checked); None when missing, stale or damaged."""
+    try:
+        with fs.open_input_stream(path + RECORD) as f:
+            record = json.loads(f.read())
+        if record["key"] != key or not isinstance(record["size"], int) or not isinstance(record["sha256"], str):
+            return None
+        known = known_digest(fs, path)
+        if known is not None:
+            return path if known == (record["size"], record["sha256"]) else None
+        data, size, sha = read_with_digest(fs, path)
+    except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
+        return None
+    return data if (size, sha) == (record["size"], record["sha256"]) else None
 
 
 def cell_part(cell: CellRows, part: str, seed: int = 0, columns=None) -> pa.Table:
@@ -264,26 +297,27 @@ class Sweep:
     def panel_rows(self, what: dict, cell_ids, compute) -> list[dict]:
         """`compute()`'s rows (dicts of plain values) for the panel `what` (what is computed, with its
         parameters) of these cells: from OUT/analysis/panels/ where they were computed from the same rows of
-        the same cells, else computed and cached there (quietly nothing where OUT is read-only)."""
+        the same cells and are whole (the cache's record, `read_cached`), else computed and cached there
+        (quietly nothing where OUT is read-only)."""
         cells = [self.cells[c] for c in sorted(cell_ids)]
         if not cells:
             return compute()
         cache = Cache(cells[0], self.seed)
         name = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:32]
         path = join(cache.root, CACHE, "panels", f"{name}.json")
-        key = [cache.key(c).decode() for c in cells]
-        try:
-            with cache.fs.open_input_stream(path) as f:
-                stored = json.loads(f.read())
-            if stored["key"] == key:
-                return stored["rows"]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        key = json.dumps([cache.key(c) for c in cells])
+        data = read_cached(cache.fs, path, key)
+        if data is not None:
+            try:
+                with cache.fs.open_input_stream(data) if isinstance(data, str) else pa.BufferReader(data) as f:
+                    stored = json.loads(f.read())
+                rows = stored["rows"]
+                if stored["key"] == key and isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
+                    return rows
+            except (OSError, ValueError, KeyError, TypeError, pa.ArrowException):
+                pass
         rows = compute()
-        try:
-            write_file_atomic(cache.fs, path, json.dumps({"key": key, "rows": rows}, default=_plain).encode())
-        except OSError:
-            pass
+        write_cached(cache.fs, path, json.dumps({"key": key, "rows": rows}, default=_plain).encode(), key)
         return rows
 
     def bands(self, cell_ids=None) -> pd.DataFrame:

@@ -1,11 +1,15 @@
-"""`synthact report OUT [--html FILE] [--ray ADDRESS]`: PNG figures under OUT/report/ and one self-contained HTML page.
+"""`synthact report OUT [--html FILE] [--ray ADDRESS]`: PNG figures and one self-contained HTML page.
 
-Figures (synthact.analysis.figures): per panel of each comparison axis, small multiples of every kind against
-real: the mean L2 curve with quantile bands, and the ECDFs of `max_slope_step` and `plateau_len` (on the
-target axis, the paper's distributions per target kind); plus the kind-vs-real comparison as a KS heatmap.
-The page embeds every figure (base64), the replication verdicts, the comparison table (with its intervals),
-the differences between rungs and the diagnostics of the target codes, so it can be mailed or archived as
-one file. Reads the same cached per-cell aggregates as `synthact compare`.
+The page opens with a table of contents and the answers: the replication verdicts, one table per experiment
+in the paper's order (built from the verdicts table, with every column it has). Then the figures
+(synthact.analysis.figures), panel by panel: small multiples of every kind against real, the mean L2 curve with
+quantile bands and the ECDFs of `max_slope_step` and `plateau_len`; the KS heatmaps; the comparison table (with
+its intervals), the differences between rungs and the diagnostics of the target codes. Figures are embedded
+(base64), so the page can be mailed or archived as one file; it states its size and the figures'.
+
+OUT may be local or a remote URI (s3://...): the sweep is read where it is, the figures and the page are
+written locally (OUT/report/ and OUT/report.html for a local OUT; for a remote one, ./<name>-report.html and
+./<name>-report-figures/, or beside --html FILE). Reads the same cached per-cell aggregates as `synthact compare`.
 """
 
 from __future__ import annotations
@@ -16,144 +20,200 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.fs as pafs
-import yaml
 from matplotlib.figure import Figure
 
-from synthact.analysis import aggregate, compare, diagnostics, figures
+from synthact.analysis import compare, diagnostics, figures
 from synthact.analysis.cells import Sweep
+from synthact.analysis.order import direction_rank, kind_rank, scan_rank
 from synthact.errors import SynthactError
 from synthact.layout import resolve_location
-from synthact.run.store import completion_note
-
-# --------------------------------------------------------------------------- the report
+from synthact.run.store import completion_note, read_claim
 
 
 @dataclass
 class Report:
-    """What `build_report` wrote."""
+    """What `build_report` wrote, and how big it is."""
 
     html: Path
     figures: list[Path] = field(default_factory=list)
-    figure_dir: Path | None = None  # OUT/report, or beside the page when OUT is read-only
+    figure_dir: Path | None = None  # OUT/report, or beside the page when OUT is remote or read-only
+    source: str = ""  # the remote OUT it was read from ('' for a local one)
+
+    @property
+    def figure_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.figures)
+
+    def describe(self) -> str:
+        """One line: where the figures and the page are, and their sizes."""
+        return (f"{len(self.figures)} figures in {self.figure_dir} ({_mb(self.figure_bytes)}); page: {self.html} "
+                f"({_mb(self.html.stat().st_size)}, figures embedded)" + (f"; read from {self.source}" if self.source else ""))
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
 
 def build_report(out: str | Path, html_path: str | Path | None = None, ray: str | None = None) -> Report:
-    """Write OUT/report/*.png and the HTML page (default OUT/report.html) from a results directory."""
-    fs, local, _ = resolve_location(out)
-    if not isinstance(fs, pafs.LocalFileSystem):
-        raise SynthactError(
-            f"report needs a local output directory, got '{out}'; copy the sweep's directory locally "
-            "(e.g. `aws s3 sync`) and run `synthact report` on the copy"
-        )
-    out = Path(local)
-    html_path = Path(html_path).expanduser() if html_path else out / "report.html"
+    """Write the figures and the HTML page of a results directory (local or remote) and return where they are."""
+    fs, root, uri = resolve_location(out)
+    remote = not isinstance(fs, pafs.LocalFileSystem)
+    name = _job_name(fs, root, uri)
+    if html_path:
+        html_path = Path(html_path).expanduser()
+    else:
+        html_path = Path.cwd() / f"{_slug(name)}-report.html" if remote else Path(root) / "report.html"
     if html_path.is_dir():
         raise SynthactError(f"--html '{html_path}' is a directory; give the path of the HTML file to write, "
                             f"e.g. {html_path / 'report.html'}")
     sweep = Sweep.open(out, ray=ray, bands=True)
     analysis = compare.analyse(sweep)
-    comparison = analysis.comparison
     bands = sweep.bands()
-    figure_dir = _figure_dir(out, html_path if html_path != out / "report.html" else None)
-    sections, written = [], []
+    own_folder = None if remote else Path(root) / "report"
+    figure_dir = _figure_dir(own_folder, html_path, uri)
+    report = Report(html=html_path, figure_dir=figure_dir, source=uri if remote else "")
 
     def save(fig: Figure, name: str, caption: str) -> str:
         data = figures.png_bytes(fig)
         path = figure_dir / f"{name}.png"
         path.write_bytes(data)
-        written.append(path)
+        report.figures.append(path)
         return (f'<figure><img id="{html.escape(name)}" alt="{html.escape(caption)}" '
                 f'src="data:image/png;base64,{base64.b64encode(data).decode()}"><figcaption>{html.escape(caption)}'
                 "</figcaption></figure>")
 
-    for title, drawn in figures.panel_figures(sweep, bands):
-        parts = [f"<h2>{html.escape(title)}</h2>"]
-        parts += [save(fig, name, caption) for name, caption, fig in drawn]
-        sections.append("\n".join(parts))
-    if not comparison.empty:
-        sections.append("<h2>Each kind against real (both axes)</h2>" + save(figures.comparison_figure(comparison), "comparison",
-                                                                   "KS statistic of each kind against real"))
+    sections = []  # (id, heading, html)
+    for title, slug, drawn in figures.panel_figures(sweep, bands):
+        sections.append((slug, title, "\n".join(save(fig, n, caption) for n, caption, fig in drawn)))
+    heatmaps = [save(fig, n, caption) for n, caption, fig in figures.comparison_figures(analysis.comparison)]
+    if heatmaps:
+        sections.append(("heatmaps", "Each kind against real: KS heatmaps", "\n".join(heatmaps)))
     try:
         html_path.parent.mkdir(parents=True, exist_ok=True)
-        html_path.write_text(_page(out, sweep, analysis, sections, bands.empty))
+        html_path.write_text(_page(uri, name, sweep, analysis, sections, bands.empty, report))
     except OSError as e:
         raise SynthactError(f"cannot write the report page '{html_path}' ({e.strerror or e}); give --html FILE "
                             "in a writable place") from None
-    return Report(html=html_path, figures=written, figure_dir=figure_dir)
+    return report
 
 
-def _figure_dir(out: Path, html_path: Path | None) -> Path:
-    """OUT/report, or, where OUT cannot be written and --html points elsewhere, a folder beside the page."""
-    for folder in [out / "report"] + ([html_path.parent / f"{html_path.stem}-figures"] if html_path else []):
+def _figure_dir(own: Path | None, html_path: Path, uri: str) -> Path:
+    """OUT/report for a local OUT; else (remote or read-only OUT) a folder beside the page."""
+    for folder in ([own] if own else []) + [html_path.parent / f"{html_path.stem}-figures"]:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if os.access(folder, os.W_OK):
                 return folder
         except OSError:
             pass
-    raise SynthactError(f"cannot write figures to '{out / 'report'}' (read-only or not permitted); give --html FILE in "
-                        "a writable place, and the figures go beside it")
+    raise SynthactError(f"cannot write the figures of '{uri}' to '{own or html_path.parent}' (read-only or not "
+                        "permitted); give --html FILE in a writable place, and the figures go beside it")
 
 
-def _page(out: Path, sweep: Sweep, analysis: compare.Analysis, sections, no_curves: bool) -> str:
-    name = _job_name(out)
-    comparison, verdicts = analysis.comparison, analysis.verdicts
-    if verdicts.empty:
-        checks = "<p>No comparison: the sweep has no <code>real</code> cells to compare other kinds against.</p>"
-    else:
-        shown = verdicts.assign(panel=[aggregate.panel_label(r, r["axis"]) for _, r in verdicts.iterrows()])
-        checks = shown[["axis", "panel", "check", "subject", "verdict", "detail"]].to_html(index=False, classes="verdicts")
+# --------------------------------------------------------------------------- the page
+
+
+STYLE = """body { font-family: sans-serif; margin: 2em; max-width: 1100px; }
+img { max-width: 100%; } figure { margin: 1em 0; } figcaption { font-size: 0.85em; color: #555; }
+table { border-collapse: collapse; font-size: 0.8em; } td, th { border: 1px solid #ccc; padding: 2px 6px; }
+nav li { margin: 0.1em 0; } .YES { color: #117733; font-weight: bold; } .NO { color: #E20134; font-weight: bold; }"""
+READING = ("How to read it: KS is the largest gap between the distribution of a kind's curves and real's (0: the "
+           "same, 1: disjoint), so a smaller KS is closer to real. YES means the paper's finding holds "
+           "(docs/science.md, \"What the paper found\"), NO that the opposite holds, INCONCLUSIVE that the 95% "
+           "interval covers no difference. The target axis is the paper's design: real bases pushed toward each "
+           "kind of target, each against toward:real; the base axis compares kinds of base along one direction, "
+           "each against the real base.")
+
+
+def _page(uri: str, name: str, sweep: Sweep, analysis: compare.Analysis, sections, no_curves: bool,
+          report: Report) -> str:
+    comparison = analysis.comparison
     note = "<p>The job set <code>keep_curves: false</code>, so there are no curve figures.</p>" if no_curves else ""
-    incomplete = f"<p><strong>{html.escape(completion)}</strong></p>" if (completion := completion_note(out)) else ""
+    incomplete = f"<p><strong>{html.escape(completion)}</strong></p>" if (completion := completion_note(uri)) else ""
     table = (comparison[[c for c in compare.SHOWN if c in comparison]].to_html(index=False, float_format="{:.4g}".format)
              if not comparison.empty else "")
+    parts = [("answers", "Answers: the replication checks", _answers(analysis)),
+             *sections,
+             ("comparison", "Comparison table",
+              "<p>Each kind against real: 95% percentile bootstrap intervals of the KS distance (<code>ks_ci_*</code>), "
+              "the Wasserstein distance (<code>w_ci_*</code>) and the difference of means (<code>diff_ci_*</code>), "
+              "paired over bases where <code>paired</code>; <code>ks_perm_p</code> is the permutation p-value of the "
+              f"KS distance.</p>{table}" if table else "")]
+    if not analysis.differences.empty:
+        parts.append(("differences", "Differences between rungs", _differences(analysis.differences)))
+    if not analysis.diagnostics.empty:
+        parts.append(("diagnostics", "Diagnostics of the target codes",
+                      f"<p>{html.escape(diagnostics.HEADING)}.</p>{analysis.diagnostics.to_html(index=False, classes='diagnostics')}"))
+    contents = "\n".join(f'<li><a href="#{html.escape(i)}">{html.escape(h)}</a></li>' for i, h, _ in parts)
+    body = "\n".join(f'<h2 id="{html.escape(i)}">{html.escape(h)}</h2>\n{content}' for i, h, content in parts)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>synthact report: {html.escape(name)}</title>
 <style>
-body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
-img {{ max-width: 100%; }} figure {{ margin: 1em 0; }} figcaption {{ font-size: 0.85em; color: #555; }}
-table {{ border-collapse: collapse; font-size: 0.8em; }} td, th {{ border: 1px solid #ccc; padding: 2px 6px; }}
+{STYLE}
 </style></head><body>
 <h1>synthact report: {html.escape(name)}</h1>
 {incomplete}
-<p>{sweep.curves} curves in {len(sweep.cells)} cells, from <code>{html.escape(str(out))}</code>.</p>
-<h2>Replication checks</h2>
-<p>YES means the paper's finding holds (docs/science.md, "What the paper found"). The <em>target</em> axis is
-the paper's design: real bases pushed toward each kind of target, each against <code>toward:real</code>; the
-<em>base</em> axis compares kinds of base pushed along one direction, each against <code>real</code>.</p>
-{checks}
+<p>{sweep.curves} curves in {len(sweep.cells)} cells, from <code>{html.escape(uri)}</code>. This page embeds
+{len(report.figures)} figures ({_mb(report.figure_bytes)} of PNG, also in <code>{html.escape(str(report.figure_dir))}</code>).</p>
+<nav><h2>Contents</h2><ol>
+{contents}
+</ol></nav>
 {note}
-{''.join(sections)}
-<h2>Comparison table</h2>
-<p>Each kind against real: 95% percentile bootstrap intervals of the KS distance (<code>ks_ci_*</code>), the
-Wasserstein distance (<code>w_ci_*</code>) and the difference of means (<code>diff_ci_*</code>), paired over bases
-where <code>paired</code>; <code>ks_perm_p</code> is the permutation p-value of the KS distance.</p>{table}
-{_differences(analysis.differences)}
-{_diagnostics(analysis.diagnostics)}
+{body}
 </body></html>
 """
 
 
-def _differences(differences) -> str:
-    if differences.empty:
-        return ""
+# The verdicts' columns that say where (shown once per experiment, as a heading and per row where they vary).
+WHERE = ("axis", "model", "sae", "scan", "layer", "read_layer", "base_kind", "direction")
+
+
+def _answers(analysis: compare.Analysis) -> str:
+    """The verdicts, one table per experiment (axis and scan, in the paper's order), every other column kept."""
+    verdicts = analysis.verdicts
+    if verdicts.empty:
+        return "<p>No comparison: the sweep has no <code>real</code> cells to compare other kinds against.</p>"
+    modes = {}
+    if not analysis.comparison.empty and "scan_mode" in analysis.comparison:
+        modes = dict(zip(analysis.comparison["scan"], analysis.comparison["scan_mode"]))
+    out = [f"<p>{html.escape(READING)}</p>"]
+    key = ["axis", "scan"] if "scan" in verdicts else ["axis"]
+    groups = sorted(verdicts.groupby(key, sort=False, dropna=False),
+                    key=lambda g: (g[0][0] != "target", scan_rank(modes.get(g[0][-1]), g[0][-1])))
+    for label, group in groups:
+        axis, scan = label[0], label[-1] if len(label) > 1 else None
+        varying = [c for c in WHERE if c in group and c not in key and group[c].astype(str).nunique() > 1]
+        group = group.iloc[sorted(range(len(group)), key=lambda i: _where_rank(group.iloc[i]))]
+        shown = group[varying + [c for c in group.columns if c not in WHERE]]
+        heading = f"{axis} axis" + (f", experiment {scan}" if scan is not None and scan == scan else "")
+        table = shown.to_html(index=False, classes="verdicts", float_format="{:.4g}".format, na_rep="")
+        for verdict in ("YES", "NO"):
+            table = table.replace(f"<td>{verdict}</td>", f'<td class="{verdict}">{verdict}</td>')
+        out.append(f"<h3>{html.escape(heading)}</h3>{table}")
+    return "\n".join(out)
+
+
+def _where_rank(row) -> tuple:
+    """A verdict's place in its experiment: by model, SAE, layers, then base kind or direction in the one order."""
+    what = kind_rank(row["base_kind"]) if row["axis"] == "target" else direction_rank(row["direction"])
+    return (str(row.get("model")), str(row.get("sae")), row.get("layer"), row.get("read_layer"), what)
+
+
+def _differences(differences: pd.DataFrame) -> str:
     table = compare.readable_differences(differences).to_html(index=False, classes="differences")
-    return f"<h2 id=\"differences\">Differences between rungs</h2><p>{html.escape(compare.DIFFERENCES_HEADING)}</p>{table}"
+    return f"<p>{html.escape(compare.DIFFERENCES_HEADING)}</p>{table}"
 
 
-def _diagnostics(table) -> str:
-    if table.empty:
-        return ""
-    shown = table.to_html(index=False, classes="diagnostics")
-    return f"<h2 id=\"diagnostics\">Diagnostics of the target codes</h2><p>{html.escape(diagnostics.HEADING)}.</p>{shown}"
+def _job_name(fs: pafs.FileSystem, root: str, uri: str) -> str:
+    """The job's name from OUT/job.json, else the folder's name."""
+    try:
+        claim = read_claim(fs, root, uri)
+    except SynthactError:
+        claim = None
+    name = (claim or {}).get("spec", {}).get("name") if isinstance((claim or {}).get("spec"), dict) else None
+    return str(name or root.rstrip("/").rsplit("/", 1)[-1] or "sweep")
 
 
-def _job_name(out: Path) -> str:
-    spec = out / "job.yaml"
-    if spec.exists():
-        return str((yaml.safe_load(spec.read_text()) or {}).get("name", out.name))
-    return out.name
-
-
-# --------------------------------------------------------------------------- CLI
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)

@@ -1,35 +1,34 @@
 """Weights & Biases: one run per sweep, watchable live, never a reason for a sweep to fail.
 
 - config = the full job spec (`job`) and the grid's size (`grid`);
-- one run per output directory: its id is kept in OUT/wandb_run.json, so rerunning the same command to
-  resume a sweep continues the same run (`resume="allow"`) instead of starting another;
-- as each cell finishes: a row per read layer in the incremental `cells_live` table (every grid axis
-  its own column, plus the cell's aggregates) and progress counters; the native W&B line plots of the
-  panels that changed (mean L2 curve per kind, ECDFs of the distributed metrics per kind), redrawn at
-  most every `figure_interval_s`;
+- one run per output directory, resumes included (analysis/wandb_run.py): OUT/wandb_run.json keeps the run's id
+  and the step of its next history record, so a rerun continues the same run (`resume="allow"`) and its
+  history goes on from that step, offline too;
+- as each cell finishes: its rows (one per read layer: every grid axis its own column, plus the cell's
+  aggregates) join the incremental `cells_live` table, logged in at most LIVE_INCREMENTS increments whatever
+  the grid's size (W&B shows only the last 100 increments of a table), progress counters, and the native W&B
+  line plots of the panels that changed (mean L2 curve per kind, ECDFs per kind), at most every
+  `figure_interval_s`;
 - at the end, from the cached per-cell aggregates (cells.Sweep, the bounded path): the complete `cells`
   table, the kind-vs-real `comparison` (with its intervals), the `differences` between rungs, the
-  replication `verdicts` and the target codes' `diagnostics` (W&B tables a user can group and filter), every panel's line plots, the KS heatmap (an image: W&B has no native heatmap), and summary
-  metrics (the driver's numbers as `sweep/<name>`, `total/*`, `kind/<kind>/<metric>_mean`,
-  `replication/yes|no|inconclusive`).
+  replication `verdicts` and the target codes' `diagnostics` (W&B tables a user can group and filter), every
+  panel's line plots, the KS heatmaps (images: W&B has no native heatmap), summary metrics (the driver's
+  numbers as `sweep/<name>`, `total/*`, `kind/<kind>/<metric>_mean`, `replication/yes|no|inconclusive`), and
+  the results as an Artifact `<job name>-results`: the Parquet shards the manifest lists and job.json (files
+  of a local OUT, references for a remote one).
 
-No API key (env, netrc) and no WANDB_MODE set -> offline mode, files under OUT/wandb/ (sync later with
-`wandb sync OUT/wandb/offline-run-*`; the offline runs of a resumed sweep share one id and sync into one
-run). Any W&B failure becomes one warning and turns tracking off. `read_offline_run` reads a run back from
-its files (for tests and for checking a sweep by hand).
+No API key (env, netrc) and no WANDB_MODE set -> offline mode, files under OUT/wandb/; `Tracker.note` says where
+the run went and how to turn tracking off, for the run's summary. Any W&B failure becomes one warning and turns
+tracking off. analysis/wandb_files.py reads a run back from its files.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import netrc
 import os
-import struct
 import time
-import uuid
 import warnings
-import zlib
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -42,14 +41,17 @@ from synthact.analysis import aggregate, figures
 from synthact.analysis.cells import Sweep
 from synthact.analysis.compare import Analysis, analyse
 from synthact.analysis.stats import STATS
+from synthact.analysis.wandb_run import run_record, save_record
 from synthact.errors import SynthactError
-from synthact.layout import join, resolve_location, write_file_atomic
+from synthact.layout import JOB_JSON, join, resolve_location
+from synthact.manifest import read_manifest
 from synthact.results import CellRows
 from synthact.spec import Job
 
 FIGURE_INTERVAL_S = 30.0  # live plots are redrawn at most this often
-RUN_ID_FILE = "wandb_run.json"
 ECDF_POINTS = 101  # an ECDF is logged as this many quantiles per kind, whatever the number of curves
+LIVE_INCREMENTS = 90  # the live table's increments per run, at most (W&B shows a table's last 100)
+TURN_OFF = "turn W&B off with --no-wandb or `wandb: false` in the spec"
 
 
 class TrackingWarning(UserWarning):
@@ -57,39 +59,51 @@ class TrackingWarning(UserWarning):
 
 
 class Tracker:
-    """Logs one sweep to one W&B run. Every method is safe to call whatever state W&B is in."""
+    """Logs one sweep to one W&B run. Every method is safe to call whatever state W&B is in.
+
+    A damaged or foreign OUT/wandb_run.json is the one error it raises (a SynthactError, before W&B starts)."""
 
     def __init__(self, job: Job, out_dir: str | Path, grid: dict, enabled: bool = True,
                  figure_interval_s: float = FIGURE_INTERVAL_S):
-        self.job = job
+        self.job, self.out, self.grid = job, out_dir, dict(grid)
         self.run = None
+        self.note: str | None = None  # where the run went and how to turn tracking off (for the run's summary)
         self.figure_interval_s = figure_interval_s
         self._last_figures = -math.inf
-        self._stale: set[str] = set()
-        self.cells_done = 0
-        self.curves_done = 0
+        self._stale: set[tuple] = set()
+        self.cells_total = max(int(grid.get("cells", 0)), 1)
+        self.cells_done = self.curves_done = 0
+        self.increments = self._pending = 0  # live-table increments logged, cells not yet in one
         self.sweep = Sweep(out_dir)  # the finished cells' aggregates (small; values and bands stay on disk)
         if not (enabled and job.wandb.enabled):
             return
-        self._guard("start", lambda: self._start(out_dir, grid))
+        self.record = run_record(out_dir, job.spec_hash)
+        self._guard("start", self._start)
 
     # ------------------------------------------------------------------ the driver's interface
 
     def cell_finished(self, cell: CellRows) -> None:
-        """Log a finished cell (all its read layers): a live table row each, its panel's plots, progress."""
+        """Log a finished cell (all its read layers): live table rows, its panel's plots, progress."""
         if self.run is not None:
-            self._guard("log a finished cell", lambda: self._cell_finished(cell))
+            self._guard("log a finished cell", lambda: self.log_cell(self.sweep.add(cell)))
 
     def finish(self, summary: dict, out_dir: str | Path, sweep: Sweep | None = None,
                analysis: Analysis | None = None) -> None:
-        """Log the final tables, comparison, plots and summary metrics from the aggregates; close the run.
+        """Log the final tables, comparison, plots, results artifact and summary metrics; close the run.
 
         `sweep` and `analysis` (its `compare.analyse`), when the caller already has them."""
         if self.run is not None:
             self._guard("log the final results", lambda: self._finish(summary, out_dir, sweep, analysis))
+        self.stop()
+
+    def stop(self, exit_code: int = 0) -> None:
+        """Close the run (with `exit_code`, e.g. 130 for a sweep interrupted by Ctrl-C: its history so far stays,
+        and the rerun that resumes the sweep continues it). Cells not yet in the live table go there first."""
+        if self.run is not None and self._pending:
+            self._guard("log the last cells", lambda: self._log(self._live()))
         if self.run is not None:
             run, self.run = self.run, None
-            self._guard("close the run", run.finish)
+            self._guard("close the run", lambda: run.finish(exit_code=exit_code))
 
     # ------------------------------------------------------------------ internals
 
@@ -103,6 +117,7 @@ class Tracker:
                 TrackingWarning,
                 stacklevel=3,
             )
+            self.note = None
             run, self.run = self.run, None
             if run is not None:
                 try:
@@ -110,7 +125,7 @@ class Tracker:
                 except Exception:  # noqa: BLE001 - already warned once
                     pass
 
-    def _start(self, out_dir: str | Path, grid: dict) -> None:
+    def _start(self) -> None:
         import wandb
 
         spec = self.job.wandb
@@ -122,60 +137,123 @@ class Tracker:
             group=spec.group,
             tags=list(spec.tags) or None,
             name=self.job.name,
-            id=run_id(out_dir),
+            id=self.record.id,
             resume="allow",
-            dir=wandb_dir(out_dir),
-            config={"job": self.job.canonical(), "grid": dict(grid)},
+            dir=wandb_dir(self.out),
+            config={"job": self.job.canonical(), "grid": self.grid},
             mode=mode,
             settings=wandb.Settings(console="off"),
             reinit="create_new",
         )
+        self.step = max(self.record.step, int(self.run.step or 0))  # online, W&B knows where the run stopped
         self.live = wandb.Table(columns=CELL_COLUMNS, log_mode="INCREMENTAL", allow_mixed_types=True)
+        self.note = where_note(self.run, mode)
 
-    def _cell_finished(self, cell: CellRows) -> None:
-        rows = self.sweep.add(cell)
+    def _log(self, data: dict) -> None:
+        """One history record at the run's next step, that step recorded first (a killed sweep never reuses it)."""
+        self.record.step = self.step + 1
+        save_record(self.out, self.record)
+        self.run.log(data, step=self.step)
+        self.step += 1
+
+    def log_cell(self, rows: pd.DataFrame) -> None:
+        """A finished cell's aggregate rows (one per read layer): into the live table, progress, stale plots."""
         if rows.empty:
             return
         for record in rows[CELL_COLUMNS].itertuples(index=False):
             self.live.add_data(*[_plain(v) for v in record])
         self.cells_done += 1
         self.curves_done += int(rows.curves.sum())
-        data = {"cells_live": self.live, "progress/cells_done": self.cells_done, "progress/curves_done": self.curves_done}
-        self._stale |= {figures.panel_slug(panel, axis) for axis in figures.SUBJECT
-                        for panel, _ in aggregate.panels(rows, axis)}  # the cell's panels, without the sweep's
+        self._pending += 1
+        data = {"progress/cells_done": self.cells_done, "progress/curves_done": self.curves_done}
+        if self.increments * self.cells_total < (LIVE_INCREMENTS - 1) * self.cells_done:  # its share, less the last
+            data |= self._live()
+        self._stale |= {panel_key(axis, panel) for axis in figures.SUBJECT for panel, _ in aggregate.panels(rows, axis)}
         if self._stale and time.monotonic() - self._last_figures >= self.figure_interval_s:
             data |= panel_plots(self.sweep, self._stale)
             self._stale.clear()
             self._last_figures = time.monotonic()
-        self.run.log(data)
+        self._log(data)
+
+    def _live(self) -> dict:
+        """The live table's increment (the rows added since the last), where there are any."""
+        if not self._pending:
+            return {}
+        self.increments += 1
+        self._pending = 0
+        return {"cells_live": self.live}
 
     def _finish(self, summary: dict, out_dir: str | Path, sweep: Sweep | None, analysis: Analysis | None) -> None:
         import wandb
 
         numbers = _flatten(summary, "sweep/")  # prefixed: the driver's "cells" count must not clash with the table
         self.run.summary.update({k: v for k, v in numbers.items() if isinstance(v, (int, float, str, bool))})
+        data = self._live()
         try:
             sweep = sweep or Sweep.open(out_dir)
         except SynthactError:  # no results at all (every shard failed): the driver's numbers are all there is
-            return
-        if sweep.aggregates.empty:
-            return
-        analysis = analysis or analyse(sweep)
-        comparison, verdicts = analysis.comparison, analysis.verdicts
-        data = {"cells": _table(sweep.aggregates[CELL_COLUMNS]), "comparison": _table(comparison),
-                "differences": _table(analysis.differences), "verdicts": _table(verdicts)}
-        if not analysis.diagnostics.empty:
-            data["diagnostics"] = _table(analysis.diagnostics)
-        data |= panel_plots(sweep)
-        if not comparison.empty:
-            data["comparison_ks"] = wandb.Image(_image(figures.comparison_figure(comparison)))
-        self.run.log(data)
-        self.run.summary.update(summary_metrics(sweep.aggregates, verdicts))
+            sweep = None
+        if sweep is not None and not sweep.aggregates.empty:
+            analysis = analysis or analyse(sweep)
+            data |= {"cells": _table(sweep.aggregates[CELL_COLUMNS]), "comparison": _table(analysis.comparison),
+                     "differences": _table(analysis.differences), "verdicts": _table(analysis.verdicts)}
+            if not analysis.diagnostics.empty:
+                data["diagnostics"] = _table(analysis.diagnostics)
+            data |= panel_plots(sweep)
+            for name, _, figure in figures.comparison_figures(analysis.comparison):
+                data[f"comparison_ks/{name}"] = wandb.Image(_image(figure))
+            self.run.summary.update(summary_metrics(sweep.aggregates, analysis.verdicts))
+            self.run.log_artifact(results_artifact(self.job, out_dir))
+        if data:
+            self._log(data)
 
 
 CELL_COLUMNS = ["cell_id", *results.AXES, "curves"] + [
     f"{m}_{s}" for m in results.AGGREGATED for s in STATS
 ]
+
+
+def where_note(run, mode: str) -> str | None:
+    """One line for the run's summary: where the W&B run went, and how to turn tracking off."""
+    if mode == "disabled" or getattr(run, "disabled", False):
+        return None
+    if mode == "offline":
+        folder = Path(run.dir).parent
+        near = os.path.relpath(folder)
+        folder = near if not near.startswith("..") else folder
+        return f"W&B: logged offline to {folder}\n  upload it with `wandb sync {folder}`; {TURN_OFF}"
+    return f"W&B: {run.url}\n  {TURN_OFF}"
+
+
+def results_artifact(job: Job, out_dir: str | Path):
+    """The sweep's results as a W&B Artifact: every Parquet shard the manifest lists and job.json, under their
+    paths in OUT. A local OUT's files are added as they are (not copied: `wandb sync` reads them from OUT); a
+    remote OUT's are references to their URIs (W&B stores the URIs, not the bytes)."""
+    import wandb
+
+    fs, root, uri = resolve_location(out_dir)
+    records = sorted(read_manifest(fs, root).records.values(), key=lambda r: r.shard_id)
+    artifact = wandb.Artifact(
+        name=_artifact_name(f"{job.name}-results"), type="sweep-results",
+        description=f"synthact sweep '{job.name}': Parquet shards (one row per curve, docs/results.md) and job.json",
+        metadata={"spec_hash": job.spec_hash, "shards": len(records), "rows": sum(r.rows for r in records),
+                  "out": uri},
+    )
+    claimed = fs.get_file_info(join(root, JOB_JSON)).type == pafs.FileType.File
+    files = [r.file for r in records] + ([JOB_JSON] if claimed else [])
+    if isinstance(fs, pafs.LocalFileSystem):
+        for name in files:
+            artifact.add_file(str(Path(root) / name), name=name, policy="immutable")
+    else:
+        base = uri.split("?", 1)[0].rstrip("/")
+        for name in files:
+            artifact.add_reference(f"{base}/{name}", name=name, checksum=False)
+    return artifact
+
+
+def _artifact_name(name: str) -> str:
+    """W&B artifact names: letters, digits, '-', '_' and '.'."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
 def summary_metrics(aggregates: pd.DataFrame, verdicts: pd.DataFrame) -> dict:
@@ -193,17 +271,22 @@ def summary_metrics(aggregates: pd.DataFrame, verdicts: pd.DataFrame) -> dict:
     return out
 
 
-def panel_plots(sweep: Sweep, only: set[str] | None = None) -> dict:
-    """Native W&B line plots per panel: 'curves/<slug>' (mean L2 curve per kind) and
+def panel_key(axis: str, panel: dict) -> tuple:
+    """A panel's identity (its axis and axes' values), whatever the rest of the sweep."""
+    return axis, tuple(sorted(panel.items()))
+
+
+def panel_plots(sweep: Sweep, only: set[tuple] | None = None) -> dict:
+    """Native W&B line plots per panel (`only`: those `panel_key`s): 'curves/<slug>' (mean L2 curve per kind) and
     'distributions/<slug>/<metric>' (each kind's ECDF, as ECDF_POINTS quantiles)."""
     import wandb
 
     plots = {}
     for axis, panel, group, title, slug in figures.figure_panels(sweep.aggregates):
-        if only is not None and slug not in only:
+        if only is not None and panel_key(axis, panel) not in only:
             continue
         reals, others = figures.ordered(group, axis)
-        cells = reals + others
+        cells = others + reals  # real last, as in the figures
         labels = ["real" if c in reals else aggregate.variant_label(c, axis) for c in cells]
         bands = sweep.bands([c["cell_id"] for c in cells])
         bands = bands[bands.read_layer == panel["read_layer"]].set_index("cell_id") if not bands.empty else bands
@@ -223,20 +306,6 @@ def panel_plots(sweep: Sweep, only: set[str] | None = None) -> dict:
     return plots
 
 
-def run_id(out_dir: str | Path) -> str:
-    """The W&B run id of an output directory: made on the first run, kept in OUT/wandb_run.json, reused on resume."""
-    fs, root, _ = resolve_location(out_dir)
-    path = join(root, RUN_ID_FILE)
-    try:
-        with fs.open_input_stream(path) as f:
-            return str(json.loads(f.read())["id"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    new = uuid.uuid4().hex[:12]
-    write_file_atomic(fs, path, json.dumps({"id": new}).encode())
-    return new
-
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -253,7 +322,7 @@ def has_api_key() -> bool:
 
 
 def wandb_dir(out_dir: str | Path) -> str | None:
-    """OUT/ for a local output directory (W&B adds wandb/); W&B's default for a remote URI."""
+    """OUT/ for a local output directory (W&B adds wandb/); W&B's default (./wandb) for a remote URI."""
     fs, path, _ = resolve_location(out_dir)
     if not isinstance(fs, pafs.LocalFileSystem):
         return None
@@ -294,109 +363,3 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         key = f"{prefix}{k}"
         out |= _flatten(v, key + "/") if isinstance(v, dict) else {key: v}
     return out
-
-
-# --------------------------------------------------------------------------- reading a run back
-
-
-def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> dict:
-    """An offline run from its files: {"id", "config", "summary", "history" (list of dicts), "tables" {key: DataFrame},
-    "finished"}.
-
-    `tables` holds each table key's last logged version, or for an incremental table all its
-    increments concatenated, with values exactly as logged (object columns, None for null).
-    Reads the run's `.wandb` record log (LevelDB log format) directly. W&B's service may still be
-    writing the file after `run.finish()` returns, so this waits up to `wait_s` for the run's exit
-    record; a run that never finished (a crash) is read as far as it goes.
-    """
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    run_dir = Path(run_dir)
-    files = list(run_dir.glob("run-*.wandb"))
-    if len(files) != 1:
-        raise FileNotFoundError(f"expected one run-*.wandb file in {run_dir}, found {len(files)}")
-    deadline = time.monotonic() + wait_s
-    while True:
-        records = []
-        for payload in _log_records(files[0].read_bytes()):
-            record = pb.Record()
-            record.ParseFromString(payload)
-            records.append(record)
-        finished = any(r.WhichOneof("record_type") == "exit" for r in records)
-        if finished or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    config: dict = {}
-    summary: dict = {}
-    history: list[dict] = []
-    run_id = None
-    for record in records:
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            run_id = record.run.run_id
-            _apply(config, record.run.config.update)
-        elif kind == "config":
-            _apply(config, record.config.update)
-        elif kind == "summary":
-            _apply(summary, record.summary.update)
-        elif kind == "history":
-            step: dict = {}
-            _apply(step, record.history.item)
-            history.append(step)
-    config.pop("_wandb", None)
-    return {"config": config, "summary": summary, "history": history, "tables": _tables(run_dir, history),
-            "finished": finished, "id": run_id}
-
-
-def _apply(target: dict, items) -> None:
-    for item in items:
-        keys = list(item.nested_key) or [item.key]
-        node = target
-        for key in keys[:-1]:
-            if not isinstance(node.get(key), dict):
-                node[key] = {}
-            node = node[key]
-        node[keys[-1]] = json.loads(item.value_json)
-
-
-def _tables(run_dir: Path, history: list[dict]) -> dict[str, pd.DataFrame]:
-    parts: dict[str, list[pd.DataFrame]] = {}
-    for step in history:
-        for key, value in step.items():
-            if isinstance(value, dict) and value.get("_type") in ("table-file", "incremental-table-file"):
-                data = json.loads((run_dir / "files" / value["path"]).read_text())
-                table = pd.DataFrame(data["data"], columns=data["columns"], dtype=object)
-                if value["_type"] == "table-file":
-                    parts[key] = [table]
-                else:
-                    parts.setdefault(key, []).append(table)
-    return {k: pd.concat(v, ignore_index=True) for k, v in parts.items()}
-
-
-def _log_records(data: bytes):
-    """Records of a W&B `.wandb` file: a 7-byte header, then LevelDB log blocks of 32 KiB."""
-    if data[:4] != b":W&B":
-        raise ValueError("not a W&B run file (bad header)")
-    block, pos, pending = 32768, 7, b""
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        checksum, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if pos + 7 + length > len(data):  # the writer is mid-record
-            return
-        payload = data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind == 0 and length == 0:
-            continue
-        if zlib.crc32(payload, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF != checksum:
-            raise ValueError(f"corrupt W&B run file: checksum mismatch at byte {pos}")
-        if kind == 1:
-            yield payload
-        elif kind == 2:
-            pending = payload
-        elif kind == 3:
-            pending += payload
-        elif kind == 4:
-            yield pending + payload

@@ -3,7 +3,8 @@
 The results directory is built as `synthact run` lays it out: the grid of jobs/paper-toy.yaml (14 cells:
 real bases toward seven kinds of target, two scans), ROWS/14 curves per cell in shards of `SHARD_ROWS`,
 every column of the result schema with 101-point L2 curves (plateau-then-blow-up, per-kind centre and
-width) and their metrics from `scan.metrics.curve_metrics`, and a manifest record per shard. A block of
+width) and their metrics from `scan.metrics.curve_metrics`, written by `run.store.Store` (job.json, each
+shard with its spec hash and its manifest record: size and sha256, which every reader checks). A block of
 curves is drawn once per cell and written to each of its shards (so building 1e7 rows takes minutes,
 not hours); the analysis reads every shard as it would real ones.
 
@@ -13,7 +14,6 @@ without cached aggregates (`cold`), then again with them (`rerun`: what a second
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -24,11 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from synthact import results
-from synthact.layout import MANIFEST
-from synthact.manifest import ShardRecord, shard_file_name
+from synthact.run.store import Store
 from synthact.scan.metrics import curve_metrics
 from synthact.spec import load_job, parse_job
 
@@ -43,8 +41,7 @@ def build(out: Path, rows: int, seed: int = 0) -> dict:
     toy = load_job(PAPER_TOY)
     per_cell = max(1, rows // len(toy.cells()))
     job = parse_job(toy.canonical() | {"bases_per_cell": per_cell, "shard_size": min(SHARD_ROWS, per_cell)})
-    (out / MANIFEST).mkdir(parents=True, exist_ok=True)
-    (out / "job.json").write_text(json.dumps({"spec": job.canonical()}))
+    store = Store(out, job)  # job.json, and each shard with its spec hash and manifest record (size, sha256)
     schema = results.result_schema(js=False, keep_curves=True)
     blocks: dict[str, pa.Table] = {}
     written = 0
@@ -56,12 +53,7 @@ def build(out: Path, rows: int, seed: int = 0) -> dict:
         table = table.set_column(schema.get_field_index("shard_id"), "shard_id", pa.array([shard.shard_id] * shard.n_bases))
         table = table.set_column(schema.get_field_index("base_index"), "base_index",
                                  pa.array(np.arange(shard.start, shard.stop, dtype=np.int32)))
-        record = ShardRecord(shard.shard_id, cell.cell_id, table.num_rows, shard_file_name(cell.cell_id, shard.shard_id),
-                             time.time())
-        path = out / record.file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, path)
-        (out / MANIFEST / f"{shard.shard_id}.json").write_bytes(record.to_json())
+        store.write_shard(shard, table)
         written += table.num_rows
     size = sum(p.stat().st_size for p in (out / "results").rglob("*.parquet"))
     return {"rows": written, "cells": len(job.cells()), "shards": len(job.shards()), "parquet_bytes": size}

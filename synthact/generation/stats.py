@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from synthact.errors import SynthactError
 from synthact.inputs.hooks import stream_index
+from synthact.integrity import record_problem
 from synthact.layout import build_dir_once
 from synthact.spec import ReferenceSpec, derive_seed, digest
 
@@ -101,7 +102,7 @@ class ReferenceStats:
         }
 
     def save(self, directory: Path) -> None:
-        """Write tensors.safetensors + stats.json atomically (temp directory, then rename).
+        """Write tensors.safetensors + stats.json and their record.json atomically (temp directory, then rename).
 
         If `directory` already exists (another worker finished first), it is kept as is:
         statistics are deterministic, so both copies are the same.
@@ -122,12 +123,15 @@ class ReferenceStats:
 
     @classmethod
     def load(cls, directory: Path, device: str = "cpu") -> "ReferenceStats":
-        """Read a statistics directory; a SynthactError naming the damage when it is incomplete, unreadable or
-        inconsistent (`load_or_compute_stats` then recomputes it)."""
+        """Read a statistics directory; a SynthactError naming the damage when it is incomplete, its files are not
+        the ones its record.json lists (statistics saved before records existed have none: they are recomputed
+        too), or it is unreadable or inconsistent (`load_or_compute_stats` then recomputes it)."""
         directory = Path(directory)
         if not ((directory / "stats.json").is_file() and (directory / "tensors.safetensors").is_file()):
             raise SynthactError(f"'{directory}' is not a reference-statistics directory (stats.json and "
                                 "tensors.safetensors expected)")
+        if problem := record_problem(directory):  # every byte as recorded when saved (integrity rule)
+            raise SynthactError(f"'{directory}' holds damaged statistics ({problem})")
         try:
             meta = json.loads((directory / "stats.json").read_text())
             if meta.get("format_version") != FORMAT_VERSION:
@@ -340,12 +344,12 @@ def load_or_compute_stats(backend, layer: int, job, stats_root: str, device: str
 
     import pyarrow.fs as pafs
 
-    from synthact.layout import is_disk_full, resolve_location
+    from synthact.layout import is_disk_full, join, resolve_location
 
     log_sparsity = getattr(backend.saes[layer], "log_sparsity", None)  # the release's own, where loaded
     key = stats_key(backend.model.label, backend.saes[layer].label, layer, backend.corpus.label, job.n_ctx,
                     job.reference, job.seed, sae_sparsity=log_sparsity is not None)
-    uri = f"{stats_root.rstrip('/')}/{key}"
+    uri = join(stats_root, key)  # before a URI's query string
     fs, path, _ = resolve_location(uri)
     local = isinstance(fs, pafs.LocalFileSystem)
     if fs.get_file_info(path).type == pafs.FileType.Directory:  # saved atomically, but files can be damaged later

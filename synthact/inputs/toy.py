@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from synthact.errors import first_line
+from synthact.integrity import record_problem
 from synthact.layout import build_dir_once, cache_dir
 from synthact.spec import ToyCorpusSpec, ToyModelSpec, ToySAESpec, digest
 
@@ -289,15 +291,22 @@ def sae_quality(sae: SAE, acts: torch.Tensor) -> dict:
 
 
 def _load_cached(path: Path, build: Callable[[Path], None], load: Callable[[Path], Any], what: str) -> Any:
-    """`load(path)`, building the cache directory first if absent; a damaged one (truncated or garbled files)
-    is rebuilt in place, file by file (a toy model's SAEs below it are kept), and loaded again."""
+    """`load(path)`, building the cache directory first if absent; a damaged one (its files not the ones its
+    record.json lists, or unloadable) is rebuilt in place, file by file (a toy model's SAEs below it are kept),
+    and loaded again. A cache built before records existed has none: it is rebuilt too (training is seeded)."""
     _build_once(path, build)
     try:
+        if problem := record_problem(path):
+            raise ValueError(problem)
         return load(path)
     except Exception as e:  # safetensors, JSON, state-dict and sae_lens errors come in many types
-        print(f"synthact: the cached {what} in '{path}' is damaged ({type(e).__name__}); rebuilding it", file=sys.stderr)
+        print(f"synthact: the cached {what} in '{path}' is damaged ({type(e).__name__}: {first_line(str(e))}); "
+              "rebuilding it", file=sys.stderr)
     fresh = path.parent / f".rebuild-{uuid.uuid4().hex[:8]}-{path.name}"
     _build_once(fresh, build)
+    for f in path.iterdir():  # files the build does not make are not the cache's
+        if f.is_file() and not (fresh / f.name).exists():
+            f.unlink()
     for f in fresh.iterdir():
         os.replace(f, path / f.name)
     fresh.rmdir()

@@ -5,29 +5,36 @@ from __future__ import annotations
 import time
 
 from synthact.errors import SynthactError, first_line
-from synthact.run.plan import CellListener, Plan, Progress, RunSummary
+from synthact.run.plan import CellListener, Plan, Progress, RunSummary, progress_of
 from synthact.run.store import Store
 from synthact.spec import Job, parse_direction, target_kind
 
 
-def run_local(job: Job, store: Store, progress: bool = True, listeners: list[CellListener] | None = None) -> RunSummary:
+def run_local(job: Job, store: Store, progress: bool | Progress = True,
+              listeners: list[CellListener] | None = None) -> RunSummary:
     """Run every pending shard in this process, one worker per (model, SAE) group.
 
-    A group whose worker cannot load fails its shards only; the other groups run.
+    A group whose worker cannot load fails its shards only; the other groups run. `progress`: show phases and a
+    bar (or the caller's `Progress`: its bar closes at the end, the caller's later phases follow as lines).
     """
     listeners = listeners or []
     start = time.perf_counter()
+    bar = progress_of(progress)
+    bar.phase(f"checking the finished shards of {store.uri}")
     store.discard_damaged_stats()
     plan = Plan(job, store)
+    if plan.complete_at_start and listeners:
+        bar.phase(f"W&B: logging the {len(plan.complete_at_start)} cells finished before")
     plan.announce_complete_cells(listeners)
-    bar = Progress(plan, progress)
+    bar.start(plan)
     try:
         for group, shards in plan.by_group().items():
             try:
-                worker = load_worker(job, group, store.stats_root)
+                worker = load_worker(job, group, store.stats_root, phase=bar.phase)
             except SynthactError as e:
                 plan.group_failed(shards, str(e))
                 continue
+            bar.phase("scanning")
             for shard in shards:
                 try:
                     table = worker.run_shard(shard)
@@ -45,16 +52,17 @@ def run_local(job: Job, store: Store, progress: bool = True, listeners: list[Cel
     return plan.summary
 
 
-def load_worker(job: Job, group: tuple, stats_root: str, device: str | None = None):
+def load_worker(job: Job, group: tuple, stats_root: str, device: str | None = None, phase=None):
     """Build a group's `Worker` and check the job against what it loaded, before its first shard.
 
-    Every failure is one SynthactError paragraph (both executors report it for the group's shards).
+    Every failure is one SynthactError paragraph (both executors report it for the group's shards). `phase`
+    is told what loads (`Progress.phase`).
     """
     from synthact.run.worker import Worker
 
     model, sae = group
     try:
-        worker = Worker(job, group, stats_root, device)
+        worker = Worker(job, group, stats_root, device, phase=phase)
     except SynthactError:
         raise
     except Exception as e:  # a damaged checkpoint, a refused pickle, a device that does not exist, ...

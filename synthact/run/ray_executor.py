@@ -28,7 +28,7 @@ from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from synthact.errors import SynthactError, first_line, last_line
 from synthact.run.local_executor import load_worker
-from synthact.run.plan import CellListener, Plan, Progress, RunSummary
+from synthact.run.plan import CellListener, Plan, Progress, RunSummary, progress_of
 from synthact.run.store import Store
 from synthact.spec import Job, ModelSpec, SAESpec, Shard, digest
 
@@ -40,7 +40,7 @@ WAIT_NOTICE_S = 60.0
 
 
 def run_ray(
-    job: Job, store: Store, address: str, progress: bool = True, listeners: list[CellListener] | None = None
+    job: Job, store: Store, address: str, progress: bool | Progress = True, listeners: list[CellListener] | None = None
 ) -> RunSummary:
     """Run every pending shard on Ray worker actors; same contract as `synthact.execute.run_local`.
 
@@ -51,10 +51,15 @@ def run_ray(
     listeners = listeners or []
     check_address(address)
     start = time.perf_counter()
+    bar = progress_of(progress)
+    bar.phase(f"checking the finished shards of {store.uri}")
     store.discard_damaged_stats()
     plan = Plan(job, store)
+    if plan.complete_at_start and listeners:
+        bar.phase(f"W&B: logging the {len(plan.complete_at_start)} cells finished before")
     plan.announce_complete_cells(listeners)
-    bar = Progress(plan, progress)
+    bar.start(plan)
+    bar.phase(f"connecting to Ray ({address})")
     started_here = connect(address, dashboard=job.ray.dashboard)
     try:
         gpus = actor_gpus(job, address == "local")
@@ -294,6 +299,8 @@ class Dispatcher:
                 return
             group = max(candidates, key=lambda g: len(self.queues[g]) / (serving[g] + 1))
             self.spawned += 1
+            if not any(s.ready for s in self.slots):
+                self.bar.phase(f"starting Ray worker actors ({len(self.slots) + 1} of {self.capacity})")
             name = f"synthact-worker-{group}-{self.spawned}-{uuid.uuid4().hex[:6]}"
             self.slots.append(Slot(actor=self.server.options(name=name, **self.actor_options).remote(), group=group))
 
@@ -305,6 +312,9 @@ class Dispatcher:
             first_busy = any(s.loading for s in self.slots if s.group == slot.group)
             if slot.group in self.stats_ready or not first_busy:
                 slot.load_ref = slot.actor.load.remote(self.job, self.groups[slot.group], self.stats_root, self.device)
+                if slot.group not in self.stats_ready:
+                    self.bar.phase("loading the model and SAEs on a worker actor, which computes the reference "
+                                   "statistics for the others")
 
     def _retire_idle(self) -> None:
         """Stop actors with nothing queued for their group, freeing their GPU for other groups."""
@@ -324,6 +334,7 @@ class Dispatcher:
             return
         slot.load_ref, slot.ready = None, True
         self.stats_ready.add(slot.group)
+        self.bar.phase("scanning")
         log.debug("worker actor for group %s ready on node %s", slot.group, slot.node_id)
 
     def _actor_failed_to_load(self, slot: Slot, error: RayError) -> None:

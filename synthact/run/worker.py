@@ -38,10 +38,15 @@ from synthact.spec import (
 class Worker:
     """Loads (model, SAE family, statistics) once; `run_shard` is deterministic."""
 
-    def __init__(self, job: Job, group: tuple[ModelSpec, SAESpec], stats_root: str, device: str | None = None):
+    def __init__(self, job: Job, group: tuple[ModelSpec, SAESpec], stats_root: str, device: str | None = None,
+                 phase=None):
+        """`phase(text)` is told what loads (the driver's progress display; None: nothing is said)."""
+        phase = phase or (lambda text: None)
         self.job = job
         self.device = resolve_device(device or job.device)
         model_spec, sae_spec = group
+        toy = " (toy parts are trained once, on first use, then cached)" if model_spec.toy or sae_spec.toy else ""
+        phase(f"loading model {model_spec.label} and SAE {sae_spec.label}{toy}")
         self.backend: Backend = load_backend(model_spec, sae_spec, job.corpus, job.layers, self.device, n_ctx=job.n_ctx)
         model = self.backend.model
         check_layers(job, model.n_layers, model.label)
@@ -49,6 +54,7 @@ class Worker:
         self.stats: dict[int, ReferenceStats] = {}
         self.stats_paths: dict[int, str] = {}
         for layer in job.layers:
+            phase(f"reference statistics of layer {layer} (computed once per output directory, then read)")
             self.stats[layer], self.stats_paths[layer] = load_or_compute_stats(
                 self.backend, layer, job, stats_root, self.device
             )

@@ -12,7 +12,8 @@ import pytest
 from synthact import results
 from synthact.analysis import aggregate
 from synthact.analysis.cells import Cache, Sweep
-from tests.helpers import make_job, shard_rows, write_results
+from synthact.run.store import Store
+from tests.helpers import make_job, shard_rows, synthact, write_results
 
 
 @pytest.fixture
@@ -26,20 +27,24 @@ def cache_files(out):
     return {p.name: p.stat().st_mtime_ns for p in (out / "analysis" / "metrics").glob("cell=*.parquet")}
 
 
-def test_a_rerun_reads_the_cached_parts(out):
+def test_a_rerun_reads_the_cached_parts_and_never_a_doctored_one(out):
     job, out = out
     first = aggregate.compare_kinds(Sweep.open(out))
     assert len(cache_files(out)) == len(job.cells())
-    # Doctor one cached part (its key intact): a rerun that reads the cache shows the doctored number.
+    before = cache_files(out)
+    pd.testing.assert_frame_equal(aggregate.compare_kinds(Sweep.open(out)), first)
+    assert cache_files(out) == before  # read, not written again
+    # Doctor one cached part (its key and record intact): the rerun finds its bytes are not the recorded ones.
     cell = results.sweep_cells(out)[0]
     path = out / "analysis" / "metrics" / f"cell={cell.cell_id}.parquet"
     table = pq.read_table(path)
     doctored = table.set_column(table.schema.get_field_index("curves"), "curves",
                                 [[c + 1000 for c in table.column("curves").to_pylist()]])
-    pq.write_table(doctored.replace_schema_metadata(table.schema.metadata), path)
+    pq.write_table(doctored, path)
     again = Sweep.open(out)
-    assert again.aggregates.set_index(["cell_id", "read_layer"]).loc[cell.cell_id].curves.min() > 1000
+    assert again.aggregates.set_index(["cell_id", "read_layer"]).loc[cell.cell_id].curves.max() < 1000
     pd.testing.assert_frame_equal(aggregate.compare_kinds(again), first)
+    assert {n for n in cache_files(out) if cache_files(out)[n] != before[n]} == {path.name}  # recomputed, recached
 
 
 def test_a_changed_shard_recomputes_its_cell_only(out):
@@ -48,9 +53,7 @@ def test_a_changed_shard_recomputes_its_cell_only(out):
     before = cache_files(out)
     shard = job.shards()[0]
     table = shard_rows(job, shard, seed=7)  # other rows for the same shard, as a redone shard would have
-    pq.write_table(table, out / "results" / f"cell={shard.cell.cell_id}" / f"{shard.shard_id}.parquet")
-    record = out / "manifest" / f"{shard.shard_id}.json"
-    record.write_text(json.dumps(json.loads(record.read_text()) | {"finished": 1.0}))
+    Store(out, job).write_shard(shard, table)
     sweep = Sweep.open(out)
     after = cache_files(out)
     changed = {name for name in after if after[name] != before[name]}
@@ -68,8 +71,21 @@ def test_a_cached_part_is_keyed_by_the_rows_it_came_from(out):
     cache = Cache(cell, seed=0)
     assert cache.load("metrics", cell) is not None
     assert Cache(cell, seed=1).load("metrics", cell) is None  # another seed: other intervals
-    fewer = results.CellRows(cell.fs, cell.root, cell.cell_id, cell.records[:-1])
+    fewer = results.CellRows(cell.fs, cell.root, cell.cell_id, cell.records[:-1], cell.digests[:-1], cell.spec_hash)
     assert cache.load("metrics", fewer) is None
+
+
+@pytest.mark.parametrize("rows", [None, [1, 2], "rows", []], ids=["null", "ints", "string", "empty"])
+def test_a_damaged_panel_cache_is_recomputed_never_trusted(out, rows):
+    _, out = out
+    first = synthact("compare", str(out))
+    panels = [p for p in (out / "analysis" / "panels").glob("*.json") if not p.name.endswith(".record.json")]
+    assert first.returncode == 0 and panels
+    for panel in panels:
+        panel.write_text(json.dumps(json.loads(panel.read_text()) | {"rows": rows}))
+    again = synthact("compare", str(out))
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert again.stdout == first.stdout
 
 
 def test_ray_tasks_give_the_same_comparison(out, capsys):

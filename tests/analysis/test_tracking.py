@@ -13,13 +13,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pyarrow.fs import LocalFileSystem
 
 from synthact import results
 from synthact.analysis import aggregate, compare, figures, tracking
-from synthact.analysis.tracking import Tracker, TrackingWarning, read_offline_run
 from synthact.analysis.cells import Sweep
+from synthact.analysis.tracking import Tracker, TrackingWarning
+from synthact.analysis.wandb_files import read_offline_run
+from synthact.analysis.wandb_run import RUN_ID_FILE
+from synthact.errors import SynthactError
+from synthact.manifest import read_manifest
+from synthact.run.store import Store
+from synthact.spec import load_job
 from tests.analysis.test_aggregate import rows_of
-from tests.helpers import finite, make_job, write_results
+from tests.helpers import finite, make_job, synthact, write_job, write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_KEY = "local-0123456789abcdef0123456789abcdef01234567"
@@ -38,6 +45,7 @@ def tracked(tmp_path_factory):
     mp.setenv("WANDB_MODE", "offline")
     job = make_job(wandb={"project": "synthact-tests", "group": "g1", "tags": ["t1"]})
     out = tmp_path_factory.mktemp("tracked")
+    Store(out, job)._claim()  # job.json, as `synthact run` writes it before its first shard
     write_results(job, out)
     with warnings.catch_warnings():
         warnings.simplefilter("error", TrackingWarning)
@@ -145,7 +153,9 @@ def test_plots_are_native_line_series_per_panel(tracked):
     assert len(curves) == len(panels)
     assert sum(k.startswith("distributions/") and k.endswith("_table") for k in last) == len(panels) * len(
         figures.DISTRIBUTED)
-    assert last["comparison_ks"]["_type"] == "image-file"
+    heatmaps = {name for name, _, _ in figures.comparison_figures(compare.analyse(sweep).comparison)}
+    assert {k.removeprefix("comparison_ks/") for k in last if k.startswith("comparison_ks/")} == heatmaps
+    assert all(last[f"comparison_ks/{name}"]["_type"] == "image-file" for name in heatmaps)
     # A panel's mean-curve plot holds each kind's mean curve, as the cached bands have it.
     axis, panel, group, _, slug = panels[0]
     logged = run["tables"][f"curves/{slug}_table"]
@@ -253,8 +263,13 @@ def test_failure_mid_sweep_closes_the_run_with_one_warning(tmp_path, monkeypatch
     assert run["finished"] and run["tables"]["cells_live"].shape[0] == 2
 
 
-def test_a_resumed_sweep_continues_the_same_run(tmp_path, monkeypatch):
-    """Two runs of the tracker on one output directory (a sweep and its resume) log to one W&B run id."""
+def steps(run: dict) -> list[int]:
+    return [h["_step"] for h in run["history"]]
+
+
+def test_a_resumed_sweep_continues_one_run_whose_steps_increase(tmp_path, monkeypatch):
+    """Two runs of the tracker on one output directory (a sweep and its resume) log to one W&B run id, and the
+    second's history goes on after the first's (offline, where W&B itself cannot know the run's last step)."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     job = make_job(bases=4, base_kinds=["real", "gaussian"], directions=["toward:same", "isotropic"])  # 4 cells
     write_results(job, tmp_path)
@@ -265,9 +280,139 @@ def test_a_resumed_sweep_continues_the_same_run(tmp_path, monkeypatch):
             tracker.cell_finished(cell)
         tracker.finish({"cells": len(part)}, tmp_path)
     first, second = (read_offline_run(d) for d in run_dirs(tmp_path))
-    assert first["id"] == second["id"] == json.loads((tmp_path / tracking.RUN_ID_FILE).read_text())["id"]
+    assert first["id"] == second["id"] == json.loads((tmp_path / RUN_ID_FILE).read_text())["id"]
     assert first["finished"] and second["finished"]
+    history = steps(first) + steps(second)
+    assert len(history) == 3 + 1 + 1 + 1 and history == sorted(set(history))  # one history, steps increasing
     other = tmp_path / "other"
     write_results(job, other)
     Tracker(job, other, GRID).finish({}, other)
     assert read_offline_run(run_dirs(other)[0])["id"] != first["id"]  # another output directory: another run
+
+
+def test_a_sweep_interrupted_by_ctrl_c_resumes_into_one_history(tmp_path, monkeypatch):
+    """`synthact run` stopped by Ctrl-C in its third shard (KeyboardInterrupt, where SIGINT raises it), then run
+    again: two offline runs with one id, the first closed, and their steps one increasing sequence."""
+    from synthact.run.worker import Worker
+
+    job = write_job(tmp_path / "job.yaml", base_kinds=["real", "gaussian"], bases_per_cell=4,
+                    wandb={"project": "synthact-tests"})
+    out = tmp_path / "out"
+    run_shard, calls = Worker.run_shard, []
+
+    def interrupted(self, shard):
+        calls.append(shard.shard_id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return run_shard(self, shard)
+
+    monkeypatch.setattr(Worker, "run_shard", interrupted)
+    assert synthact("run", str(job), "--out", str(out), "--no-progress").returncode == 130
+    monkeypatch.setattr(Worker, "run_shard", run_shard)
+    again = synthact("run", str(job), "--out", str(out), "--no-progress")
+    assert again.returncode == 0, again.stderr
+    first, second = (read_offline_run(d) for d in run_dirs(out))
+    assert first["id"] == second["id"] and first["finished"] and second["finished"]
+    assert steps(first) and steps(first)[-1] < steps(second)[0]
+    assert steps(first) + steps(second) == sorted(set(steps(first) + steps(second)))
+    assert second["summary"]["sweep/shards_skipped"] == 2 and second["summary"]["total/cells"] == 2
+    # the summary says where the run went and how to turn W&B off
+    assert f"W&B: logged offline to {run_dirs(out)[-1]}" in again.stdout and "--no-wandb" in again.stdout
+
+
+def test_live_table_of_a_1000_cell_grid_stays_within_w_and_b_increments(tmp_path, monkeypatch):
+    """W&B shows only a table's last 100 increments: a 1000-cell grid's live table is logged in at most
+    LIVE_INCREMENTS of them, and every cell's rows are in it."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    job = make_job(bases=4, base_kinds=["real"], directions=["isotropic"])
+    write_results(job, tmp_path)
+    row = Sweep.open(tmp_path).aggregates.iloc[:1]
+    tracker = Tracker(job, tmp_path, {"cells": 1000}, figure_interval_s=math.inf)
+    for i in range(1000):
+        tracker.log_cell(row.assign(cell_id=f"cell{i:04d}"))
+    tracker.stop()
+    run = read_offline_run(run_dirs(tmp_path)[0])
+    increments = [h for h in run["history"] if "cells_live" in h]
+    assert 10 <= len(increments) <= tracking.LIVE_INCREMENTS < 100
+    assert sorted(run["tables"]["cells_live"].cell_id) == [f"cell{i:04d}" for i in range(1000)]
+    assert [h["progress/cells_done"] for h in run["history"] if "progress/cells_done" in h] == list(range(1, 1001))
+
+
+def test_results_are_logged_as_an_artifact_of_the_parquet_shards_and_job_json(tracked):
+    job, out, _, run, _ = tracked
+    (artifact,) = [a for a in run["artifacts"] if a["type"] == "sweep-results"]  # W&B's tables are artifacts too
+    assert artifact["name"] == "fake-results"
+    records = read_manifest(LocalFileSystem(), str(out)).records.values()
+    assert set(artifact["files"]) == {r.file for r in records} | {"job.json"}
+    for name, entry in artifact["files"].items():
+        path = Path(entry["local_path"])
+        assert path.is_absolute() and path == out / name and entry["size"] == path.stat().st_size
+    assert artifact["metadata"]["spec_hash"] == job.spec_hash and artifact["metadata"]["shards"] == len(records)
+
+
+def test_a_remote_sweep_is_a_reference_artifact(s3_bucket, tmp_path):
+    local = tmp_path / "local"
+    job = make_job(bases=4, base_kinds=["real"], directions=["isotropic"])
+    write_results(job, local)
+    client, bucket = s3_bucket
+    for path in local.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"sweep/{path.relative_to(local)}")
+    artifact = tracking.results_artifact(job, f"s3://{bucket}/sweep?allow_delayed_open=true")
+    entries = artifact.manifest.entries
+    records = read_manifest(LocalFileSystem(), str(local)).records.values()
+    assert set(entries) == {r.file for r in records}
+    assert all(entries[name].ref == f"s3://{bucket}/sweep/{name}" for name in entries)
+
+
+# --------------------------------------------------------------------------- OUT/wandb_run.json
+
+
+def record_with(out: Path, text: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RUN_ID_FILE).write_text(text)
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    ("{not json", "is damaged (not JSON)"),
+    ('["abc123"]', 'is damaged (a JSON list without an "id")'),
+    ('{"id": null}', "names W&B run id null, which is not a W&B run id"),
+    ('{"id": "../../../etc"}', 'names W&B run id "../../../etc", which is not a W&B run id'),
+    ('{"id": "abc123", "step": -4}', '"step" -4 is not a whole number'),
+])
+def test_a_damaged_run_record_is_refused_in_one_paragraph_and_kept(tmp_path, content, said):
+    job = make_job(bases=4)
+    record_with(tmp_path, content)
+    with pytest.raises(SynthactError) as caught:
+        Tracker(job, tmp_path, GRID)
+    message = str(caught.value)
+    assert said in message and "\n" not in message and "Delete the file" in message and "--no-wandb" in message
+    assert (tmp_path / RUN_ID_FILE).read_text() == content  # never replaced by a new run's id
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_another_sweeps_run_id_is_refused_naming_it(tmp_path):
+    job = make_job(bases=4)
+    record_with(tmp_path, json.dumps({"id": "theirs1", "step": 7, "spec_hash": "f" * 64}))
+    with pytest.raises(SynthactError, match=r"names W&B run 'theirs1' of another sweep \(spec hash ffffffffffff"):
+        Tracker(job, tmp_path, GRID)
+
+
+def test_a_run_id_that_none_of_the_directorys_runs_has_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    job = make_job(bases=4)
+    Tracker(job, tmp_path, GRID).finish({}, tmp_path)
+    mine = json.loads((tmp_path / RUN_ID_FILE).read_text())["id"]
+    record_with(tmp_path, json.dumps({"id": "copied9"}))  # an old-style record, copied from elsewhere
+    with pytest.raises(SynthactError, match=f"names W&B run 'copied9', but this directory's W&B logs are of run '{mine}'"):
+        Tracker(job, tmp_path, GRID)
+
+
+def test_a_damaged_run_record_stops_synthact_run_with_exit_code_2(tmp_path):
+    job = write_job(tmp_path / "job.yaml", wandb={"project": "synthact-tests"})
+    Store(tmp_path / "out", load_job(job))._claim()  # a sweep's directory (claimed by an earlier run)
+    record_with(tmp_path / "out", '{"id": null}')
+    result = synthact("run", str(job), "--out", str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("synthact: error: ") and "wandb_run.json" in result.stderr
+    assert not list((tmp_path / "out").glob("results/*"))  # refused before anything ran

@@ -1,6 +1,8 @@
 """The output directory: atomic shard files, manifest, refusing another spec's directory, a full disk."""
 
+import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -109,3 +111,39 @@ def test_full_disk_is_a_clear_error_and_keeps_what_was_written(tiny_disk):
     assert store.done() == set(written)
     assert read_table(tiny_disk / "out").num_rows == 2000 * len(written)  # every finished file is whole
     assert not [p for p in (tiny_disk / "out").rglob(".tmp-*")]
+
+
+def test_resume_deletes_only_the_jobs_own_files_never_what_a_record_names(tmp_path):
+    from synthact.run.plan import Plan
+
+    job = parse_job(toy_job())
+    store = Store(tmp_path / "out", job)
+    first, second = job.shards()[:2]
+    store.write_shard(first, rows(first))
+    store.write_shard(second, rows(second))
+    precious = tmp_path / "precious.txt"
+    precious.write_text("mine")
+    record = tmp_path / "out" / "manifest" / f"{first.shard_id}.json"
+    record.write_text(json.dumps(json.loads(record.read_text()) | {"file": "results/../../precious.txt"}))
+    plan = Plan(job, store)
+    assert precious.read_text() == "mine" and (tmp_path / "out" / "job.json").is_file()
+    assert [s.shard_id for s in plan.pending if s.shard_id in (first.shard_id, second.shard_id)] == [first.shard_id]
+    assert not record.exists() and not Path(store.shard_file(first)).exists()  # its own record and file: redone
+
+
+def test_a_record_outside_the_jobs_grid_is_named_never_read_and_left_alone(tmp_path):
+    from synthact.run.plan import Plan
+
+    job, other = parse_job(toy_job()), parse_job(toy_job(base_kinds=["gaussian"]))
+    store = Store(tmp_path / "out", job)
+    store.write_shard(job.shards()[0], rows(job.shards()[0]))
+    foreign = other.shards()[0]
+    Store(tmp_path / "other", other).write_shard(foreign, rows(foreign))
+    for name in (f"manifest/{foreign.shard_id}.json", f"results/cell={foreign.cell.cell_id}/{foreign.shard_id}.parquet"):
+        (tmp_path / "out" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "out" / name).write_bytes((tmp_path / "other" / name).read_bytes())
+    found = store.verify()
+    assert [shard for shard, _ in found.bad] == [foreign.shard_id] and "not a shard of this job's grid" in found.bad[0][1]
+    Plan(job, store)
+    assert (tmp_path / "out" / f"manifest/{foreign.shard_id}.json").is_file()
+    assert read_table(tmp_path / "out")["shard_id"].unique().to_pylist() == [job.shards()[0].shard_id]

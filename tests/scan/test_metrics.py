@@ -105,13 +105,15 @@ def test_older_results_read_blowup_step_as_max_slope_start(tmp_path):
     import pyarrow.parquet as pq
 
     from synthact import results
+    from synthact.run.store import Store
     from tests.helpers import make_job, write_results
 
-    write_results(make_job(bases=4), tmp_path)
+    job = make_job(bases=4)
+    write_results(job, tmp_path)
     expected = results.read_rows(tmp_path).max_slope_start.to_numpy()
-    for path in (tmp_path / "results").rglob("*.parquet"):  # as synthact wrote them before the rename
-        table = pq.read_table(path)
-        pq.write_table(table.rename_columns([{v: k for k, v in results.RENAMED.items()}.get(c, c)
-                                             for c in table.column_names]), path)
+    for shard in job.shards():  # as synthact wrote them before the rename
+        table = pq.read_table(Store(tmp_path, job).shard_file(shard))
+        Store(tmp_path, job).write_shard(shard, table.rename_columns(
+            [{v: k for k, v in results.RENAMED.items()}.get(c, c) for c in table.column_names]))
     assert "blowup_step" in pq.read_schema(next((tmp_path / "results").rglob("*.parquet"))).names
     assert np.array_equal(results.read_rows(tmp_path).max_slope_start.to_numpy(), expected)
