@@ -48,16 +48,18 @@ AXES = {
     "anchor_cos": (F64, "Anchor: target decoder cosine between anchor and top latent (the paper: 0.42)."),
     "anchor_pool": (I32, "Anchor: chosen among this many latents nearest the top latent in frequency (the paper: 100)."),
     "candidates": (I32, "C, frequency-matched candidates per latent of structure `pairwise`."),
-    "value_source": (STR, "Values of built codes: `template` (the paper), `sampled`, `ranked` or `permuted`."),
+    "value_source": (STR, "Values of built codes: `template` (the paper), `sampled`, `quantile` or `permuted`."),
     "exclude_template": (pa.bool_(), "Whether replacements avoid every latent of the template's code."),
     "match_norm": (pa.bool_(), "Whether built codes were rescaled to the template's norm."),
     "add_error": (pa.bool_(), "Whether an SAE error was added to built activations (the template's, or another prompt's: "
                               "`error_source`)."),
     "cooccur": (STR, "`synthetic_cooccur`: candidates weighted by co-occurrence `counts` with the latents already chosen, or `none`."),
-    "cooccur_window": (STR, "`synthetic_cooccur` candidates: the `nearest_k` in frequency, or `all` alive latents."),
+    "cooccur_power": (F64, "`synthetic_cooccur` with `counts`: p of the weight (summed co-occurrence counts)^p."),
+    "cooccur_window": (STR, "`synthetic_cooccur` candidates: `all` alive latents, the `nearest_k` in frequency, or the "
+                            "`anchor`'s partners (the authors' challenger)."),
     "geometry_temp": (F64, "`synthetic_cooccur`: temperature of the weight favouring kept decoder cosines (0 = off)."),
-    "cooccur_top_m": (I32, "Co-occurrence partners stored per latent (statistics part of the pool)."),
-    "holdout": (F64, "Fraction of the reference pool (its last codes) held out of the co-occurrence statistics."),
+    "holdout": (F64, "Fraction of the reference pool (its last codes) held out of the ladder's statistics (what "
+                     "`synthetic_cooccur`, `control_swapped` and `value_source` quantile draw from) for the diagnostics."),
     "swaps": (I32, "`control_swapped`: latents of the template's code replaced (>= its L0: all)."),
     "swap_order": (STR, "`control_swapped`: `most_cooccurring` or `least_cooccurring` latents swapped first."),
     "error_source": (STR, "With `add_error`: the SAE error of the `template`'s prompt, or of an `other` real prompt "
@@ -66,8 +68,8 @@ AXES = {
 }
 # The axes that only SAE-built generation has (null elsewhere).
 SETTINGS = ("template", "match", "nearest_k", "tol", "structure", "anchor_cos", "anchor_pool", "candidates",
-            "value_source", "exclude_template", "match_norm", "add_error", "cooccur", "cooccur_window",
-            "geometry_temp", "cooccur_top_m", "holdout", "swaps", "swap_order", "error_source")
+            "value_source", "exclude_template", "match_norm", "add_error", "cooccur", "cooccur_power", "cooccur_window",
+            "geometry_temp", "holdout", "swaps", "swap_order", "error_source")
 # What recomputes a row: ids, seeds, scan settings.
 PROVENANCE = {
     "base_index": (I32, "Index of the base within its cell (0..bases_per_cell-1)."),
@@ -124,11 +126,17 @@ ACTIVATIONS = {
     "base_l0": (I32, "Active latents of the base (its built code, or its SAE code)."),
     "target_l0": (I32, "Active latents of the target's built or SAE code."),
     "target_log_freq": (F64, "Diagnostic of the target's code (built, or its SAE code): mean log10 firing frequency of its latents."),
-    "target_pmi": (F64, "Diagnostic: mean log2 PMI of the pairs of its latents (co-occurrence in the pool's statistics part over chance)."),
+    "target_pmi": (F64, "Diagnostic: mean log2 PMI of the pairs of its latents (exact co-occurrence in the pool's "
+                        "held-out part over chance)."),
+    "target_cofire": (F64, "Diagnostic: fraction of the pairs of its latents that fire together in a held-out code."),
     "target_pair_cos": (F64, "Diagnostic: mean decoder cosine of the pairs of its latents."),
+    "target_cos_error": (F64, "Diagnostic of a code built from a template: mean over its pairs of the squared error in "
+                              "the template's decoder cosines (null for other codes)."),
     "target_top_cos": (F64, "Diagnostic: mean decoder cosine of its latents to its top latent (largest value)."),
     "target_top_share": (F64, "Diagnostic: the top latent's share of the sum of its values."),
     "target_mean_value": (F64, "Diagnostic: mean value of its latents."),
+    "target_value_quantiles": (LIST_F32, "Diagnostic: each value's randomized quantile within its latent's held-out "
+                                         "values (null where it has none); uniform for real codes."),
     "direction_latent": (I32, "Latent of `latent:<id>` / `latent:random`."),
     "base_doc": (I64, "Corpus document of the base's prompt (or context prompt)."),
     "base_offset": (I64, "Token offset of that prompt in its document."),

@@ -136,7 +136,8 @@ def shard_rows(job: Job, shard, seed: int = 0, keep_curves: bool = True, read_la
         }
         if cell.target_kind:  # the target codes' diagnostics (analysis/diagnostics.py), from their own draws
             other = np.random.default_rng([seed, shard.start, int(cell.cell_id, 16) % 2**31, read_layer])
-            rows |= {c: other.normal(-1.0, 0.3, b).tolist() for c in diagnostics.COLUMNS}
+            rows |= {c: other.normal(-1.0, 0.3, b).tolist() for c in diagnostics.COLUMNS if c != "target_value_quantiles"}
+            rows["target_value_quantiles"] = other.random((b, 5)).tolist()
             rows["target_step"] = other.integers(n_steps // 3, n_steps, b).tolist()  # where the target is reached
         if keep_curves:
             rows["l2_curve"] = curves.tolist()
@@ -198,6 +199,31 @@ def toy_stats(n_prompts: int = 2048, seed: int = 0) -> ReferenceStats:
 def toy_context(n_prompts: int = 2048) -> GenContext:
     b = toy_backend()
     return GenContext(b.model.model, b.saes[LAYER].sae, toy_stats(n_prompts), b.corpus, LAYER, N_CTX, "cpu")
+
+
+def hand_context(w_dec, freq, codes, values=None) -> GenContext:
+    """A sae_lens SAE with decoder rows `w_dec` (normalised), frequencies `freq`, and a pool of `codes` (lists of
+    latent ids) with `values` (lists alike; all 1 when not given)."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    w = torch.nn.functional.normalize(torch.tensor(w_dec, dtype=torch.float32), dim=-1)
+    d_sae, d_model = w.shape
+    sae = StandardSAE(StandardSAEConfig(d_in=d_model, d_sae=d_sae))
+    with torch.no_grad():
+        sae.W_dec.copy_(w)
+    n = len(codes)
+    offsets = torch.tensor(np.cumsum([0, *map(len, codes)]), dtype=torch.int64)
+    latents = torch.tensor([j for c in codes for j in c], dtype=torch.int32)
+    flat = [v for c in values for v in c] if values is not None else [1.0] * latents.shape[0]
+    stats = ReferenceStats(
+        layer=0, acts=torch.zeros(n, d_model), code_offsets=offsets, code_latents=latents,
+        code_values=torch.tensor(flat, dtype=torch.float32), freq=torch.tensor(freq, dtype=torch.float64),
+        value_samples=torch.zeros(d_sae, 1), value_counts=torch.zeros(d_sae, dtype=torch.int64),
+        l0=torch.tensor([len(c) for c in codes]), mean=torch.zeros(d_model, dtype=torch.float64),
+        cov=torch.eye(d_model, dtype=torch.float64), chol=torch.eye(d_model, dtype=torch.float64),
+        norms=torch.ones(n), code_norms=torch.ones(n),
+    )
+    return GenContext(model=None, sae=sae, stats=stats, corpus=None, layer=0, n_ctx=1, device="cpu")
 
 
 def scan_inputs(model, layer, n_bases=3, n_ctx=7, steps=20, seed=0):
@@ -327,10 +353,17 @@ def assert_same_rows(out: Path, expected: pa.Table) -> None:
     assert len(keys) == len(set(keys)), "a curve was written twice"
     assert rows.num_rows == expected.num_rows
     differ = {c: sorted({s for s, a, b in zip(rows["shard_id"].to_pylist(), rows[c].to_pylist(), expected[c].to_pylist())
-                         if a != b and not (a != a and b != b)})  # NaN in both is the same value
+                         if not same_value(a, b)})
               for c in rows.column_names if not rows[c].equals(expected[c])}
     differ = {c: shards for c, shards in differ.items() if shards}
     assert not differ, f"rows differ from the undisturbed run (column: shards): {differ}"
+
+
+def same_value(a, b) -> bool:
+    """Two cells of a result column are equal, NaN in both (or at the same place of two lists) counting as equal."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    return a == b or (a != a and b != b)
 
 
 def visible_files(out: Path) -> list[Path]:

@@ -27,7 +27,7 @@ RUNGS = {
     "R2": ("synthetic_structured", {}),
     "R3": ("synthetic_cooccur", {"cooccur": "counts", "geometry_temp": 0.0}),
     "R4": ("synthetic_cooccur", {"cooccur": "counts", "geometry_temp": _positive}),
-    "R5": ("synthetic_cooccur", {"cooccur": "counts", "geometry_temp": _positive, "value_source": "ranked"}),
+    "R5": ("synthetic_cooccur", {"cooccur": "counts", "geometry_temp": _positive, "value_source": "quantile"}),
     "G": ("synthetic_cooccur", {"cooccur": "none", "geometry_temp": _positive}),  # geometry alone: the 2 x 2
 }
 # The ladder (R0 -> R1 -> R2 and R1 -> R3 -> R4 -> R5; R1 -> R2 is the paper's structured vs baseline) and

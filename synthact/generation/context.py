@@ -35,16 +35,16 @@ class GenerationSettings:
     anchor_cos: float = _spec_default("anchor_cos")  # the anchor's decoder cosine to the top latent
     anchor_pool: int = _spec_default("anchor_pool")  # the anchor is chosen among this many latents nearest in frequency
     candidates: int = SINGLE_CANDIDATE  # C of structure pairwise (1 = the tol baseline); see above
-    value_source: str = _spec_default("value_source")  # "template": i's value (the paper); "sampled": j's own values
+    value_source: str = _spec_default("value_source")  # "template": i's value (the paper); sampled, quantile, permuted
     exclude_template: bool = _spec_default("exclude_template")  # no replacement is any template latent
     match_norm: bool = _spec_default("match_norm")  # rescale the code to the template's norm
     add_error: bool = _spec_default("add_error")  # add an SAE error (x - sae_recon(x))
     error_source: str = _spec_default("error_source")  # with add_error: the template's error, or an "other" prompt's
     cooccur: str = _spec_default("cooccur")  # synthetic_cooccur: weight by co-occurrence counts, or "none" (generation/ladder.py)
-    cooccur_window: str = _spec_default("cooccur_window")  # synthetic_cooccur candidates: the nearest_k in frequency, or "all"
+    cooccur_power: float = _spec_default("cooccur_power")  # synthetic_cooccur: p of the weight (summed counts)^p
+    cooccur_window: str = _spec_default("cooccur_window")  # synthetic_cooccur candidates: all, nearest_k or anchor
     geometry_temp: float = _spec_default("geometry_temp")  # synthetic_cooccur: > 0 also favours kept decoder cosines
-    cooccur_top_m: int = _spec_default("cooccur_top_m")  # co-occurrence partners stored per latent
-    holdout: float = _spec_default("holdout")  # fraction of the pool held out of the co-occurrence statistics
+    holdout: float = _spec_default("holdout")  # fraction of the pool held out of the ladder's statistics
     swaps: int = _spec_default("swaps")  # control_swapped: latents replaced
     swap_order: str = _spec_default("swap_order")  # control_swapped: which latents first
 

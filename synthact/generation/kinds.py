@@ -36,9 +36,9 @@ from synthact.generation.context import Activations, GenContext, GenerationSetti
 from synthact.generation.matching import anchor, match_pairwise, nearest_k, random_latents
 from synthact.generation.stats import check_affine_decoder
 from synthact.inputs.hooks import real_activations, stream_index
-from synthact.spec import KINDS, TEMPLATE_KINDS
+from synthact.spec import CONTROL_KINDS, CONTROL_VALUE_SOURCES, KINDS, TEMPLATE_KINDS
 
-VALUE_SOURCES = ("sampled", "template", "ranked", "permuted")
+VALUE_SOURCES = ("sampled", "template", "quantile", "permuted")
 MAX_TEMPLATE_TRIES = 32  # prompts tried per base before an empty SAE code is an error
 # control_other_latents: other prompts tried per base, by round, for a code at least as long as the template's
 OTHER_ROUNDS = (1, 3, 28)  # the first round is the one prompt every draw takes
@@ -60,7 +60,7 @@ def draw(
         raise SynthactError("draw needs at least one RNG (one per base)")
     settings = settings or GenerationSettings()
     if kind in TEMPLATE_KINDS:
-        _check_settings(settings)
+        _check_settings(kind, settings)
         return _draw_synthetic(kind, rngs, ctx, settings, template)
     return {
         "real": _draw_real,
@@ -70,14 +70,18 @@ def draw(
     }[kind](rngs, ctx)
 
 
-def _check_settings(s: GenerationSettings) -> None:
+def _check_settings(kind: str, s: GenerationSettings) -> None:
     if s.value_source not in VALUE_SOURCES:
         raise SynthactError(f"value_source '{s.value_source}' is unknown; use one of {', '.join(VALUE_SOURCES)}")
+    if kind in CONTROL_KINDS and s.value_source not in CONTROL_VALUE_SOURCES:
+        raise SynthactError(f"{kind} keeps the template's values, so value_source '{s.value_source}' does not apply "
+                            f"to it; use {' or '.join(CONTROL_VALUE_SOURCES)}")
     if s.error_source not in ERROR_SOURCES:
         raise SynthactError(f"error_source '{s.error_source}' is unknown; use one of {', '.join(ERROR_SOURCES)}")
     if not (s.tol >= 0 and math.isfinite(s.tol)):
         raise SynthactError(f"tol {s.tol} must be a finite number >= 0 (a distance in log10 frequency)")
-    if s.cooccur not in ("counts", "none") or s.cooccur_window not in ("nearest_k", "all") or s.swap_order not in (
+    windows = ("all", "nearest_k", "anchor")
+    if s.cooccur not in ("counts", "none") or s.cooccur_window not in windows or s.swap_order not in (
             "most_cooccurring", "least_cooccurring"):
         raise SynthactError(f"cooccur '{s.cooccur}', cooccur_window '{s.cooccur_window}' or swap_order "
                             f"'{s.swap_order}' is unknown (see synthact validate --fields)")
@@ -314,13 +318,13 @@ def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettin
         values = tv
     elif settings.value_source == "permuted":
         values = ladder.permuted(tv, mask, uv)
+    elif settings.value_source == "quantile":
+        values = ladder.quantile_values(ctx, lat, tv, chosen, uv, settings)
     else:
         counts = stats.value_counts.to(device)[chosen]
         pick = torch.minimum((uv * counts).long(), (counts - 1).clamp(min=0))
         # A latent that never fired at the pool's last positions has no values: it keeps the template's.
         values = torch.where(counts > 0, stats.value_samples.to(device)[chosen, pick], tv)
-        if settings.value_source == "ranked":
-            values = ladder.by_rank(values, tv, mask)
     values = values * mask
     source = other if settings.error_source == "other" else templ
     error = source.x - ctx.sae.decode(source.z).float() if settings.add_error else torch.zeros_like(templ.x)

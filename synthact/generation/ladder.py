@@ -1,26 +1,34 @@
 """The ladder beyond the paper: replacement latents weighted by co-occurrence and kept decoder cosines,
-value statistics, and the swapped-code controls (docs/science.md, "Beyond the paper: the ladder").
+values from each latent's own distribution, and the swapped-code controls (docs/science.md, "Beyond the paper:
+the ladder").
 
 Like matching.py, each construction takes the padded template codes `lat [B, K]` (-1 = padding) on the
 worker's device and returns the replacements `[B, K]`, one batched step per code slot; randomness comes
 in as one uniform per slot, drawn per base.
 
 - `cooccur` (kind synthetic_cooccur, rungs R3 / R4 and their 2 x 2 with R1 / geometry alone): slot by slot,
-  in ascending template id, among the candidates (the `nearest_k` allowed latents nearest to i_t in
-  frequency, or with `cooccur_window` "all" every allowed alive latent: the authors' challenger), draw j
-  with probability proportional to
-      w_j = [sum over the latents u already chosen of count(u, j)]  (`cooccur` "counts"; 1 with "none")
+  in ascending template id, among the candidates (`cooccur_window`: "all", every allowed alive latent;
+  "nearest_k", the `nearest_k` allowed latents nearest to i_t in frequency; "anchor", the partners of the anchor
+  construction's anchor, the window of the authors' select_features_challenger, whose fallback is kept too: a code
+  with no more of them than latents is the anchor construction), draw j with probability proportional to
+      w_j = [sum over the latents u already chosen of count(u, j)]^p  (`cooccur` "counts", p `cooccur_power`;
+                                                                     1 with "none")
             * exp(-(e_j - min e) / geometry_temp)                   (`geometry_temp` > 0)
   where e_j = mean over m < t of (cos(j, j_m) - cos(i_t, i_m))^2 is the error in kept decoder cosines.
-  count(u, j) comes from the statistics part of the pool (stats.cooccurrence); where no candidate has
-  weight (the first slot, or no co-occurrence mass in the window) the draw is uniform over the candidates,
-  so with `cooccur` "none" and no geometry this is the paper's baseline (R1) draw for draw.
-- values (value_source): `ranked` draws each latent's value from its own pool values, then reassigns the
-  drawn values by rank to the template's value order (R5); `permuted` permutes the template's values among
-  the code's latents (a control).
+  count(u, j) is the exact count of the statistics part of the pool (cooccurrence.py: every partner, 0 for a
+  pair that never fired together); the sums are kept sparse, on the union of the chosen latents' partner lists.
+  Where no candidate has weight (the first slot, or no co-occurrence mass in the window) the draw is uniform
+  over the candidates, so with `cooccur` "none" and no geometry the "nearest_k" window is the paper's baseline
+  (R1) draw for draw, and the "anchor" window the challenger's uniform sample of the anchor's partners.
+- values (value_source): `quantile` (R5) gives j_t the value at i_t's quantile: q_t, the randomized quantile of
+  the template value v_t among i_t's values in the statistics part (values.py; a uniform where i_t has none
+  there), then j_t's floor(q_t n_j)-th smallest value there, so that each latent's value comes from its own
+  distribution while the code keeps the template's strong and weak slots (j_t without values keeps v_t);
+  `permuted` permutes the template's values among the code's latents (a control).
 - `swapped` (kind control_swapped): the template's code with `swaps` of its latents replaced as the
   baseline replaces them (frequency-matched, never a template latent), the latents that co-occur most
-  (`swap_order` most_cooccurring) or least with the rest of the code first; the rest are kept.
+  (`swap_order` most_cooccurring) or least with the rest of the code first; the rest are kept, and every
+  value is the template's (controls take value_source template or permuted only).
 - `other_latents` (kind control_other_latents): right values, wrong latents. The latent set of another real
   prompt's SAE code (with `exclude_template`, less the template's latents) carries the template's values by
   rank: the template's r-th largest value goes to the other code's r-th largest latent (ties: lower slot, lower
@@ -36,40 +44,58 @@ import math
 import torch
 
 from synthact.generation.context import GenContext, GenerationSettings
-from synthact.generation.matching import _blocked, _check_found, _nearest_in_frequency
-from synthact.generation.stats import Cooccurrence, cooccurrence
+from synthact.generation.cooccurrence import Cooccurrence, cooccurrence
+from synthact.generation.matching import _blocked, _check_found, _nearest_in_frequency, anchor, anchor_latents
+from synthact.generation.values import latent_values
 
 
-class _Tally:
-    """For each row, sum over the latents u added so far of count(u, j), dense over j [B, d_sae + 1]."""
+class _Mass:
+    """For each row of a batch, sum over the latents u added so far of count(u, j), kept where it is positive:
+    the union of their partner lists, as ascending keys row * d_sae + j and their sums."""
 
-    def __init__(self, table: Cooccurrence, freq: torch.Tensor, rows: int, device):
-        self.table, self.freq = table, freq.to(device).double()
-        self.d_sae = self.freq.shape[0]
-        self.stored = torch.zeros(rows, self.d_sae + 1, dtype=torch.float64, device=device)
-        self.stored_f = torch.zeros_like(self.stored)  # sum of f_u over truncated u whose row stores j
-        self.chance_f = torch.zeros(rows, 1, dtype=torch.float64, device=device)  # sum of f_u over truncated u
+    def __init__(self, table: Cooccurrence, rows: int, device):
+        self.table, self.rows, self.d_sae = table, rows, table.d_sae
+        self.keys = torch.zeros(0, dtype=torch.int64, device=device)
+        self.mass = torch.zeros(0, dtype=torch.float64, device=device)
 
     def add(self, latent: torch.Tensor, live: torch.Tensor) -> None:
-        t = self.table
-        partners = t.partners[latent]  # [B, m]
-        cols = torch.where(partners >= 0, partners, self.d_sae)
-        weight = live[:, None].double()
-        self.stored.scatter_add_(1, cols, t.counts[latent].double() * weight)
-        cut = (t.truncated[latent] & live).double()[:, None]
-        self.stored_f.scatter_add_(1, cols, (self.freq[latent][:, None] * cut).expand_as(cols).contiguous())
-        self.chance_f += self.freq[latent][:, None] * cut
+        """Add latent[b]'s partner list to row b where live[b]."""
+        rows = torch.nonzero(live).flatten()
+        owner, partners, counts = self.table.rows(latent[rows])
+        self.keys, inverse = torch.unique(torch.cat([self.keys, rows[owner] * self.d_sae + partners]),
+                                          return_inverse=True)
+        self.mass = torch.zeros(self.keys.shape[0], dtype=torch.float64, device=self.keys.device).scatter_add_(
+            0, inverse, torch.cat([self.mass, counts]))
 
     def weights(self, cand: torch.Tensor) -> torch.Tensor:
-        """[B, C] summed counts for candidates `cand` (ids < d_sae)."""
-        chance = self.freq[cand] * self.table.n_codes * (self.chance_f - self.stored_f.gather(1, cand))
-        return self.stored.gather(1, cand) + chance.clamp(min=0)
+        """[B, C] the sums of candidates `cand` [B, C] (ids >= 0)."""
+        if self.keys.numel() == 0:
+            return torch.zeros(cand.shape, dtype=torch.float64, device=cand.device)
+        key = (torch.arange(cand.shape[0], device=cand.device)[:, None] * self.d_sae + cand).contiguous()
+        pos = torch.searchsorted(self.keys, key).clamp(max=self.keys.numel() - 1)
+        return torch.where(self.keys[pos] == key, self.mass[pos], 0.0)
+
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids [B, U], sums [B, U]): each row's latents with a positive sum, ascending, padded with id 0, sum 0."""
+        ids = _pad(self.keys // self.d_sae, self.keys % self.d_sae, self.rows, 0)
+        return ids, _pad(self.keys // self.d_sae, self.mass, self.rows, 0.0)
+
+
+def _pad(row: torch.Tensor, values: torch.Tensor, rows: int, fill) -> torch.Tensor:
+    """[rows, U] the `values` of each row (`row` ascending), in order, padded with `fill` (U >= 1)."""
+    per_row = torch.bincount(row, minlength=rows)
+    width = max(int(per_row.max()) if rows else 0, 1)
+    slot = torch.arange(row.shape[0], device=row.device) - (torch.cumsum(per_row, 0) - per_row)[row]
+    out = torch.full((rows, width), fill, dtype=values.dtype, device=values.device)
+    out[row, slot] = values
+    return out
 
 
 def _table(ctx: GenContext, s: GenerationSettings, device) -> Cooccurrence:
-    t = cooccurrence(ctx.stats, s.cooccur_top_m, s.holdout)
-    return Cooccurrence(t.n_codes, t.holdout, t.partners.to(device), t.counts.to(device), t.fires.to(device),
-                        t.row_totals.to(device), t.truncated.to(device))
+    t = cooccurrence(ctx.stats, s.holdout, "statistics")
+    if t.indptr.device == torch.device(device):
+        return t
+    return Cooccurrence(t.n_codes, t.indptr.to(device), t.partners.to(device), t.counts.to(device), t.fires.to(device))
 
 
 def _inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -84,9 +110,20 @@ def cooccur(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Ten
     b, k = lat.shape
     rows = torch.arange(b, device=device)
     alive = ctx.stats.alive.to(device)
+    is_alive = ctx.stats.freq.to(device) > 0
     blocked = _blocked(ctx, lat, s.exclude_template)
-    tally = _Tally(_table(ctx, s, device), ctx.stats.freq, b, device) if s.cooccur == "counts" else None
+    table = _table(ctx, s, device) if s.cooccur == "counts" or s.cooccur_window == "anchor" else None
+    mass = _Mass(table, b, device) if s.cooccur == "counts" else None
     geometry = s.geometry_temp > 0
+    window, fallback = None, torch.zeros(b, dtype=torch.bool, device=device)
+    if s.cooccur_window == "anchor":  # the challenger's: the anchor's partners, if they outnumber the code
+        _, anchor_ids = anchor_latents(ctx, lat, values, blocked, s)
+        owner, partners, _ = table.rows(anchor_ids)
+        window = _pad(owner, partners, b, -1)
+        allowed = (window >= 0) & ~blocked.gather(1, window.clamp(min=0)) & is_alive[window.clamp(min=0)]
+        fallback = allowed.sum(1) <= (lat >= 0).sum(1)
+    # Every alive latent a candidate, no geometry: the weights live on the chosen latents' partners only.
+    sparse = mass is not None and not geometry and s.cooccur_window == "all"
     if geometry:
         unit = torch.nn.functional.normalize(ctx.sae.W_dec.float(), dim=-1)
         wt = unit[lat.clamp(min=0)]
@@ -96,34 +133,54 @@ def cooccur(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Ten
         squares = torch.zeros(b, unit.shape[0], device=device) if s.cooccur_window == "all" else None
     chosen = torch.zeros_like(lat).clamp(min=0)
     for t in range(k):
-        live = lat[:, t] >= 0
+        live = (lat[:, t] >= 0) & ~fallback
         i_t = lat[:, t].clamp(min=0)
-        if s.cooccur_window == "nearest_k":
-            cand, count = _nearest_in_frequency(ctx, i_t, blocked, s.nearest_k, 2 * k)
-            valid = torch.arange(cand.shape[1], device=device)[None] < count[:, None]
-            cand = cand.clamp(min=0)
+        if sparse:
+            cand, w = mass.padded()
+            w = w ** s.cooccur_power * (~blocked.gather(1, cand) & (cand != i_t[:, None]) & is_alive[cand])
         else:
-            cand = alive[None].expand(b, -1)
-            valid = ~blocked.gather(1, cand) & (cand != i_t[:, None])
-        _check_found(valid.any(1)[live])
-        w = valid.double()
-        if tally is not None:
-            w = w * tally.weights(cand)
-        if geometry and t > 0:
-            err = torch.where(valid, _cosine_error(unit, cand, chosen_dirs[:, :t], target_cos[:, t, :t], squares),
-                              math.inf)
-            w = w * torch.exp(-(err - err.min(1, keepdim=True).values) / s.geometry_temp)
-        w = torch.where(w.sum(1, keepdim=True) > 0, w, valid.double())
+            cand, valid = _candidates(ctx, s, i_t, blocked, alive, 2 * k, window)
+            _check_found(valid.any(1)[live])
+            w = valid.double()
+            if mass is not None:
+                w = w * mass.weights(cand) ** s.cooccur_power
+            if geometry and t > 0:
+                err = torch.where(valid, _cosine_error(unit, cand, chosen_dirs[:, :t], target_cos[:, t, :t], squares),
+                                  math.inf)
+                w = w * torch.exp(-(err - err.min(1, keepdim=True).values) / s.geometry_temp)
         pick = cand.gather(1, _inverse_cdf(w, u[:, t])[:, None])[:, 0]
+        flat = torch.nonzero(live & ~(w.sum(1) > 0)).flatten()  # no weight (NaN included): uniform over candidates
+        if flat.numel():
+            cand, valid = _candidates(ctx, s, i_t[flat], blocked[flat], alive, 2 * k,
+                                      window[flat] if window is not None else None)
+            _check_found(valid.any(1))
+            pick[flat] = cand.gather(1, _inverse_cdf(valid.double(), u[flat, t])[:, None])[:, 0]
         chosen[:, t] = torch.where(live, pick, 0)
         blocked[rows[live], pick[live]] = True
-        if tally is not None:
-            tally.add(pick, live)
+        if mass is not None:
+            mass.add(pick, live)
         if geometry:
             chosen_dirs[:, t] = unit[pick]
             if squares is not None:
                 squares += ((unit[pick] @ unit.T) ** 2) * live[:, None]
+    if bool(fallback.any()):  # as the challenger: the anchor construction where the anchor has too few partners
+        chosen[fallback] = anchor(ctx, lat[fallback], values[fallback], u[fallback], s)
     return chosen
+
+
+def _candidates(ctx: GenContext, s: GenerationSettings, i_t, blocked, alive, reach, window=None):
+    """(candidates [B, C], which of them are allowed [B, C]) of one slot: the nearest_k allowed latents nearest to
+    i_t in frequency; every alive latent (`cooccur_window` all); or the latents of `window` [B, U] (-1 pads: the
+    anchor's partners); never i_t nor a blocked latent."""
+    if s.cooccur_window == "nearest_k":
+        cand, count = _nearest_in_frequency(ctx, i_t, blocked, s.nearest_k, reach)
+        return cand.clamp(min=0), torch.arange(cand.shape[1], device=cand.device)[None] < count[:, None]
+    if window is not None:
+        cand = window.clamp(min=0)
+        return cand, (window >= 0) & ~blocked.gather(1, cand) & (cand != i_t[:, None]) & (ctx.stats.freq.to(
+            cand.device)[cand] > 0)
+    cand = alive[None].expand(i_t.shape[0], -1)
+    return cand, ~blocked.gather(1, cand) & (cand != i_t[:, None])
 
 
 def _cosine_error(unit, cand, chosen_dirs, target_cos, squares):
@@ -139,16 +196,10 @@ def _cosine_error(unit, cand, chosen_dirs, target_cos, squares):
 
 
 def code_cooccurrence(ctx: GenContext, lat: torch.Tensor, s: GenerationSettings) -> torch.Tensor:
-    """[B, K] for each template latent, the sum of count(u, i) over the other latents u of its code."""
-    b, k = lat.shape
-    tally = _Tally(_table(ctx, s, lat.device), ctx.stats.freq, b, lat.device)
-    for t in range(k):
-        tally.add(lat[:, t].clamp(min=0), lat[:, t] >= 0)
-    ids = lat.clamp(min=0)
-    # A truncated latent's own chance count with itself is not a pair of two latents.
-    f = tally.freq[ids]
-    own = torch.where(tally.table.truncated[ids] & (lat >= 0), f * f * tally.table.n_codes, 0.0)
-    return tally.weights(ids) - own
+    """[B, K] for each template latent, the sum of count(u, i) over the other latents u of its code (statistics
+    part of the pool, exact)."""
+    table = _table(ctx, s, lat.device)
+    return table.count(lat[:, :, None], lat[:, None, :]).sum(2)
 
 
 def swapped(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Tensor:
@@ -174,13 +225,14 @@ def swapped(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Ten
     return chosen
 
 
-def by_rank(drawn: torch.Tensor, template_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The drawn values [B, K] reassigned so that their order follows the template's values (largest to the
-    slot of the template's largest); padding stays last."""
-    low = torch.tensor(-math.inf, device=drawn.device)
-    sorted_drawn = torch.sort(torch.where(mask, drawn, low), dim=1, descending=True).values
-    slots = torch.sort(torch.where(mask, template_values, low), dim=1, descending=True, stable=True).indices
-    return torch.zeros_like(drawn).scatter_(1, slots, torch.where(torch.isinf(sorted_drawn), 0.0, sorted_drawn))
+def quantile_values(ctx: GenContext, lat, template_values, chosen, uv, s: GenerationSettings) -> torch.Tensor:
+    """value_source quantile (R5): each j_t's value at i_t's quantile (see the module docstring), [B, K]; the value
+    uniforms uv [B, K] randomize the template value's quantile among ties and between its neighbours."""
+    table = latent_values(ctx.stats, s.holdout, "statistics")
+    q = table.quantile(lat.clamp(min=0), template_values, uv)
+    q = torch.where(torch.isnan(q), uv.double(), q)  # i_t never fired at the statistics part's last positions
+    drawn = table.at_quantile(chosen, q)
+    return torch.where(torch.isnan(drawn), template_values, drawn)
 
 
 def permuted(template_values: torch.Tensor, mask: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:

@@ -146,14 +146,9 @@ def anchor(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Tens
     closest to cos(i*, i_t) (ties: lowest id); i* itself maps to a where a is allowed (cosine 1)."""
     device = lat.device
     rows = torch.arange(lat.shape[0], device=device)
-    live_rows = (lat >= 0).any(1)
     unit = torch.nn.functional.normalize(ctx.sae.W_dec.float(), dim=-1)
-    top = lat[rows, torch.where(lat >= 0, values, -math.inf).argmax(1)].clamp(min=0)
     blocked = _blocked(ctx, lat, s.exclude_template)
-    pool, count = _nearest_in_frequency(ctx, top, blocked, s.anchor_pool, lat.shape[1])
-    _check_found(count[live_rows])
-    pool_cos = torch.einsum("bpd,bd->bp", unit[pool.clamp(min=0)], unit[top])
-    anchor_ids = pool[rows, torch.where(pool >= 0, (pool_cos - s.anchor_cos).abs(), math.inf).argmin(1)].clamp(min=0)
+    top, anchor_ids = anchor_latents(ctx, lat, values, blocked, s)
     alive = ctx.stats.alive.to(device)
     cos_anchor = unit[anchor_ids] @ unit[alive].T  # [B, alive]
     cos_top = torch.einsum("bkd,bd->bk", unit[lat.clamp(min=0)], unit[top])
@@ -167,6 +162,17 @@ def anchor(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Tens
         chosen[:, t] = torch.where(live, pick, 0)
         blocked[rows[live], pick[live]] = True
     return chosen
+
+
+def anchor_latents(ctx: GenContext, lat, values, blocked, s: GenerationSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top latent [B], anchor [B]) of the anchor construction (see `anchor`)."""
+    rows = torch.arange(lat.shape[0], device=lat.device)
+    unit = torch.nn.functional.normalize(ctx.sae.W_dec.float(), dim=-1)
+    top = lat[rows, torch.where(lat >= 0, values, -math.inf).argmax(1)].clamp(min=0)
+    pool, count = _nearest_in_frequency(ctx, top, blocked, s.anchor_pool, lat.shape[1])
+    _check_found(count[(lat >= 0).any(1)])
+    pool_cos = torch.einsum("bpd,bd->bp", unit[pool.clamp(min=0)], unit[top])
+    return top, pool[rows, torch.where(pool >= 0, (pool_cos - s.anchor_cos).abs(), math.inf).argmin(1)].clamp(min=0)
 
 
 def _check_found(found: torch.Tensor) -> None:

@@ -384,24 +384,9 @@ def load_or_compute_stats(backend, layer: int, job, stats_root: str, device: str
     return stats, uri
 
 
-# --------------------------------------------------------------------------- co-occurrence (the ladder)
+# --------------------------------------------------------------------------- the pool's two parts (the ladder)
 
-
-@dataclass
-class Cooccurrence:
-    """How often latents fire together in the statistics part of the pool (its first `n_codes` codes; the
-    rest, `holdout`, is kept for diagnostics): per latent, its top-m partners by count.
-
-    count(u, j) is read from u's row: the stored count where j is among u's partners, else 0 where u's row
-    lists every partner it has (`truncated[u]` false), else the chance count f_u f_j n_codes."""
-
-    n_codes: int  # codes that built the table (the statistics part of the pool)
-    holdout: float  # fraction of the pool held out (its last codes)
-    partners: torch.Tensor  # [d_sae, m] int64, partner ids by count, descending; -1 pads
-    counts: torch.Tensor  # [d_sae, m] float32, their co-occurrence counts
-    fires: torch.Tensor  # [d_sae] float32, codes of the statistics part in which each latent fires
-    row_totals: torch.Tensor  # [d_sae] float32, sum over all partners of the counts (stored or not)
-    truncated: torch.Tensor  # [d_sae] bool, the latent has more than m partners
+POOL_PARTS = ("statistics", "heldout")
 
 
 def split_pool(n: int, holdout: float) -> int:
@@ -411,37 +396,10 @@ def split_pool(n: int, holdout: float) -> int:
     return n - int(round(holdout * n))
 
 
-@torch.no_grad()
-def cooccurrence(stats: ReferenceStats, top_m: int, holdout: float, chunk: int = 2048) -> Cooccurrence:
-    """The co-occurrence table of the pool's statistics part (built once per statistics and (m, holdout),
-    on the statistics' device, `chunk` latents at a time: a sparse product, cost O(nnz * d_sae), memory
-    O(pool * d_sae + d_sae * chunk))."""
-    cache = stats.__dict__.setdefault("_cooccurrence", {})
-    if (top_m, holdout) in cache:
-        return cache[top_m, holdout]
-    if top_m < 1:
-        raise SynthactError(f"cooccur_top_m {top_m} must be >= 1")
-    n_codes = split_pool(stats.n, holdout)
-    end = int(stats.code_offsets[n_codes])
-    rows = torch.repeat_interleave(torch.arange(n_codes, device=stats.code_offsets.device),
-                                   stats.code_offsets[1: n_codes + 1] - stats.code_offsets[:n_codes])
-    cols = stats.code_latents[:end].long()
-    x = torch.zeros(n_codes, stats.d_sae, device=cols.device)
-    x[rows.to(x.device), cols] = 1.0
-    x_t = torch.sparse_coo_tensor(torch.stack([cols, rows.to(cols.device)]), torch.ones_like(cols, dtype=x.dtype),
-                                  (stats.d_sae, n_codes), check_invariants=False).coalesce()
-    m = min(top_m, max(stats.d_sae - 1, 1))
-    partners, counts, totals, nonzero = [], [], [], []
-    for start in range(0, stats.d_sae, chunk):
-        block = torch.sparse.mm(x_t, x[:, start: start + chunk]).T.contiguous()  # [chunk, d_sae] counts
-        own = torch.arange(start, start + block.shape[0], device=x.device)
-        block[torch.arange(block.shape[0], device=x.device), own] = 0.0
-        top = torch.topk(block, m, dim=1)
-        partners.append(torch.where(top.values > 0, top.indices, -1))
-        counts.append(top.values)
-        totals.append(block.sum(1))
-        nonzero.append((block > 0).sum(1))
-    out = Cooccurrence(n_codes, holdout, torch.cat(partners), torch.cat(counts), x.sum(0), torch.cat(totals),
-                       torch.cat(nonzero) > m)
-    cache[top_m, holdout] = out
-    return out
+def part_range(n: int, holdout: float, part: str) -> tuple[int, int]:
+    """[start, stop) of the pool's codes in `part`: "statistics" (the first ones: what the ladder's constructions
+    draw from) or "heldout" (the last round(holdout * n): what the diagnostics count against)."""
+    if part not in POOL_PARTS:
+        raise SynthactError(f"unknown part of the pool '{part}'; use one of {', '.join(POOL_PARTS)}")
+    cut = split_pool(n, holdout)
+    return (0, cut) if part == "statistics" else (cut, n)

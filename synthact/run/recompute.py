@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import torch
+from pydantic import ValidationError
 
 from synthact.errors import SynthactError
 from synthact.generation.directions import direction_from_provenance
@@ -41,7 +42,7 @@ from synthact.run.tolerances import Arithmetic
 from synthact.run.worker import Worker, stop_point, target_steps
 from synthact.scan import scan
 from synthact.scan.metrics import curve_metrics, last_point, metric_ranges
-from synthact.spec import Cell, Job, MetricsSpec, ScanSpec, derive_seed
+from synthact.spec import Cell, Job, MetricsSpec, ScanSpec, derive_seed, format_validation_error
 from synthact.spec.vocabulary import AS_BEFORE
 
 SEED = 0  # which bases are sampled
@@ -100,6 +101,9 @@ def recompute(out, per_cell: int = 0) -> list[CellRecompute]:
         raise SynthactError(f"'{uri}' is not a synthact output directory (no job.json)")
     try:
         job = Job.model_validate(claim["spec"])
+    except ValidationError as e:
+        raise SynthactError(f"the spec in '{uri}/job.json' does not parse with this version of synthact, so its "
+                            f"rows cannot be recomputed:\n{format_validation_error(e)}") from None
     except (ValueError, TypeError) as e:
         raise SynthactError(f"the spec in '{uri}/job.json' does not parse with this version of synthact, so its "
                             f"rows cannot be recomputed ({str(e).splitlines()[0]})") from None

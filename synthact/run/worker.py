@@ -108,7 +108,7 @@ class Worker:
         target_step = target_steps(cell.scan, dirs.distance)
         last = last_point(stop_point(cell.scan, target_step), cell.scan.steps, job.metrics)
         js_cols = curve_metrics(js_curve, step, last, job.metrics, js=True) if js_curve is not None else {}
-        diagnostics = target_columns(target, self.context(cell.layer), settings_for(cell, cell.target_kind))
+        diagnostics = target_columns(target, self.context(cell.layer), target_seeds, settings_for(cell, cell.target_kind))
         blocks = []
         for r in self.read_layers:
             cols = {

@@ -30,6 +30,7 @@ from synthact.spec.load import (
 )
 from synthact.spec.vocabulary import (
     CONTROL_KINDS,
+    CONTROL_VALUE_SOURCES,
     GENERATION_AXES,
     KINDS,
     LADDER_AXES,
@@ -73,6 +74,7 @@ __all__ = [
     "load_job",
     "parse_job",
     "CONTROL_KINDS",
+    "CONTROL_VALUE_SOURCES",
     "GENERATION_AXES",
     "LADDER_AXES",
     "LADDER_KINDS",

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from synthact.spec.ids import digest
-from synthact.spec.vocabulary import GENERATION_AXES, TEMPLATE_KINDS
+from synthact.spec.vocabulary import CONTROL_KINDS, CONTROL_VALUE_SOURCES, GENERATION_AXES, TEMPLATE_KINDS
 
 
 class Frozen(BaseModel):
@@ -161,6 +161,21 @@ class CorpusSpec(Frozen):
 # --------------------------------------------------------------------------- settings
 
 
+REMOVED_GENERATION = {
+    "cooccur_top_m": "cooccur_top_m was removed: co-occurrence is now counted exactly, every partner of every latent "
+    "kept, and the diagnostics count on the pool's held-out part (docs/science.md, \"Beyond the paper: the "
+    "ladder\"); delete it from the spec and run into a new --out (an output directory whose job.json lists it was "
+    "written by an earlier synthact: rerun it into a new --out to resume or recompute it)",
+}
+RANKED_REMOVED = ("value_source 'ranked' was removed: it moved values between latents, so a latent's value did not "
+                  "come from its own distribution; use 'quantile' (R5: each replacement's own value at the template "
+                  "value's quantile) and run into a new --out")
+
+
+def _listify_value(v: Any) -> list:
+    return v if isinstance(v, list) else [v]
+
+
 class GenerationSpec(Frozen):
     """How SAE-built kinds are made (docs/science.md, "Generation settings"). Every list is a grid axis;
     an axis applies to the cells whose base or target kind uses it (null elsewhere). The defaults are
@@ -194,11 +209,12 @@ class GenerationSpec(Frozen):
     candidates: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
         [16], description="C: frequency-matched candidates per latent of structure pairwise (C=1 is the baseline)."
     )
-    value_source: list[Literal["template", "sampled", "ranked", "permuted"]] = Field(
+    value_source: list[Literal["template", "sampled", "quantile", "permuted"]] = Field(
         ["template"],
         description="Values of a built code: the template latent's (the paper), drawn from the replacement "
-        "latent's own non-zero values, those drawn values reassigned by rank to the template's value order "
-        "(ranked: the ladder's R5), or the template's values permuted among the latents (permuted: a control).",
+        "latent's own non-zero values (sampled), the replacement's own value at the template value's quantile "
+        "(quantile: the ladder's R5, from the pool's statistics part), or the template's values permuted among the "
+        "latents (permuted). The controls keep the template's values: they take only template and permuted.",
     )
     exclude_template: list[bool] = Field(
         [True],
@@ -212,26 +228,31 @@ class GenerationSpec(Frozen):
                                   "the template's, or another prompt's (error_source).")
     cooccur: list[Literal["counts", "none"]] = Field(
         ["counts"],
-        description="synthetic_cooccur: weight candidates by their co-occurrence counts with the latents already "
-        "chosen (R3), or not (none: with geometry_temp 0 this is the baseline).",
+        description="synthetic_cooccur: weight candidates by their exact co-occurrence counts with the latents already "
+        "chosen (R3), or not (none: with cooccur_window nearest_k and geometry_temp 0 this is the baseline).",
     )
-    cooccur_window: list[Literal["nearest_k", "all"]] = Field(
-        ["nearest_k"],
-        description="synthetic_cooccur: candidates are the nearest_k allowed latents nearest in frequency, or every "
-        "allowed alive latent (all: no frequency matching, as the authors' challenger).",
+    cooccur_power: list[Annotated[float, Field(gt=0, le=100)]] = Field(
+        [2.0],
+        description="synthetic_cooccur with counts: p of the weight (sum over the chosen latents u of count(u, j))^p; "
+        "1 draws in proportion to the summed counts; 2 (R3) in proportion to the chance that two independent draws "
+        "from those counts both give j, which favours the partners the code shares.",
+    )
+    cooccur_window: list[Literal["all", "nearest_k", "anchor"]] = Field(
+        ["all"],
+        description="synthetic_cooccur candidates: every allowed alive latent (all: R3, co-occurrence decides), the "
+        "nearest_k allowed latents nearest to the replaced one in frequency (R1's window), or the partners of the "
+        "anchor of the anchor construction (anchor: the authors' select_features_challenger; where they are no more "
+        "than the code's latents, the anchor construction itself, as theirs).",
     )
     geometry_temp: list[Annotated[float, Field(ge=0, le=1e6)]] = Field(
         [0.0],
         description="synthetic_cooccur: > 0 also weights candidates by exp(-error in kept decoder cosines / this) "
         "(R4; 0 = no geometry).",
     )
-    cooccur_top_m: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
-        [64], description="Co-occurrence partners stored per latent (synthetic_cooccur with counts, control_swapped)."
-    )
     holdout: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
         [0.25],
-        description="Fraction of the reference pool (its last codes) held out of the co-occurrence statistics, "
-        "for diagnostics.",
+        description="Fraction of the reference pool (its last codes) held out of what the ladder draws from "
+        "(synthetic_cooccur with counts, control_swapped, value_source quantile): the diagnostics count on it.",
     )
     swaps: list[Annotated[int, Field(ge=0, le=100_000)]] = Field(
         [1], description="control_swapped: latents of the template's code replaced (0 = none; >= its L0 = all)."
@@ -245,6 +266,17 @@ class GenerationSpec(Frozen):
         description="With add_error: whose SAE error is added, the template's own (its prompt's) or that of another "
         "real prompt drawn from the draw's RNG (other: the transplanted-error control, on any rung).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, why in REMOVED_GENERATION.items():
+                if key in data:
+                    raise ValueError(why)
+            if "ranked" in _listify_value(data.get("value_source")):
+                raise ValueError(RANKED_REMOVED)
+        return data
 
     @field_validator("*")
     @classmethod
@@ -270,12 +302,13 @@ class GenerationSpec(Frozen):
         return sum(math.prod(map(len, choices)) for choices in self._choices(kinds, paired))
 
     def _choices(self, kinds: set[str], paired: bool):
-        """Per (match, structure, cooccur_window, cooccur, add_error) a kind here uses: each axis's (index, value)
-        choices, [(0, None)] where unused."""
+        """Per (match, structure, cooccur_window, cooccur, value_source, add_error) a kind here uses: each axis's
+        (index, value) choices, [(0, None)] where unused. A cell with a control takes only the value sources that
+        keep the template's values (CONTROL_VALUE_SOURCES)."""
         used = set()
         built = kinds & set(TEMPLATE_KINDS)
         if built:
-            used |= {"value_source", "exclude_template", "match_norm"}
+            used |= {"exclude_template", "match_norm"}
         if paired:
             used.add("template")
         matches = list(enumerate(self.match)) if "synthetic_baseline" in kinds else [None]
@@ -284,11 +317,16 @@ class GenerationSpec(Frozen):
         windows = list(enumerate(self.cooccur_window)) if cooccur else [None]
         weights = list(enumerate(self.cooccur)) if cooccur else [None]
         errors = list(enumerate(self.add_error)) if built else [None]
-        for m, st, w, co, er in itertools.product(matches, structures, windows, weights, errors):
+        sources = [(i, v) for i, v in enumerate(self.value_source)
+                   if not (kinds & set(CONTROL_KINDS)) or v in CONTROL_VALUE_SOURCES] if built else [None]
+        for m, st, w, co, vs, er in itertools.product(matches, structures, windows, weights, sources, errors):
             keep, fixed = set(used), {}
             if er is not None:  # error_source only where an error is added
                 keep |= {"add_error"} | ({"error_source"} if er[1] else set())
                 fixed["add_error"] = [er]
+            if vs is not None:  # holdout where the values come from the pool's statistics part
+                keep |= {"value_source"} | ({"holdout"} if vs[1] == "quantile" else set())
+                fixed["value_source"] = [vs]
             if m is not None:
                 keep |= {"match", "nearest_k" if m[1] == "nearest_k" else "tol"}
                 fixed["match"] = [m]
@@ -296,11 +334,12 @@ class GenerationSpec(Frozen):
                 keep |= {"structure"} | ({"anchor_cos", "anchor_pool"} if st[1] == "anchor" else {"tol", "candidates"})
                 fixed["structure"] = [st]
             if cooccur:
-                keep |= {"cooccur", "cooccur_window", "geometry_temp"} | ({"nearest_k"} if w[1] == "nearest_k" else set())
-                keep |= {"cooccur_top_m", "holdout"} if co[1] == "counts" else set()
+                keep |= {"cooccur", "cooccur_window", "geometry_temp"} | {"nearest_k": {"nearest_k"}, "all": set(),
+                                                                          "anchor": {"anchor_cos", "anchor_pool"}}[w[1]]
+                keep |= {"holdout", "cooccur_power"} if co[1] == "counts" else set()
                 fixed["cooccur_window"], fixed["cooccur"] = [w], [co]
             if "control_swapped" in kinds:
-                keep |= {"swaps", "swap_order", "nearest_k", "cooccur_top_m", "holdout"}
+                keep |= {"swaps", "swap_order", "nearest_k", "holdout"}
             yield [fixed.get(name) or (list(enumerate(getattr(self, name))) if name in keep else [(0, None)])
                    for name in GENERATION_AXES]
 

@@ -27,6 +27,8 @@ from synthact.spec.ids import digest
 from synthact.spec.layers import check_layers
 from synthact.spec.vocabulary import (
     AS_BEFORE,
+    CONTROL_KINDS,
+    CONTROL_VALUE_SOURCES,
     GENERATION_AXES,
     KINDS,
     LADDER_AXES,
@@ -156,6 +158,9 @@ class Job(Frozen):
                 f"SAE-built bases ({', '.join(built_bases)}) cannot take another prompt's error; use real bases or "
                 "error_source: [template]"
             )
+        problem = self._control_problem()
+        if problem:
+            raise ValueError(problem)
         labels = [scan.label for scan in self.scan]
         if len(set(labels)) != len(labels):
             raise ValueError(f"scans need distinct names (got {', '.join(labels)}); give each a `name`")
@@ -174,6 +179,27 @@ class Job(Frozen):
             raise ValueError(f"the grid has {shards:,} shards ({cells:,} cells); at most {MAX_SHARDS:,} are allowed: "
                              "raise shard_size or shrink the grid")
         return self
+
+    def _control_problem(self) -> str | None:
+        """Why the job's controls would not be what they are defined to be, or None."""
+        g = self.generation
+        targets = {target_kind(k, d) for k, d in itertools.product(self.base_kinds, self.directions)}
+        controls = (targets | set(self.base_kinds)) & set(CONTROL_KINDS)
+        if controls and not set(g.value_source) & set(CONTROL_VALUE_SOURCES):
+            return (f"{', '.join(sorted(controls))} keep the template's values (a control is the template's own "
+                    f"values on other or swapped latents), so they take value_source "
+                    f"{' or '.join(CONTROL_VALUE_SOURCES)} only, and generation.value_source lists neither "
+                    f"({', '.join(g.value_source)}); add template")
+        of_real = {target_kind("real", d) for d in self.directions} if "real" in self.base_kinds else set()
+        degenerate = ("control_swapped" in of_real and "base" in g.template
+                      and 0 in g.swaps and True in g.add_error and "template" in g.error_source
+                      and "template" in g.value_source)
+        if degenerate:
+            return ("control_swapped with swaps 0, value_source template and the base's own SAE error (add_error "
+                    "true, error_source template) rebuilds the base A itself (A's code, A's values, A's error), so its "
+                    "target equals its base and the scan has no direction; drop swaps 0, use error_source: [other], "
+                    "or add_error: [false] (then swaps 0 is A's SAE reconstruction)")
+        return None
 
     def count(self) -> tuple[int, int]:
         """(cells, shards) of the grid, counted without listing them."""
@@ -253,9 +279,9 @@ class Cell:
     match_norm: bool | None = None
     add_error: bool | None = None
     cooccur: str | None = None
+    cooccur_power: float | None = None
     cooccur_window: str | None = None
     geometry_temp: float | None = None
-    cooccur_top_m: int | None = None
     holdout: float | None = None
     swaps: int | None = None
     swap_order: str | None = None

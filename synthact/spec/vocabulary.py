@@ -25,6 +25,8 @@ TEMPLATE_KINDS = (*SYNTHETIC_KINDS, "random_latents", "synthetic_cooccur", "cont
 LADDER_KINDS = ("synthetic_cooccur", "control_swapped", "control_other_latents")
 # Template-built controls that keep some of the template's latents, or may (generation/ladder.py).
 CONTROL_KINDS = ("control_swapped", "control_other_latents")
+# The value sources that keep the template's values, the only ones a control takes (its definition).
+CONTROL_VALUE_SOURCES = ("template", "permuted")
 
 
 GENERATION_AXES = (
@@ -32,7 +34,7 @@ GENERATION_AXES = (
     "value_source", "exclude_template", "match_norm", "add_error",
 )
 # The ladder's axes (generation/ladder.py): cells that use none of them keep the cell ids they had before.
-LADDER_AXES = ("cooccur", "cooccur_window", "geometry_temp", "cooccur_top_m", "holdout", "swaps", "swap_order",
+LADDER_AXES = ("cooccur", "cooccur_power", "cooccur_window", "geometry_temp", "holdout", "swaps", "swap_order",
                "error_source")
 # Ladder axes at the value that is what every cell did before the axis existed: left out of ids and seeds too.
 AS_BEFORE = {"error_source": "template"}
