@@ -68,47 +68,75 @@ def _normed(x: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
     return x
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.addmm(b, x.to(w.dtype), w)
+CAST_ELEMENTS = 2**25  # a weight cast to the compute dtype as it is used: at most this many elements at once
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cdt: torch.dtype) -> torch.Tensor:
+    """x @ w (+ b) in the compute dtype `cdt`; a weight of another dtype (a view of the model's parameter) is
+    cast as it is used, in column slices of at most CAST_ELEMENTS, so no copy of the weights stays."""
+    x = x.to(cdt)
+    if w.dtype == cdt or w.numel() <= CAST_ELEMENTS:
+        w = w.to(cdt)
+        return torch.addmm(b, x, w) if b is not None else x @ w
+    step = max(1, CAST_ELEMENTS // w.shape[0])
+    parts = [x @ w[:, i : i + step].to(cdt) for i in range(0, w.shape[1], step)]
+    out = torch.cat(parts, dim=1)
+    return out + b if b is not None else out
+
+
+def _heads(w: torch.Tensor) -> torch.Tensor:
+    """[heads, d_model, d_head] -> [d_model, heads * d_head] (a copy for this call only when not already laid out)."""
+    return w.permute(1, 0, 2).reshape(w.shape[1], -1)
 
 
 def _softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     return x if cap is None else cap * torch.tanh(x / cap)
 
 
-def _attention(blk: Block, h: torch.Tensor, k_pre: torch.Tensor, v_pre: torch.Tensor, cap: float | None):
+def _rotated(x: torch.Tensor, post: torch.Tensor, qk_norm: bool, eps: float) -> torch.Tensor:
+    """Per head [..., d_head], in float32: (an unweighted RMS norm with QK norm, then) @ post (the query scale, the
+    QK-norm weight and the rotary rotation of the scan position)."""
+    x = x.float()
+    if qk_norm:
+        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return x @ post
+
+
+def _attention(blk: Block, h: torch.Tensor, k_pre: torch.Tensor, v_pre: torch.Tensor, weights: Weights):
     """Attention output for single positions h [nb, m, d_model] (normalised) attending to their base's prefix."""
     nb, m, d = h.shape
+    cdt = weights.cdt
     Hk, dh, T = k_pre.shape[1], k_pre.shape[2], k_pre.shape[3]
-    qkv = _linear(h.reshape(nb * m, d), blk.w_qkv, blk.b_qkv)
-    H = qkv.shape[1] // dh - 2 * Hk
+    H = blk.w_q.shape[0]
     g = H // Hk  # query heads per key/value head (1 without GQA)
-    q = qkv[:, : H * dh].reshape(nb, m, Hk, g, dh).permute(0, 2, 3, 1, 4)  # [nb, Hk, g, m, dh]
-    k, v = qkv[:, H * dh :].reshape(nb, m, 2, Hk, dh).permute(2, 0, 3, 1, 4).unsqueeze(3)  # each [nb, Hk, 1, m, dh]
+    flat = h.reshape(nb * m, d)
+    q = _rotated(_linear(flat, _heads(blk.w_q), blk.b_q, cdt).view(-1, dh), blk.q_post, blk.qk_norm, weights.eps)
+    k = _rotated(_linear(flat, _heads(blk.w_k), blk.b_k, cdt).view(-1, dh), blk.k_post, blk.qk_norm, weights.eps)
+    v = _linear(flat, _heads(blk.w_v), blk.b_v, cdt)
+    q = q.to(cdt).reshape(nb, m, Hk, g, dh).permute(0, 2, 3, 1, 4)  # [nb, Hk, g, m, dh]
+    k = k.to(cdt).reshape(nb, m, Hk, dh).permute(0, 2, 1, 3).unsqueeze(2)  # [nb, Hk, 1, m, dh]
+    v = v.reshape(nb, m, Hk, dh).permute(0, 2, 1, 3).unsqueeze(2)
     scores_prefix = torch.matmul(q.reshape(nb, Hk, g * m, dh), k_pre)  # [nb, Hk, g*m, T]
     score_self = (q * k).sum(-1).reshape(nb, Hk, g * m, 1)
-    scores = _softcap(torch.cat([scores_prefix, score_self], dim=-1), cap)
+    scores = _softcap(torch.cat([scores_prefix, score_self], dim=-1), weights.score_cap)
     pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     z = torch.matmul(pattern[..., :T], v_pre).view(nb, Hk, g, m, dh) + pattern[..., T:].view(nb, Hk, g, m, 1) * v
     z = z.permute(0, 3, 1, 2, 4).reshape(nb * m, H * dh)
-    return _linear(z, blk.w_o, blk.b_o).view(nb, m, d)
+    return _linear(z, blk.w_o.reshape(H * dh, d), blk.b_o, cdt).view(nb, m, d)
 
 
 def _block_forward(blk: Block, x: torch.Tensor, k_pre, v_pre, weights: Weights) -> torch.Tensor:
     """One block for single positions x [nb, m, d_model] (float32 residual)."""
     nb, m, d = x.shape
-    eps = weights.eps
-    attn_out = _attention(blk, _normed(x, blk.ln1, eps), k_pre, v_pre, weights.score_cap)
+    eps, cdt = weights.eps, weights.cdt
+    attn_out = _attention(blk, _normed(x, blk.ln1, eps), k_pre, v_pre, weights)
     if blk.ln1_post is not None:
         attn_out = _normed(attn_out, blk.ln1_post, eps)
     mid = x + attn_out  # float32 residual (type promotion)
-    pre = _linear(_normed(x if weights.parallel else mid, blk.ln2, eps).reshape(nb * m, d), blk.w_in, blk.b_in)
-    if blk.b_gated is not None:
-        gate, lin = pre.chunk(2, dim=-1)
-        hidden = weights.act(gate) * lin + blk.b_gated
-    else:
-        hidden = weights.act(pre)
-    mlp_out = _linear(hidden, blk.w_out, blk.b_out).view(nb, m, d)
+    normed = _normed(x if weights.parallel else mid, blk.ln2, eps).reshape(nb * m, d)
+    pre = _linear(normed, blk.w_in, blk.b_in, cdt)
+    hidden = weights.act(pre) if blk.w_gate is None else weights.act(_linear(normed, blk.w_gate, None, cdt)) * pre
+    mlp_out = _linear(hidden, blk.w_out, blk.b_out, cdt).view(nb, m, d)
     if blk.ln2_post is not None:
         mlp_out = _normed(mlp_out, blk.ln2_post, eps)
     return mid + mlp_out
@@ -133,7 +161,8 @@ def _run_chunk(weights: Weights, start: int, read_layers, kv, points: torch.Tens
     if js:
         nb, m, d = x.shape
         normed = _normed(x, weights.ln_final, weights.eps).reshape(nb * m, d)
-        logits = _softcap(_linear(normed, weights.w_u, weights.b_u).float(), weights.logit_cap).view(nb, m, -1)
+        logits = _softcap(_linear(normed, weights.w_u, weights.b_u, weights.cdt).float(), weights.logit_cap)
+        logits = logits.view(nb, m, -1)
         js_d = js_distance(logits, logits[:, :1])
     return dists, js_d
 
