@@ -209,6 +209,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     print(f"power: with {job.bases_per_cell} bases per kind the two-sample KS test (alpha 0.05) detects a KS distance "
           f"of {detectable_ks_difference(job.bases_per_cell):.3f} between two kinds with 80% power")
+    print(api.memory_estimate(job))  # memory per worker and downloads (inputs/memory.py)
     return 0
 
 

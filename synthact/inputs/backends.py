@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from synthact.errors import SynthactError
-from synthact.inputs.checkpoint import check_model_finite, local_model
+from synthact.inputs.checkpoint import check_model_finite, local_model, quiet_transformers
 from synthact.inputs.corpus import Corpus, load_corpus
 from synthact.inputs.hub import hub_error, require_hub
 from synthact.inputs.saes import LOCAL_SAE_HINT, LoadedSAE, checked_sae, fetch_sae, load_sae
@@ -43,6 +43,8 @@ PROCESSING_DEFAULTS = {
     "refactor_factored_attn_matrices": False,
 }
 MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# from_pretrained kwargs that shape the config (passed to TransformerLens's get_pretrained_model_config).
+CONFIG_KWARGS = {"dtype", "n_ctx", "first_n_layers", "default_prepend_bos", "checkpoint_index", "checkpoint_value"}
 LOCAL_MODEL_HINT = "model: {local: DIR} (a Hugging Face checkpoint directory from save_pretrained)"
 
 
@@ -167,13 +169,43 @@ def _processing(kwargs: dict, label: str, all_false: bool = False) -> dict:
 
 
 def _pretrained_model(name: str, kwargs: dict, device: str) -> HookedTransformer:
+    """A TransformerLens model by name: its config and converted weights as `from_pretrained` gets them, processed
+    piece by piece (`inputs/processing.py`: about one copy of the weights, where from_pretrained's processing holds
+    float32 copies of the whole model), without a tokenizer (synthact feeds token ids). Keyword arguments beyond
+    those are handed to `HookedTransformer.from_pretrained` itself."""
     what = f"model '{name}'"
     require_hub(what, LOCAL_MODEL_HINT)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            return HookedTransformer.from_pretrained(name, device=device, **kwargs)
+            if set(kwargs) - set(PROCESSING_DEFAULTS) - CONFIG_KWARGS:
+                return HookedTransformer.from_pretrained(name, device=device, **kwargs)
+            return _pretrained_piecewise(name, kwargs)
     except TypeError as e:
         raise SynthactError(f"from_pretrained_kwargs for {what} are not accepted: {e}") from None
     except Exception as e:  # hub, cache and name errors come in many types
         raise hub_error(what, LOCAL_MODEL_HINT, e) from None
+
+
+def _pretrained_piecewise(name: str, kwargs: dict) -> HookedTransformer:
+    """What `HookedTransformer.from_pretrained` does for a name, its processing done by `assemble`."""
+    import dataclasses
+
+    from transformer_lens import loading_from_pretrained as loading
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    from synthact.inputs.processing import assemble
+
+    flags = {**PROCESSING_DEFAULTS, **{k: v for k, v in kwargs.items() if k in PROCESSING_DEFAULTS}}
+    config = {k: v for k, v in kwargs.items() if k in CONFIG_KWARGS}
+    official = loading.get_official_model_name(name)
+    cfg = loading.get_pretrained_model_config(official, fold_ln=flags["fold_ln"], device="cpu", **config)
+    if cfg.positional_embedding_type == "shortformer":  # as from_pretrained: these cannot be folded or centred
+        flags.update(fold_ln=False, center_writing_weights=False, center_unembed=False)
+    if cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        flags.update(fold_ln=False, center_writing_weights=False)
+    if (cfg.output_logits_soft_cap or 0) > 0:
+        flags["center_unembed"] = False
+    with quiet_transformers():
+        state = loading.get_pretrained_state_dict(official, cfg, None, dtype=config["dtype"])
+    return assemble(dataclasses.replace(cfg, tokenizer_name=None), state, flags)

@@ -16,6 +16,7 @@ rename) is read by `transformers` itself.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import warnings
@@ -150,23 +151,32 @@ def _read_with_transformers(path: Path, dtype: torch.dtype):
     """The checkpoint read by `transformers` (any format it reads; its memory map and key renames), with
     `loading_info`."""
     from transformers import AutoModelForCausalLM
+
+    try:
+        with quiet_transformers():
+            hf, info = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
+            )
+    except OSError as e:
+        raise SynthactError(f"could not read the weights in local model directory '{path}': {e}") from None
+    hf.loading_info = info
+    return hf
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Without transformers' load report and progress bars (they would print beside synthact's own output)."""
     from transformers.utils import logging as hf_logging
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # its load report and progress bar would print beside our own output
+    hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
-        hf, info = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
-        )
-    except OSError as e:
-        raise SynthactError(f"could not read the weights in local model directory '{path}': {e}") from None
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    hf.loading_info = info
-    return hf
 
 
 def first_non_finite(module: torch.nn.Module) -> tuple[str, int, int] | None:

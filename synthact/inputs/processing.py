@@ -19,13 +19,14 @@ import warnings
 
 import torch
 
+from synthact.inputs.memory import SLICE_ELEMENTS  # weight entries processed at once (16 MB in float32)
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
     from transformer_lens.weight_processing import ProcessWeights
 
-SLICE_ELEMENTS = 2**22  # weight entries processed at once (16 MB in float32): bounds the processing's temporaries
 _VOCAB_KEYS = ("embed.W_E", "pos_embed.W_pos", "unembed.W_U", "unembed.b_U", "ln_final.w", "ln_final.b")
 
 

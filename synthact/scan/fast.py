@@ -11,15 +11,12 @@ import torch.nn.functional as F
 
 from synthact.errors import SynthactError
 from synthact.inputs.hooks import blocks_before
+from synthact.inputs.memory import bytes_per_point, max_points
 from synthact.scan.plain import ScanResult, check_inputs, js_distance, matmul_precision, model_device
 from synthact.scan.weights import Block, Norm, Weights, compute_dtype, fast_path_unsupported, kv_weights, read_weights
 
 log = logging.getLogger(__name__)
 
-CPU_MAX_POINTS = 4096  # largest batch of scan points on CPU
-CPU_MEMORY_BUDGET = 512 * 2**20  # bytes a CPU chunk may use
-CUDA_MAX_POINTS = 131072  # measured on an H200: 3% faster than 65536
-CUDA_MEMORY_FRACTION = 0.5  # of the free device memory a chunk may use
 
 
 def _prefix_kv(model, tokens: torch.Tensor, first: int, last: int, cdt: torch.dtype):
@@ -167,20 +164,11 @@ def _run_chunk(weights: Weights, start: int, read_layers, kv, points: torch.Tens
     return dists, js_d
 
 
-def _bytes_per_point(model, n_read: int, n_ctx: int, js: bool) -> int:
-    """A generous estimate of the device memory one scan point needs during a chunk."""
-    cfg = model.cfg
-    per = 4 * (16 * cfg.d_model + 5 * cfg.d_mlp + 4 * cfg.n_heads * (n_ctx + 1) + n_read)
-    return per + (48 * cfg.d_vocab_out if js else 0)  # logits and the JS temporaries
-
-
 def _default_max_points(model, device: torch.device, n_read: int, n_ctx: int, js: bool) -> int:
-    """Chunk size: from free device memory on CUDA, a fixed budget on CPU."""
-    per_point = _bytes_per_point(model, n_read, n_ctx, js)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return max(2, min(CUDA_MAX_POINTS, int(free * CUDA_MEMORY_FRACTION) // per_point))
-    return max(2, min(CPU_MAX_POINTS, CPU_MEMORY_BUDGET // per_point))
+    """Chunk size (inputs/memory.py's rule): from free device memory on CUDA, a fixed budget on CPU."""
+    cfg = model.cfg
+    per_point = bytes_per_point(cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_vocab_out, n_read, n_ctx, js)
+    return max_points(per_point, torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None)
 
 
 def scan_fast(
