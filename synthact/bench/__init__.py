@@ -1,5 +1,5 @@
 """`synthact bench`: scan speed (plain vs fast path, points/s, TFLOP/s, deviations), generation and
-end-to-end timings, and (`--analysis ROWS`) compare / report on ROWS curves. `--model` builds a GPT-2-architecture HookedTransformer directly; `--family` writes a
+end-to-end timings, (`--analysis ROWS`) compare / report on ROWS curves, and (`--memory`) model loading's peak memory. `--model` builds a GPT-2-architecture HookedTransformer directly; `--family` writes a
 realistic-shape random checkpoint of that family with `transformers` and loads it through
 `model: {local: DIR}`, as a user's checkpoint would be (`--family all`: one table of all).
 """
@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "directory of ROWS curves (the paper-toy grid, curves included), without and with cached aggregates",
     )
     parser.add_argument("--keep", metavar="DIR", help="with --analysis: build the results under DIR and keep them")
+    parser.add_argument(
+        "--memory", type=at_least(1), nargs="*", metavar="LAYERS",
+        help="instead: peak host memory of loading Gemma-2-2B- and Llama-3.1-8B-shaped random bf16 checkpoints cut "
+             "to LAYERS blocks (default 2 4; the last two give the figure at full depth) against their weights",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -81,6 +86,12 @@ def device_name(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.memory is not None:
+        from synthact.bench.memory import format_memory, memory_benchmark
+
+        report = memory_benchmark(args.memory or [2, 4])
+        print(json.dumps(report, indent=2) if args.json else format_memory(report))
+        return 0
     if args.analysis:
         from synthact.bench.analysis import analysis_benchmark, format_analysis
 

@@ -119,7 +119,8 @@ def load_backend(
 def load_model(
     spec: ModelSpec, device: str, sae_model_kwargs: dict | None = None, corpus_spec: CorpusSpec | None = None
 ) -> LoadedModel:
-    """A HookedTransformer in eval mode on `device`, its weights checked finite.
+    """A HookedTransformer in eval mode on `device`, its weights checked finite (before processing, which would
+    spread a NaN over a row or column).
 
     Weight processing: the SAE's `model_from_pretrained_kwargs` overridden by the spec's
     `from_pretrained_kwargs`. Pretrained and local models start from from_pretrained's
@@ -136,13 +137,13 @@ def load_model(
             state = model.state_dict()
             model.load_and_process_state_dict(state, **_processing(kwargs, spec.label, all_false=True))
         model.to(dtype)
+        check_model_finite(model.named_parameters(), spec.label)
     elif spec.local:
         path = Path(spec.local).expanduser()
-        model = local_model(path, _processing(kwargs, f"local:{path}"), dtype)
+        model = local_model(path, _processing(kwargs, f"local:{path}"), dtype, spec.label)
     else:
         path = None
         model = _pretrained_model(spec.pretrained, {**kwargs, "dtype": dtype}, device)
-    check_model_finite(model, spec.label)
     model.to(device, print_details=False).eval()
     cfg = model.cfg
     return LoadedModel(model=model, label=spec.label, path=path, n_layers=cfg.n_layers, d_model=cfg.d_model, d_vocab=cfg.d_vocab)
@@ -179,8 +180,12 @@ def _pretrained_model(name: str, kwargs: dict, device: str) -> HookedTransformer
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             if set(kwargs) - set(PROCESSING_DEFAULTS) - CONFIG_KWARGS:
-                return HookedTransformer.from_pretrained(name, device=device, **kwargs)
+                model = HookedTransformer.from_pretrained(name, device=device, **kwargs)
+                check_model_finite(model.named_parameters(), name)
+                return model
             return _pretrained_piecewise(name, kwargs)
+    except SynthactError:
+        raise
     except TypeError as e:
         raise SynthactError(f"from_pretrained_kwargs for {what} are not accepted: {e}") from None
     except Exception as e:  # hub, cache and name errors come in many types
@@ -208,4 +213,5 @@ def _pretrained_piecewise(name: str, kwargs: dict) -> HookedTransformer:
         flags["center_unembed"] = False
     with quiet_transformers():
         state = loading.get_pretrained_state_dict(official, cfg, None, dtype=config["dtype"])
+    check_model_finite(state.items(), name)
     return assemble(dataclasses.replace(cfg, tokenizer_name=None), state, flags)

@@ -43,12 +43,14 @@ SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.f
                       "BOOL": torch.bool}
 
 
-def local_model(path: Path, processing: dict, dtype: torch.dtype) -> HookedTransformer:
-    """The HookedTransformer of the checkpoint in `path`, its weights in `dtype`, processed with `processing`
-    (from_pretrained's flags: fold_ln, center_writing_weights, center_unembed, ...), on the CPU."""
+def local_model(path: Path, processing: dict, dtype: torch.dtype, label: str) -> HookedTransformer:
+    """The HookedTransformer of the checkpoint in `path`, its weights in `dtype` and checked finite, processed with
+    `processing` (from_pretrained's flags: fold_ln, center_writing_weights, center_unembed, ...), on the CPU."""
     from synthact.inputs.processing import assemble
 
-    return assemble(*converted(path, processing, dtype))
+    cfg, state, processing = converted(path, processing, dtype)
+    check_model_finite(state.items(), label)
+    return assemble(cfg, state, processing)
 
 
 def converted(path: Path, processing: dict, dtype: torch.dtype) -> tuple[HookedTransformerConfig, dict, dict]:
@@ -179,11 +181,11 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def first_non_finite(module: torch.nn.Module) -> tuple[str, int, int] | None:
+def first_non_finite(named) -> tuple[str, int, int] | None:
     """(parameter name, number of NaN/inf values, first row holding one) of the first parameter that is not all
     finite, else None. Its extremes tell (NaN and inf propagate into them), in slices, so the check is one fast
     pass that allocates little beside the weights; only a damaged tensor is counted element by element."""
-    for name, tensor in module.named_parameters():
+    for name, tensor in named:
         rows = tensor.detach().reshape(tensor.shape[0], -1) if tensor.dim() else tensor.detach().reshape(1, 1)
         if not rows.is_floating_point() or rows.numel() == 0:
             continue
@@ -202,10 +204,11 @@ def first_non_finite(module: torch.nn.Module) -> tuple[str, int, int] | None:
     return None
 
 
-def check_model_finite(model: torch.nn.Module, label: str) -> None:
-    """Refuse a model with a NaN or infinite weight before anything runs on it (it would surface much later as
-    degenerate reference statistics or a scan 'overflow')."""
-    found = first_non_finite(model)
+def check_model_finite(named, label: str) -> None:
+    """Refuse a model with a NaN or infinite weight (`named`: (name, tensor) pairs, e.g. its converted state dict
+    before processing spreads a NaN) before anything runs on it; it would surface much later as degenerate
+    reference statistics or a scan 'overflow'."""
+    found = first_non_finite(named)
     if found:
         name, bad, row = found
         raise SynthactError(

@@ -157,7 +157,7 @@ def canonical_sae(sae: SAE, where: str) -> SAE:
 
 def check_sae_finite(sae: SAE, where: str) -> None:
     """Refuse an SAE with a NaN or infinite weight (it would surface later as a scan 'overflow')."""
-    found = first_non_finite(sae)
+    found = first_non_finite(sae.named_parameters())
     if found:
         name, bad, row = found
         raise SynthactError(

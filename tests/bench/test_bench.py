@@ -75,6 +75,9 @@ def test_family_table_with_tiny_shapes(capsys, monkeypatch):
         "neox": dict(**tiny, intermediate_size=64, rotary_pct=0.25),
         "llama": dict(**tiny, num_key_value_heads=2, intermediate_size=48),
         "gemma2": dict(**tiny, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, intermediate_size=48),
+        "mistral": dict(**tiny, num_key_value_heads=2, intermediate_size=48, sliding_window=4),
+        "qwen2": dict(**tiny, num_key_value_heads=2, intermediate_size=48),
+        "qwen3": dict(**tiny, num_key_value_heads=2, head_dim=12, intermediate_size=48),
     }
     for family, shape in shapes.items():
         config_class, label, _ = fixtures.FAMILIES[family]
@@ -85,7 +88,7 @@ def test_family_table_with_tiny_shapes(capsys, monkeypatch):
     for r in reports:
         assert r["fast_points_per_s"] > 0 and r["max_rel_dev_l2"] < 1e-4, r["model"]
     table = scan_speed.format_families(reports)
-    assert "Pythia-160m" in table and "gemma2" in table and "% probe" in table
+    assert "Pythia-160m" in table and "gemma2" in table and "qwen3" in table and "% probe" in table
 
 
 def test_flops_count_grouped_query_attention_and_gated_mlp():
