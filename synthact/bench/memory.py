@@ -49,9 +49,9 @@ model = load_model(ModelSpec(local=path, from_pretrained_kwargs={"dtype": "bfloa
 seconds = time.perf_counter() - start
 loaded = status("VmHWM")
 tokens = torch.randint(0, model.cfg.d_vocab, (2, 10))
-base_vectors = model(tokens, stop_at_layer=1)[:, -1].float()
+base_vectors = model(tokens, stop_at_layer=0)[:, -1].float()
 direction = torch.nn.functional.normalize(torch.randn_like(base_vectors), dim=-1)
-scan_fast(model, 1, [model.cfg.n_layers - 1], tokens, base_vectors, direction,
+scan_fast(model, 0, [model.cfg.n_layers - 1], tokens, base_vectors, direction,
           torch.arange(11.0)[None].repeat(2, 1), dtype=scan_dtype)
 with safe_open(f"{path}/model.safetensors", "pt") as f:  # bf16: 2 bytes per entry
     file_bytes = sum(math.prod(f.get_slice(k).get_shape()) * 2 for k in f.keys())

@@ -58,10 +58,8 @@ def _normed(x: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
     """LayerNorm or RMSNorm of x in float32 (as TransformerLens computes them)."""
     if norm.kind == "ln":
         return F.layer_norm(x.float(), (x.shape[-1],), norm.w, norm.b, eps)
-    if norm.kind == "rms":
-        x = x.float()
-        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-        return x if norm.w is None else x * norm.w
+    if norm.kind == "rms":  # x / sqrt(mean(x^2) + eps) * w, in one kernel
+        return F.rms_norm(x.float(), (x.shape[-1],), norm.w, eps)
     return x
 
 
@@ -81,9 +79,11 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cdt: torch
     return out + b if b is not None else out
 
 
-def _heads(w: torch.Tensor) -> torch.Tensor:
-    """[heads, d_model, d_head] -> [d_model, heads * d_head] (a copy for this call only when not already laid out)."""
-    return w.permute(1, 0, 2).reshape(w.shape[1], -1)
+def _qkv(blk: Block) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query, key and value weights side by side, [d_model, (n_heads + 2 n_kv_heads) d_head], and their biases:
+    one matmul for all three, from a copy made for this call only."""
+    w = torch.cat([blk.w_q.permute(1, 0, 2), blk.w_k.permute(1, 0, 2), blk.w_v.permute(1, 0, 2)], dim=1)
+    return w.reshape(w.shape[0], -1), torch.cat([blk.b_q, blk.b_k, blk.b_v])
 
 
 def _softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
@@ -106,10 +106,10 @@ def _attention(blk: Block, h: torch.Tensor, k_pre: torch.Tensor, v_pre: torch.Te
     Hk, dh, T = k_pre.shape[1], k_pre.shape[2], k_pre.shape[3]
     H = blk.w_q.shape[0]
     g = H // Hk  # query heads per key/value head (1 without GQA)
-    flat = h.reshape(nb * m, d)
-    q = _rotated(_linear(flat, _heads(blk.w_q), blk.b_q, cdt).view(-1, dh), blk.q_post, blk.qk_norm, weights.eps)
-    k = _rotated(_linear(flat, _heads(blk.w_k), blk.b_k, cdt).view(-1, dh), blk.k_post, blk.qk_norm, weights.eps)
-    v = _linear(flat, _heads(blk.w_v), blk.b_v, cdt)
+    qkv = _linear(h.reshape(nb * m, d), *_qkv(blk), cdt)
+    q = _rotated(qkv[:, : H * dh].reshape(-1, dh), blk.q_post, blk.qk_norm, weights.eps)
+    k = _rotated(qkv[:, H * dh : (H + Hk) * dh].reshape(-1, dh), blk.k_post, blk.qk_norm, weights.eps)
+    v = qkv[:, (H + Hk) * dh :]
     q = q.to(cdt).reshape(nb, m, Hk, g, dh).permute(0, 2, 3, 1, 4)  # [nb, Hk, g, m, dh]
     k = k.to(cdt).reshape(nb, m, Hk, dh).permute(0, 2, 1, 3).unsqueeze(2)  # [nb, Hk, 1, m, dh]
     v = v.reshape(nb, m, Hk, dh).permute(0, 2, 1, 3).unsqueeze(2)

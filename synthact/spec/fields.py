@@ -59,12 +59,14 @@ class ModelSpec(Frozen):
 
     pretrained: str | None = Field(None, description="TransformerLens model name, e.g. 'gpt2'.")
     local: str | None = Field(
-        None, description="Path to a local Hugging Face-format checkpoint directory (GPT-2 architecture)."
+        None, description="Path to a local Hugging Face checkpoint directory (save_pretrained; the architectures of "
+        "docs/families.md)."
     )
     toy: ToyModelSpec | None = Field(None, description="Build a toy model instead (no network).")
     from_pretrained_kwargs: dict[str, Any] = Field(
         default_factory=dict,
-        description="Extra HookedTransformer.from_pretrained kwargs; they override the SAE release's own.",
+        description="HookedTransformer.from_pretrained kwargs (processing flags such as fold_ln; dtype: the weights' "
+        "precision, float32 (default), bfloat16 or float16); they override the SAE release's own.",
     )
 
     @model_validator(mode="after")
