@@ -13,6 +13,7 @@ is the scan's compute precision (the fast path reads the weights as they are, se
 
 from __future__ import annotations
 
+import gc
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,5 +214,6 @@ def _pretrained_piecewise(name: str, kwargs: dict) -> HookedTransformer:
         flags["center_unembed"] = False
     with quiet_transformers():
         state = loading.get_pretrained_state_dict(official, cfg, None, dtype=config["dtype"])
+    gc.collect()  # the transformers model it read, held in cycles: its replaced tensors are freed as processing goes
     check_model_finite(state.items(), name)
     return assemble(dataclasses.replace(cfg, tokenizer_name=None), state, flags)

@@ -17,6 +17,7 @@ rename) is read by `transformers` itself.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import tempfile
 import warnings
@@ -93,6 +94,8 @@ def converted(path: Path, processing: dict, dtype: torch.dtype) -> tuple[HookedT
     cfg = HookedTransformerConfig.from_dict(cfg_dict)
     with torch.no_grad():
         state = loading.get_pretrained_state_dict(str(path), cfg, hf)  # mostly views of hf's tensors
+    del hf
+    gc.collect()  # transformers' modules hold each other in cycles: free them now, so a replaced tensor's memory goes
     return cfg, state, processing
 
 
