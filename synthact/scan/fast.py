@@ -131,8 +131,10 @@ def _block_forward(blk: Block, x: torch.Tensor, k_pre, v_pre, weights: Weights) 
         attn_out = _normed(attn_out, blk.ln1_post, eps)
     mid = x + attn_out  # float32 residual (type promotion)
     normed = _normed(x if weights.parallel else mid, blk.ln2, eps).reshape(nb * m, d)
-    pre = _linear(normed, blk.w_in, blk.b_in, cdt)
-    hidden = weights.act(pre) if blk.w_gate is None else weights.act(_linear(normed, blk.w_gate, None, cdt)) * pre
+    if blk.w_gate is None:
+        hidden = weights.act(_linear(normed, blk.w_in, blk.b_in, cdt))
+    else:  # as TransformerLens's gated MLP: the bias after the product
+        hidden = weights.act(_linear(normed, blk.w_gate, None, cdt)) * _linear(normed, blk.w_in, None, cdt) + blk.b_in
     mlp_out = _linear(hidden, blk.w_out, blk.b_out, cdt).view(nb, m, d)
     if blk.ln2_post is not None:
         mlp_out = _normed(mlp_out, blk.ln2_post, eps)

@@ -107,7 +107,7 @@ class Block:
     ln2: Norm
     w_in: torch.Tensor  # [d_model, d_mlp]
     b_in: torch.Tensor
-    w_gate: torch.Tensor | None  # gated MLPs: act(x W_gate) * (x W_in + b_in)
+    w_gate: torch.Tensor | None  # gated MLPs: act(x W_gate) * (x W_in) + b_in
     w_out: torch.Tensor
     b_out: torch.Tensor
     ln1_post: Norm | None  # Gemma-2: norms on the sublayer outputs
