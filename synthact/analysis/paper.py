@@ -16,14 +16,17 @@ import math
 
 # metric -> {target kind: (mean, std, KS against real or NaN)}
 REPORTED = {
-    "max_slope_step": {  # replications.ipynb: interpolation A -> T in 100 points
+    # replications.ipynb cells 52-53 and 82-83: the 1000-base interpolation A -> T (100 points) of commit 3c25aaa
+    "max_slope_step": {
         "real": (51.6, 7.8, math.nan),
         "sae_recon": (53.3, 8.4, 0.11),
         "synthetic_structured": (55.7, 11.5, 0.21),
         "synthetic_baseline": (56.9, 11.4, 0.26),
         "gaussian": (65.0, 11.2, 0.61),
     },
-    "plateau_len": {  # experiment_plateaus.ipynb, saved outputs: from T (in A's prompt) towards A
+    # experiment_plateaus.ipynb cells 24-25, printed in commit 3c25aaa's session: from T (in A's prompt) towards A,
+    # before the last commit redirected the curves to a fresh Gaussian draw (docs/science.md)
+    "plateau_len": {
         "real": (15.12, 8.62, math.nan),
         "gaussian": (8.33, 3.80, 0.568),
         "synthetic_structured": (7.76, 3.76, 0.633),

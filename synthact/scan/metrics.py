@@ -39,7 +39,8 @@ def curve_metrics(
     """Metrics of curves `[B, N+1]` (N >= 1) scanned with per-curve step `step_size [B]`, each up to point `last [B]`.
 
     With s_n = d_n - d_{n-1} (n >= 1) and s_0 := s_1:
-    - max_slope_step: the n of the largest s_n (ties: the latest n) (the paper's "blow-up" step);
+    - max_slope_step: the n of the largest s_n (the paper's "blow-up" step); ties: the latest n, synthact's rule (the
+      authors' unstable `np.argsort` leaves ties to the numpy build and CPU: docs/science.md);
     - max_slope: max_n s_n / step (per unit of perturbation distance); max_slope_start: the n of the
       steepest step d_n -> d_{n+1} (first on ties);
     - plateau_len: first n with d_n >= threshold (absolute, or `threshold * d_last` relative);
