@@ -14,6 +14,7 @@ import torch
 
 from synthact.bench.fixtures import FAMILIES, GEN_D_SAE, MODEL_SHAPES, n_layers
 from synthact.bench.generation import end_to_end, format_e2e, generation_timing
+from synthact.bench.memory import SHAPES as MEMORY_SHAPES
 from synthact.bench.scan_speed import benchmark, format_families, format_table
 from synthact.errors import SynthactError
 from synthact.spec.layers import check_layer
@@ -60,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead: peak host memory of loading Gemma-2-2B- and Llama-3.1-8B-shaped random bf16 checkpoints cut "
              "to LAYERS blocks (default 2 4; the last two give the figure at full depth) against their weights",
     )
+    parser.add_argument("--memory-shape", action="append", choices=list(MEMORY_SHAPES),
+                        help="with --memory: only this shape (repeatable; default both)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.memory is not None:
         from synthact.bench.memory import format_memory, memory_benchmark
 
-        report = memory_benchmark(args.memory or [2, 4])
+        report = memory_benchmark(args.memory or [2, 4], args.memory_shape)
         print(json.dumps(report, indent=2) if args.json else format_memory(report))
         return 0
     if args.analysis:

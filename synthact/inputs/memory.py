@@ -111,9 +111,10 @@ class WorkerEstimate:
                                f"{_gib(self.device_fixed)} fixed")
         if self.device in ("cpu", "auto"):
             need = self.device_fixed + max_points(self.per_point, None) * self.per_point
-            fits = host_bytes is None or max(need, self.host_peak) <= host_bytes
-            out.append(f"  CPU: batch {max_points(self.per_point, None)} points, peak about {_gib(need)}"
-                       + ("" if fits else f": does not fit in {_gib(host_bytes)} of host memory"))
+            worst = max(need, self.host_peak)
+            fits = host_bytes is None or worst <= host_bytes
+            out.append(f"  CPU: batch {max_points(self.per_point, None)} points, peak about {_gib(worst)}"
+                       + ("" if fits else f": does not fit in this machine's {_gib(host_bytes)}"))
         out += [f"  note: {n}" for n in self.notes]
         return out
 
