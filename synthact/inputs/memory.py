@@ -144,14 +144,13 @@ def estimate(job) -> list[WorkerEstimate]:
             est.per_point = bytes_per_point(shape.d_model, shape.d_mlp, shape.n_heads, shape.d_vocab, n_read,
                                             job.n_ctx, job.js)
             est.device_fixed = est.weights + est.saes + est.statistics
-            if model.pretrained:  # TransformerLens's from_pretrained: float32 copies of the whole state while processing
-                est.host_peak = shape.checkpoint_params() * DTYPE_BYTES.get(dtype, 4) + PROCESSING_COPIES * shape.params() * 4
-                est.notes.append("a pretrained name loads through TransformerLens's from_pretrained, whose weight "
-                                 "processing holds float32 copies of the whole model; a local copy (model.local) "
-                                 "loads block by block at about one copy of the weights")
-            else:  # block by block: the weights, plus the float32 copies of the largest piece processed at once
-                attention = shape.d_model * shape.d_head * (2 * shape.n_heads + 2 * shape.n_kv_heads)
-                est.host_peak = est.weights + 4 * PROCESSING_COPIES * max(attention, 3 * SLICE_ELEMENTS)
+            attention = shape.d_model * shape.d_head * (2 * shape.n_heads + 2 * shape.n_kv_heads)
+            est.host_peak = est.weights + 4 * PROCESSING_COPIES * max(attention, 3 * SLICE_ELEMENTS)
+            if model.pretrained:  # transformers maps the downloaded files: their pages count while it reads them
+                est.host_peak += shape.checkpoint_params() * 4
+                est.notes.append("a pretrained name is read by transformers from memory-mapped files (counted here "
+                                 "as float32, the precision most hub checkpoints are stored in); their pages are "
+                                 "the page cache's, freed once loading ends")
             out.append(est)
     return out
 
