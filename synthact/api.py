@@ -67,6 +67,14 @@ def grid_size(job: str | Path | Mapping | Job) -> dict:
     }
 
 
+def memory_estimate(job: str | Path | Mapping | Job) -> str:
+    """Each worker's estimated peak host and device memory and the scan batch it would use (or that it does not
+    fit), from the model's and SAEs' shapes without a download; and what the job would download."""
+    from synthact.inputs.memory import report
+
+    return report(load_job(job))
+
+
 def output_of(job: Job, out: str | Path | None = None) -> str:
     """Where a job writes: `out`, else the job's `output`, else runs/<job name>."""
     return str(out or job.output or f"runs/{job.name}")

@@ -325,6 +325,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     inputs = f"models: {', '.join(m.label for m in job.model)}; SAEs: {', '.join(s.label for s in job.sae)}"
     for text in (counts, inputs, power):
         print(textwrap.fill(text, WIDTH, subsequent_indent="  "))
+    print(api.memory_estimate(job))  # memory per worker and downloads (inputs/memory.py)
     return 0
 
 

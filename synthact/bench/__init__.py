@@ -1,8 +1,8 @@
 """`synthact bench`: scan speed (plain vs fast path, points/s, TFLOP/s, deviations), generation and
-end-to-end timings, (`--analysis ROWS`) compare / report on ROWS curves, and (`--calibration`) the type-I
-error and coverage of compare's tests and intervals by simulation. `--model` builds a GPT-2-architecture HookedTransformer directly; `--family` writes a
-realistic-shape random checkpoint of that family with `transformers` and loads it through
-`model: {local: DIR}`, as a user's checkpoint would be (`--family all`: one table of all).
+end-to-end timings, (`--analysis ROWS`) compare / report on ROWS curves, (`--calibration`) the type-I
+error and coverage of compare's tests and intervals by simulation, and (`--memory`) model loading's peak
+memory. `--model` builds a GPT-2-architecture HookedTransformer directly; `--family` writes a realistic-shape
+random checkpoint of that family with `transformers` and loads it through `model: {local: DIR}`, as a user's checkpoint would be (`--family all`: one table of all).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 
 from synthact.bench.fixtures import FAMILIES, GEN_D_SAE, MODEL_SHAPES, n_layers
 from synthact.bench.generation import end_to_end, format_e2e, generation_timing
+from synthact.bench.memory import SHAPES as MEMORY_SHAPES
 from synthact.bench.scan_speed import benchmark, format_families, format_table
 from synthact.errors import SynthactError
 from synthact.spec.layers import check_layer
@@ -62,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "(REPLICATES data sets per configuration, default 1000; n = 100, 1000, 10,000)",
     )
     parser.add_argument("--jobs", type=at_least(1), default=1, help="with --calibration: processes (default 1)")
+    parser.add_argument(
+        "--memory", type=at_least(1), nargs="*", metavar="LAYERS",
+        help="instead: peak host memory of loading Gemma-2-2B- and Llama-3.1-8B-shaped random bf16 checkpoints cut "
+             "to LAYERS blocks (default 2 4; the last two give the figure at full depth) against their weights",
+    )
+    parser.add_argument("--memory-shape", action="append", choices=list(MEMORY_SHAPES),
+                        help="with --memory: only this shape (repeatable; default both)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -93,6 +101,12 @@ def run(args: argparse.Namespace) -> int:
 
         rows = calibration(args.calibration, jobs=args.jobs)
         print(json.dumps(rows, indent=2) if args.json else format_calibration(rows))
+        return 0
+    if args.memory is not None:
+        from synthact.bench.memory import format_memory, memory_benchmark
+
+        report = memory_benchmark(args.memory or [2, 4], args.memory_shape)
+        print(json.dumps(report, indent=2) if args.json else format_memory(report))
         return 0
     if args.analysis:
         from synthact.bench.analysis import analysis_benchmark, format_analysis

@@ -29,6 +29,12 @@ FAMILIES = {
     "gemma2": ("Gemma2Config", "12 x 768 Gemma-2, GQA 12/4, gated 3072, post-norms, soft caps", dict(
         **_BLOCKS_768, num_key_value_heads=4, head_dim=64, query_pre_attn_scalar=64, intermediate_size=3072,
         vocab_size=32000)),
+    "mistral": ("MistralConfig", "12 x 768 Mistral, GQA 12/4, gated MLP 2048, sliding window", dict(
+        **_BLOCKS_768, num_key_value_heads=4, intermediate_size=2048, vocab_size=32000, sliding_window=4096)),
+    "qwen2": ("Qwen2Config", "12 x 768 Qwen2, GQA 12/2, QKV biases, gated MLP 2048", dict(
+        **_BLOCKS_768, num_key_value_heads=2, intermediate_size=2048, vocab_size=32000)),
+    "qwen3": ("Qwen3Config", "12 x 768 Qwen3, GQA 12/4, QK norm, gated MLP 2048", dict(
+        **_BLOCKS_768, num_key_value_heads=4, head_dim=64, intermediate_size=2048, vocab_size=32000)),
 }
 SCAN_SPAN = 5.0  # the scan runs from A to A + SCAN_SPAN * ||A|| * D
 GEN_D_SAE = 24576  # gpt2-small-res-jb's width

@@ -1,8 +1,9 @@
 """Toy model, toy corpus and toy SAE: small, seeded, trained, cached on disk (no network).
 
 The toy model is a GPT-2-architecture HookedTransformer trained briefly on a Markov-chain
-corpus; each toy SAE is an sae_lens standard (ReLU + L1) SAE trained with sae_lens's
-`SAETrainer` on that model's `blocks.{layer}.hook_resid_pre`. Both are written atomically
+corpus; each toy SAE is an sae_lens SAE of the spec's architecture (standard ReLU + L1 by default;
+JumpReLU, TopK, BatchTopK or gated) trained with sae_lens's `SAETrainer` on that model's
+`blocks.{layer}.hook_resid_pre`. Both are written atomically
 in standard formats (config.json + model.safetensors; sae_lens `save_inference_model`)
 under `cache_dir()`, keyed by a digest of what built them.
 """
@@ -31,10 +32,12 @@ from synthact.errors import first_line
 from synthact.integrity import record_problem
 from synthact.layout import build_dir_once, cache_dir
 from synthact.spec import ToyCorpusSpec, ToyModelSpec, ToySAESpec, digest
+from synthact.spec.fields import TOY_SAE_SPARSITY
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    from sae_lens import SAE, SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig
+    import sae_lens
+    from sae_lens import SAE, SAETrainer
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.sae import SAEMetadata
     from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -44,6 +47,15 @@ MODEL_LR = 3e-3
 SAE_BATCH = 1024  # activations per SAE training step
 SAE_LR = 3e-3
 SAE_HELD_OUT = 4096  # activations kept aside to measure L0 / explained variance
+# sae_lens's training config and SAE class per toy architecture (spec.fields.ToySAESpec; defaults measured on the
+# default toy, layer 1: L0 26 standard, 14 jumprelu, 16 topk, 15 batchtopk, 20 gated; explained variance >= 0.86).
+TRAINING_CLASSES = {
+    "standard": ("StandardTrainingSAEConfig", "StandardTrainingSAE"),
+    "jumprelu": ("JumpReLUTrainingSAEConfig", "JumpReLUTrainingSAE"),
+    "topk": ("TopKTrainingSAEConfig", "TopKTrainingSAE"),
+    "batchtopk": ("BatchTopKTrainingSAEConfig", "BatchTopKTrainingSAE"),  # saved for inference as a JumpReLU SAE
+    "gated": ("GatedTrainingSAEConfig", "GatedTrainingSAE"),
+}
 BUILD_VERSION = 1  # part of every cache key: bump it when training changes, so old caches are not reused
 
 
@@ -166,7 +178,7 @@ def _train_and_save_model(spec: ToyModelSpec, corpus_spec: ToyCorpusSpec, out: P
 def toy_sae(
     spec: ToySAESpec, model: HookedTransformer, model_dir: Path, layer: int, corpus: np.ndarray
 ) -> tuple[SAE, Path]:
-    """A standard SAE on `blocks.{layer}.hook_resid_pre`, trained with sae_lens's SAETrainer.
+    """An SAE of `spec.architecture` on `blocks.{layer}.hook_resid_pre`, trained with sae_lens's SAETrainer.
 
     Cached under the model's directory, keyed by (SAE spec, layer, corpus digest).
     `training.json` beside it records L0, explained variance and MSE on held-out activations.
@@ -225,10 +237,12 @@ def _train_and_save_sae(
     batch = min(SAE_BATCH, train.shape[0])
 
     torch.manual_seed(spec.seed)
-    cfg = StandardTrainingSAEConfig(
+    config_class, sae_class = TRAINING_CLASSES[spec.architecture]
+    sparsity = TOY_SAE_SPARSITY[spec.architecture]  # l1_coefficient, l0_coefficient or k
+    cfg = getattr(sae_lens, config_class)(
         d_in=model.cfg.d_model,
         d_sae=spec.d_sae,
-        l1_coefficient=spec.l1_coefficient,
+        **{sparsity: getattr(spec, sparsity)},
         normalize_activations="expected_average_only_in",
         metadata=SAEMetadata(
             model_name=f"toy:{model_dir.name}",
@@ -239,7 +253,7 @@ def _train_and_save_sae(
             model_from_pretrained_kwargs={},
         ),
     )
-    sae = StandardTrainingSAE(cfg)
+    sae = getattr(sae_lens, sae_class)(cfg)
     steps = max(spec.training_tokens // batch, 1)
     trainer_cfg = SAETrainerConfig(
         total_training_samples=steps * batch,
@@ -272,7 +286,7 @@ def sae_quality(sae: SAE, acts: torch.Tensor) -> dict:
     """L0 (mean, std, min, max), explained variance, MSE and alive latents on `acts`."""
     z = sae.encode(acts)
     recon = sae.decode(z)
-    l0 = (z > 0).sum(-1).float()
+    l0 = (z != 0).sum(-1).float()
     resid = ((acts - recon) ** 2).sum(-1)
     total = ((acts - acts.mean(0)) ** 2).sum(-1)
     return {
@@ -282,7 +296,7 @@ def sae_quality(sae: SAE, acts: torch.Tensor) -> dict:
         "l0_max": int(l0.max()),
         "explained_variance": float(1 - resid.sum() / total.sum()),
         "mse": float(resid.mean() / acts.shape[1]),
-        "alive_latents": int((z > 0).any(0).sum()),
+        "alive_latents": int((z != 0).any(0).sum()),
         "n_eval": int(acts.shape[0]),
     }
 

@@ -77,8 +77,9 @@ def load_worker(job: Job, group: tuple, stats_root: str, device: str | None = No
 
 
 def preflight(job: Job, worker) -> None:
-    """What the spec cannot know before loading: n_ctx against the model's; per SAE, finite weights, latent ids
-    against d_sae, and alive latents enough for the SAE-built kinds and their nearest_k / anchor_pool."""
+    """What the spec cannot know before loading: n_ctx against the model's; per SAE, latent ids against d_sae, and
+    alive latents enough for the SAE-built kinds and their nearest_k / anchor_pool. (Model and SAE weights are
+    checked finite as they load, before the reference statistics: `inputs.checkpoint`, `inputs.saes`.)"""
     model = worker.backend.model
     if model.model.cfg.n_ctx < job.n_ctx:
         raise SynthactError(
@@ -87,7 +88,6 @@ def preflight(job: Job, worker) -> None:
     latents = [int(arg) for head, arg in map(parse_direction, job.directions) if head == "latent" and arg != "random"]
     for layer, loaded in worker.backend.saes.items():
         where = f"SAE '{loaded.label}' (layer {layer})"
-        _check_finite(loaded.sae, where)
         d_sae = loaded.sae.W_dec.shape[0]
         too_big = [i for i in latents if i >= d_sae]
         if too_big:
@@ -96,20 +96,6 @@ def preflight(job: Job, worker) -> None:
                 f"(valid: latent:0..latent:{d_sae - 1})"
             )
         _check_alive(job, worker.stats[layer], where)
-
-
-def _check_finite(sae, where: str) -> None:
-    """Refuse an SAE with a NaN or infinite weight (it would surface later as a scan 'overflow')."""
-    import torch  # here, not at the top: a Ray driver imports this module and never loads a model
-
-    for name, tensor in sae.named_parameters():
-        bad = ~torch.isfinite(tensor.detach())
-        if bad.any():
-            rows = torch.nonzero(bad.reshape(bad.shape[0], -1).any(1) if bad.dim() else bad.reshape(1)).flatten()
-            raise SynthactError(
-                f"{where} has {int(bad.sum())} NaN or infinite values in {name} (first in row {int(rows[0])}); "
-                "the SAE's weights are damaged: point the spec at an intact SAE"
-            )
 
 
 SAE_BUILT = ("synthetic_baseline", "synthetic_structured", "random_latents", "single_latent")

@@ -11,15 +11,12 @@ import torch.nn.functional as F
 
 from synthact.errors import SynthactError
 from synthact.inputs.hooks import blocks_before
+from synthact.inputs.memory import bytes_per_point, max_points
 from synthact.scan.plain import ScanResult, check_inputs, js_distance, matmul_precision, model_device
 from synthact.scan.weights import Block, Norm, Weights, compute_dtype, fast_path_unsupported, kv_weights, read_weights
 
 log = logging.getLogger(__name__)
 
-CPU_MAX_POINTS = 4096  # largest batch of scan points on CPU
-CPU_MEMORY_BUDGET = 512 * 2**20  # bytes a CPU chunk may use
-CUDA_MAX_POINTS = 131072  # measured on an H200: 3% faster than 65536
-CUDA_MEMORY_FRACTION = 0.5  # of the free device memory a chunk may use
 
 
 def _prefix_kv(model, tokens: torch.Tensor, first: int, last: int, cdt: torch.dtype):
@@ -61,54 +58,84 @@ def _normed(x: torch.Tensor, norm: Norm, eps: float) -> torch.Tensor:
     """LayerNorm or RMSNorm of x in float32 (as TransformerLens computes them)."""
     if norm.kind == "ln":
         return F.layer_norm(x.float(), (x.shape[-1],), norm.w, norm.b, eps)
-    if norm.kind == "rms":
-        x = x.float()
-        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-        return x if norm.w is None else x * norm.w
+    if norm.kind == "rms":  # x / sqrt(mean(x^2) + eps) * w, in one kernel
+        return F.rms_norm(x.float(), (x.shape[-1],), norm.w, eps)
     return x
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.addmm(b, x.to(w.dtype), w)
+CAST_ELEMENTS = 2**25  # a weight cast to the compute dtype as it is used: at most this many elements at once
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cdt: torch.dtype) -> torch.Tensor:
+    """x @ w (+ b) in the compute dtype `cdt`; a weight of another dtype (a view of the model's parameter) is
+    cast as it is used, in column slices of at most CAST_ELEMENTS, so no copy of the weights stays."""
+    x = x.to(cdt)
+    if w.dtype == cdt or w.numel() <= CAST_ELEMENTS:
+        w = w.to(cdt)
+        return torch.addmm(b, x, w) if b is not None else x @ w
+    step = max(1, CAST_ELEMENTS // w.shape[0])
+    parts = [x @ w[:, i : i + step].to(cdt) for i in range(0, w.shape[1], step)]
+    out = torch.cat(parts, dim=1)
+    return out + b if b is not None else out
+
+
+def _qkv(blk: Block) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query, key and value weights side by side, [d_model, (n_heads + 2 n_kv_heads) d_head], and their biases:
+    one matmul for all three, from a copy made for this call only."""
+    w = torch.cat([blk.w_q.permute(1, 0, 2), blk.w_k.permute(1, 0, 2), blk.w_v.permute(1, 0, 2)], dim=1)
+    return w.reshape(w.shape[0], -1), torch.cat([blk.b_q, blk.b_k, blk.b_v])
 
 
 def _softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
     return x if cap is None else cap * torch.tanh(x / cap)
 
 
-def _attention(blk: Block, h: torch.Tensor, k_pre: torch.Tensor, v_pre: torch.Tensor, cap: float | None):
+def _rotated(x: torch.Tensor, post: torch.Tensor, qk_norm: bool, eps: float) -> torch.Tensor:
+    """Per head [..., d_head], in float32: (an unweighted RMS norm with QK norm, then) @ post (the query scale, the
+    QK-norm weight and the rotary rotation of the scan position)."""
+    x = x.float()
+    if qk_norm:
+        x = x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return x @ post
+
+
+def _attention(blk: Block, h: torch.Tensor, k_pre: torch.Tensor, v_pre: torch.Tensor, weights: Weights):
     """Attention output for single positions h [nb, m, d_model] (normalised) attending to their base's prefix."""
     nb, m, d = h.shape
+    cdt = weights.cdt
     Hk, dh, T = k_pre.shape[1], k_pre.shape[2], k_pre.shape[3]
-    qkv = _linear(h.reshape(nb * m, d), blk.w_qkv, blk.b_qkv)
-    H = qkv.shape[1] // dh - 2 * Hk
+    H = blk.w_q.shape[0]
     g = H // Hk  # query heads per key/value head (1 without GQA)
-    q = qkv[:, : H * dh].reshape(nb, m, Hk, g, dh).permute(0, 2, 3, 1, 4)  # [nb, Hk, g, m, dh]
-    k, v = qkv[:, H * dh :].reshape(nb, m, 2, Hk, dh).permute(2, 0, 3, 1, 4).unsqueeze(3)  # each [nb, Hk, 1, m, dh]
+    qkv = _linear(h.reshape(nb * m, d), *_qkv(blk), cdt)
+    q = _rotated(qkv[:, : H * dh].reshape(-1, dh), blk.q_post, blk.qk_norm, weights.eps)
+    k = _rotated(qkv[:, H * dh : (H + Hk) * dh].reshape(-1, dh), blk.k_post, blk.qk_norm, weights.eps)
+    v = qkv[:, (H + Hk) * dh :]
+    q = q.to(cdt).reshape(nb, m, Hk, g, dh).permute(0, 2, 3, 1, 4)  # [nb, Hk, g, m, dh]
+    k = k.to(cdt).reshape(nb, m, Hk, dh).permute(0, 2, 1, 3).unsqueeze(2)  # [nb, Hk, 1, m, dh]
+    v = v.reshape(nb, m, Hk, dh).permute(0, 2, 1, 3).unsqueeze(2)
     scores_prefix = torch.matmul(q.reshape(nb, Hk, g * m, dh), k_pre)  # [nb, Hk, g*m, T]
     score_self = (q * k).sum(-1).reshape(nb, Hk, g * m, 1)
-    scores = _softcap(torch.cat([scores_prefix, score_self], dim=-1), cap)
+    scores = _softcap(torch.cat([scores_prefix, score_self], dim=-1), weights.score_cap)
     pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     z = torch.matmul(pattern[..., :T], v_pre).view(nb, Hk, g, m, dh) + pattern[..., T:].view(nb, Hk, g, m, 1) * v
     z = z.permute(0, 3, 1, 2, 4).reshape(nb * m, H * dh)
-    return _linear(z, blk.w_o, blk.b_o).view(nb, m, d)
+    return _linear(z, blk.w_o.reshape(H * dh, d), blk.b_o, cdt).view(nb, m, d)
 
 
 def _block_forward(blk: Block, x: torch.Tensor, k_pre, v_pre, weights: Weights) -> torch.Tensor:
     """One block for single positions x [nb, m, d_model] (float32 residual)."""
     nb, m, d = x.shape
-    eps = weights.eps
-    attn_out = _attention(blk, _normed(x, blk.ln1, eps), k_pre, v_pre, weights.score_cap)
+    eps, cdt = weights.eps, weights.cdt
+    attn_out = _attention(blk, _normed(x, blk.ln1, eps), k_pre, v_pre, weights)
     if blk.ln1_post is not None:
         attn_out = _normed(attn_out, blk.ln1_post, eps)
     mid = x + attn_out  # float32 residual (type promotion)
-    pre = _linear(_normed(x if weights.parallel else mid, blk.ln2, eps).reshape(nb * m, d), blk.w_in, blk.b_in)
-    if blk.b_gated is not None:
-        gate, lin = pre.chunk(2, dim=-1)
-        hidden = weights.act(gate) * lin + blk.b_gated
-    else:
-        hidden = weights.act(pre)
-    mlp_out = _linear(hidden, blk.w_out, blk.b_out).view(nb, m, d)
+    normed = _normed(x if weights.parallel else mid, blk.ln2, eps).reshape(nb * m, d)
+    if blk.w_gate is None:
+        hidden = weights.act(_linear(normed, blk.w_in, blk.b_in, cdt))
+    else:  # as TransformerLens's gated MLP: the bias after the product
+        hidden = weights.act(_linear(normed, blk.w_gate, None, cdt)) * _linear(normed, blk.w_in, None, cdt) + blk.b_in
+    mlp_out = _linear(hidden, blk.w_out, blk.b_out, cdt).view(nb, m, d)
     if blk.ln2_post is not None:
         mlp_out = _normed(mlp_out, blk.ln2_post, eps)
     return mid + mlp_out
@@ -133,25 +160,17 @@ def _run_chunk(weights: Weights, start: int, read_layers, kv, points: torch.Tens
     if js:
         nb, m, d = x.shape
         normed = _normed(x, weights.ln_final, weights.eps).reshape(nb * m, d)
-        logits = _softcap(_linear(normed, weights.w_u, weights.b_u).float(), weights.logit_cap).view(nb, m, -1)
+        logits = _softcap(_linear(normed, weights.w_u, weights.b_u, weights.cdt).float(), weights.logit_cap)
+        logits = logits.view(nb, m, -1)
         js_d = js_distance(logits, logits[:, :1])
     return dists, js_d
 
 
-def _bytes_per_point(model, n_read: int, n_ctx: int, js: bool) -> int:
-    """A generous estimate of the device memory one scan point needs during a chunk."""
-    cfg = model.cfg
-    per = 4 * (16 * cfg.d_model + 5 * cfg.d_mlp + 4 * cfg.n_heads * (n_ctx + 1) + n_read)
-    return per + (48 * cfg.d_vocab_out if js else 0)  # logits and the JS temporaries
-
-
 def _default_max_points(model, device: torch.device, n_read: int, n_ctx: int, js: bool) -> int:
-    """Chunk size: from free device memory on CUDA, a fixed budget on CPU."""
-    per_point = _bytes_per_point(model, n_read, n_ctx, js)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return max(2, min(CUDA_MAX_POINTS, int(free * CUDA_MEMORY_FRACTION) // per_point))
-    return max(2, min(CPU_MAX_POINTS, CPU_MEMORY_BUDGET // per_point))
+    """Chunk size (inputs/memory.py's rule): from free device memory on CUDA, a fixed budget on CPU."""
+    cfg = model.cfg
+    per_point = bytes_per_point(cfg.d_model, cfg.d_mlp, cfg.n_heads, cfg.d_vocab_out, n_read, n_ctx, js)
+    return max_points(per_point, torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None)
 
 
 def scan_fast(

@@ -1,9 +1,14 @@
 """Reading a TransformerLens model's weights into one canonical layout for the fast kernel.
 
-HookedTransformer already converts every family it serves (GPT-2, GPT-NeoX, Llama/Mistral/Qwen2,
+HookedTransformer already converts every family it serves (GPT-2, GPT-NeoX, Llama/Mistral/Qwen2/Qwen3,
 Gemma/Gemma-2) into one set of parameter names; this module reads them once per (model, dtype,
-rotary position), folds what the kernel needs (GQA key/value heads, rotary tables, soft caps, norms),
-and says which models the kernel cannot run (`fast_path_unsupported`).
+rotary position) and says which models the kernel cannot run (`fast_path_unsupported`).
+
+The large matrices are views of the model's own parameters, in the model's own precision: no copy of the
+weights is kept (a 9B-parameter model has no room for a second one). The kernel casts a matrix to the compute
+dtype as it multiplies by it (a no-op when the precisions agree; `scan/fast.py`); only what is small is
+prepared here: norm weights and biases in float32 or the compute dtype, and per block the rotary rotation of
+the scan position, with the query scale and QK-norm weights folded in.
 """
 
 from __future__ import annotations
@@ -51,8 +56,9 @@ def fast_path_unsupported(model) -> str | None:
         (cfg.act_fn is not None and layer_norm_activation(), f"activation {cfg.act_fn} with its own LayerNorm"),
         (getattr(cfg, "attention_dir", "causal") != "causal", "non-causal attention"),
         (
-            flag("use_qk_norm") or getattr(model.blocks[0].attn, "q_norm", None) is not None or flag("clip_qkv"),
-            "QK norm or QKV clipping",
+            (getattr(model.blocks[0].attn, "q_norm", None) is not None and not flag("use_qk_norm"))
+            or flag("clip_qkv"),
+            "QK norm over the whole query (OLMo) or QKV clipping",
         ),
         (flag("use_logn_attn") or flag("use_dynamic_ntk_rope"), "log-n attention scaling or dynamic NTK rotary"),
         (flag("use_attention_sinks"), "attention sinks"),
@@ -78,31 +84,40 @@ class Norm:
 
 @dataclass
 class Block:
-    """One block's weights, flattened for single-position matmuls, in the compute dtype.
+    """One block's weights for single-position matmuls. Matrices are views of the model's parameters (any
+    dtype); biases are in the compute dtype.
 
-    Queries are pre-scaled by 1/attn_scale; on rotary models the query and key weights are
-    pre-rotated for the scan position, so q and the position's own k come out of one matmul.
+    Queries and keys leave their projection unrotated: `q_post` / `k_post` [d_head, d_head] then apply, per head,
+    the query scale 1/attn_scale, the QK-norm weight (after an unweighted RMS norm when `qk_norm`) and the rotary
+    rotation of the scan position (identity without rotary).
     """
 
     ln1: Norm
-    w_qkv: torch.Tensor  # [d_model, (n_heads + 2 * n_kv_heads) * d_head]
-    b_qkv: torch.Tensor
-    w_o: torch.Tensor  # [n_heads * d_head, d_model]
+    w_q: torch.Tensor  # [n_heads, d_model, d_head]
+    w_k: torch.Tensor  # [n_kv_heads, d_model, d_head]
+    w_v: torch.Tensor
+    b_q: torch.Tensor  # [n_heads * d_head]
+    b_k: torch.Tensor  # [n_kv_heads * d_head]
+    b_v: torch.Tensor
+    q_post: torch.Tensor  # [d_head, d_head] float32
+    k_post: torch.Tensor
+    qk_norm: bool  # Qwen3: RMS-normalise each query and key head before q_post / k_post
+    w_o: torch.Tensor  # [n_heads, d_head, d_model]
     b_o: torch.Tensor
     ln2: Norm
-    w_in: torch.Tensor  # [d_model, d_mlp], or [d_model, 2 * d_mlp] (gate, in) for gated MLPs
-    b_in: torch.Tensor  # bias of that matmul (zeros for gated MLPs)
-    b_gated: torch.Tensor | None  # gated MLPs: act(x W_gate) * (x W_in) + b_gated
+    w_in: torch.Tensor  # [d_model, d_mlp]
+    b_in: torch.Tensor
+    w_gate: torch.Tensor | None  # gated MLPs: act(x W_gate) * (x W_in) + b_in
     w_out: torch.Tensor
     b_out: torch.Tensor
     ln1_post: Norm | None  # Gemma-2: norms on the sublayer outputs
     ln2_post: Norm | None
-    n_kv_heads: int
     window: int | None  # local attention: the query sees itself and window - 1 earlier positions
 
 
 @dataclass
 class Weights:
+    cdt: torch.dtype  # the compute dtype the matmuls run in
     blocks: list[Block]
     ln_final: Norm
     w_u: torch.Tensor
@@ -163,10 +178,8 @@ def _rotation(attn, position: int) -> torch.Tensor:
 
 
 def read_weights(model, dtype: str, position: int) -> Weights:
-    """Cast copies of the model's weights for the fast path, cached per model, dtype, position and weight version.
-
-    `position` (the scan position, n_ctx - 1) matters only for rotary models.
-    """
+    """The model's weights for the fast path (views, see the module docstring), cached per model, dtype, position
+    and weight version. `position` (the scan position, n_ctx - 1) matters only for rotary models."""
     rotary = model.cfg.positional_embedding_type == "rotary"
     key = (dtype, position if rotary else None)
     signature = (key, tuple((p.data_ptr(), p._version) for p in model.parameters()))
@@ -175,56 +188,48 @@ def read_weights(model, dtype: str, position: int) -> Weights:
         return cached[1]
     cdt = compute_dtype(dtype)
     cfg = model.cfg
-    d = cfg.d_model
 
-    def cast(t):
-        return t.detach().to(cdt).contiguous()
-
-    def heads_to_columns(w, b, rotation=None):  # [h, d_model, d_head] -> [d_model, h * d_head]
-        w, b = w.detach().float(), b.detach().float()
-        if rotation is not None:
-            w, b = w @ rotation, b @ rotation
-        return w.permute(1, 0, 2).reshape(d, -1), b.reshape(-1)
+    def small(t):
+        return t.detach().to(cdt).reshape(-1).contiguous()
 
     blocks = []
     for block in model.blocks:
         a, m = block.attn, block.mlp
-        rotation = _rotation(a, position) if rotary else None
-        inv_scale = 1.0 / float(a.attn_scale)  # folded into the queries
+        rotation = _rotation(a, position) if rotary else torch.eye(cfg.d_head, device=a.W_Q.device)
         w_k, b_k, w_v, b_v = kv_weights(a)
-        q = heads_to_columns(a.W_Q * inv_scale, a.b_Q * inv_scale, rotation)
-        k = heads_to_columns(w_k, b_k, rotation)
-        v = heads_to_columns(w_v, b_v)
-        if cfg.gated_mlp:
-            w_in, b_in, b_gated = torch.cat([m.W_gate, m.W_in], dim=1), torch.zeros(2 * m.b_in.shape[0]), m.b_in
-        else:
-            w_in, b_in, b_gated = m.W_in, m.b_in, None
+        q_norm, k_norm = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
+        qk_norm = q_norm is not None
+        q_w = q_norm.w.detach().float() if qk_norm else torch.ones(cfg.d_head, device=rotation.device)
+        k_w = k_norm.w.detach().float() if qk_norm else torch.ones(cfg.d_head, device=rotation.device)
         local = getattr(a, "attn_type", "global") == "local"
         blocks.append(
             Block(
                 ln1=_norm(block.ln1),
-                w_qkv=cast(torch.cat([q[0], k[0], v[0]], dim=1)),
-                b_qkv=cast(torch.cat([q[1], k[1], v[1]])),
-                w_o=cast(a.W_O.reshape(-1, d)),
-                b_o=cast(a.b_O),
+                w_q=a.W_Q.detach(), w_k=w_k.detach(), w_v=w_v.detach(),
+                b_q=small(a.b_Q), b_k=small(b_k), b_v=small(b_v),
+                q_post=(q_w / float(a.attn_scale))[:, None] * rotation,
+                k_post=k_w[:, None] * rotation,
+                qk_norm=qk_norm,
+                w_o=a.W_O.detach(),
+                b_o=small(a.b_O),
                 ln2=_norm(block.ln2),
-                w_in=cast(w_in),
-                b_in=cast(b_in.to(m.b_in.device)),
-                b_gated=None if b_gated is None else cast(b_gated),
-                w_out=cast(m.W_out),
-                b_out=cast(m.b_out),
+                w_in=m.W_in.detach(),
+                b_in=small(m.b_in),
+                w_gate=m.W_gate.detach() if cfg.gated_mlp else None,
+                w_out=m.W_out.detach(),
+                b_out=small(m.b_out),
                 ln1_post=_norm(block.ln1_post) if cfg.use_normalization_before_and_after else None,
                 ln2_post=_norm(block.ln2_post) if cfg.use_normalization_before_and_after else None,
-                n_kv_heads=w_k.shape[0],
                 window=int(cfg.window_size) if local else None,
             )
         )
     ln_final = getattr(model, "ln_final", None)
     weights = Weights(
+        cdt=cdt,
         blocks=blocks,
         ln_final=_norm(ln_final) if ln_final is not None else Norm(None, None, None),
-        w_u=cast(model.unembed.W_U),
-        b_u=cast(model.unembed.b_U),
+        w_u=model.unembed.W_U.detach(),
+        b_u=small(model.unembed.b_U),
         act=_activation(model),
         eps=float(cfg.eps),
         parallel=bool(cfg.parallel_attn_mlp),
@@ -233,5 +238,3 @@ def read_weights(model, dtype: str, position: int) -> Weights:
     )
     _WEIGHT_CACHE[model] = (signature, weights)
     return weights
-
-

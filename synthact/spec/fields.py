@@ -9,7 +9,7 @@ import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from synthact.spec.ids import digest
 from synthact.spec.vocabulary import CONTROL_KINDS, CONTROL_VALUE_SOURCES, GENERATION_AXES, TEMPLATE_KINDS
@@ -61,12 +61,14 @@ class ModelSpec(Frozen):
 
     pretrained: str | None = Field(None, description="TransformerLens model name, e.g. 'gpt2'.")
     local: str | None = Field(
-        None, description="Path to a local Hugging Face-format checkpoint directory (GPT-2 architecture)."
+        None, description="Path to a local Hugging Face checkpoint directory (save_pretrained; the architectures of "
+        "docs/families.md)."
     )
     toy: ToyModelSpec | None = Field(None, description="Build a toy model instead (no network).")
     from_pretrained_kwargs: dict[str, Any] = Field(
         default_factory=dict,
-        description="Extra HookedTransformer.from_pretrained kwargs; they override the SAE release's own.",
+        description="HookedTransformer.from_pretrained kwargs (processing flags such as fold_ln; dtype: the weights' "
+        "precision, float32 (default), bfloat16 or float16); they override the SAE release's own.",
     )
 
     @model_validator(mode="after")
@@ -86,13 +88,45 @@ class ModelSpec(Frozen):
 # --------------------------------------------------------------------------- SAE
 
 
+# Which of ToySAESpec's sparsity settings each architecture trains with (the others must keep their defaults).
+TOY_SAE_SPARSITY = {"standard": "l1_coefficient", "gated": "l1_coefficient", "jumprelu": "l0_coefficient",
+                    "topk": "k", "batchtopk": "k"}
+
+
 class ToySAESpec(Frozen):
     """An SAE trained with sae_lens on the toy model's activations (offline, tests)."""
 
+    architecture: Literal["standard", "jumprelu", "topk", "batchtopk", "gated"] = Field(
+        "standard",
+        description="sae_lens architecture: standard (ReLU + L1), jumprelu (Gemma Scope), topk (OpenAI), batchtopk "
+        "(Llama Scope's training; sae_lens saves it as a JumpReLU SAE), gated.",
+    )
     d_sae: int = Field(512, ge=16, le=65_536, description="Number of latents.")
-    l1_coefficient: float = Field(3.0, gt=0, le=1e6, description="Sparsity penalty of the standard SAE.")
+    l1_coefficient: float = Field(3.0, gt=0, le=1e6, description="Sparsity penalty of the standard and gated SAE.")
+    l0_coefficient: float = Field(1.0, gt=0, le=1e6, description="L0 penalty of the jumprelu SAE.")
+    k: int = Field(16, ge=1, le=4096, description="Active latents per activation of topk (mean per batch: batchtopk).")
     training_tokens: int = Field(400_000, ge=1000, le=10**10, description="Activations seen in training.")
     seed: int = Field(0, ge=0, lt=2**63, description="Seed for SAE init and training order.")
+
+    @model_validator(mode="after")
+    def _sparsity_of_its_architecture(self) -> "ToySAESpec":
+        for name in set(TOY_SAE_SPARSITY.values()) - {TOY_SAE_SPARSITY[self.architecture]}:
+            if getattr(self, name) != type(self).model_fields[name].default:
+                used = [a for a, f in TOY_SAE_SPARSITY.items() if f == name]
+                raise ValueError(f"{name} applies to architecture {' and '.join(used)}, not {self.architecture}; "
+                                 f"remove it or set architecture")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _what_applies(self, handler) -> dict:
+        """Only the sparsity setting of its architecture, and no architecture when standard: the standard toy SAE's
+        identity (cache key, label, spec hash) is what it was before the other architectures existed."""
+        data = handler(self)
+        for name in set(TOY_SAE_SPARSITY.values()) - {TOY_SAE_SPARSITY[self.architecture]}:
+            data.pop(name, None)
+        if self.architecture == "standard":
+            data.pop("architecture", None)
+        return data
 
 
 class SAESpec(Frozen):

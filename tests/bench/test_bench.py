@@ -75,6 +75,9 @@ def test_family_table_with_tiny_shapes(capsys, monkeypatch):
         "neox": dict(**tiny, intermediate_size=64, rotary_pct=0.25),
         "llama": dict(**tiny, num_key_value_heads=2, intermediate_size=48),
         "gemma2": dict(**tiny, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, intermediate_size=48),
+        "mistral": dict(**tiny, num_key_value_heads=2, intermediate_size=48, sliding_window=4),
+        "qwen2": dict(**tiny, num_key_value_heads=2, intermediate_size=48),
+        "qwen3": dict(**tiny, num_key_value_heads=2, head_dim=12, intermediate_size=48),
     }
     for family, shape in shapes.items():
         config_class, label, _ = fixtures.FAMILIES[family]
@@ -85,7 +88,7 @@ def test_family_table_with_tiny_shapes(capsys, monkeypatch):
     for r in reports:
         assert r["fast_points_per_s"] > 0 and r["max_rel_dev_l2"] < 1e-4, r["model"]
     table = scan_speed.format_families(reports)
-    assert "Pythia-160m" in table and "gemma2" in table and "% probe" in table
+    assert "Pythia-160m" in table and "gemma2" in table and "qwen3" in table and "% probe" in table
 
 
 def test_flops_count_grouped_query_attention_and_gated_mlp():
@@ -105,3 +108,20 @@ def test_a_layer_the_model_lacks_is_refused_before_anything_is_built(argv):
     bench.add_arguments(parser)
     with pytest.raises(SynthactError, match=r"out of range .* lower --layer"):
         bench.run(parser.parse_args([*argv, "--device", "cpu"]))
+
+
+def test_memory_table_with_tiny_shapes(capsys, monkeypatch):
+    """--memory: each depth loads in a fresh process; the full depth follows from the two deepest (tiny shapes here)."""
+    from synthact.bench import memory
+
+    tiny = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96, vocab_size=512)
+    monkeypatch.setattr(memory, "SHAPES", {"tiny-llama": ("LlamaConfig", 6, tiny)})
+    r = json.loads(run_bench(capsys, "--json", "--memory", "1", "2"))
+    assert [x["layers"] for x in r["rows"]] == [1, 2]
+    one, two = r["rows"]
+    assert 0 < one["weights"] < two["weights"] and one["model_params"] < two["model_params"]
+    assert all(x["scan_peak"] >= x["load_peak"] > 0 for x in r["rows"])
+    full = r["full_depth"]["tiny-llama"]
+    assert full["layers"] == 6
+    assert full["weights"] == pytest.approx(two["weights"] + 4 * (two["weights"] - one["weights"]))
+    assert "full depth, extrapolated" in memory.format_memory(r)

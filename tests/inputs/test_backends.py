@@ -229,3 +229,36 @@ def test_toy_backend_on_cuda():
         assert s.sae.W_dec.device.type == "cuda"
         z = s.sae.encode(cache[s.hook_name])
         assert z.device.type == "cuda" and 1 <= (z > 0).sum(-1).float().mean() <= 80
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_local_checkpoint_with_a_non_finite_weight_is_refused_before_any_shard(gpt2_dir, tmp_path, bad):
+    """One paragraph naming the tensor and its first row, exit 2, and no shard run (issue 23, item 5)."""
+    import shutil
+
+    import yaml
+    from safetensors.torch import load_file, save_file
+
+    from tests.helpers import synthact, toy_job
+
+    model = tmp_path / "model"
+    shutil.copytree(gpt2_dir[0], model)
+    tensors = load_file(model / "model.safetensors")
+    tensors["transformer.h.1.mlp.c_fc.weight"][7, 3] = bad
+    save_file(tensors, model / "model.safetensors", metadata={"format": "pt"})
+    from sae_lens import StandardSAE, StandardSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        meta = SAEMetadata(hook_name="blocks.1.hook_resid_pre", model_name="gpt2")
+        StandardSAE(StandardSAEConfig(d_in=D_MODEL, d_sae=64, metadata=meta)).save_model(tmp_path / "sae")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(toy_job(model={"local": str(model)}, sae={"local": str(tmp_path / "sae")}, layers=[1],
+                                          corpus={"toy": {"n_docs": 64, "doc_len": 16}}, base_kinds=["real"],
+                                          directions=["isotropic"], device="cpu", wandb=False)))
+    done = synthact("run", str(job), "--out", str(tmp_path / "out"), "--no-progress")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "1 NaN or infinite values in blocks.1.mlp.W_in (first in row 7)" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and "holds no results" not in done.stderr
+    assert not (tmp_path / "out" / "results").exists()

@@ -11,7 +11,7 @@ import torch
 from synthact.errors import SynthactError
 from synthact.generation.directions import direction_from_provenance
 from synthact.generation.kinds import from_provenance
-from synthact.inputs.backends import load_model, load_sae
+from synthact.inputs.backends import PROCESSING_DEFAULTS, load_model, load_sae
 from synthact.results import read_table
 from synthact.run.local_executor import run_local
 from synthact.run.store import Store
@@ -40,10 +40,16 @@ def hf_config(family: str):
     if family == "gemma2":  # pre+post norms, soft caps, sliding window shorter than the prompt, own attn scale
         return T.Gemma2Config(**common, num_key_value_heads=2, head_dim=16, intermediate_size=96, sliding_window=6,
                               query_pre_attn_scalar=24, attn_logit_softcapping=3.0, final_logit_softcapping=5.0)
+    if family == "mistral":  # every layer local: sliding window shorter than the prompt
+        return T.MistralConfig(**common, num_key_value_heads=2, intermediate_size=96, sliding_window=6)
+    if family == "qwen2":  # biases on the query, key and value projections
+        return T.Qwen2Config(**common, num_key_value_heads=2, intermediate_size=96, tie_word_embeddings=False)
+    if family == "qwen3":  # QK norm per head, head_dim unlike hidden_size / heads
+        return T.Qwen3Config(**common, num_key_value_heads=2, head_dim=24, intermediate_size=96)
     raise ValueError(family)
 
 
-FAMILIES = ["gpt2", "neox", "llama", "gemma2"]
+FAMILIES = ["gpt2", "neox", "llama", "gemma2", "mistral", "qwen2", "qwen3"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -57,7 +63,8 @@ def checkpoint(request, tmp_path_factory):
         for p in hf.parameters():
             p.add_(0.05 * torch.randn_like(p))
     path = tmp_path_factory.mktemp(request.param)
-    hf.save_pretrained(path)
+    shards = {"max_shard_size": "100KB"} if request.param == "qwen2" else {}  # one family's checkpoint in shards
+    hf.save_pretrained(path, **shards)
     return request.param, path, hf
 
 
@@ -104,6 +111,29 @@ def test_local_checkpoint_matches_hf_and_runs_fast(checkpoint):
             plain = scan_plain(model, layer, [2], *inputs, js=True, hook=hook)
             fast = scan_fast(model, layer, [2], *inputs, js=True, hook=hook)
             assert_agree(fast, plain, [2], js=True)
+
+
+@pytest.mark.parametrize("flags", [{}, {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
+                                        "fold_value_biases": False}])
+def test_piecewise_processing_is_transformer_lens_processing(checkpoint, flags, monkeypatch):
+    """The memory-lean loader (each block's attention, its MLP in slices, the vocabulary in slices) gives the
+    weights TransformerLens's whole-model `load_and_process_state_dict` gives."""
+    from transformer_lens import HookedTransformer
+
+    from synthact.inputs import processing
+    from synthact.inputs.checkpoint import converted
+
+    family, path, _ = checkpoint
+    processing_flags = {**PROCESSING_DEFAULTS, **flags}
+    monkeypatch.setattr(processing, "SLICE_ELEMENTS", 7 * D)  # MLP slices of 7 hidden units, several per block
+    ours = processing.assemble(*converted(path, processing_flags, torch.float32), vocab_slice=5)
+    cfg, state, applied = converted(path, processing_flags, torch.float32)
+    reference = HookedTransformer(cfg, move_to_device=False)
+    reference.load_and_process_state_dict(state, **applied)
+    theirs = dict(reference.named_parameters())
+    assert set(dict(ours.named_parameters())) == set(theirs)
+    for name, tensor in ours.named_parameters():
+        torch.testing.assert_close(tensor, theirs[name], atol=2e-6, rtol=1e-5, msg=f"{family}: {name}")
 
 
 @pytest.mark.parametrize("where", ["pre", "post"])

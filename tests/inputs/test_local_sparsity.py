@@ -62,3 +62,18 @@ def test_without_the_file_frequencies_come_from_the_pool(tmp_path):
 def test_a_sparsity_file_of_another_width_is_refused(tmp_path):
     with pytest.raises(SynthactError, match="d_sae=128"):
         backend(save_sae(tmp_path / "sae", torch.zeros(D_SAE + 1)))
+
+
+@pytest.mark.parametrize("value, named", [(float("nan"), "1 NaN"), (float("inf"), "1 +inf"), (0.5, "1 positive")])
+def test_a_sparsity_file_that_holds_no_log_density_is_refused(tmp_path, value, named):
+    """NaN, +inf and log10 densities above 0 (frequencies above 1) are refused in one paragraph (issue 23, item 11);
+    -inf (a latent that never fired) is a density."""
+    log_sparsity = torch.linspace(-4.0, -1.0, D_SAE)
+    log_sparsity[5] = value
+    with pytest.raises(SynthactError) as e:
+        backend(save_sae(tmp_path / "sae", log_sparsity))
+    msg = str(e.value)
+    assert f"{named} values of {D_SAE}" in msg and "sparsity.safetensors" in msg and "\n" not in msg, msg
+    dead = torch.linspace(-4.0, -1.0, D_SAE)
+    dead[5] = float("-inf")
+    assert backend(save_sae(tmp_path / "dead", dead)).saes[1].log_sparsity[5] == float("-inf")
