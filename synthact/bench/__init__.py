@@ -48,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--d-sae", type=at_least(16), default=GEN_D_SAE, help=f"random SAE width for --generation/--e2e (default {GEN_D_SAE})"
     )
     parser.add_argument(
+        "--reference-prompts", type=at_least(64), metavar="N",
+        help="with --generation: prompts of the reference statistics (default: the spec's reference.n_prompts)",
+    )
+    parser.add_argument(
         "--e2e", type=at_least(1), nargs="?", const=1000, metavar="BASES",
         help="instead: the paper job's volume end to end, BASES (default 1000) bases x every kind, wall time by phase",
     )
@@ -138,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     if args.generation:
         report["generation"] = generation_timing(
             args.model, args.layer, args.n_ctx, args.generation, device, report["fast_points_per_s"], args.steps,
-            args.d_sae,
+            args.d_sae, args.reference_prompts,
         )
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0

@@ -115,18 +115,24 @@ def random_sae(model, layer: int, d_sae: int, device: torch.device):
     with torch.inference_mode():
         typical_norm = model(tokens, stop_at_layer=layer)[:, -1].norm(dim=-1).mean().item()
     sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=d_sae, device=str(device)))
-    w_enc = torch.randn(d, d_sae, generator=gen) / typical_norm  # pre-activations ~ N(0, 1)
     threshold = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - GEN_TARGET_L0 / d_sae)))
-    with torch.no_grad():
-        sae.W_enc.copy_(w_enc)
+    with torch.no_grad():  # in place, a block of latents at a time: no second copy of the weights
+        w_enc = sae.W_enc.data
+        if device.type == "cpu":
+            torch.randn(d, d_sae, generator=gen, out=w_enc)
+        else:
+            w_enc.copy_(torch.randn(d, d_sae, generator=gen))
+        w_enc /= typical_norm  # pre-activations ~ N(0, 1)
         sae.b_enc.fill_(-threshold)
-        sae.W_dec.copy_(torch.nn.functional.normalize(w_enc.T, dim=-1))
+        for a in range(0, d_sae, 1 << 16):
+            sae.W_dec.data[a: a + (1 << 16)] = torch.nn.functional.normalize(w_enc[:, a: a + (1 << 16)].T, dim=-1)
         sae.b_dec.zero_()
     return sae
 
 
-def generation_context(model_name, layer, n_ctx, device, d_sae: int):
-    """Model and generation context (random SAE, random-token corpus, reference statistics), statistics seconds."""
+def generation_context(model_name, layer, n_ctx, device, d_sae: int, n_prompts: int | None = None):
+    """Model and generation context (random SAE, random-token corpus, reference statistics of `n_prompts`, default
+    the spec's), statistics seconds."""
     from synthact.generation.context import GenContext
     from synthact.generation.stats import compute_stats
     from synthact.inputs.corpus import Corpus
@@ -138,7 +144,8 @@ def generation_context(model_name, layer, n_ctx, device, d_sae: int):
     corpus = Corpus(docs=rng.integers(0, model.cfg.d_vocab, (512, 256), dtype=np.int64), label="bench-random")
     sync(device)
     t1 = time.perf_counter()
-    stats = compute_stats(model, sae, corpus, layer, n_ctx, ReferenceSpec(), seed=0, device=str(device))
+    spec = ReferenceSpec() if n_prompts is None else ReferenceSpec(n_prompts=n_prompts)
+    stats = compute_stats(model, sae, corpus, layer, n_ctx, spec, seed=0, device=str(device))
     sync(device)
     t2 = time.perf_counter()
     ctx = GenContext(model=model, sae=sae, stats=stats, corpus=corpus, layer=layer, n_ctx=n_ctx, device=str(device))

@@ -4,6 +4,8 @@ SAE-built kinds against the fast scan of the same bases, and the paper job's vol
 from __future__ import annotations
 
 import datetime
+import os
+import resource
 import time
 
 import numpy as np
@@ -53,20 +55,34 @@ def _draw_kind(kind: str, ctx, n_bases: int):
     return base, dirs
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, GB (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
 def generation_timing(
-    model_name, layer, n_ctx, n_bases, device, scan_points_per_s, steps, d_sae: int = GEN_D_SAE
+    model_name, layer, n_ctx, n_bases, device, scan_points_per_s, steps, d_sae: int = GEN_D_SAE,
+    n_prompts: int | None = None,
 ) -> dict:
-    """Seconds for reference statistics and for drawing n_bases bases + toward-targets of each kind.
+    """Seconds and the peak RSS so far for each phase: reference statistics (of `n_prompts`, default the spec's),
+    the statistics part's co-occurrence table, the held-out part's tables, drawing n_bases bases + toward-targets of
+    each kind, and the held-out diagnostics of a batch of codes.
 
     Each kind's time is also given as a fraction of the time the fast fp32 scan takes for those bases;
     so is each construction of CONSTRUCTIONS, timed as paired targets built from real bases' codes.
     """
     from synthact.generation.context import GenerationSettings
+    from synthact.generation.cooccurrence import cooccurrence
+    from synthact.generation.diagnostics import target_columns
     from synthact.generation.kinds import draw
+    from synthact.generation.values import latent_values
     from synthact.spec import KINDS, ReferenceSpec
 
-    _, ctx, stats_seconds = generation_context(model_name, layer, n_ctx, device, d_sae)
+    rss_before = peak_rss_gb()
+    _, ctx, stats_seconds = generation_context(model_name, layer, n_ctx, device, d_sae, n_prompts)
+    holdout = GenerationSettings().holdout
     scan_seconds = n_bases * (steps + 1) / scan_points_per_s
+    phases = {"statistics": {"seconds": stats_seconds, "peak_rss_gb": peak_rss_gb()}}
     kinds = {}
 
     def timed(name, work, *args, **kwargs):
@@ -74,8 +90,20 @@ def generation_timing(
         work(*args, **kwargs)
         sync(device)
         seconds = time.perf_counter() - t0
-        kinds[name] = {"seconds": seconds, "bases_per_s": n_bases / seconds, "fraction_of_scan": seconds / scan_seconds}
+        kinds[name] = {"seconds": seconds, "bases_per_s": n_bases / seconds, "fraction_of_scan": seconds / scan_seconds,
+                       "peak_rss_gb": peak_rss_gb()}
 
+    def phase(name, work):
+        t0 = time.perf_counter()
+        out = work()
+        sync(device)
+        phases[name] = {"seconds": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb()}
+        return out
+
+    phase("co-occurrence table", lambda: cooccurrence(ctx.stats, holdout, "statistics"))
+    phase("held-out tables", lambda: (cooccurrence(ctx.stats, holdout, "heldout"),
+                                      latent_values(ctx.stats, holdout, "heldout"),
+                                      latent_values(ctx.stats, holdout, "statistics")))
     for kind in KINDS:
         timed(kind, _draw_kind, kind, ctx, n_bases)
     with torch.inference_mode():
@@ -83,13 +111,19 @@ def generation_timing(
         for name, (kind, overrides) in CONSTRUCTIONS.items():
             rngs = [np.random.default_rng([1, i]) for i in range(n_bases)]
             timed(f"paired {name}", draw, kind, rngs, ctx, GenerationSettings(**overrides), template=real)
+        built = draw("synthetic_cooccur", [np.random.default_rng([2, i]) for i in range(n_bases)], ctx, template=real)
+        phase("diagnostics", lambda: target_columns(built, ctx, list(range(n_bases))))
     return {
         "d_sae": d_sae,
-        "reference_prompts": ReferenceSpec().n_prompts,
+        "reference_prompts": n_prompts or ReferenceSpec().n_prompts,
         "mean_l0": float(ctx.stats.l0.float().mean()),
         "stats_seconds": stats_seconds,
         "bases": n_bases,
         "scan_seconds_fast_fp32": scan_seconds,
+        "peak_rss_gb_before": rss_before,
+        "peak_rss_gb": peak_rss_gb(),
+        "load_average": list(os.getloadavg()),
+        "phases": phases,
         "kinds": kinds,
     }
 

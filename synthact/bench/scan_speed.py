@@ -163,8 +163,13 @@ def format_table(r: dict) -> str:
             f"generation (random SAE d_sae {g['d_sae']}, mean L0 {g['mean_l0']:.0f}): reference statistics of "
             f"{g['reference_prompts']} prompts {g['stats_seconds']:.1f} s; {g['bases']} bases + targets per kind "
             f"(fast fp32 scan of them: {g['scan_seconds_fast_fp32']:.2f} s)",
-            f"{'kind':<52}{'seconds':>9}{'bases/s':>10}{'x scan':>9}",
+            f"peak RSS {g['peak_rss_gb']:.2f} GB ({g['peak_rss_gb_before']:.2f} GB before the generation context); "
+            f"load average {' '.join(f'{x:.1f}' for x in g['load_average'])}",
+            f"{'phase':<52}{'seconds':>9}{'':>10}{'':>9}{'peak RSS GB':>13}",
+            *(f"{name:<52}{p['seconds']:>9.2f}{'':>19}{p['peak_rss_gb']:>13.2f}" for name, p in g["phases"].items()),
+            f"{'kind':<52}{'seconds':>9}{'bases/s':>10}{'x scan':>9}{'peak RSS GB':>13}",
         ]
         for kind, k in g["kinds"].items():
-            lines.append(f"{kind:<52}{k['seconds']:>9.2f}{k['bases_per_s']:>10,.0f}{k['fraction_of_scan']:>9.2f}")
+            lines.append(f"{kind:<52}{k['seconds']:>9.2f}{k['bases_per_s']:>10,.0f}{k['fraction_of_scan']:>9.2f}"
+                         f"{k['peak_rss_gb']:>13.2f}")
     return "\n".join(lines)

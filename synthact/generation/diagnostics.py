@@ -30,7 +30,9 @@ import math
 import numpy as np
 import torch
 
+from synthact.generation import codes
 from synthact.generation.cooccurrence import cooccurrence
+from synthact.generation.matching import unit_rows
 from synthact.generation.values import latent_values
 from synthact.spec import GenerationSpec, derive_seed
 
@@ -51,7 +53,10 @@ def code_diagnostics(latents: list[np.ndarray], values: list[np.ndarray], ctx, s
     counts = cooccurrence(stats, holdout, "heldout")
     held_values = latent_values(stats, holdout, "heldout")
     device = counts.indptr.device
-    unit = torch.nn.functional.normalize(ctx.sae.W_dec.detach().float().to(device), dim=-1)
+
+    def unit(ids):
+        return unit_rows(ctx.sae, ids.to(ctx.sae.W_dec.device)).to(device)
+
     parts, quantiles = [], []
     for s in range(0, len(latents), CHUNK):
         lat, val = _padded(latents[s: s + CHUNK], device), _padded(values[s: s + CHUNK], device, float)
@@ -74,7 +79,7 @@ def _chunk(lat, val, templ, u, stats, counts, held_values, unit) -> dict:
     l0 = live.sum(1).double()
     freq = stats.freq.to(device).double()[ids]
     log_freq = torch.where(live, torch.log10(torch.where(freq > 0, freq, 0.5 / stats.n)), 0.0).sum(1) / l0
-    cos = unit[ids] @ unit[ids].transpose(1, 2)
+    cos = unit(ids) @ unit(ids).transpose(1, 2)
     pair = live[:, :, None] & live[:, None, :] & ~torch.eye(k, dtype=torch.bool, device=device)
     n_pairs = pair.sum((1, 2)).double()
 
@@ -83,7 +88,7 @@ def _chunk(lat, val, templ, u, stats, counts, held_values, unit) -> dict:
 
     cos_error = torch.full((n,), math.nan, dtype=torch.float64, device=device)
     if templ is not None:
-        t_unit = unit[templ.clamp(min=0)]
+        t_unit = unit(templ.clamp(min=0))
         cos_error = pair_mean(((cos - t_unit @ t_unit.transpose(1, 2)) ** 2).double())
     c = counts.count(lat[:, :, None], lat[:, None, :])
     fires = counts.fires.to(device)[ids].clamp(min=0.5)
@@ -129,7 +134,4 @@ def _codes(target, ctx) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The built codes of a batch of targets, or their SAE codes."""
     if target.latents is not None:
         return target.latents, target.values
-    with torch.no_grad():
-        z = ctx.sae.encode(target.vectors.to(ctx.sae.W_dec.dtype)).float().cpu()
-    latents = [torch.nonzero(row).flatten().numpy() for row in z]
-    return latents, [row[torch.as_tensor(ids, dtype=torch.long)].numpy() for row, ids in zip(z, latents)]
+    return codes.encode(ctx.sae, target.vectors).lists()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from synthact.errors import SynthactError
+from synthact.generation import codes
 from synthact.generation.context import Activations, GenContext, GenerationSettings
 from synthact.generation.kinds import draw
 from synthact.spec import TEMPLATE_KINDS, parse_direction
@@ -88,12 +89,10 @@ def _random_latents(rngs: list[np.random.Generator], ctx: GenContext) -> np.ndar
 @torch.no_grad()
 def recon_target(base: Activations, ctx: GenContext) -> Activations:
     """T = decode(encode(A)) for every base (kind 'sae_recon', the base's prompt)."""
-    z = ctx.sae.encode(base.vectors.to(ctx.sae.W_dec.dtype))
-    zc = z.float().cpu()
-    latents = [torch.nonzero(row).flatten().numpy().astype(np.int32) for row in zc]
-    values = [row[torch.as_tensor(ids, dtype=torch.long)].numpy().astype(np.float32) for row, ids in zip(zc, latents)]
+    z = codes.encode(ctx.sae, base.vectors)
+    latents, values = z.lists()
     return Activations(
-        "sae_recon", ctx.sae.decode(z).float(), base.docs.copy(), base.offsets.copy(), base.tokens.copy(),
+        "sae_recon", codes.decode(ctx.sae, z), base.docs.copy(), base.offsets.copy(), base.tokens.copy(),
         latents, values, np.array([len(ids) for ids in latents], np.int32), base.prompt_based,
     )
 

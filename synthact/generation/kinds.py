@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from synthact.errors import SynthactError
-from synthact.generation import ladder
+from synthact.generation import codes, ladder
 from synthact.generation.context import Activations, GenContext, GenerationSettings, method
 from synthact.generation.matching import anchor, match_pairwise, nearest_k, random_latents
 from synthact.generation.stats import check_affine_decoder
@@ -43,6 +43,9 @@ MAX_TEMPLATE_TRIES = 32  # prompts tried per base before an empty SAE code is an
 # control_other_latents: other prompts tried per base, by round, for a code at least as long as the template's
 OTHER_ROUNDS = (1, 3, 28)  # the first round is the one prompt every draw takes
 ERROR_SOURCES = ("template", "other")
+# A choice over every latent (the anchor, the ladder's window "all") holds a few dense [rows, d_sae] float64: the
+# rows of one choice are bounded so that CHOICE_COPIES such float32 rows fit in CHOICE_BUDGET_BYTES.
+CHOICE_COPIES, CHOICE_BUDGET_BYTES = 4, 256 << 20
 
 
 def draw(
@@ -111,23 +114,13 @@ def _forward(ctx: GenContext, tokens: np.ndarray) -> torch.Tensor:
     return real_activations(ctx.model, tokens, stream_index(ctx.sae, ctx.layer))
 
 
-def _encode(ctx: GenContext, x: torch.Tensor) -> torch.Tensor:
-    return ctx.sae.encode(x.to(ctx.sae.W_dec.dtype))
+def _encode(ctx: GenContext, x: torch.Tensor) -> codes.Codes:
+    """The SAE codes of x [B, d_model], sparse (encoded in bounded batches)."""
+    return codes.encode(ctx.sae, x)
 
 
-def _l0(z: torch.Tensor) -> np.ndarray:
-    return (z != 0).sum(-1).cpu().numpy().astype(np.int32)
-
-
-def _sparse_rows(z: torch.Tensor) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per row: (latent ids ascending int32, values float32) of a dense code batch."""
-    zc = z.float().cpu()
-    lat, val = [], []
-    for row in zc:
-        ids = torch.nonzero(row).flatten()
-        lat.append(ids.numpy().astype(np.int32))
-        val.append(row[ids].numpy().astype(np.float32))
-    return lat, val
+def _l0(c: codes.Codes) -> np.ndarray:
+    return c.l0.cpu().numpy().astype(np.int32)
 
 
 # --------------------------------------------------------------------------- simple kinds
@@ -144,8 +137,8 @@ def _draw_real(rngs, ctx: GenContext) -> Activations:
 def _draw_sae_recon(rngs, ctx: GenContext) -> Activations:
     docs, offsets, tokens = _prompts(rngs, ctx)
     z = _encode(ctx, _forward(ctx, tokens))
-    lat, val = _sparse_rows(z)
-    return Activations("sae_recon", ctx.sae.decode(z).float(), docs, offsets, tokens, lat, val, _l0(z), True)
+    lat, val = z.lists()
+    return Activations("sae_recon", codes.decode(ctx.sae, z), docs, offsets, tokens, lat, val, _l0(z), True)
 
 
 def _gaussian(ctx: GenContext, eps: np.ndarray) -> torch.Tensor:
@@ -202,7 +195,7 @@ class _Templates:
     offsets: np.ndarray
     tokens: np.ndarray
     x: torch.Tensor  # real activations [B, d_model]
-    z: torch.Tensor  # their SAE codes [B, d_sae]
+    z: codes.Codes  # their SAE codes, sparse
 
 
 @torch.no_grad()
@@ -219,7 +212,7 @@ def _draw_templates(rngs, ctx: GenContext) -> _Templates:
         docs[empty], offsets[empty], tokens[empty] = d, o, t
         idx = torch.as_tensor(empty, device=x.device)
         x[idx] = _forward(ctx, t)
-        z[idx] = _encode(ctx, x[idx])
+        z = z.replace(idx.to(z.offsets.device), _encode(ctx, x[idx]))
     raise SynthactError(
         f"{MAX_TEMPLATE_TRIES} prompts in a row had an empty SAE code at layer {ctx.layer}, so there is no "
         "template for a synthetic activation; the SAE is almost never active on this corpus: check that the "
@@ -240,7 +233,7 @@ def _draw_other(rngs, ctx: GenContext, lat: torch.Tensor | None, exclude_templat
     if lat is None:
         return other
     need = (lat >= 0).sum(1)
-    have = (ladder.other_codes(lat, other.z, exclude_template) != 0).sum(1)
+    have = (ladder.other_codes(lat, other.z, exclude_template)[0] >= 0).sum(1)
     for size in OTHER_ROUNDS[1:]:
         short = np.flatnonzero((have < need).cpu().numpy())
         if short.size == 0:
@@ -249,7 +242,7 @@ def _draw_other(rngs, ctx: GenContext, lat: torch.Tensor | None, exclude_templat
         x_new = _forward(ctx, t)
         z_new = _encode(ctx, x_new)
         idx = torch.as_tensor(short, device=x.device)
-        counts = (ladder.other_codes(lat[idx].repeat_interleave(size, 0), z_new, exclude_template) != 0).sum(1)
+        counts = (ladder.other_codes(lat[idx].repeat_interleave(size, 0), z_new, exclude_template)[0] >= 0).sum(1)
         first = torch.minimum(counts.view(-1, size), need[idx, None]).argmax(1)  # first enough, else first most
         pick = torch.arange(short.size, device=x.device) * size + first
         better = (counts[pick] > have[idx]).cpu().numpy()
@@ -257,7 +250,8 @@ def _draw_other(rngs, ctx: GenContext, lat: torch.Tensor | None, exclude_templat
         sel_np = sel.cpu().numpy()
         other.docs[rows], other.offsets[rows], other.tokens[rows] = d[sel_np], o[sel_np], t[sel_np]
         at = torch.as_tensor(rows, device=x.device)
-        other.x[at], other.z[at], have[at] = x_new[sel], z_new[sel], counts[sel]
+        other.x[at], have[at] = x_new[sel], counts[sel]
+        other.z = other.z.replace(at.to(other.z.offsets.device), z_new.select(sel.to(z_new.offsets.device)))
     return other
 
 
@@ -278,7 +272,7 @@ def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettin
     # The template codes: ascending id (the authors' order), or largest value first for the pairwise
     # search, which fixes the big latents first.
     tlat, tval = [], []
-    for lat, val in zip(*_sparse_rows(templ.z)):
+    for lat, val in zip(*templ.z.lists()):
         order = np.argsort(-val, kind="stable") if how == "pairwise" else np.arange(lat.shape[0])
         tlat.append(lat[order].astype(np.int64)), tval.append(val[order])
     k = np.array([t.shape[0] for t in tlat])
@@ -312,7 +306,9 @@ def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettin
     else:
         pick = {"nearest_k": nearest_k, "random": random_latents, "anchor": anchor,
                 "synthetic_cooccur": ladder.cooccur, "control_swapped": ladder.swapped}[how]
-        chosen = pick(ctx, lat, tv, uc[..., 0], settings)
+        step = codes.batch_rows(CHOICE_COPIES * ctx.sae.W_dec.shape[0], CHOICE_BUDGET_BYTES)
+        chosen = torch.cat([pick(ctx, lat[i: i + step], tv[i: i + step], uc[i: i + step, :, 0], settings)
+                            for i in range(0, b, step)])
 
     if settings.value_source == "template":
         values = tv
@@ -327,9 +323,9 @@ def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettin
         values = torch.where(counts > 0, stats.value_samples.to(device)[chosen, pick], tv)
     values = values * mask
     source = other if settings.error_source == "other" else templ
-    error = source.x - ctx.sae.decode(source.z).float() if settings.add_error else torch.zeros_like(templ.x)
+    error = source.x - codes.decode(ctx.sae, source.z) if settings.add_error else torch.zeros_like(templ.x)
     if settings.match_norm:
-        code = torch.einsum("bk,bkd->bd", values, ctx.sae.W_dec.float()[chosen])
+        code = torch.einsum("bk,bkd->bd", values, ctx.sae.W_dec[chosen].float())
         offset = ctx.sae.b_dec.float() + error
         values = values * _scale_to_norm(code, offset, templ.x.norm(dim=-1))[:, None]
     x = decode_sparse(ctx, chosen, values) + error
@@ -399,12 +395,12 @@ def from_provenance(
     if kind == "real":
         return x[0]
     if kind == "sae_recon":
-        return ctx.sae.decode(_encode(ctx, x)).float()[0]
+        return codes.decode(ctx.sae, _encode(ctx, x))[0]
     if latents is None or values is None:
         raise SynthactError(f"rebuilding a '{kind}' activation needs its latent ids and values")
     ids = torch.as_tensor(np.asarray(latents, dtype=np.int64), device=ctx.device)[None]
     vals = torch.as_tensor(np.asarray(values, dtype=np.float32), device=ctx.device)[None]
     out = decode_sparse(ctx, ids, vals)[0]
     if with_error:
-        out = out + (x - ctx.sae.decode(_encode(ctx, x)).float())[0]
+        out = out + (x - codes.decode(ctx.sae, _encode(ctx, x)))[0]
     return out

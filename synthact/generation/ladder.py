@@ -43,9 +43,18 @@ import math
 
 import torch
 
+from synthact.generation.codes import Codes
 from synthact.generation.context import GenContext, GenerationSettings
 from synthact.generation.cooccurrence import Cooccurrence, cooccurrence
-from synthact.generation.matching import _blocked, _check_found, _nearest_in_frequency, anchor, anchor_latents
+from synthact.generation.matching import (
+    _blocked,
+    _check_found,
+    _nearest_in_frequency,
+    anchor,
+    anchor_latents,
+    cosines_to_all,
+    unit_rows,
+)
 from synthact.generation.values import latent_values
 
 
@@ -120,24 +129,23 @@ def cooccur(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Ten
         _, anchor_ids = anchor_latents(ctx, lat, values, blocked, s)
         owner, partners, _ = table.rows(anchor_ids)
         window = _pad(owner, partners, b, -1)
-        allowed = (window >= 0) & ~blocked.gather(1, window.clamp(min=0)) & is_alive[window.clamp(min=0)]
+        allowed = (window >= 0) & ~blocked(window.clamp(min=0)) & is_alive[window.clamp(min=0)]
         fallback = allowed.sum(1) <= (lat >= 0).sum(1)
     # Every alive latent a candidate, no geometry: the weights live on the chosen latents' partners only.
     sparse = mass is not None and not geometry and s.cooccur_window == "all"
     if geometry:
-        unit = torch.nn.functional.normalize(ctx.sae.W_dec.float(), dim=-1)
-        wt = unit[lat.clamp(min=0)]
+        wt = unit_rows(ctx.sae, lat.clamp(min=0))
         target_cos = wt @ wt.transpose(1, 2)  # [B, K, K]
-        chosen_dirs = torch.zeros(b, k, unit.shape[1], device=device)
+        chosen_dirs = torch.zeros(b, k, wt.shape[2], device=device)
         # sum over the chosen j_m of cos(., j_m)^2, for every latent: only where every latent is a candidate
-        squares = torch.zeros(b, unit.shape[0], device=device) if s.cooccur_window == "all" else None
+        squares = torch.zeros(b, ctx.sae.W_dec.shape[0], device=device) if s.cooccur_window == "all" else None
     chosen = torch.zeros_like(lat).clamp(min=0)
     for t in range(k):
         live = (lat[:, t] >= 0) & ~fallback
         i_t = lat[:, t].clamp(min=0)
         if sparse:
             cand, w = mass.padded()
-            w = w ** s.cooccur_power * (~blocked.gather(1, cand) & (cand != i_t[:, None]) & is_alive[cand])
+            w = w ** s.cooccur_power * (~blocked(cand) & (cand != i_t[:, None]) & is_alive[cand])
         else:
             cand, valid = _candidates(ctx, s, i_t, blocked, alive, 2 * k, window)
             _check_found(valid.any(1)[live])
@@ -145,27 +153,51 @@ def cooccur(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Ten
             if mass is not None:
                 w = w * mass.weights(cand) ** s.cooccur_power
             if geometry and t > 0:
-                err = torch.where(valid, _cosine_error(unit, cand, chosen_dirs[:, :t], target_cos[:, t, :t], squares),
+                err = torch.where(valid, _cosine_error(ctx.sae, cand, chosen_dirs[:, :t], target_cos[:, t, :t], squares),
                                   math.inf)
                 w = w * torch.exp(-(err - err.min(1, keepdim=True).values) / s.geometry_temp)
         pick = cand.gather(1, _inverse_cdf(w, u[:, t])[:, None])[:, 0]
         flat = torch.nonzero(live & ~(w.sum(1) > 0)).flatten()  # no weight (NaN included): uniform over candidates
-        if flat.numel():
-            cand, valid = _candidates(ctx, s, i_t[flat], blocked[flat], alive, 2 * k,
+        if flat.numel() and s.cooccur_window == "all":
+            pick[flat] = _uniform_alive(i_t[flat], blocked.select(flat), alive, u[flat, t])
+        elif flat.numel():
+            cand, valid = _candidates(ctx, s, i_t[flat], blocked.select(flat), alive, 2 * k,
                                       window[flat] if window is not None else None)
             _check_found(valid.any(1))
             pick[flat] = cand.gather(1, _inverse_cdf(valid.double(), u[flat, t])[:, None])[:, 0]
         chosen[:, t] = torch.where(live, pick, 0)
-        blocked[rows[live], pick[live]] = True
+        blocked.add(rows[live], pick[live])
         if mass is not None:
             mass.add(pick, live)
         if geometry:
-            chosen_dirs[:, t] = unit[pick]
+            chosen_dirs[:, t] = unit_rows(ctx.sae, pick)
             if squares is not None:
-                squares += ((unit[pick] @ unit.T) ** 2) * live[:, None]
+                squares += (cosines_to_all(ctx.sae, chosen_dirs[:, t]) ** 2) * live[:, None]
     if bool(fallback.any()):  # as the challenger: the anchor construction where the anchor has too few partners
         chosen[fallback] = anchor(ctx, lat[fallback], values[fallback], u[fallback], s)
     return chosen
+
+
+def _uniform_alive(i_t: torch.Tensor, blocked, alive: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """[n] per row, the alive latent drawn uniformly by `u` [n] among those neither blocked nor i_t: the draw of
+    `_inverse_cdf` over every alive latent with weight 1 where allowed (the (floor(u T) + 1)-th allowed one in id
+    order, T of them), found from the few excluded latents alone, without a [n, alive] weight."""
+    n, size = i_t.shape[0], alive.shape[0]
+    padded = torch.cat([blocked.padded(), i_t[:, None]], 1)  # [n, M] latents excluded, -1 padding
+    pos = torch.searchsorted(alive, padded.clamp(min=0).contiguous()).clamp(max=size - 1)
+    hit = (padded >= 0) & (alive[pos] == padded)  # excluded latents that are alive, as positions in `alive`
+    row = torch.arange(n, device=i_t.device)[:, None].expand_as(pos)
+    keys = torch.unique(row[hit] * size + pos[hit])  # per row, distinct excluded positions ascending
+    key_row, key_pos = keys // size, keys % size
+    per_row = torch.bincount(key_row, minlength=n)
+    first = torch.cumsum(per_row, 0) - per_row
+    allowed = size - per_row
+    _check_found(allowed > 0)
+    m = torch.floor(u.double() * allowed.double()).long()
+    # position of the m-th allowed latent: m plus the excluded positions e_r (r-th of its row) with e_r - r <= m
+    shifted = key_row * (size + 1) + key_pos - (torch.arange(keys.shape[0], device=i_t.device) - first[key_row])
+    below = torch.searchsorted(shifted, (torch.arange(n, device=i_t.device) * (size + 1) + m).contiguous(), right=True)
+    return alive[(m + below - first).clamp(max=size - 1)]
 
 
 def _candidates(ctx: GenContext, s: GenerationSettings, i_t, blocked, alive, reach, window=None):
@@ -177,22 +209,22 @@ def _candidates(ctx: GenContext, s: GenerationSettings, i_t, blocked, alive, rea
         return cand.clamp(min=0), torch.arange(cand.shape[1], device=cand.device)[None] < count[:, None]
     if window is not None:
         cand = window.clamp(min=0)
-        return cand, (window >= 0) & ~blocked.gather(1, cand) & (cand != i_t[:, None]) & (ctx.stats.freq.to(
+        return cand, (window >= 0) & ~blocked(cand) & (cand != i_t[:, None]) & (ctx.stats.freq.to(
             cand.device)[cand] > 0)
     cand = alive[None].expand(i_t.shape[0], -1)
-    return cand, ~blocked.gather(1, cand) & (cand != i_t[:, None])
+    return cand, ~blocked(cand) & (cand != i_t[:, None])
 
 
-def _cosine_error(unit, cand, chosen_dirs, target_cos, squares):
+def _cosine_error(sae, cand, chosen_dirs, target_cos, squares):
     """[B, C] e_j = mean over m < t of (cos(j, j_m) - cos(i_t, i_m))^2 for candidates `cand`: directly for a
     window of candidates; for every latent (`squares` given) by expanding the square, one matmul per slot."""
     t = chosen_dirs.shape[1]
     if squares is None:
-        cos = torch.einsum("bcd,bmd->bcm", unit[cand], chosen_dirs)
+        cos = torch.einsum("bcd,bmd->bcm", unit_rows(sae, cand), chosen_dirs)
         return ((cos - target_cos[:, None, :]) ** 2).mean(-1).double()
     pulled = torch.einsum("bm,bmd->bd", target_cos, chosen_dirs)
     const = (target_cos**2).sum(-1, keepdim=True)
-    return ((squares - 2 * pulled @ unit.T).gather(1, cand) + const).double() / t
+    return ((squares - 2 * cosines_to_all(sae, pulled)).gather(1, cand) + const).double() / t
 
 
 def code_cooccurrence(ctx: GenContext, lat: torch.Tensor, s: GenerationSettings) -> torch.Tensor:
@@ -221,7 +253,7 @@ def swapped(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Ten
         pick = near[rows, (u[:, t] * count.clamp(min=1)).long().clamp(max=s.nearest_k - 1)]
         here = swap[:, t]
         chosen[:, t] = torch.where(here, pick, chosen[:, t])
-        blocked[rows[here], pick[here]] = True
+        blocked.add(rows[here], pick[here])
     return chosen
 
 
@@ -241,25 +273,25 @@ def permuted(template_values: torch.Tensor, mask: torch.Tensor, uv: torch.Tensor
     return template_values.gather(1, perm) * mask
 
 
-def other_codes(lat: torch.Tensor, other_z: torch.Tensor, exclude_template: bool) -> torch.Tensor:
-    """Another prompt's dense SAE codes [B, d_sae], less the template latents `lat` [B, K] (-1 = padding) with
-    `exclude_template`."""
-    if not exclude_template:
-        return other_z
-    d_sae = other_z.shape[1]
-    z = torch.cat([other_z, torch.zeros_like(other_z[:, :1])], 1)  # column d_sae absorbs padding
-    return z.scatter(1, torch.where(lat >= 0, lat, d_sae), 0.0)[:, :d_sae]
+def other_codes(lat: torch.Tensor, other: Codes, exclude_template: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Another prompt's SAE codes as (latents [B, M] ascending, -1 padding; values [B, M]), M >= K, less the template
+    latents `lat` [B, K] (-1 = padding) with `exclude_template` (their slots become padding)."""
+    ids, values = other.padded(width=lat.shape[1])
+    if exclude_template:
+        ids = torch.where((ids[:, :, None] == torch.where(lat >= 0, lat, -2)[:, None, :]).any(-1), -1, ids)
+    return ids, torch.where(ids >= 0, values, 0.0)
 
 
-def other_latents(lat: torch.Tensor, values: torch.Tensor, other_z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """control_other_latents (see the module docstring) on the other codes `other_z` [B, d_sae] (from
-    other_codes): (chosen [B, K], kept [B, K]), slot t of the template carrying its value to chosen[:, t] where
-    kept."""
+def other_latents(lat: torch.Tensor, values: torch.Tensor, other: tuple[torch.Tensor, torch.Tensor]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """control_other_latents (see the module docstring) on the other codes (from other_codes): (chosen [B, K],
+    kept [B, K]), slot t of the template carrying its value to chosen[:, t] where kept."""
     b, k = lat.shape
+    ids, other_values = other
     live = lat >= 0
     low = torch.tensor(-math.inf, device=lat.device)
-    ranked = torch.sort(torch.where(other_z != 0, other_z.float(), low), dim=1, descending=True, stable=True)
-    top, present = ranked.indices[:, :k], torch.isfinite(ranked.values[:, :k])
+    ranked = torch.sort(torch.where(ids >= 0, other_values.float(), low), dim=1, descending=True, stable=True)
+    top, present = ids.gather(1, ranked.indices[:, :k]), torch.isfinite(ranked.values[:, :k])
     slots = torch.sort(torch.where(live, values, low), dim=1, descending=True, stable=True).indices
     rank = torch.empty_like(slots).scatter_(1, slots, torch.arange(k, device=lat.device).expand(b, k).contiguous())
     kept = live & present.gather(1, rank)

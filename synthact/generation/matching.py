@@ -62,14 +62,68 @@ def _unused_near(ctx: GenContext, lo: int, hi: int, start: int, logf_i: float, u
 
 
 
-def _blocked(ctx: GenContext, lat: torch.Tensor, exclude_template: bool) -> torch.Tensor:
-    """[B, d_sae + 1] bool: latents no replacement may be (the template's, with exclude_template);
-    column d_sae absorbs padding (-1)."""
-    d_sae = ctx.sae.W_dec.shape[0]
-    blocked = torch.zeros(lat.shape[0], d_sae + 1, dtype=torch.bool, device=lat.device)
-    if exclude_template:
-        blocked.scatter_(1, torch.where(lat >= 0, lat, d_sae), True)
-    return blocked
+class Blocked:
+    """Per row of a batch, the latents no replacement may be (the template's with exclude_template, then each
+    one chosen), as ascending keys row * d_sae + id: memory of the order of the rows' codes, not [B, d_sae]."""
+
+    def __init__(self, lat: torch.Tensor, d_sae: int, exclude_template: bool):
+        self.d_sae, self.rows = d_sae, lat.shape[0]
+        row = torch.arange(lat.shape[0], device=lat.device)[:, None].expand_as(lat)
+        keep = (lat >= 0) & exclude_template
+        self.keys = torch.unique(row[keep] * d_sae + lat[keep])
+
+    def __call__(self, cand: torch.Tensor) -> torch.Tensor:
+        """bool, shaped like `cand` [B, C] (ids >= 0): which candidates are blocked in their row."""
+        key = (torch.arange(cand.shape[0], device=cand.device)[:, None] * self.d_sae + cand).contiguous()
+        if self.keys.numel() == 0:
+            return torch.zeros(cand.shape, dtype=torch.bool, device=cand.device)
+        pos = torch.searchsorted(self.keys, key).clamp(max=self.keys.numel() - 1)
+        return self.keys[pos] == key
+
+    def add(self, rows: torch.Tensor, ids: torch.Tensor) -> None:
+        """Block latent ids[i] in row rows[i]."""
+        self.keys = torch.unique(torch.cat([self.keys, rows * self.d_sae + ids]))
+
+    def select(self, rows: torch.Tensor) -> Blocked:
+        """The blocked latents of rows `rows` (ascending), as a batch of their own."""
+        row = self.keys // self.d_sae
+        keep = torch.isin(row, rows)
+        out = Blocked(rows[:, None], self.d_sae, False)
+        out.keys = torch.searchsorted(rows, row[keep]) * self.d_sae + self.keys[keep] % self.d_sae
+        return out
+
+    def padded(self) -> torch.Tensor:
+        """[B, M] each row's blocked latents ascending, padded with -1."""
+        row, ids = self.keys // self.d_sae, self.keys % self.d_sae
+        per_row = torch.bincount(row, minlength=self.rows)
+        width = int(per_row.max()) if self.rows and row.numel() else 0
+        slot = torch.arange(row.shape[0], device=row.device) - (torch.cumsum(per_row, 0) - per_row)[row]
+        out = torch.full((self.rows, width), -1, dtype=torch.int64, device=self.keys.device)
+        out[row, slot] = ids
+        return out
+
+
+def _blocked(ctx: GenContext, lat: torch.Tensor, exclude_template: bool) -> Blocked:
+    """The latents no replacement may be, to start with: the template's with exclude_template."""
+    return Blocked(lat, ctx.sae.W_dec.shape[0], exclude_template)
+
+
+UNIT_BUDGET_BYTES = 64 << 20  # decoder rows normalised at once when every latent's cosine is needed
+
+
+def unit_rows(sae, ids: torch.Tensor) -> torch.Tensor:
+    """The SAE's unit decoder directions of latents `ids` (float32 [..., d_model]), without a normalised copy of the
+    whole decoder."""
+    return torch.nn.functional.normalize(sae.W_dec[ids].float(), dim=-1)
+
+
+def cosines_to_all(sae, v: torch.Tensor) -> torch.Tensor:
+    """[B, d_sae] v [B, d_model] times every unit decoder direction, the decoder normalised a bounded block of
+    latents at a time."""
+    w_dec = sae.W_dec
+    step = max(1, UNIT_BUDGET_BYTES // (4 * w_dec.shape[1]))
+    return torch.cat([v @ torch.nn.functional.normalize(w_dec[a: a + step].float(), dim=-1).T
+                      for a in range(0, w_dec.shape[0], step)], 1)
 
 
 def _frequency_table(ctx: GenContext, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +148,7 @@ def _nearest_in_frequency(
     pos = pos.clamp(0, n - 1)
     cand = ids[pos]
     dist = (f[pos] - f_i[:, None]).abs()
-    allowed = inside & ~blocked.gather(1, cand) & (cand != latent[:, None])
+    allowed = inside & ~blocked(cand) & (cand != latent[:, None])
     dist = torch.where(allowed, dist, torch.full_like(dist, math.inf))
     order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
     count = allowed.sum(1).clamp(max=k)
@@ -115,7 +169,7 @@ def nearest_k(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.T
         _check_found(count[live])
         pick = near[rows, (u[:, t] * count.clamp(min=1)).long().clamp(max=s.nearest_k - 1)]
         chosen[:, t] = torch.where(live, pick, 0)
-        blocked[rows[live], pick[live]] = True
+        blocked.add(rows[live], pick[live])
     return chosen
 
 
@@ -131,11 +185,11 @@ def random_latents(ctx: GenContext, lat, values, u, s: GenerationSettings) -> to
     for t in range(lat.shape[1]):
         live = lat[:, t] >= 0
         cand = ids[((u[:, t] * n).long()[:, None] + walk[None]) % n]
-        allowed = ~blocked.gather(1, cand) & (cand != lat[:, t, None])
+        allowed = ~blocked(cand) & (cand != lat[:, t, None])
         _check_found(allowed.any(1)[live])
         pick = cand[rows, allowed.byte().argmax(1)]
         chosen[:, t] = torch.where(live, pick, 0)
-        blocked[rows[live], pick[live]] = True
+        blocked.add(rows[live], pick[live])
     return chosen
 
 
@@ -146,32 +200,33 @@ def anchor(ctx: GenContext, lat, values, u, s: GenerationSettings) -> torch.Tens
     closest to cos(i*, i_t) (ties: lowest id); i* itself maps to a where a is allowed (cosine 1)."""
     device = lat.device
     rows = torch.arange(lat.shape[0], device=device)
-    unit = torch.nn.functional.normalize(ctx.sae.W_dec.float(), dim=-1)
     blocked = _blocked(ctx, lat, s.exclude_template)
     top, anchor_ids = anchor_latents(ctx, lat, values, blocked, s)
     alive = ctx.stats.alive.to(device)
-    cos_anchor = unit[anchor_ids] @ unit[alive].T  # [B, alive]
-    cos_top = torch.einsum("bkd,bd->bk", unit[lat.clamp(min=0)], unit[top])
+    cos_anchor = cosines_to_all(ctx.sae, unit_rows(ctx.sae, anchor_ids))[:, alive]  # [B, alive]
+    cos_top = torch.einsum("bkd,bd->bk", unit_rows(ctx.sae, lat.clamp(min=0)), unit_rows(ctx.sae, top))
+    open_ = ~blocked(alive[None].expand(lat.shape[0], -1))  # [B, alive], kept up to date below
     chosen = torch.zeros_like(lat).clamp(min=0)
     for t in range(lat.shape[1]):
         live = lat[:, t] >= 0
-        allowed = ~blocked[:, alive] & (alive[None] != lat[:, t, None])
+        allowed = open_ & (alive[None] != lat[:, t, None])
         _check_found(allowed.any(1)[live])
         gap = torch.where(allowed, (cos_anchor - cos_top[:, t, None]).abs(), math.inf)
-        pick = alive[gap.argmin(1)]
+        at = gap.argmin(1)
+        pick = alive[at]
         chosen[:, t] = torch.where(live, pick, 0)
-        blocked[rows[live], pick[live]] = True
+        blocked.add(rows[live], pick[live])
+        open_[rows[live], at[live]] = False
     return chosen
 
 
 def anchor_latents(ctx: GenContext, lat, values, blocked, s: GenerationSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """(top latent [B], anchor [B]) of the anchor construction (see `anchor`)."""
     rows = torch.arange(lat.shape[0], device=lat.device)
-    unit = torch.nn.functional.normalize(ctx.sae.W_dec.float(), dim=-1)
     top = lat[rows, torch.where(lat >= 0, values, -math.inf).argmax(1)].clamp(min=0)
     pool, count = _nearest_in_frequency(ctx, top, blocked, s.anchor_pool, lat.shape[1])
     _check_found(count[(lat >= 0).any(1)])
-    pool_cos = torch.einsum("bpd,bd->bp", unit[pool.clamp(min=0)], unit[top])
+    pool_cos = torch.einsum("bpd,bd->bp", unit_rows(ctx.sae, pool.clamp(min=0)), unit_rows(ctx.sae, top))
     return top, pool[rows, torch.where(pool >= 0, (pool_cos - s.anchor_cos).abs(), math.inf).argmin(1)].clamp(min=0)
 
 
@@ -228,10 +283,9 @@ def _greedy(ctx, lat, k_sorted, cand, walk, forbidden, exact):
     b, kmax, c = cand.shape
     device = lat.device
     if c > 1:
-        unit = torch.nn.functional.normalize(ctx.sae.W_dec.float(), dim=-1)
-        wt = unit[lat]
+        wt = unit_rows(ctx.sae, lat)
         target_cos = wt @ wt.transpose(1, 2)  # [B, K, K]
-        chosen_dirs = torch.zeros(b, kmax, unit.shape[1], device=device)
+        chosen_dirs = torch.zeros(b, kmax, ctx.sae.W_dec.shape[1], device=device)
     chosen = torch.zeros(b, kmax, dtype=torch.long, device=device)
     exhausted = torch.zeros((), dtype=torch.bool, device=device)
     for t in range(kmax):
@@ -241,7 +295,7 @@ def _greedy(ctx, lat, k_sorted, cand, walk, forbidden, exact):
         taken = torch.cat([chosen[:n, :t], lat[:n, t : t + 1]] + ([forbidden[:n]] if forbidden is not None else []), 1)
         used = (options[:, :, None] == taken[:, None, :]).any(-1)
         if c > 1 and t > 0:
-            cos = torch.einsum("bcd,bmd->bcm", unit[options], chosen_dirs[:n, :t])
+            cos = torch.einsum("bcd,bmd->bcm", unit_rows(ctx.sae, options), chosen_dirs[:n, :t])
             err = ((cos - target_cos[:n, t, None, :t]) ** 2).sum(-1)
         else:
             err = torch.zeros(n, c, device=device)
@@ -262,7 +316,7 @@ def _greedy(ctx, lat, k_sorted, cand, walk, forbidden, exact):
                 )
         chosen[:n, t] = pick
         if c > 1:
-            chosen_dirs[:n, t] = unit[pick]
+            chosen_dirs[:n, t] = unit_rows(ctx.sae, pick)
     return chosen, exhausted
 
 
@@ -270,13 +324,13 @@ def cosine_structure_error(
     template_latents: list[np.ndarray], latents: list[np.ndarray], w_dec: torch.Tensor
 ) -> np.ndarray:
     """Per draw: mean over pairs m < t of (cos(j_t, j_m) - cos(i_t, i_m))^2; NaN where k < 2."""
-    w = torch.nn.functional.normalize(w_dec.detach().float().cpu(), dim=-1)
     out = np.full(len(latents), np.nan)
     for d, (i_ids, j_ids) in enumerate(zip(template_latents, latents)):
         k = len(j_ids)
         if k < 2:
             continue
-        wi, wj = w[torch.as_tensor(i_ids, dtype=torch.long)], w[torch.as_tensor(j_ids, dtype=torch.long)]
+        wi, wj = (torch.nn.functional.normalize(w_dec[torch.as_tensor(ids, dtype=torch.long, device=w_dec.device)]
+                                                .detach().float().cpu(), dim=-1) for ids in (i_ids, j_ids))
         diff = (wj @ wj.T - wi @ wi.T).triu(diagonal=1)
         out[d] = float((diff**2).sum()) / (k * (k - 1) / 2)
     return out

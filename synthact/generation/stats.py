@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from synthact.errors import SynthactError
+from synthact.generation import codes
 from synthact.inputs.hooks import stream_index
 from synthact.integrity import record_problem
 from synthact.layout import build_dir_once
@@ -210,34 +211,41 @@ def compute_stats(
     device: str,
     batch_size: int = 256,
     log_sparsity: torch.Tensor | None = None,
+    budget: int | None = None,
 ) -> ReferenceStats:
     """Sample `spec.n_prompts` prompts, run model + SAE on them, and derive the pool's statistics;
     `log_sparsity` [d_sae] (log10 feature density, e.g. from `SAE.from_pretrained_with_cfg_and_sparsity`)
-    gives the firing frequencies when the SAE release has it."""
+    gives the firing frequencies when the SAE release has it.
+
+    The model runs `batch_size` prompts at a time; the SAE encodes at most `codes.batch_rows(d_sae, budget)`
+    activations at a time (every position, then the last ones), so no dense code beyond one batch of `budget`
+    bytes (default codes.ENCODE_BUDGET_BYTES) exists; the pool's codes are kept sparse (CSR)."""
     check_affine_decoder(sae)
     rng = np.random.default_rng(derive_seed("reference", seed, layer))
     _, _, tokens = corpus.sample(rng, spec.n_prompts, n_ctx)
     tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=device)
     w_dec = sae.W_dec
-    acts, rows, latents, values, code_norms = [], [], [], [], []
+    rows = codes.batch_rows(w_dec.shape[0], budget)
+    acts, parts, code_norms = [], [], []
     fired = torch.zeros(w_dec.shape[0], dtype=torch.float64, device=w_dec.device)
     for start in range(0, tokens.shape[0], batch_size):
         everywhere = _all_positions(model, tokens[start : start + batch_size], stream_index(sae, layer))
-        fired += (sae.encode(everywhere.flatten(0, 1).to(w_dec.dtype)) != 0).sum(0).double()
+        flat = everywhere.flatten(0, 1).to(w_dec.dtype)
+        for i in range(0, flat.shape[0], rows):
+            fired += torch.bincount(torch.nonzero(sae.encode(flat[i : i + rows]))[:, 1],
+                                    minlength=w_dec.shape[0]).double()
         x = everywhere[:, -1]
-        z = sae.encode(x.to(w_dec.dtype))
-        r, c = torch.nonzero(z, as_tuple=True)
+        for i in range(0, x.shape[0], rows):
+            z = sae.encode(x[i : i + rows].to(w_dec.dtype))
+            parts.append(codes.sparse(z))
+            code_norms.append((z @ w_dec).float().norm(dim=-1))
         acts.append(x)
-        rows.append(r + start)
-        latents.append(c)
-        values.append(z[r, c].float())
-        code_norms.append((z @ w_dec).float().norm(dim=-1))
     acts_t = torch.cat(acts)
-    rows_t, lat_t, val_t = torch.cat(rows), torch.cat(latents), torch.cat(values)
+    pool = codes.concat(parts)
+    lat_t, val_t = pool.latents, pool.values
     n, d_sae = acts_t.shape[0], w_dec.shape[0]
-    l0 = torch.bincount(rows_t, minlength=n)
-    offsets = torch.zeros(n + 1, dtype=torch.int64, device=acts_t.device)
-    offsets[1:] = torch.cumsum(l0, 0)
+    l0 = pool.l0
+    offsets = pool.offsets.to(acts_t.device)
     if log_sparsity is None:
         freq, source = fired.to(acts_t.device) / (n * tokens.shape[1]), "pool_all_positions"
     else:

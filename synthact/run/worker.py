@@ -12,6 +12,7 @@ import pyarrow as pa
 import torch
 
 from synthact.errors import SynthactError
+from synthact.generation import codes
 from synthact.generation.context import SINGLE_CANDIDATE, Activations, GenContext, GenerationSettings
 from synthact.generation.diagnostics import target_columns
 from synthact.generation.directions import Directions, make_directions
@@ -245,8 +246,7 @@ def _rngs(seeds: list[int]) -> list[np.random.Generator]:
 
 
 def _encoded_l0(ctx: GenContext, vectors: torch.Tensor) -> np.ndarray:
-    codes = ctx.sae.encode(vectors.to(ctx.sae.W_dec.dtype))
-    return (codes != 0).sum(-1).cpu().numpy().astype(np.int32)
+    return codes.encode(ctx.sae, vectors).l0.cpu().numpy().astype(np.int32)
 
 
 def target_prompt_columns(target: Activations | None) -> dict:
