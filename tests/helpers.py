@@ -218,7 +218,7 @@ def hand_context(w_dec, freq, codes, values=None) -> GenContext:
     stats = ReferenceStats(
         layer=0, acts=torch.zeros(n, d_model), code_offsets=offsets, code_latents=latents,
         code_values=torch.tensor(flat, dtype=torch.float32), freq=torch.tensor(freq, dtype=torch.float64),
-        value_samples=torch.zeros(d_sae, 1), value_counts=torch.zeros(d_sae, dtype=torch.int64),
+        value_samples=torch.zeros(0), value_counts=torch.zeros(d_sae, dtype=torch.int64),
         l0=torch.tensor([len(c) for c in codes]), mean=torch.zeros(d_model, dtype=torch.float64),
         cov=torch.eye(d_model, dtype=torch.float64), chol=torch.eye(d_model, dtype=torch.float64),
         norms=torch.ones(n), code_norms=torch.ones(n),

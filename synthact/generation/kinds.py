@@ -320,7 +320,9 @@ def _draw_synthetic(kind: str, rngs, ctx: GenContext, settings: GenerationSettin
         counts = stats.value_counts.to(device)[chosen]
         pick = torch.minimum((uv * counts).long(), (counts - 1).clamp(min=0))
         # A latent that never fired at the pool's last positions has no values: it keeps the template's.
-        values = torch.where(counts > 0, stats.value_samples.to(device)[chosen, pick], tv)
+        samples = torch.cat([stats.value_samples.to(device), tv.new_zeros(1)])  # the last entry: for those
+        at = torch.where(counts > 0, stats.value_offsets.to(device)[chosen] + pick, samples.shape[0] - 1)
+        values = torch.where(counts > 0, samples[at], tv)
     values = values * mask
     source = other if settings.error_source == "other" else templ
     error = source.x - codes.decode(ctx.sae, source.z) if settings.add_error else torch.zeros_like(templ.x)

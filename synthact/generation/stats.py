@@ -29,7 +29,7 @@ from synthact.integrity import record_problem
 from synthact.layout import build_dir_once
 from synthact.spec import ReferenceSpec, derive_seed, digest
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: value samples stored sparse (CSR by latent), no [d_sae, V] matrix
 DEAD_LOG_SPARSITY = -10.0  # the authors' cut: latents at or below this log10 density are dead
 # Decoders that rescale by statistics of the input are not a fixed affine map: a code alone
 # cannot be decoded, so SAE-built activations are impossible with them.
@@ -46,8 +46,8 @@ class ReferenceStats:
     code_latents: torch.Tensor  # [nnz] int32
     code_values: torch.Tensor  # [nnz] float32
     freq: torch.Tensor  # [d_sae] float64, firing frequency of each latent (see freq_source); 0 = dead
-    value_samples: torch.Tensor  # [d_sae, V] float32, non-zero values per latent (first value_counts valid)
-    value_counts: torch.Tensor  # [d_sae] int64
+    value_samples: torch.Tensor  # [sum of value_counts] float32: up to V non-zero values per latent, by latent (CSR)
+    value_counts: torch.Tensor  # [d_sae] int64: latent j's are value_samples[value_offsets[j]:][:value_counts[j]]
     l0: torch.Tensor  # [P] int64
     mean: torch.Tensor  # [d_model] float64
     cov: torch.Tensor  # [d_model, d_model] float64, positive definite (jitter added if needed)
@@ -64,6 +64,11 @@ class ReferenceStats:
     @property
     def d_sae(self) -> int:
         return self.freq.shape[0]
+
+    @functools.cached_property
+    def value_offsets(self) -> torch.Tensor:
+        """[d_sae] int64 where each latent's value samples start in `value_samples`."""
+        return torch.cumsum(self.value_counts, 0) - self.value_counts
 
     @functools.cached_property
     def alive(self) -> torch.Tensor:
@@ -97,7 +102,7 @@ class ReferenceStats:
             "mean_norm": float(self.norms.double().mean()),
             "std_norm": float(self.norms.double().std()),
             "mean_code_norm": float(self.code_norms.double().mean()),
-            "value_samples_per_latent": int(self.value_samples.shape[1]),
+            "value_samples_per_latent": int(self.value_counts.max()) if self.d_sae else 0,
             "cov_jitter": self.cov_jitter,
             "freq_source": self.freq_source,
         }
@@ -158,8 +163,8 @@ class ReferenceStats:
         for name, shape in shapes.items():
             if tuple(getattr(self, name).shape) != shape:
                 return f"{name} has shape {tuple(getattr(self, name).shape)}, expected {shape}"
-        if self.value_samples.dim() != 2 or self.value_samples.shape[0] != d_sae:
-            return f"value_samples has shape {tuple(self.value_samples.shape)}, expected ({d_sae}, V)"
+        if tuple(self.value_samples.shape) != (int(self.value_counts.sum()),):
+            return f"value_samples has shape {tuple(self.value_samples.shape)}, expected ({int(self.value_counts.sum())},)"
         if int(self.code_offsets[-1]) != nnz:
             return f"code_offsets end at {int(self.code_offsets[-1])}, but there are {nnz} code entries"
         for name in ("acts", "freq", "mean", "cov", "chol"):
@@ -283,16 +288,15 @@ def _all_positions(model, tokens: torch.Tensor, layer: int, batch_size: int = 64
 def _value_samples(
     latents: np.ndarray, values: np.ndarray, d_sae: int, per_latent: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `per_latent` non-zero values per latent, a uniform random subset where there are more."""
+    """Up to `per_latent` non-zero values per latent, a uniform random subset where there are more: (the kept values
+    by latent, flat; how many each latent kept)."""
     order = np.lexsort((rng.random(latents.shape[0]), latents))
     lat, val = latents[order], values[order]
     starts = np.searchsorted(lat, np.arange(d_sae))
     rank = np.arange(lat.shape[0]) - starts[lat]
     keep = rank < per_latent
-    samples = np.zeros((d_sae, per_latent), np.float32)
-    samples[lat[keep], rank[keep]] = val[keep]
     counts = np.minimum(np.bincount(lat, minlength=d_sae), per_latent).astype(np.int64)
-    return samples, counts
+    return np.ascontiguousarray(val[keep], dtype=np.float32), counts
 
 
 def _gaussian_fit(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:

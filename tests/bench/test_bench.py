@@ -59,6 +59,12 @@ def test_generation_and_end_to_end_on_toy_model(capsys):
     assert all(k["seconds"] > 0 and k["fraction_of_scan"] > 0 for k in g["kinds"].values())
     assert 4 <= g["mean_l0"] <= 256
     assert "synthetic_structured" in scan_speed.format_table(r)
+    # each phase's time and the peak RSS so far beside it (statistics, the tables, each kind, diagnostics)
+    assert set(g["phases"]) == {"statistics", "co-occurrence table", "held-out tables", "diagnostics"}
+    rss = [g["peak_rss_gb_before"], *(p["peak_rss_gb"] for p in g["phases"].values()), g["peak_rss_gb"]]
+    assert all(p["seconds"] > 0 for p in g["phases"].values()) and 0 < rss[0] and max(rss) == g["peak_rss_gb"]
+    assert all(0 < k["peak_rss_gb"] <= g["peak_rss_gb"] for k in g["kinds"].values())
+    assert "peak RSS" in scan_speed.format_table(r) and len(g["load_average"]) == 3
 
     e = json.loads(run_bench(capsys, *common, "--e2e", "3"))
     assert e["points"] == 3 * len(KINDS) * 5

@@ -66,7 +66,7 @@ def test_replacements_are_frequency_matched_distinct_and_sampled(ctx, kind, tol)
     stats = ctx.stats
     with np.errstate(divide="ignore"):
         logf = np.log10(stats.freq.numpy())
-    samples, counts = stats.value_samples.numpy(), stats.value_counts.numpy()
+    samples, counts, starts = stats.value_samples.numpy(), stats.value_counts.numpy(), stats.value_offsets.numpy()
     # Template latents stay allowed here (their exclusion is tested below): on the toy SAE, where codes are
     # long and many latents share a frequency, excluding them would empty many windows.
     settings = dataclasses.replace(PAIRWISE, tol=tol, candidates=4, exclude_template=False)
@@ -84,7 +84,7 @@ def test_replacements_are_frequency_matched_distinct_and_sampled(ctx, kind, tol)
         assert (values > 0).all()
         # From j's own pool values; a latent that fired only at other positions keeps the template's value.
         assert all(
-            v in samples[j, : counts[j]] if counts[j] else v == np.float32(template_codes[b, i])
+            v in samples[starts[j]: starts[j] + counts[j]] if counts[j] else v == np.float32(template_codes[b, i])
             for i, j, v in zip(i_ids, j_ids, values)
         )
         fallback += (counts[j_ids] == 0).sum()
@@ -268,7 +268,7 @@ def hand_context(w_dec: list[list[float]], freq: list[float]):
     stats = ReferenceStats(
         layer=0, acts=torch.zeros(1, d_model), code_offsets=torch.zeros(2, dtype=torch.int64),
         code_latents=empty.int(), code_values=empty, freq=torch.tensor(freq, dtype=torch.float64),
-        value_samples=torch.zeros(d_sae, 1), value_counts=torch.zeros(d_sae, dtype=torch.int64),
+        value_samples=torch.zeros(0), value_counts=torch.zeros(d_sae, dtype=torch.int64),
         l0=torch.zeros(1, dtype=torch.int64), mean=torch.zeros(d_model, dtype=torch.float64),
         cov=torch.eye(d_model, dtype=torch.float64), chol=torch.eye(d_model, dtype=torch.float64),
         norms=torch.ones(1), code_norms=torch.ones(1),

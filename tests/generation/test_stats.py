@@ -57,12 +57,14 @@ def test_pool_content_is_consistent():
     assert stats.freq_source == "pool_all_positions" and stats.summary()["freq_source"] == "pool_all_positions"
     assert ((counts > 0) <= (stats.freq > 0)).all()
     # Value samples: positive, drawn from the latent's own pool values, up to V of them.
-    assert torch.equal(stats.value_counts, counts.clamp(max=stats.value_samples.shape[1]))
+    v = ReferenceSpec().value_samples
+    assert torch.equal(stats.value_counts, counts.clamp(max=v)) and stats.summary()["value_samples_per_latent"] == v
+    assert stats.value_samples.shape == (int(stats.value_counts.sum()),)  # sparse: no [d_sae, V] matrix
     for j in stats.alive[:40].tolist():
         mine = stats.code_values[stats.code_latents == j].numpy()
-        kept = stats.value_samples[j, : stats.value_counts[j]].numpy()
+        start = int(stats.value_offsets[j])
+        kept = stats.value_samples[start: start + stats.value_counts[j]].numpy()
         assert (kept > 0).all() and np.isin(kept, mine).all()
-        assert (stats.value_samples[j, stats.value_counts[j] :] == 0).all()
     # Norms, code norms and the Gaussian fit.
     torch.testing.assert_close(stats.norms, stats.acts.norm(dim=-1))
     with torch.no_grad():
