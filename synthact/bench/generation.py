@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import resource
+import sys
 import time
 
 import numpy as np
@@ -60,6 +61,12 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
+def _progress(name: str, done: dict) -> None:
+    """One line on stderr per finished phase (long runs at large d_sae show where they are)."""
+    print(f"synthact bench: {name}: {done['seconds']:.2f} s, peak RSS {done['peak_rss_gb']:.2f} GB", file=sys.stderr,
+          flush=True)
+
+
 def generation_timing(
     model_name, layer, n_ctx, n_bases, device, scan_points_per_s, steps, d_sae: int = GEN_D_SAE,
     n_prompts: int | None = None,
@@ -92,13 +99,17 @@ def generation_timing(
         seconds = time.perf_counter() - t0
         kinds[name] = {"seconds": seconds, "bases_per_s": n_bases / seconds, "fraction_of_scan": seconds / scan_seconds,
                        "peak_rss_gb": peak_rss_gb()}
+        _progress(name, kinds[name])
 
     def phase(name, work):
         t0 = time.perf_counter()
         out = work()
         sync(device)
         phases[name] = {"seconds": time.perf_counter() - t0, "peak_rss_gb": peak_rss_gb()}
+        _progress(name, phases[name])
         return out
+
+    _progress("statistics", phases["statistics"])
 
     phase("co-occurrence table", lambda: cooccurrence(ctx.stats, holdout, "statistics"))
     phase("held-out tables", lambda: (cooccurrence(ctx.stats, holdout, "heldout"),
