@@ -10,10 +10,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from sae_lens import StandardSAE, StandardSAEConfig
 
 from synthact.analysis.diagnostics import uniform_ks
 from synthact.errors import SynthactError
-from synthact.generation import ladder
+from synthact.generation import codes, ladder
 from synthact.generation.context import GenerationSettings
 from synthact.generation.cooccurrence import cooccurrence, count_pairs
 from synthact.generation.diagnostics import code_diagnostics
@@ -366,8 +367,11 @@ def test_the_expanded_cosine_error_for_every_latent_equals_the_direct_one():
     cand = torch.tensor([[0, 4, 9, 30], [6, 8, 10, 39]])
     dirs = unit[chosen]
     squares = ((dirs @ unit.T) ** 2).sum(1)
-    direct = ladder._cosine_error(unit, cand, dirs, target_cos, None)
-    torch.testing.assert_close(ladder._cosine_error(unit, cand, dirs, target_cos, squares), direct)
+    sae = StandardSAE(StandardSAEConfig(d_in=8, d_sae=40))
+    with torch.no_grad():
+        sae.W_dec.copy_(unit)
+    direct = ladder._cosine_error(sae, cand, dirs, target_cos, None)
+    torch.testing.assert_close(ladder._cosine_error(sae, cand, dirs, target_cos, squares), direct)
 
 
 def test_other_latents_carry_the_template_values_by_rank_on_a_hand_built_code():
@@ -378,12 +382,12 @@ def test_other_latents_carry_the_template_values_by_rank_on_a_hand_built_code():
     other = torch.zeros(2, 8)
     other[0, [3, 4, 6, 0, 2]] = torch.tensor([5.0, 3.0, 0.7, 0.2, 0.1])
     other[1, [3, 7]] = torch.tensor([5.0, 1.0])  # only one latent once the template's 3 is left out
-    chosen, kept = ladder.other_latents(lat, values, ladder.other_codes(lat, other, True))
+    chosen, kept = ladder.other_latents(lat, values, ladder.other_codes(lat, codes.sparse(other), True))
     assert chosen[0].tolist() == [0, 4, 6] and kept[0].all()
     # The second code has one usable latent: it takes the template's largest value; the rest are left out.
     assert kept[1].tolist() == [False, True, False] and chosen[1, 1] == 7
     # Without exclude_template the other code is used as it is: its largest latent is the template's own 3.
-    chosen, kept = ladder.other_latents(lat, values, ladder.other_codes(lat, other, False))
+    chosen, kept = ladder.other_latents(lat, values, ladder.other_codes(lat, codes.sparse(other), False))
     assert chosen[0].tolist() == [6, 3, 4] and chosen[1, :2].tolist() == [7, 3] and kept[1].tolist() == [True, True, False]
 
 
