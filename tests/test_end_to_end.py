@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from synthact import results
-from synthact.analysis import aggregate, stats
+from synthact.analysis import aggregate, answers, stats, summary
 from synthact.analysis.cells import Sweep
 from synthact.analysis.wandb_files import read_offline_run
 from tests.helpers import synthact, write_job
@@ -30,7 +30,8 @@ def sweep(tmp_path_factory):
 
 def test_run_prints_summary_and_checks(sweep):
     out, stdout = sweep
-    assert "KS on max_slope_step against real" in stdout and "Replication checks" in stdout
+    assert stdout.startswith(answers.TITLE) and answers.QUESTIONS[aggregate.CHECK_PLATEAU][0] in stdout
+    assert summary.TOY_NOTE in stdout and max(map(len, stdout.splitlines())) <= 120
     assert f"synthact compare {out}" in stdout and len(stdout.splitlines()) <= 40
     assert "8 cells, 16 shards (16 run now, 0 already done, 0 failed), 96 curves" in stdout
 

@@ -32,7 +32,9 @@ def render(summary: RunSummary, out: str, comparison: pd.DataFrame | None = None
     lines = []
     if verdicts is not None and comparison is not None and not comparison.empty:
         table = answers.answers(verdicts, differences, comparison)
-        lines = answers.lines(table, limit=MAX_LINES - len(tail) - 1, more=f"synthact compare {out}")
+        room = MAX_LINES - sum(len(text.paragraph(line)) for line in tail) - 1
+        lines = answers.lines(table, limit=room, more="synthact compare OUT")
+    tail = [part for line in tail for part in text.paragraph(line)]
     return "\n".join([*lines, *([""] if lines else []), *tail])
 
 
