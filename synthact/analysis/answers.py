@@ -130,7 +130,7 @@ def _ladder(differences: pd.DataFrame | None, modes: dict) -> list[dict]:
         a, b = first.step.split(" -> ")
         answers_ = [rung_answer(r, a, b) for r in group.itertuples()]
         best = group.loc[group.ks_diff_p_holm.astype(float).fillna(2).idxmin()] if fold else first
-        if fold:
+        if fold and len(group) > 1:
             closer = {k: sum(x.startswith(k + " closer") for x in answers_) for k in (b, a)}
             subject = f"{first.step}: {len(group)} pairs (shown: smallest Holm p)"
             answer = f"{b} closer in {closer[b]}/{len(group)}" + (f", {a} in {closer[a]}" if closer[a] else "")
