@@ -168,13 +168,13 @@ def _estimate(e: float, lo: float, hi: float) -> str:
     if e is None or not math.isfinite(e):
         return ""
     if lo is None or not math.isfinite(lo):
-        return _num(e, "")
-    return f"{_num(e)} [{_num(lo)}, {_num(hi)}]"
+        return _num(e, "", e)
+    return f"{_num(e, '+', e, lo, hi)} [{_num(lo, '+', e, lo, hi)}, {_num(hi, '+', e, lo, hi)}]"
 
 
-def _num(x: float, sign: str = "+") -> str:
-    """3 decimals below 10 (KS distances and their differences), else one."""
-    return f"{x:{sign}.3f}" if abs(x) < 10 else f"{x:{sign}.1f}"
+def _num(x: float, sign: str = "+", *scale: float) -> str:
+    """3 decimals where every number of `scale` is below 10 (KS distances and their differences), else one."""
+    return f"{x:{sign}.3f}" if max(map(abs, scale or (x,))) < 10 else f"{x:{sign}.1f}"
 
 
 def _p(p) -> str:

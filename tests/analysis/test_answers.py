@@ -27,8 +27,8 @@ def twins(tmp_path_factory):
     return built
 
 
-def _interval(lo: float, hi: float) -> str:
-    return f"[{answers._num(lo)}, {answers._num(hi)}]"
+def _interval(estimate: float, lo: float, hi: float) -> str:
+    return f"[{answers._num(lo, '+', estimate, lo, hi)}, {answers._num(hi, '+', estimate, lo, hi)}]"
 
 
 @pytest.mark.parametrize("name", TWINS)
@@ -38,10 +38,11 @@ def test_every_verdict_is_on_the_first_screen_with_its_interval_and_n(twins, nam
     assert screen[0] == answers.TITLE and screen[1] == answers.READING
     assert len(analysis.verdicts) >= 6
     for v in analysis.verdicts.itertuples():
-        shown = [line for line in screen if (answers._num(v.estimate, "+" if v.lo == v.lo else "")) in line]
+        scale = (v.estimate, v.lo, v.hi) if v.lo == v.lo else (v.estimate,)
+        shown = [line for line in screen if answers._num(v.estimate, "+" if v.lo == v.lo else "", *scale) in line]
         assert shown, (v.check, v.subject)
         if v.lo == v.lo:  # the checks with an interval show it beside the estimate
-            assert any(_interval(v.lo, v.hi) in line and line.rstrip().endswith(f" {v.n}") for line in shown), v.subject
+            assert any(_interval(v.estimate, v.lo, v.hi) in line and line.rstrip().endswith(f" {v.n}") for line in shown), v.subject
     questions = [q for q, _ in answers.QUESTIONS.values() if any(q in line for line in screen)]
     assert len(questions) == len({c for c in analysis.verdicts.check})
     # the ladder's steps (every step the sweep has but the structure verdict's and the controls') follow
