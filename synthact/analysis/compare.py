@@ -123,9 +123,10 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.3g}" if math.isnan(std) else f"{mean:.3g}+-{std:.2g}"
 
 
-def readable_differences(rows: pd.DataFrame) -> pd.DataFrame:
+def readable_differences(rows: pd.DataFrame, sentences: bool = False) -> pd.DataFrame:
     """One panel's differences between rungs as a compact table: the step, the pair, the answer by the KS
-    difference's interval (* where Holm's p is above 0.05), KS(b) - KS(a) with its interval, p, Holm p, n."""
+    difference's interval (* where Holm's p is above 0.05), KS(b) - KS(a) with its interval, p, Holm p, n; with
+    `sentences` (the report) also the verdict sentence and mean(b) - mean(a) with its interval, p and Holm p."""
     order = {m: i for i, m in enumerate(COMPARED)}
     steps = [f"{a} -> {b}" for a, b in rungs.STEPS] + [rungs.CONTROL_STEP]
     rows = rows.iloc[sorted(range(len(rows)), key=lambda i: (
@@ -139,6 +140,10 @@ def readable_differences(rows: pd.DataFrame) -> pd.DataFrame:
                                    zip(rows.ks_diff, rows.ks_diff_lo, rows.ks_diff_hi)],
         "p": rows.ks_diff_p.map("{:.2g}".format), "Holm p": rows.ks_diff_p_holm.map("{:.2g}".format),
         "n": [f"{n}{' p' if paired else ''}" for n, paired in zip(rows.n, rows.paired)],
+        **({"verdict": rows.verdict, "mean(b) - mean(a) [95% CI], p (Holm)": [
+            f"{d:+.3g} [{lo:+.3g}, {hi:+.3g}], {p:.2g} ({ph:.2g})" for d, lo, hi, p, ph in
+            zip(rows.mean_diff, rows.mean_diff_lo, rows.mean_diff_hi, rows.mean_diff_p, rows.mean_diff_p_holm)]}
+           if sentences else {}),
     })
 
 

@@ -218,7 +218,7 @@ def _differences(differences: pd.DataFrame) -> str:
     for axis in compare.HEADINGS:
         rows = differences[differences.axis == axis]
         for label, group in compare.panel_groups(rows, axis) if not rows.empty else ():
-            table = compare.readable_differences(group).to_html(index=False, classes="differences")
+            table = compare.readable_differences(group, sentences=True).to_html(index=False, classes="differences")
             out.append(f"<h4>{html.escape(label)}</h4>{table}")
     return "\n".join(out)
 
