@@ -16,8 +16,7 @@ from synthact.analysis import answers, text
 from synthact.run.plan import RunSummary
 
 MAX_LINES = 40
-TOY_NOTE = ("A toy model checks the pipeline, not the science: it is not expected to replicate the paper's numbers "
-            "(docs/science.md).")
+TOY_NOTE = "A toy model checks the pipeline, not the science: it is not expected to replicate the paper's numbers."
 
 
 def render(summary: RunSummary, out: str, comparison: pd.DataFrame | None = None,

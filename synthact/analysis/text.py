@@ -17,9 +17,10 @@ CELL = 40
 
 
 def paragraph(text: str, width: int = WIDTH, indent: str = "") -> list[str]:
-    """A sentence or heading wrapped to `width` (continuation lines indented by two more spaces)."""
+    """A sentence or heading wrapped to `width` (continuation lines indented by two more spaces; a word longer
+    than that, such as a path, is kept whole)."""
     return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent + "  ",
-                         break_on_hyphens=False) or [indent]
+                         break_on_hyphens=False, break_long_words=False) or [indent]
 
 
 def table(frame: pd.DataFrame, width: int = WIDTH, keys: tuple[str, ...] = (), cell: int | dict = 40,
