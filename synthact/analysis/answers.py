@@ -28,7 +28,7 @@ QUESTIONS = {  # check -> (the question, what its estimate is)
     aggregate.CHECK_PLATEAU: ("are plateaus shorter than real's?", "mean(kind) - mean(real)"),
 }
 LADDER = ("ladder: which rung is closer to real?", "KS(b) - KS(a) < 0: b closer")
-HOLM_NOTE = "*: not significant after Holm's correction across the grid (Holm p > 0.05)"
+HOLM_NOTE = "*: not significant after Holm's correction across the grid (Holm p > 0.05; a count: some of those counted)"
 COLUMNS = ["experiment", "question", "estimate_of", "where", "subject", "answer", "estimate", "lo", "hi", "p",
            "p_holm", "n"]
 CELLS = {"subject": 44, "answer": 26}  # the widest a printed cell gets before it wraps (fits text.WIDTH)
@@ -134,6 +134,7 @@ def _ladder(differences: pd.DataFrame | None, modes: dict) -> list[dict]:
             closer = {k: sum(x.startswith(k + " closer") for x in answers_) for k in (b, a)}
             subject = f"{first.step}: {len(group)} pairs (shown: smallest Holm p)"
             answer = f"{b} closer in {closer[b]}/{len(group)}" + (f", {a} in {closer[a]}" if closer[a] else "")
+            answer += "*" if any(x.endswith("*") for x in answers_) else ""  # some counted only by their intervals
         else:
             subject, answer = f"{first.step}: {pair_label(first.variant_b, first.variant_a)}", answers_[0]
         v = first.to_dict() | {"check": None, "scan_mode": modes.get(first.get("scan"), first.get("scan_mode"))}
