@@ -54,7 +54,7 @@ def test_one_kind_order_the_papers_kinds_then_the_ladder_then_the_controls():
     assert ranked[-2:] == ["control_swapped", "control_other_latents"]
     assert order.kind_rank("zzz") > order.kind_rank("control_other_latents")
     rungs = [{"target_kind": "synthetic_cooccur", "cooccur": "counts", "geometry_temp": t, "value_source": v}
-             for t, v in ((0.01, "ranked"), (0.0, "template"), (0.01, "template"))]
+             for t, v in ((0.01, "quantile"), (0.0, "template"), (0.01, "template"))]
     assert [order.variant_rank(r, "target_kind")[2] for r in sorted(rungs, key=lambda r: order.variant_rank(
         r, "target_kind"))] == [3, 4, 5]  # R3, R4, R5: their places in rungs.RUNGS
     directions = ["isotropic", "latent:0", "toward:gaussian", "toward:same", "toward:real"]
