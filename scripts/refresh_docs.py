@@ -2,12 +2,15 @@
 
     python scripts/refresh_docs.py            # run the toy twins (resuming under --runs) and rewrite the docs
     python scripts/refresh_docs.py --check    # exit 1 and show the difference where a doc is stale
+    python scripts/refresh_docs.py --science  # also docs/science.md's toy numbers (full-size runs: minutes)
 
-Generated text sits between `<!-- refresh_docs: NAME -->` and `<!-- /refresh_docs: NAME -->` (a table, a code
-block), or is a pattern rewritten in place (a count in a sentence or a code comment: INLINE). The runs are the small
+Generated text sits between `<!-- refresh_docs: NAME [how] -->` and `<!-- /refresh_docs: NAME -->` (a table, a
+code block, a table cell), or is a pattern rewritten in place (a count in a sentence or a code comment: INLINE). The runs are the small
 twins the docs name (TWINS: a shipped job with fewer bases or fewer settings, so that tests/test_docs.py can run
 them in the suite); each twin's cells are the shipped job's own cells (same seeds, same rows per base). Counts
-come from the shipped jobs' grids. Offline: the toy backend builds everything it needs.
+come from the shipped jobs' grids. docs/science.md's settings table quotes jobs/paper-toy.yaml at full size (100
+bases per cell) and two variants of it (SCIENCE: the commands science.md lists, each restricted to the cells it
+quotes), too slow for the suite: `--science` runs and checks them. Offline: the toy backend builds everything.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 import synthact
+from synthact.analysis.answers import short
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "docs/wandb.md")
@@ -31,17 +35,24 @@ TWINS = {
                                             "generation.value_source=[template]"]),
 }
 LADDER_EXCERPT = ("R0 -> R1", "R1 -> R2", "R3 -> R4")
+# docs/science.md's runs: the shipped paper toy and its variants (synthact's metric rules; exclude_template: true).
+SCIENCE = {
+    "paper-toy-full": ("jobs/paper-toy.yaml", []),
+    "rules": ("jobs/paper-toy.yaml", ["metrics.cut=through_target", "metrics.fallback=last", "directions=[toward:real]"]),
+    "exclude": ("jobs/paper-toy.yaml", ["generation.exclude_template=[true]",
+                                        "directions=[toward:real, toward:synthetic_baseline, toward:synthetic_structured]"]),
+}
 
 
 def command(name: str) -> str:
-    job, overrides = TWINS[name]
+    job, overrides = {**TWINS, **SCIENCE}[name]
     return " ".join(["synthact run", job, *(f"'{o}'" if "[" in o else o for o in overrides),
                      f"--out runs/docs/{name} --no-wandb"])
 
 
 def analyse(name: str, runs: Path):
     """Run the twin into runs/NAME (a rerun resumes, so it only reads) and compare it."""
-    job, overrides = TWINS[name]
+    job, overrides = {**TWINS, **SCIENCE}[name]
     out = runs / name
     sweep = synthact.run_job(ROOT / job, out, wandb=False, progress=False, overrides=overrides)
     if not sweep.ok:
@@ -90,7 +101,7 @@ def ladder_excerpt(analysis) -> str:
                                                                  mine.variant_b.iloc[i]))]
         if not mine.empty:
             r = mine.iloc[0]
-            pair = f"{_short(r.variant_a)} -> {_short(r.variant_b)}"
+            pair = f"{short(r.variant_a)} -> {short(r.variant_b)}"
             estimate = r.verdict.split(": ", 1)[1].replace(" (95% CI)", "").split("=", 1)[1].strip()
             rows.append((step, pair, estimate))
     width = max(len(p) for _, p, _ in rows) + 2
@@ -100,11 +111,68 @@ def ladder_excerpt(analysis) -> str:
     return "\n".join([*lines, "```"])
 
 
-def _short(variant: str) -> str:
-    return variant.replace("toward:", "").replace("synthetic_", "")
-
-
 BLOCKS = {"paper-toy-table": ("paper-toy", paper_table), "ladder-toy-excerpt": ("ladder-toy", ladder_excerpt)}
+
+
+# --------------------------------------------------------------------------- docs/science.md (full size)
+
+
+def _cell(run, scan: str, kind: str, column: str = "plateau_len"):
+    rows = run[(run.scan == scan) & (run.target_kind == kind)][column]
+    return rows.mean(), rows.std()
+
+
+def science_blocks(runs: Path) -> dict[str, str]:
+    """docs/science.md's generated numbers, from the full-size paper toy and its two variants."""
+    for name in SCIENCE:
+        analyse(name, runs)
+    paper, rules, exclude = (synthact.read_rows(runs / name) for name in SCIENCE)
+
+    def pm(run, scan, kind, column="plateau_len"):
+        return "{:.2f} +- {:.2f}".format(*_cell(run, scan, kind, column))
+
+    def m1(run, scan, kind, column="plateau_len"):
+        mean, std = _cell(run, scan, kind, column)
+        return f"{mean:.1f} +- {std:.1f}"
+
+    def mean(run, scan, kind, column):
+        return f"{_cell(run, scan, kind, column)[0]:.1f}"
+
+    T, A, S = "plateaus", "plateaus-around-A", "sensitivity"  # noqa: N806 (the scans, as science.md names them)
+    base, struct = "synthetic_baseline", "synthetic_structured"
+    real_t, base_t, struct_t = (_cell(paper, T, k)[0] for k in ("real", base, struct))
+    ex_base_t, ex_struct_t = (_cell(exclude, T, k)[0] for k in (base, struct))
+    baseline = paper[(paper.scan == T) & (paper.target_kind == base)]
+    distance = [run[(run.scan == S) & (run.target_kind == base)].target_distance.median() for run in (paper, exclude)]
+
+    longer = base_t > real_t and struct_t > real_t
+    paragraph = (f"On the toy the authors' rules find plateaus around synthetic targets {_compared((base_t, struct_t), real_t)}"
+                 f" than around real ones (baseline {base_t:.1f}, structured {struct_t:.1f}, real {real_t:.1f})"
+                 + (", the opposite of the paper's third finding" if longer else "")
+                 + f"; with `exclude_template: true` they are {_compared((ex_base_t, ex_struct_t), real_t)} "
+                 f"({ex_base_t:.1f}, {ex_struct_t:.1f} vs {real_t:.1f}).")
+    return {
+        "science-real-plateaus": f"real plateau {pm(paper, T, 'real')} around T vs {pm(paper, A, 'real')} around A "
+                                 "(authors' metric rules)",
+        "science-rules": f"with `fallback`: real plateau around A {pm(rules, A, 'real')} (synthact's rules) vs "
+                         f"{pm(paper, A, 'real')} (the authors'); around T {pm(rules, T, 'real')} vs {pm(paper, T, 'real')}",
+        "science-exclude": f"plateaus around T (authors' rules): baseline {m1(paper, T, base)} (false) vs "
+                           f"{m1(exclude, T, base)} (true), structured {m1(paper, T, struct)} vs {m1(exclude, T, struct)}; "
+                           f"sensitivity `max_slope_step`: baseline {mean(paper, S, base, 'max_slope_step')} vs "
+                           f"{mean(exclude, S, base, 'max_slope_step')}, structured "
+                           f"{mean(paper, S, struct, 'max_slope_step')} vs {mean(exclude, S, struct, 'max_slope_step')} "
+                           f"(real {mean(paper, S, 'real', 'max_slope_step')}). On the 512-latent toy SAE half the "
+                           f"replacements are template latents, so baseline targets lie closer to A (median "
+                           f"{distance[0]:.1f} vs {distance[1]:.1f}) and {(baseline.plateau_len == 100).mean():.0%} of "
+                           "their plateau curves never reach 20 before A",
+        "science-plateaus-paragraph": paragraph,
+    }
+
+
+def _compared(plateaus, real: float) -> str:
+    """Whether plateaus are longer or shorter than real's, as the paragraph says it."""
+    longer = [p > real for p in plateaus]
+    return "*longer*" if all(longer) else "*shorter*" if not any(longer) else "both longer and shorter"
 
 
 # --------------------------------------------------------------------------- counts in sentences
@@ -138,7 +206,7 @@ def inline() -> list[tuple[str, str, str]]:
 def refreshed(text: str, path: str, blocks: dict[str, str]) -> str:
     """`text` (the doc at `path`) with its blocks and inline counts as generated."""
     for name, body in blocks.items():
-        pattern = re.compile(rf"(<!-- refresh_docs: {re.escape(name)} -->\n).*?(\n<!-- /refresh_docs: "
+        pattern = re.compile(rf"(<!-- refresh_docs: {re.escape(name)}(?: [^>]*)? -->\n?).*?(\n?<!-- /refresh_docs: "
                              rf"{re.escape(name)} -->)", re.S)
         text = pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
     for file, pattern, replacement in inline():
@@ -147,20 +215,25 @@ def refreshed(text: str, path: str, blocks: dict[str, str]) -> str:
     return text
 
 
-def generate(runs: Path) -> dict[str, str]:
-    """Every doc in DOCS as the script writes it: {path: text}."""
+def generate(runs: Path, science: bool = False) -> dict[str, str]:
+    """Every doc in DOCS (and docs/science.md with `science`) as the script writes it: {path: text}."""
     analyses = {name: analyse(name, runs) for name in TWINS}
     blocks = {name: make(analyses[twin]) for name, (twin, make) in BLOCKS.items()}
-    return {path: refreshed((ROOT / path).read_text(), path, blocks) for path in DOCS}
+    docs = {path: refreshed((ROOT / path).read_text(), path, blocks) for path in DOCS}
+    if science:
+        path = "docs/science.md"
+        docs[path] = refreshed((ROOT / path).read_text(), path, science_blocks(runs))
+    return docs
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 where a doc differs")
+    parser.add_argument("--science", action="store_true", help="also docs/science.md (full-size toy runs: minutes)")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "docs"), help="where the twins run (resumed)")
     args = parser.parse_args(argv)
     stale = []
-    for path, text in generate(Path(args.runs)).items():
+    for path, text in generate(Path(args.runs), args.science).items():
         committed = (ROOT / path).read_text()
         if text == committed:
             continue
