@@ -27,7 +27,7 @@ import synthact
 from synthact.analysis.answers import short
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "docs/wandb.md")
+DOCS = ("README.md",)
 # name: (job, overrides); the docs quote these commands.
 TWINS = {
     "paper-toy": ("jobs/paper-toy.yaml", ["bases_per_cell=20", "shard_size=20"]),

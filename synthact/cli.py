@@ -203,9 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     print(summary.render(result, sweep.out, sweep.comparison, sweep.verdicts, sweep.differences, sweep.toy))
     if sweep.wandb:
-        from synthact.analysis.text import paragraph
-
-        print("\n".join(part for line in sweep.wandb.splitlines() for part in paragraph(line)))
+        print(sweep.wandb)
     return 0 if result.ok else 1
 
 

@@ -31,7 +31,9 @@ def sweep(tmp_path_factory):
 def test_run_prints_summary_and_checks(sweep):
     out, stdout = sweep
     assert answers.TITLE in stdout and answers.QUESTIONS[aggregate.CHECK_PLATEAU][0] in stdout
-    assert summary.TOY_NOTE in stdout and max(map(len, stdout.splitlines())) <= 120
+    shown = stdout.splitlines()
+    shown = shown[:next(i for i, line in enumerate(shown) if line.startswith("Results: ")) + 1]  # then W&B's lines
+    assert summary.TOY_NOTE in stdout and max(map(len, shown)) <= 120
     assert f"synthact compare {out}" in stdout and len(stdout.splitlines()) <= 40
     assert "8 cells, 16 shards (16 run now, 0 already done, 0 failed), 96 curves" in stdout
 

