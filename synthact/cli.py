@@ -330,7 +330,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     inputs = f"models: {', '.join(m.label for m in job.model)}; SAEs: {', '.join(s.label for s in job.sae)}"
     for text in (counts, inputs, power):
         print(textwrap.fill(text, WIDTH, subsequent_indent="  "))
-    print(api.memory_estimate(job))  # memory per worker and downloads (inputs/memory.py)
+    for line in api.memory_estimate(job).splitlines():  # memory per worker and downloads (inputs/memory.py)
+        indent = line[:len(line) - len(line.lstrip())]
+        print(textwrap.fill(line, WIDTH, subsequent_indent=indent + "    ", break_on_hyphens=False,
+                            break_long_words=False))
     return 0
 
 

@@ -22,7 +22,7 @@ def offline(monkeypatch):
 def test_the_gemma_scope_job_validates_offline_and_says_what_it_would_download():
     done = synthact("validate", "jobs/gemma-scope.yaml")
     assert done.returncode == 0, done.stderr
-    out = done.stdout
+    out = " ".join(done.stdout.split())  # validate wraps its lines at 120 characters
     assert "model google/gemma-2-2b (TransformerLens name 'gemma-2-2b', 2.6" in out  # TransformerLens's offline table
     assert "SAE gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical: google/gemma-scope-2b-pt-res/" in out
     assert "d_sae 16384" in out and "corpus chanind/openwebtext-gemma" in out
