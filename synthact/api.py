@@ -91,6 +91,7 @@ class SweepRun:
     verdicts: pd.DataFrame | None = None
     differences: pd.DataFrame | None = None
     wandb: str | None = None  # where the W&B run went and how to turn W&B off (None without W&B)
+    toy: bool = False  # the job runs a toy model (which checks the pipeline, not the science)
 
     @property
     def ok(self) -> bool:
@@ -159,7 +160,7 @@ def run_job(
     from synthact.analysis.cells import Sweep
     from synthact.analysis.compare import analyse
 
-    run = SweepRun(out, summary)
+    run = SweepRun(out, summary, toy=any(m.toy for m in job.model))
     if summary.wrote_nothing:  # every shard failed: no rows to compare (the caller reports summary.causes())
         if tracker is not None:
             tracker.finish(summary.as_dict(), out)

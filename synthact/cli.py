@@ -156,7 +156,9 @@ def build_parser(argv: list[str] | None = None) -> Parser:
                        description=cmd_compare.__doc__)
     p.add_argument("out", type=given, help="output directory of a sweep (its results/ folder is read)")
     p.add_argument("--csv", metavar="FILE", type=given, help="also save the comparison table (every column) as CSV here, and "
-                   "the differences between rungs beside it (FILE-differences.csv)")
+                   "beside it the differences between rungs (FILE-differences.csv) and the verdicts (FILE-verdicts.csv)")
+    p.add_argument("--all", action="store_true", help="print every metric, not only each experiment's headline metric "
+                   "(max_slope_step for sensitivity scans, plateau_len for plateau scans)")
     add_ray_argument(p)
     p.set_defaults(func=cmd_compare)
 
@@ -199,7 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.wrote_nothing:
         print(failure_report(result), file=sys.stderr)
         return 1
-    print(summary.render(result, sweep.out, sweep.comparison, sweep.verdicts))
+    print(summary.render(result, sweep.out, sweep.comparison, sweep.verdicts, sweep.differences, sweep.toy))
     if sweep.wandb:
         print(sweep.wandb)
     return 0 if result.ok else 1
@@ -222,22 +224,25 @@ def add_ray_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Each kind against real along both axes: per compared cell and metric, mean +- std of both, the difference of
-    means, the KS distance and the Wasserstein distance, each with a 95% bootstrap interval (paired over bases
-    where the kinds share them), the KS permutation p-value, and the authors' reported values where the sweep's
-    framing is theirs. Then the differences between rungs of the ladder (paired intervals, permutation p,
-    Holm-adjusted p across the grid), one verdict line per paper finding, and the diagnostics of the built codes.
-    Per-cell and per-panel numbers are cached under OUT/analysis/, so a rerun reads only what changed."""
+    """The study's questions and their answers first (one screen: each verdict and each step of the ladder with its
+    estimate, 95% interval, p, Holm p and n), then in a fixed order: each kind against real along both axes (mean
+    +- std, the difference of means with its 95% t interval, paired over bases where the kinds share them, the KS
+    distance with its permutation p, the Wasserstein distance), the authors' reported values where the sweep's
+    framing is theirs, the differences between rungs (KS(b) - KS(a) with its interval, p and Holm p), and the
+    diagnostics of the built codes. Each experiment's headline metric (--all: every metric); every line fits 120
+    characters; --csv has every column. Per-cell and per-panel numbers are cached under OUT/analysis/, so a rerun
+    reads only what changed."""
     from synthact.analysis.compare import differences_path, save_csv
     from synthact.run.store import completion_note
 
     if note := completion_note(args.out):
         print(note + "\n")
     analysis = api.analyse(args.out, args.ray)
-    print(analysis.text())
+    print(analysis.text(every_metric=args.all))
     if args.csv:
         saved = [save_csv(analysis.comparison, args.csv, "comparison"),
-                 save_csv(analysis.differences, differences_path(args.csv), "differences")]
+                 save_csv(analysis.differences, differences_path(args.csv), "differences"),
+                 save_csv(analysis.verdicts, differences_path(args.csv, "verdicts"), "verdicts")]
         print("\nSaved: " + ", ".join(map(str, saved)))
     return 0
 

@@ -37,6 +37,7 @@ SLOW = (
     "tests/run/test_ray_processes.py",
     "tests/run/test_reliability.py::test_ray_local_on_a_cpu_machine_ignores_ray_address",
     "tests/test_end_to_end.py",
+    "tests/test_docs.py::test_the_committed_docs_hold_what_the_toy_twins_print",
 )
 
 

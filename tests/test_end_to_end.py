@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from synthact import results
-from synthact.analysis import aggregate, stats
+from synthact.analysis import aggregate, answers, stats, summary
 from synthact.analysis.cells import Sweep
 from synthact.analysis.wandb_files import read_offline_run
 from tests.helpers import synthact, write_job
@@ -30,7 +30,10 @@ def sweep(tmp_path_factory):
 
 def test_run_prints_summary_and_checks(sweep):
     out, stdout = sweep
-    assert "KS on max_slope_step against real" in stdout and "Replication checks" in stdout
+    assert answers.TITLE in stdout and answers.QUESTIONS[aggregate.CHECK_PLATEAU][0] in stdout
+    shown = stdout.splitlines()
+    shown = shown[:next(i for i, line in enumerate(shown) if line.startswith("Results: ")) + 1]  # then W&B's lines
+    assert summary.TOY_NOTE in stdout and max(map(len, shown)) <= 120
     assert f"synthact compare {out}" in stdout and len(stdout.splitlines()) <= 40
     assert "8 cells, 16 shards (16 run now, 0 already done, 0 failed), 96 curves" in stdout
 
@@ -59,7 +62,9 @@ def test_compare_and_report_commands(sweep, tmp_path):
     compare = synthact("compare", str(out), "--csv", str(tmp_path / "c.csv"))
     assert compare.returncode == 0, compare.stderr
     # step scans only: the plateau verdict, and no slope verdict (they read the sensitivity experiment's scans)
-    assert aggregate.CHECK_PLATEAU in compare.stdout and aggregate.CHECK_STRUCTURE not in compare.stdout
+    question = {check: answers.QUESTIONS[check][0] for check in (aggregate.CHECK_PLATEAU, aggregate.CHECK_STRUCTURE)}
+    assert question[aggregate.CHECK_PLATEAU] in compare.stdout
+    assert question[aggregate.CHECK_STRUCTURE] not in compare.stdout
     assert (tmp_path / "c.csv").stat().st_size > 0
     report = synthact("report", str(out), "--html", str(tmp_path / "r.html"))
     assert report.returncode == 0, report.stderr

@@ -370,13 +370,3 @@ def _plateau_framing(row) -> str:
     """Which plateau the row measured: around T (scan from the target towards A) or around A."""
     return "plateau around T (scan from T to A)" if getattr(row, "scan_start", None) == "target" else \
         "plateau around A (scan from A to T)"
-
-
-def verdict_lines(table: pd.DataFrame) -> list[str]:
-    """A header line per panel, then '  check -- subject: VERDICT (detail)' per verdict."""
-    lines = []
-    for axis in ("target", "base"):
-        for _, group in panels(table[table.axis == axis], axis):
-            lines.append(f"[{axis}: {panel_label(group.iloc[0], axis)}]")
-            lines += [f"  {r.check} -- {r.subject}: {r.verdict} ({r.detail})" for r in group.itertuples()]
-    return lines

@@ -41,7 +41,7 @@ from synthact.analysis.paper import FRAMING_COLUMNS
 from synthact.results import AGGREGATED, AXES, COMPARED, CellRows, column_type
 
 CACHE = "analysis"
-VERSION = 5  # bump when what a part holds changes: older cached parts are then recomputed
+VERSION = 6  # bump when what a part holds changes: older cached parts are then recomputed
 RECORD = ".record.json"  # beside each cached file: the key it answers, its size and sha256
 BAND = ("mean", "q05", "q25", "median", "q75", "q95")
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)

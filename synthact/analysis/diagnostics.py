@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from synthact.analysis import text
 from synthact.analysis.rungs import rung_of
 from synthact.results import axes_of
 
@@ -90,9 +91,23 @@ def diagnostics(sweep) -> pd.DataFrame:
     return summary_table([cell_summary(cell.read(wanted).to_pandas()) for _, cell in sorted(sweep.cells.items())])
 
 
+COMPACT = {"cooccur_window=": "window=", "geometry_temp=": "geo=", "value_source=": "", "cooccur=": "",
+           "add_error=True": "+error", "add_error=False": "", "structure=": "", "match=": ""}
+
+
+def _compact(settings: str) -> str:
+    """A settings label as the text table shows it: 'cooccur=none, geometry_temp=0.05' -> 'none geo=0.05'."""
+    for long, short in COMPACT.items():
+        settings = settings.replace(long, short)
+    return " ".join(p.strip() for p in settings.split(",") if p.strip())
+
+
 def diagnostics_text(table: pd.DataFrame) -> str:
     """The diagnostics table as `synthact compare` prints it ('' without diagnostics)."""
     if table.empty:
         return ""
-    with pd.option_context("display.width", 250, "display.max_rows", 2000, "display.max_columns", 30):
-        return (f"{HEADING}:\n" + table.to_string(index=False))
+    shown = table.assign(direction=table.direction.map(lambda d: str(d).replace("toward:", "")),
+                         settings=table.settings.map(_compact))
+    shown = shown.drop(columns=[c for c in ("L", "base", "direction") if shown[c].astype(str).nunique() == 1])
+    return "\n".join([*text.paragraph(HEADING + ":"), *text.table(shown, keys=("rung", "settings"), cell={"settings": 48},
+                                                                indent="  ")])

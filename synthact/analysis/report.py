@@ -1,7 +1,8 @@
 """`synthact report OUT [--html FILE] [--ray ADDRESS]`: PNG figures and one self-contained HTML page.
 
-The page opens with a table of contents and the answers: the replication verdicts, one table per experiment
-in the paper's order (built from the verdicts table, with every column it has). Then the figures
+The page opens with a table of contents and the answers: the answers table (analysis/answers.py, as `synthact
+compare` prints it first), then every verdict in full, one table per experiment in the paper's order (with every
+column the verdicts table has). Then the figures
 (synthact.analysis.figures), panel by panel: small multiples of every kind against real, the mean L2 curve with
 quantile bands and the ECDFs of `max_slope_step` and `plateau_len`; the KS heatmaps; the comparison table (with
 its intervals), the differences between rungs and the diagnostics of the target codes. Figures are embedded
@@ -24,7 +25,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 from matplotlib.figure import Figure
 
-from synthact.analysis import compare, diagnostics, figures
+from synthact.analysis import answers, compare, diagnostics, figures
 from synthact.analysis.cells import Sweep
 from synthact.analysis.order import direction_rank, kind_rank, scan_rank
 from synthact.errors import SynthactError
@@ -133,7 +134,7 @@ def _page(uri: str, name: str, sweep: Sweep, analysis: compare.Analysis, section
     incomplete = f"<p><strong>{html.escape(completion)}</strong></p>" if (completion := completion_note(uri)) else ""
     table = (comparison[[c for c in compare.SHOWN if c in comparison]].to_html(index=False, float_format="{:.4g}".format)
              if not comparison.empty else "")
-    parts = [("answers", "Answers: the replication checks", _answers(analysis)),
+    parts = [("answers", "Answers: the study's questions", _answers(analysis)),
              *sections,
              ("comparison", "Comparison table",
               "<p>Each kind against real: the difference of means with its 95% t interval (<code>mean_diff_lo</code>, "
@@ -171,14 +172,20 @@ WHERE = ("axis", "model", "sae", "scan", "layer", "read_layer", "base_kind", "di
 
 
 def _answers(analysis: compare.Analysis) -> str:
-    """The verdicts, one table per experiment (axis and scan, in the paper's order), every other column kept."""
+    """The answers table (as `synthact compare` prints it first), then the verdicts in full, one table per experiment
+    (axis and scan, in the paper's order), every other column kept."""
     verdicts = analysis.verdicts
     if verdicts.empty:
         return "<p>No comparison: the sweep has no <code>real</code> cells to compare other kinds against.</p>"
     modes = {}
     if not analysis.comparison.empty and "scan_mode" in analysis.comparison:
         modes = dict(zip(analysis.comparison["scan"], analysis.comparison["scan_mode"]))
-    out = [f"<p>{html.escape(READING)}</p>"]
+    table = answers.answers(verdicts, analysis.differences, analysis.comparison)
+    shown = pd.concat([pd.DataFrame({"experiment": table.experiment, "question": [
+        f"{q} ({of})" for q, of in zip(table.question, table.estimate_of)]}), answers.shown(table)], axis=1)
+    out = [f"<p>{html.escape(READING)}</p>", _marked(shown.to_html(index=False, classes="answers", na_rep="")),
+           f"<p>{html.escape(answers.HOLM_NOTE)}</p>" if shown.answer.str.endswith("*").any() else "",
+           "<h3>Every verdict in full</h3>"]
     key = ["axis", "scan"] if "scan" in verdicts else ["axis"]
     groups = sorted(verdicts.groupby(key, sort=False, dropna=False),
                     key=lambda g: (g[0][0] != "target", scan_rank(modes.get(g[0][-1]), g[0][-1])))
@@ -188,11 +195,16 @@ def _answers(analysis: compare.Analysis) -> str:
         group = group.iloc[sorted(range(len(group)), key=lambda i: _where_rank(group.iloc[i]))]
         shown = group[varying + [c for c in group.columns if c not in WHERE]]
         heading = f"{axis} axis" + (f", experiment {scan}" if scan is not None and scan == scan else "")
-        table = shown.to_html(index=False, classes="verdicts", float_format="{:.4g}".format, na_rep="")
-        for verdict in ("YES", "NO"):
-            table = table.replace(f"<td>{verdict}</td>", f'<td class="{verdict}">{verdict}</td>')
-        out.append(f"<h3>{html.escape(heading)}</h3>{table}")
+        table = _marked(shown.to_html(index=False, classes="verdicts", float_format="{:.4g}".format, na_rep=""))
+        out.append(f"<h4>{html.escape(heading)}</h4>{table}")
     return "\n".join(out)
+
+
+def _marked(table: str) -> str:
+    """An HTML table whose YES and NO cells are coloured."""
+    for verdict in ("YES", "NO"):
+        table = table.replace(f"<td>{verdict}</td>", f'<td class="{verdict}">{verdict}</td>')
+    return table
 
 
 def _where_rank(row) -> tuple:
@@ -202,8 +214,13 @@ def _where_rank(row) -> tuple:
 
 
 def _differences(differences: pd.DataFrame) -> str:
-    table = compare.readable_differences(differences).to_html(index=False, classes="differences")
-    return f"<p>{html.escape(compare.DIFFERENCES_HEADING)}</p>{table}"
+    out = [f"<p>{html.escape(compare.DIFFERENCES_HEADING)}</p>"]
+    for axis in compare.HEADINGS:
+        rows = differences[differences.axis == axis]
+        for label, group in compare.panel_groups(rows, axis) if not rows.empty else ():
+            table = compare.readable_differences(group, sentences=True).to_html(index=False, classes="differences")
+            out.append(f"<h4>{html.escape(label)}</h4>{table}")
+    return "\n".join(out)
 
 
 def _job_name(fs: pafs.FileSystem, root: str, uri: str) -> str:

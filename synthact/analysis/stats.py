@@ -18,7 +18,7 @@ from scipy.stats import bootstrap, ks_2samp, kstwo, norm, wasserstein_distance
 N_RESAMPLES = 2000
 BOOTSTRAP_MAX_N = 2000  # above this many values (per sample), normal-theory intervals
 LEVEL = 0.95
-STATS = ("count", "mean", "median", "std", "q05", "q25", "q75", "q95", "ci_low", "ci_high")
+STATS = ("count", "mean", "median", "std", "q05", "q25", "q75", "q95", "mean_lo", "mean_hi")
 Z = float(norm.ppf(0.5 + LEVEL / 2))
 KS_EXACT_MAX_N = 10_000  # scipy's own switch from the exact KS p-value to Smirnov's asymptotic one
 
@@ -39,7 +39,7 @@ def summarize(values, seed: int = 0) -> dict[str, float]:
     out |= {"mean": float(x.mean()), "median": float(median), "std": _std(x),
             "q05": float(q05), "q25": float(q25), "q75": float(q75), "q95": float(q95)}
     low, high = mean_interval(x, seed)
-    return out | {"ci_low": low, "ci_high": high}
+    return out | {"mean_lo": low, "mean_hi": high}
 
 
 def mean_interval(x: np.ndarray, seed: int = 0) -> tuple[float, float]:

@@ -73,16 +73,16 @@ def test_cell_aggregates_match_numpy(sweep):
                 for q in (5, 25, 75, 95):
                     assert got[f"{metric}_q{q:02d}"] == pytest.approx(np.quantile(x, q / 100))
                 half = 1.96 * x.std(ddof=1) / math.sqrt(x.size)
-                assert got[f"{metric}_ci_low"] <= x.mean() <= got[f"{metric}_ci_high"]
-                assert got[f"{metric}_ci_high"] - got[f"{metric}_ci_low"] == pytest.approx(2 * half, rel=0.3, abs=1e-9)
+                assert got[f"{metric}_mean_lo"] <= x.mean() <= got[f"{metric}_mean_hi"]
+                assert got[f"{metric}_mean_hi"] - got[f"{metric}_mean_lo"] == pytest.approx(2 * half, rel=0.3, abs=1e-9)
 
 
 def test_summarize_edge_cases():
     assert stats.summarize([])["count"] == 0 and math.isnan(stats.summarize([])["mean"])
     one = stats.summarize([2.0, float("nan")])
-    assert one["count"] == 1 and one["mean"] == 2.0 and math.isnan(one["ci_low"])
+    assert one["count"] == 1 and one["mean"] == 2.0 and math.isnan(one["mean_lo"])
     same = stats.summarize([3.0] * 5)
-    assert same["ci_low"] == same["ci_high"] == 3.0
+    assert same["mean_lo"] == same["mean_hi"] == 3.0
 
 
 def test_curve_bands_are_mean_and_quantiles_of_curves(sweep):
@@ -165,10 +165,6 @@ def test_verdicts_state_the_replication_targets(sweep):
         assert all(d.startswith(f"KS {x} ") for x, d in zip(closest.verdict, closest.detail))  # the smallest KS
         assert not closest.verdict.str.contains("gaussian").any()
     assert "YES" in by_check[("base", aggregate.CHECK_STRUCTURE)]
-    lines = aggregate.verdict_lines(v)
-    headers = [line for line in lines if line.startswith("[")]
-    assert len(lines) == len(v) + len(headers)
-    assert any(h.startswith("[target:") and h.endswith("base real]") for h in headers)
 
 
 def test_plateau_verdicts_come_only_from_step_scans_and_slope_verdicts_only_from_interpolation(sweep):

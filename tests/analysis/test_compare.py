@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import warnings
 
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 
 from synthact import results
-from synthact.analysis import aggregate, compare
+from synthact.analysis import aggregate, answers, compare
 from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
 from tests.helpers import PAPER_SCANS, TOWARD, command, make_job, write_results
@@ -27,25 +28,38 @@ def out(tmp_path_factory):
     return out
 
 
-def test_compare_prints_table_and_verdicts_and_writes_nothing_unasked(out, capsys):
+def test_compare_prints_answers_tables_and_differences_and_writes_nothing_unasked(out, capsys):
     assert run_compare([str(out)]) == 0
     text = capsys.readouterr().out
     assert not (out / "compare.csv").exists()  # only the cache of per-cell aggregates is written (OUT/analysis)
     sweep = Sweep.open(out)
     expected, differences = aggregate.compare_kinds(sweep), aggregate.differences(sweep)
     verdicts = aggregate.verdicts(expected, differences)
-    for line in aggregate.verdict_lines(verdicts):
-        assert line in text
-    for check in (aggregate.CHECK_STRUCTURE, aggregate.CHECK_PLATEAU, aggregate.CHECK_GAUSSIAN, aggregate.CHECK_CLOSEST):
-        assert check in text
-    assert "toward:synthetic_structured anchor vs toward:synthetic_baseline k=10: " in text
-    assert "synthetic_structured anchor vs synthetic_baseline k=10: YES (KS" in text
-    # the distances with their intervals, and the differences between rungs with their verdict sentences
-    row = expected[(expected.axis == "target") & (expected.target_kind == "gaussian")].iloc[0]
+    assert text.startswith(answers.TITLE) and answers.READING in text
+    for question, _ in answers.QUESTIONS.values():
+        assert question in text
+    assert "structured anchor vs baseline k=10" in text
+    # the distances with their intervals, and the differences between rungs with their intervals
+    row = expected[(expected.axis == "target") & (expected.target_kind == "gaussian")
+                   & (expected.metric == "max_slope_step") & (expected.scan_mode == "interpolate")].iloc[0]
     assert f"{row.mean_diff:+.3g} [{row.mean_diff_lo:+.3g}, {row.mean_diff_hi:+.3g}]" in text
     assert "[nan" not in text and "KS [95% CI]" not in text  # no interval of a distance: none is calibrated
-    assert compare.DIFFERENCES_HEADING in text
-    assert all(v in text for v in differences.verdict)
+    assert " ".join(compare.DIFFERENCES_HEADING.split()) in " ".join(text.split())
+    shown = compare.headline(differences)
+    assert all(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" in text for d, lo, hi in
+               zip(shown.ks_diff, shown.ks_diff_lo, shown.ks_diff_hi))
+    assert len(verdicts) and max(map(len, text.splitlines())) <= 120
+
+
+def test_compare_all_prints_every_metric(out, capsys):
+    assert run_compare([str(out)]) == 0
+    headline = capsys.readouterr().out
+    assert run_compare([str(out), "--all"]) == 0
+    every = capsys.readouterr().out
+    for metric in results.COMPARED:
+        named = re.compile(rf"{metric}(?![_a-z])")
+        assert named.search(every) and bool(named.search(headline)) == (metric in ("max_slope_step", "plateau_len"))
+    assert max(map(len, every.splitlines())) <= 120
 
 
 def test_compare_csv_option(out, tmp_path):
@@ -60,6 +74,8 @@ def test_compare_csv_option(out, tmp_path):
     assert set(saved.metric) == set(results.COMPARED)
     differences = pd.read_csv(tmp_path / "sub" / "c-differences.csv")
     np.testing.assert_allclose(differences.ks_diff_p_holm, aggregate.differences(Sweep.open(out)).ks_diff_p_holm)
+    verdicts = pd.read_csv(tmp_path / "sub" / "c-verdicts.csv")
+    assert {"check", "verdict", "estimate", "lo", "hi", "p", "p_holm", "n", "detail"} <= set(verdicts)
 
 
 def test_compare_without_real_says_so(tmp_path, capsys):

@@ -23,6 +23,7 @@ from PIL import Image
 
 from synthact import results
 from synthact.analysis import compare, figures, report
+from synthact.analysis.answers import answers as answers_table
 from synthact.analysis.cells import Sweep
 from synthact.errors import SynthactError
 from tests.helpers import command, make_job, twin_job, write_results
@@ -227,11 +228,15 @@ def test_page_opens_with_contents_then_the_answers_from_the_verdicts_table(twins
     assert page.index("<nav>") < page.index('<h2 id="answers">') and headings[0] == "answers"
     links = re.findall(r'<li><a href="#([^"]+)">', page)
     assert links == headings and len(links) == len(set(links))
-    verdicts = compare.analyse(Sweep.open(out)).verdicts
-    answers = page[page.index('<h2 id="answers">'):page.index(f'<h2 id="{headings[1]}">')]
-    assert answers.count("<tr>") == len(verdicts) > 0  # a row per verdict (header rows are <tr style=...>)
+    analysis = compare.analyse(Sweep.open(out))
+    verdicts, table = analysis.verdicts, answers_table(analysis.verdicts, analysis.differences, analysis.comparison)
+    section = page[page.index('<h2 id="answers">'):page.index(f'<h2 id="{headings[1]}">')]
+    first, full = section.split("Every verdict in full")
+    assert first.count("<tr>") == len(table) > len(verdicts) > 0  # the answers table, as compare prints it first
+    assert all(answer in first for answer in table.answer) and "estimate [95% CI]" in first
+    assert full.count("<tr>") == len(verdicts)  # then a row per verdict (header rows are <tr style=...>)
     for row in verdicts.itertuples():
-        assert row.subject in answers and row.detail in answers
+        assert row.subject in full and row.detail in full
     assert f"{len(written.figures)} figures (" in page  # the page says what it holds and how big
 
 

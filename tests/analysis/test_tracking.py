@@ -92,7 +92,7 @@ def test_cells_table_equals_parquet_aggregates(tracked):
             assert same(got[f"{metric}_mean"], float(x.mean()))
             assert same(got[f"{metric}_median"], float(np.median(x)))
             assert same(got[f"{metric}_q95"], float(np.quantile(x, 0.95)))
-            assert got[f"{metric}_ci_low"] <= x.mean() <= got[f"{metric}_ci_high"]
+            assert got[f"{metric}_mean_lo"] <= x.mean() <= got[f"{metric}_mean_hi"]
 
 
 def test_live_table_has_every_cell_once(tracked):

@@ -47,7 +47,9 @@ def test_a_local_checkpoint_loads_in_its_precision_within_about_one_copy_of_its_
     r = json.loads(done.stdout.strip().splitlines()[-1])
     assert r["dtypes"] == ["torch.bfloat16"]
     slices = memory.PROCESSING_COPIES * 4 * 3 * memory.SLICE_ELEMENTS  # the float32 copies of one MLP slice
-    assert r["extra"] < r["bytes"] + 1.5 * slices, r  # TransformerLens's whole-model processing: about 8 copies
+    # One copy of the weights plus the slices in flight, with room for what the loader imports on the way
+    # (allocator and import arenas vary by machine); TransformerLens's whole-model processing: about 8 copies.
+    assert r["extra"] < r["bytes"] + 2.5 * slices, r
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "gemma2", "qwen3"])
