@@ -114,20 +114,25 @@ def random_sae(model, layer: int, d_sae: int, device: torch.device):
     tokens = torch.randint(0, model.cfg.d_vocab, (64, 10), generator=gen).to(device)
     with torch.inference_mode():
         typical_norm = model(tokens, stop_at_layer=layer)[:, -1].norm(dim=-1).mean().item()
-    sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=d_sae, device=str(device)))
+    # Built on the meta device and given its weights once (as sae_lens's own load_from_disk does): sae_lens's
+    # initialisation would hold W_dec, a transposed clone of it and that clone made contiguous at once (three
+    # copies of one weight: 9.6 GB at d_sae 1,048,576).
+    sae = StandardSAE(StandardSAEConfig(d_in=d, d_sae=d_sae, device="meta"))
     threshold = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - GEN_TARGET_L0 / d_sae)))
+    w_enc = torch.empty(d, d_sae, device=device)
+    w_dec = torch.empty(d_sae, d, device=device)
     with torch.no_grad():  # in place, a block of latents at a time: no second copy of the weights
-        w_enc = sae.W_enc.data
         if device.type == "cpu":
             torch.randn(d, d_sae, generator=gen, out=w_enc)
         else:
             w_enc.copy_(torch.randn(d, d_sae, generator=gen))
         w_enc /= typical_norm  # pre-activations ~ N(0, 1)
-        sae.b_enc.fill_(-threshold)
         for a in range(0, d_sae, 1 << 16):
-            sae.W_dec.data[a: a + (1 << 16)] = torch.nn.functional.normalize(w_enc[:, a: a + (1 << 16)].T, dim=-1)
-        sae.b_dec.zero_()
-    return sae
+            w_dec[a: a + (1 << 16)] = torch.nn.functional.normalize(w_enc[:, a: a + (1 << 16)].T, dim=-1)
+    weights = dict(W_enc=w_enc, W_dec=w_dec, b_enc=torch.full((d_sae,), -threshold, device=device),
+                   b_dec=torch.zeros(d, device=device))
+    sae.load_state_dict(weights, assign=True)
+    return sae.to(device=device)  # the SAE's own record of its device; the weights are there already
 
 
 def generation_context(model_name, layer, n_ctx, device, d_sae: int, n_prompts: int | None = None):
