@@ -2,12 +2,16 @@
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import synthact.bench as bench
 from synthact.bench import fixtures, generation, scan_speed, timing
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -131,3 +135,33 @@ def test_memory_table_with_tiny_shapes(capsys, monkeypatch):
     assert full["layers"] == 6
     assert full["weights"] == pytest.approx(two["weights"] + 4 * (two["weights"] - one["weights"]))
     assert "full depth, extrapolated" in memory.format_memory(r)
+
+
+RANDOM_SAE_PEAK = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import torch
+from synthact.bench import fixtures
+
+def status(key):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
+
+model = fixtures.build_model("toy", 10, torch.device("cpu"))
+open("/proc/self/clear_refs", "w").write("5")  # the high-water mark restarts from the current size
+before = status("VmRSS")
+sae = fixtures.random_sae(model, 1, int(sys.argv[1]), torch.device("cpu"))
+print(json.dumps({"extra": status("VmHWM") - before, "weight": sae.W_enc.numel() * 4, "device": str(sae.device)}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="reads the peak memory from /proc (Linux)")
+def test_the_bench_random_sae_holds_its_two_weights_and_no_third_copy():
+    """The random SAE of `bench --generation --d-sae N` peaks at its own two weights (W_enc, W_dec) plus small
+    blocks, not at sae_lens's initialisation's three copies of W_dec (3.2 GB extra at d_sae 1,048,576)."""
+    done = subprocess.run([sys.executable, "-c", RANDOM_SAE_PEAK, str(1 << 19)], env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    assert r["device"] == "cpu"
+    # Two weights of 128 MiB each and blocks of 16 MiB; the old construction held at least three weights at once.
+    assert 2 * r["weight"] <= r["extra"] < 2.5 * r["weight"], r
