@@ -44,17 +44,21 @@ def assemble(cfg, state: dict[str, torch.Tensor], processing: dict, vocab_slice:
     for layer in range(cfg.n_layers):
         prefix = f"blocks.{layer}."
         block = {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
-        out = {}
+        out, others = {}, block | state  # a tensor is written over only where no other entry shares its memory
         for piece, narrowed, where in _block_pieces(cfg, layer, block):
             done = _process({f"blocks.0.{k}": v for k, v in piece.items()} | _stand_ins(cfg), narrowed, flags)
             for name in piece:
-                if name not in where:
-                    out[name] = done[f"blocks.0.{name}"]
+                value, source = done[f"blocks.0.{name}"], block[name]
+                whole = where.get(name) is ...
+                if name not in where or (whole and not (_owned(source, others) and _same_form(value, source))):
+                    out[name] = value
                     continue
-                if name not in out:  # slices are written over their input where it owns its memory alone
-                    out[name] = block[name] if _owned(block[name], block) else torch.empty_like(block[name])
-                out[name][where[name]] = done[f"blocks.0.{name}"]
-        del block
+                if name not in out:  # written over its input where that owns its memory alone: no second copy
+                    out[name] = source if _owned(source, others) else torch.empty_like(source)
+                out[name][where[name]] = value
+            del done, piece
+            _release_freed_memory()  # the piece's float32 temporaries go back now, not after the whole model
+        del block, others
         assigned |= _assign(model, {prefix + k: v for k, v in out.items()})
     vocab_slice = vocab_slice or max(SLICE_ELEMENTS // cfg.d_model, 2)
     assigned |= _assign(model, _vocabulary(cfg, state, flags, center_unembed, vocab_slice))
@@ -78,15 +82,16 @@ def _release_freed_memory() -> None:
 
 
 def _block_pieces(cfg, layer: int, block: dict):
-    """(piece, its cfg, where each sliced tensor's slice goes) for one block: the block less its MLP, then the MLP
-    in slices along d_mlp (each folding and centring step acts within a hidden unit's column of W_in/W_gate and row
-    of W_out). A parallel block (its MLP folds ln1, which its attention needs too) is one piece."""
+    """(piece, its cfg, where each tensor's processed value goes: a slice, or ... for a tensor no later piece reads)
+    for one block: the block less its MLP, then the MLP in slices along d_mlp (each folding and centring step acts
+    within a hidden unit's column of W_in/W_gate and row of W_out; every slice reads ln2). A parallel block (its MLP
+    folds ln1, which its attention needs too) is one piece."""
     one = _narrowed(cfg, n_layers=1, layer=layer)
     mlp = {k for k in block if k.startswith(("mlp.", "ln2."))}
     if cfg.parallel_attn_mlp or "mlp.W_in" not in block:
-        yield dict(block), one, {}
+        yield dict(block), one, dict.fromkeys(block, ...)
         return
-    yield {k: v for k, v in block.items() if k not in mlp}, one, {}
+    yield {k: v for k, v in block.items() if k not in mlp}, one, {k: ... for k in block if k not in mlp}
     for cols in _slices(block["mlp.W_in"].shape[1], max(SLICE_ELEMENTS // cfg.d_model, 2), cfg.d_model):
         where = {k: (slice(None), cols) for k in ("mlp.W_in", "mlp.W_gate") if k in block}
         where.update({k: cols for k in ("mlp.b_in", "mlp.W_out") if k in block})
@@ -168,6 +173,10 @@ def _owned(tensor: torch.Tensor, others: dict) -> bool:
     whole = storage.nbytes() == tensor.numel() * tensor.element_size()
     shared = any(o is not tensor and o.untyped_storage().data_ptr() == storage.data_ptr() for o in others.values())
     return whole and not shared
+
+
+def _same_form(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype
 
 
 def _assign(model: HookedTransformer, tensors: dict) -> set[str]:

@@ -136,6 +136,23 @@ def test_piecewise_processing_is_transformer_lens_processing(checkpoint, flags, 
         torch.testing.assert_close(tensor, theirs[name], atol=2e-6, rtol=1e-5, msg=f"{family}: {name}")
 
 
+def test_a_blocks_attention_is_processed_over_its_converted_tensors_not_into_a_second_copy(checkpoint):
+    """Each attention weight that owns its memory (a converter's view of one checkpoint tensor) is written over in
+    place by the piecewise processing and becomes the model's parameter: no second copy of a block's attention."""
+    from synthact.inputs import processing
+    from synthact.inputs.checkpoint import converted
+
+    family, path, _ = checkpoint
+    cfg, state, applied = converted(path, PROCESSING_DEFAULTS, torch.float32)
+    names = [k for k in state if k.startswith("blocks.0.attn.") and k.split(".")[-1].lstrip("_").startswith("W_")]
+    own = {k: state[k].untyped_storage().data_ptr() for k in names if processing._owned(state[k], state)}
+    model = processing.assemble(cfg, state, applied)
+    params = dict(model.named_parameters())
+    if family in ("llama", "gemma2", "mistral", "qwen2", "qwen3"):  # separate q/k/v/o projections
+        assert len(own) == 4, names
+    assert {k: params[k].untyped_storage().data_ptr() for k in own} == own
+
+
 @pytest.mark.parametrize("where", ["pre", "post"])
 def test_sweep_on_fast_path_recomputes_with_plain_path(checkpoint, where, tmp_path):
     family, path, _ = checkpoint
