@@ -8,7 +8,9 @@ steps acts within one block, or within one vocabulary entry's row of the embeddi
 `ProcessWeights.process_weights` one piece at a time: each block alone (with small stand-ins for the
 embeddings, which its checks want present), then the vocabulary in slices; and centres the unembedding itself
 over the whole vocabulary, as `ProcessWeights.center_unembed` does. Each processed piece becomes the model's
-parameters in the checkpoint's precision before the next is processed. tests/inputs/test_processing.py checks
+parameters in the checkpoint's precision before the next is processed, written over the converted tensors where
+they own their memory, and the piece's float32 temporaries are handed back to the system before the next piece
+(glibc would otherwise keep them, and the peak would grow piece by piece). tests/inputs/test_families.py checks
 the result against TransformerLens's whole-model processing for every family.
 """
 
