@@ -354,15 +354,32 @@ def grid_lines(cells) -> list[str]:
     lines = []
     if varying:
         table = pd.DataFrame({c: ["-" if v is None else v for v in values[c]] for c in varying})
+        shown = table.head(GRID_ROWS).to_string(index=False).splitlines()
+        twins = _twin_axes(table) if max(map(len, shown)) + 2 > WIDTH else {}
+        if twins:  # too wide: an axis that only renames another one is named, not shown
+            shown = table.drop(columns=list(twins)).head(GRID_ROWS).to_string(index=False).splitlines()
         lines.append("the axes that vary, one row per cell:")
-        lines += ["  " + line for line in table.head(GRID_ROWS).to_string(index=False).splitlines()]
+        lines += ["  " + line for line in shown]
         if len(table) > GRID_ROWS:
             lines.append(f"  ... and {len(table) - GRID_ROWS} more cells (synthact.grid(JOB) lists them all)")
+        lines += [f"  ({twin}: one value for each value of {axis}, not shown)" for twin, axis in twins.items()]
     for where, keep in (("every cell", lambda c: None not in values[c]), ("where they apply", lambda c: None in values[c])):
         same = [f"{c} {next(iter(distinct[c].values()))}" for c in values if len(distinct[c]) == 1 and keep(c)]
         if same:
             lines += textwrap.wrap(f"{where}: " + ", ".join(same), WIDTH, subsequent_indent="  ")
     return lines
+
+
+def _twin_axes(table) -> dict[str, str]:
+    """{axis: earlier axis} for each column whose values are in one-to-one correspondence with an earlier one's."""
+    twins: dict[str, str] = {}
+    for i, c in enumerate(table.columns):
+        for d in table.columns[:i]:
+            if d not in twins and len(table[[c, d]].astype(str).drop_duplicates()) == table[c].astype(str).nunique() \
+                    == table[d].astype(str).nunique():
+                twins[c] = d
+                break
+    return twins
 
 
 if __name__ == "__main__":
