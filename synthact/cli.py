@@ -300,8 +300,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"{uri}: {len(found.good)} shard(s) verified, {len(found.bad)} bad, {len(found.strays)} stray file(s)"
           + (f", {len(found.bad_stats)} damaged statistics" if found.bad_stats else "")
           + (f", {len(found.bad_caches)} damaged toy cache(s)" if found.bad_caches else "")
-          + ("; rerun the same `synthact run` to redo the bad shards and statistics" if found.bad or found.bad_stats
+          + ("; rerun the same `synthact run` to redo the bad shards and statistics" if found.redo or found.bad_stats
              or found.bad_caches else "")
+          + (f"; {len(found.other_spec)} were written by another job spec: a rerun refuses until they are moved out"
+             if found.other_spec else "")
+          + (f"; {len(found.outside)} name no shard of this job: never read, a rerun leaves them" if found.outside else "")
           + ("; stray files are never read: move them out of results/" if found.strays else ""))
     return 0 if found.ok else 1
 
