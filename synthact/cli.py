@@ -300,8 +300,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"{uri}: {len(found.good)} shard(s) verified, {len(found.bad)} bad, {len(found.strays)} stray file(s)"
           + (f", {len(found.bad_stats)} damaged statistics" if found.bad_stats else "")
           + (f", {len(found.bad_caches)} damaged toy cache(s)" if found.bad_caches else "")
-          + ("; rerun the same `synthact run` to redo the bad shards and statistics" if found.bad or found.bad_stats
+          + ("; rerun the same `synthact run` to redo the bad shards and statistics" if found.redo or found.bad_stats
              or found.bad_caches else "")
+          + (f"; {len(found.other_spec)} were written by another job spec: a rerun refuses until they are moved out"
+             if found.other_spec else "")
+          + (f"; {len(found.outside)} name no shard of this job: never read, a rerun leaves them" if found.outside else "")
           + ("; stray files are never read: move them out of results/" if found.strays else ""))
     return 0 if found.ok else 1
 
@@ -354,15 +357,32 @@ def grid_lines(cells) -> list[str]:
     lines = []
     if varying:
         table = pd.DataFrame({c: ["-" if v is None else v for v in values[c]] for c in varying})
+        shown = table.head(GRID_ROWS).to_string(index=False).splitlines()
+        twins = _twin_axes(table) if max(map(len, shown)) + 2 > WIDTH else {}
+        if twins:  # too wide: an axis that only renames another one is named, not shown
+            shown = table.drop(columns=list(twins)).head(GRID_ROWS).to_string(index=False).splitlines()
         lines.append("the axes that vary, one row per cell:")
-        lines += ["  " + line for line in table.head(GRID_ROWS).to_string(index=False).splitlines()]
+        lines += ["  " + line for line in shown]
         if len(table) > GRID_ROWS:
             lines.append(f"  ... and {len(table) - GRID_ROWS} more cells (synthact.grid(JOB) lists them all)")
+        lines += [f"  ({twin}: one value for each value of {axis}, not shown)" for twin, axis in twins.items()]
     for where, keep in (("every cell", lambda c: None not in values[c]), ("where they apply", lambda c: None in values[c])):
         same = [f"{c} {next(iter(distinct[c].values()))}" for c in values if len(distinct[c]) == 1 and keep(c)]
         if same:
             lines += textwrap.wrap(f"{where}: " + ", ".join(same), WIDTH, subsequent_indent="  ")
     return lines
+
+
+def _twin_axes(table) -> dict[str, str]:
+    """{axis: earlier axis} for each column whose values are in one-to-one correspondence with an earlier one's."""
+    twins: dict[str, str] = {}
+    for i, c in enumerate(table.columns):
+        for d in table.columns[:i]:
+            if d not in twins and len(table[[c, d]].astype(str).drop_duplicates()) == table[c].astype(str).nunique() \
+                    == table[d].astype(str).nunique():
+                twins[c] = d
+                break
+    return twins
 
 
 if __name__ == "__main__":

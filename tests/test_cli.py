@@ -214,3 +214,11 @@ def test_overrides_go_anywhere_after_the_command_and_alone_change_the_default_jo
     assert parsed("run", "jobs/paper-toy.yaml", "--out", "o", "seed=3", "--no-progress", "js=true") == (
         "jobs/paper-toy.yaml", ["seed=3", "js=true"])
     assert parsed("validate", "jobs/paper-toy.yaml", "scan.0.steps=9") == ("jobs/paper-toy.yaml", ["scan.0.steps=9"])
+
+
+def test_validate_folds_an_axis_that_renames_another_when_the_table_is_too_wide():
+    """gemma-scope-toy's grid is 133 characters wide with target_kind beside direction (toward:X targets X)."""
+    lines = synthact("validate", "jobs/gemma-scope-toy.yaml").stdout.splitlines()
+    header = lines[lines.index("the axes that vary, one row per cell:") + 1].split()
+    assert "direction" in header and "target_kind" not in header and max(map(len, lines)) <= 120
+    assert "  (target_kind: one value for each value of direction, not shown)" in lines

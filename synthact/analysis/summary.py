@@ -55,5 +55,6 @@ def totals(summary: RunSummary, out: str) -> list[str]:
     if len(s.failures) > 5:
         lines.append(f"... and {len(s.failures) - 5} more failures")
     if s.failures:
-        lines.append("Rerun the same command to retry the failed shards; finished shards are kept.")
+        lines.append("A rerun of the same command runs the failed shards again and keeps the finished ones: fix the "
+                     "cause first where it is not transient (the same input fails the same way).")
     return lines

@@ -33,3 +33,4 @@ def test_summary_without_results_has_the_totals_only():
     run = RunSummary(cells=2, shards=2, shards_skipped=0, failures=[("a-00000", "boom")], wall_s=1.0)
     text = summary.render(run, "OUT")
     assert text.splitlines()[0].startswith("2 cells, 2 shards") and "FAILED a-00000: boom" in text
+    assert "fix the cause first where it is not transient" in " ".join(text.split())  # a retry alone repeats it

@@ -36,6 +36,9 @@ def test_bench_json_on_toy_model(capsys):
     assert r["fast_points_per_s"] == fp32["points_per_s"] > 0 and r["plain_points_per_s"] > 0
     assert r["speedup_vs_plain"] == pytest.approx(r["fast_points_per_s"] / r["plain_points_per_s"])
     assert r["fast_tflops"] == pytest.approx(r["fast_points_per_s"] * r["flops_per_point"] / 1e12)
+    # the plain loop: every block and the logits at each of the n_ctx tokens; the fast path: one position from L on
+    assert r["flop_ratio"] == pytest.approx(r["plain_flops_per_point"] / r["flops_per_point"])
+    assert r["plain_flops_per_point"] > r["n_ctx"] * r["flops_per_point"]
     assert r["peak_tflops_fp32"] > 0
     assert 0 <= r["max_abs_dev_l2"] < 1e-3  # fp32 fast vs the paper's plain path
     table = scan_speed.format_table(r)
@@ -99,6 +102,7 @@ def test_family_table_with_tiny_shapes(capsys, monkeypatch):
         assert r["fast_points_per_s"] > 0 and r["max_rel_dev_l2"] < 1e-4, r["model"]
     table = scan_speed.format_families(reports)
     assert "Pythia-160m" in table and "gemma2" in table and "qwen3" in table and "% probe" in table
+    assert "x FLOPs" in table and all(r["flop_ratio"] > 1 for r in reports)
 
 
 def test_flops_count_grouped_query_attention_and_gated_mlp():

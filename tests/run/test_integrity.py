@@ -124,6 +124,9 @@ def test_a_shard_and_record_copied_from_another_sweep_fail_verify_and_stop_a_res
         (out / name).write_bytes((tmp_path / "other" / name).read_bytes())
     code, text, _ = cli(capsys, "verify", out)
     assert code == 1 and "written by another job spec" in text, text
+    summary = text.splitlines()[-1]  # a rerun would refuse, so it does not say a rerun redoes them
+    assert "1 bad" in summary and "1 were written by another job spec: a rerun refuses" in summary, summary
+    assert "rerun the same `synthact run` to redo" not in summary
     err = clean_error(capsys, "run", job, "--out", out, "--no-progress")
     assert "seed (7 in the shards, 0 in job.json)" in err and err.count("\n") == 1, err
     assert (out / json.loads(records(out)[0].read_text())["file"]).read_bytes() == \

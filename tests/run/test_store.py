@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,6 @@ def test_a_record_outside_the_jobs_grid_is_named_never_read_and_left_alone(tmp_p
     Plan(job, store)
     assert (tmp_path / "out" / f"manifest/{foreign.shard_id}.json").is_file()
     assert read_table(tmp_path / "out")["shard_id"].unique().to_pylist() == [job.shards()[0].shard_id]
+    summary = subprocess.run([sys.executable, "-m", "synthact.cli", "verify", str(tmp_path / "out")], capture_output=True,
+                             text=True).stdout.splitlines()[-1]  # a rerun leaves it, so verify does not say it redoes it
+    assert "1 name no shard of this job: never read, a rerun leaves them" in summary and "to redo" not in summary
