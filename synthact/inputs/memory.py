@@ -31,7 +31,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 STATS_PROMPTS_PER_BATCH = 256  # generation/stats.py encodes this many prompts' positions at once
 GPU_SIZES_GIB = (24, 40, 80, 141)  # cards the estimate is stated for when no GPU is visible here
 GIB = 2**30
-SLICE_ELEMENTS = 2**22  # weight entries the local loader processes at once (inputs/processing.py)
+SLICE_ELEMENTS = 2**21  # weight entries the local loader processes at once (inputs/processing.py)
 PROCESSING_COPIES = 4  # float32 copies TransformerLens's processing makes of what it is handed
 
 

@@ -21,7 +21,7 @@ import warnings
 
 import torch
 
-from synthact.inputs.memory import SLICE_ELEMENTS  # weight entries processed at once (16 MB in float32)
+from synthact.inputs.memory import SLICE_ELEMENTS  # weight entries processed at once (8 MB in float32)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -47,8 +47,9 @@ def assemble(cfg, state: dict[str, torch.Tensor], processing: dict, vocab_slice:
         prefix = f"blocks.{layer}."
         block = {k[len(prefix):]: state.pop(k) for k in [k for k in state if k.startswith(prefix)]}
         out, others = {}, block | state  # a tensor is written over only where no other entry shares its memory
-        for piece, narrowed, where in _block_pieces(cfg, layer, block):
-            done = _process({f"blocks.0.{k}": v for k, v in piece.items()} | _stand_ins(cfg), narrowed, flags)
+        for piece, narrowed, where, changes in _block_pieces(cfg, layer, block, out, flags):
+            done = _process({f"blocks.0.{k}": v for k, v in piece.items()} | _stand_ins(cfg), narrowed,
+                            flags | changes)
             for name in piece:
                 value, source = done[f"blocks.0.{name}"], block[name]
                 whole = where.get(name) is ...
@@ -83,23 +84,36 @@ def _release_freed_memory() -> None:
         pass
 
 
-def _block_pieces(cfg, layer: int, block: dict):
-    """(piece, its cfg, where each tensor's processed value goes: a slice, or ... for a tensor no later piece reads)
-    for one block: the block less its MLP, then the MLP in slices along d_mlp (each folding and centring step acts
-    within a hidden unit's column of W_in/W_gate and row of W_out; every slice reads ln2). A parallel block (its MLP
-    folds ln1, which its attention needs too) is one piece."""
+def _block_pieces(cfg, layer: int, block: dict, out: dict, flags: dict):
+    """(piece, its cfg, where each tensor's processed value goes: a slice, or ... for a tensor no later piece reads,
+    changes to the flags) for one block, each piece made once the one before is processed (`out`: what they gave).
+
+    The attention comes in two pieces: the queries, keys and values with ln1 (folding ln1 into them; the value
+    biases come out in float32), then the output weights and bias (centring them, folding those value biases
+    into the bias), the order TransformerLens's steps take. The MLP follows in slices along d_mlp (each folding
+    and centring step acts within a hidden unit's column of W_in/W_gate and row of W_out; every slice reads ln2).
+    A parallel block (its MLP folds ln1, which its attention needs too) or one whose attention matrices are
+    refactored together is one piece."""
     one = _narrowed(cfg, n_layers=1, layer=layer)
     mlp = {k for k in block if k.startswith(("mlp.", "ln2."))}
-    if cfg.parallel_attn_mlp or "mlp.W_in" not in block:
-        yield dict(block), one, dict.fromkeys(block, ...)
+    if cfg.parallel_attn_mlp or "mlp.W_in" not in block or flags.get("refactor_factored_attn_matrices"):
+        yield dict(block), one, dict.fromkeys(block, ...), {}
         return
-    yield {k: v for k, v in block.items() if k not in mlp}, one, {k: ... for k in block if k not in mlp}
+    output = {k for k in ("attn.W_O", "attn.b_O") if k in block}
+    b_v = next((k for k in ("attn._b_V", "attn.b_V") if k in block), None)
+    first = {k: v for k, v in block.items() if k not in mlp and k not in output}
+    if output and b_v:
+        first[b_v] = block[b_v].float()  # kept float32 by the processing, as in the whole model's, for the fold
+    yield first, one, dict.fromkeys(first, ...), {"fold_value_biases": False} if output else {}
+    if output:
+        second = {k: block[k] for k in output} | ({b_v: out[b_v]} if b_v else {})
+        yield second, one, dict.fromkeys(second, ...), {"fold_ln": False}
     for cols in _slices(block["mlp.W_in"].shape[1], max(SLICE_ELEMENTS // cfg.d_model, 2), cfg.d_model):
         where = {k: (slice(None), cols) for k in ("mlp.W_in", "mlp.W_gate") if k in block}
         where.update({k: cols for k in ("mlp.b_in", "mlp.W_out") if k in block})
         piece = {k: block[k][index] for k, index in where.items()}
         piece.update({k: block[k] for k in mlp if k.startswith("ln2.") or (k == "mlp.b_out" and cols.start == 0)})
-        yield piece, dataclasses.replace(one, d_mlp=cols.stop - cols.start), where
+        yield piece, dataclasses.replace(one, d_mlp=cols.stop - cols.start), where, {}
 
 
 def _slices(n: int, step: int, avoid: int) -> list[slice]:
