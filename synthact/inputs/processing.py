@@ -5,8 +5,9 @@ fold_value_biases), and to keep precision it first upcasts every tensor to float
 float32 copies of a model that is bf16 on disk (15 GB for a 1.4 GB checkpoint, measured). Every one of those
 steps acts within one block, or within one vocabulary entry's row of the embedding and column of the unembedding
 (centering the unembedding over the vocabulary aside), so `assemble` hands TransformerLens's own
-`ProcessWeights.process_weights` one piece at a time: each block alone (with small stand-ins for the
-embeddings, which its checks want present), then the vocabulary in slices; and centres the unembedding itself
+`ProcessWeights.process_weights` one piece at a time: each block's attention in two pieces and its MLP in
+slices (with small stand-ins for the embeddings, which its checks want present), then the vocabulary in
+slices; and centres the unembedding itself
 over the whole vocabulary, as `ProcessWeights.center_unembed` does. Each processed piece becomes the model's
 parameters in the checkpoint's precision before the next is processed, written over the converted tensors where
 they own their memory, and the piece's float32 temporaries are handed back to the system before the next piece

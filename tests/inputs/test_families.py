@@ -115,9 +115,11 @@ def test_local_checkpoint_matches_hf_and_runs_fast(checkpoint):
 
 @pytest.mark.parametrize("flags", [{}, {"fold_ln": False, "center_writing_weights": False, "center_unembed": False,
                                         "fold_value_biases": False}])
-def test_piecewise_processing_is_transformer_lens_processing(checkpoint, flags, monkeypatch):
-    """The memory-lean loader (each block's attention, its MLP in slices, the vocabulary in slices) gives the
-    weights TransformerLens's whole-model `load_and_process_state_dict` gives."""
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_piecewise_processing_is_transformer_lens_processing(checkpoint, flags, dtype, monkeypatch):
+    """The memory-lean loader (each block's attention in two pieces, its MLP in slices, the vocabulary in slices)
+    gives the weights TransformerLens's whole-model `load_and_process_state_dict` gives, in float32 and in bf16
+    (where both process in float32 and round once at the end)."""
     from transformer_lens import HookedTransformer
 
     from synthact.inputs import processing
@@ -126,14 +128,18 @@ def test_piecewise_processing_is_transformer_lens_processing(checkpoint, flags, 
     family, path, _ = checkpoint
     processing_flags = {**PROCESSING_DEFAULTS, **flags}
     monkeypatch.setattr(processing, "SLICE_ELEMENTS", 7 * D)  # MLP slices of 7 hidden units, several per block
-    ours = processing.assemble(*converted(path, processing_flags, torch.float32), vocab_slice=5)
-    cfg, state, applied = converted(path, processing_flags, torch.float32)
+    ours = processing.assemble(*converted(path, processing_flags, dtype), vocab_slice=5)
+    cfg, state, applied = converted(path, processing_flags, dtype)
     reference = HookedTransformer(cfg, move_to_device=False)
     reference.load_and_process_state_dict(state, **applied)
     theirs = dict(reference.named_parameters())
     assert set(dict(ours.named_parameters())) == set(theirs)
     for name, tensor in ours.named_parameters():
-        torch.testing.assert_close(tensor, theirs[name], atol=2e-6, rtol=1e-5, msg=f"{family}: {name}")
+        assert tensor.dtype == theirs[name].dtype == dtype, name
+        # bf16: one rounding of the tensor's scale (the unembedding is centred after its slices are rounded)
+        tolerance = dict(atol=2e-6, rtol=1e-5) if dtype == torch.float32 else dict(
+            atol=2**-8 * float(theirs[name].abs().max()), rtol=2**-8)
+        torch.testing.assert_close(tensor, theirs[name], **tolerance, msg=f"{family}: {name}")
 
 
 def test_a_blocks_attention_is_processed_over_its_converted_tensors_not_into_a_second_copy(checkpoint):
