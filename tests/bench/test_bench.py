@@ -162,8 +162,8 @@ print(json.dumps({"extra": status("VmHWM") - before, "weight": sae.W_enc.numel()
 def test_the_bench_random_sae_holds_its_two_weights_and_no_third_copy():
     """The random SAE of `bench --generation --d-sae N` peaks at its own two weights (W_enc, W_dec) plus small
     blocks, not at sae_lens's initialisation's three copies of W_dec (3.2 GB extra at d_sae 1,048,576)."""
-    done = subprocess.run([sys.executable, "-c", RANDOM_SAE_PEAK, str(1 << 19)], env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    done = subprocess.run([sys.executable, "-c", RANDOM_SAE_PEAK, str(1 << 19)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr
     r = json.loads(done.stdout.strip().splitlines()[-1])
     assert r["device"] == "cpu"
