@@ -8,6 +8,7 @@ and returns the chosen replacements `[B, K]`; randomness comes in as uniforms dr
 from __future__ import annotations
 
 import math
+import weakref
 
 import numpy as np
 import torch
@@ -117,12 +118,22 @@ def unit_rows(sae, ids: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(sae.W_dec[ids].float(), dim=-1)
 
 
+_INVERSE_NORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # sae -> (weight version, 1 / |W_dec row|)
+
+
 def cosines_to_all(sae, v: torch.Tensor) -> torch.Tensor:
-    """[B, d_sae] v [B, d_model] times every unit decoder direction, the decoder normalised a bounded block of
-    latents at a time."""
+    """[B, d_sae] v [B, d_model] times every unit decoder direction: v W_dec^T scaled by each row's inverse norm
+    (computed once per SAE and weight version, as torch's normalize divides: by max(|row|, 1e-12)), a bounded
+    block of latents at a time."""
     w_dec = sae.W_dec
     step = max(1, UNIT_BUDGET_BYTES // (4 * w_dec.shape[1]))
-    return torch.cat([v @ torch.nn.functional.normalize(w_dec[a: a + step].float(), dim=-1).T
+    version = (w_dec.data_ptr(), w_dec._version)
+    cached = _INVERSE_NORMS.get(sae)
+    if cached is None or cached[0] != version:
+        norms = torch.cat([w_dec[a: a + step].float().norm(dim=-1) for a in range(0, w_dec.shape[0], step)])
+        cached = _INVERSE_NORMS[sae] = (version, 1.0 / norms.clamp(min=1e-12))
+    inverse = cached[1].to(v.device)
+    return torch.cat([(v @ w_dec[a: a + step].float().T) * inverse[a: a + step]
                       for a in range(0, w_dec.shape[0], step)], 1)
 
 

@@ -174,3 +174,20 @@ def test_decoder_cosines_without_a_normalised_copy_equal_the_full_one(ctx, monke
     monkeypatch.setattr(matching, "UNIT_BUDGET_BYTES", 4 * ctx.sae.W_dec.shape[1] * 5)  # 5 latents a block
     v = unit[[2, 9, 4]]
     torch.testing.assert_close(cosines_to_all(ctx.sae, v), v @ unit.T, rtol=0, atol=1e-6)
+
+
+def test_decoder_cosines_follow_a_change_of_the_decoder_weights(ctx):
+    """The decoder's inverse row norms are kept per SAE; a weight written in place is seen at the next call."""
+    v = torch.nn.functional.normalize(ctx.sae.W_dec[[2, 5]].float(), dim=-1)
+    before = cosines_to_all(ctx.sae, v)
+    saved = ctx.sae.W_dec.detach().clone()
+    try:
+        with torch.no_grad():
+            ctx.sae.W_dec[7] *= 3.0  # the same direction, three times the norm: its cosines must not change
+            ctx.sae.W_dec[4] = -ctx.sae.W_dec[4]
+        after = cosines_to_all(ctx.sae, v)
+    finally:
+        with torch.no_grad():
+            ctx.sae.W_dec.copy_(saved)
+    torch.testing.assert_close(after[:, 7], before[:, 7], rtol=0, atol=1e-6)
+    torch.testing.assert_close(after[:, 4], -before[:, 4], rtol=0, atol=1e-6)
