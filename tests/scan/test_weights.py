@@ -2,6 +2,10 @@
 model loaded in bf16 scans in float32 matmuls over its bf16 weights: the plain path of the same model upcast to
 float32 is what it computes."""
 
+import json
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -9,7 +13,7 @@ import torch
 
 from synthact.scan import scan_fast, scan_plain
 from synthact.scan.weights import read_weights
-from tests.helpers import assert_agree, scan_inputs
+from tests.helpers import ROOT, assert_agree, scan_inputs
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 from transformer_lens import HookedTransformer, HookedTransformerConfig  # noqa: E402
@@ -50,3 +54,34 @@ def test_a_bf16_model_scans_in_float32_over_its_bf16_weights():
     scale = reference.l2[2].abs().max()
     assert (fast.l2[2] - reference.l2[2]).abs().max() <= 2e-2 * scale
     assert_agree(scan_fast(upcast, layer, read, *inputs, js=True), reference, read, js=True)
+
+
+CAST_PEAK = """
+import json, torch
+from synthact.scan import fast
+
+def status(key):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
+
+w = torch.randn(1024, 32768).to(torch.bfloat16)  # 2^25 entries: 128 MiB once cast to float32
+x = torch.randn(2, 1024)
+fast._linear(x, w[:, :8], None, torch.float32)  # the first matmul's own start-up memory is not the cast's
+open("/proc/self/clear_refs", "w").write("5")  # the high-water mark restarts from the current size
+before = status("VmRSS")
+out = fast._linear(x, w, None, torch.float32)
+extra = status("VmHWM") - before
+assert torch.allclose(out, x @ w.float(), rtol=1e-4, atol=1e-3)
+print(json.dumps({"extra": extra, "cast": w.numel() * 4}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="reads the peak memory from /proc (Linux)")
+def test_a_weight_of_another_dtype_is_cast_in_slices_not_whole():
+    """A bf16 weight multiplied in float32 costs a slice of its cast at a time (CAST_ELEMENTS), not a float32 copy of
+    the whole matrix (85 MB for one of Gemma-2-2B's MLP matrices, the scan's peak above the weights)."""
+    done = subprocess.run([sys.executable, "-c", CAST_PEAK], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    # one buffer of 16 MiB; the whole cast was 128 MiB
+    assert r["extra"] < 0.25 * r["cast"], r
