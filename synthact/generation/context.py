@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from synthact.generation.codes import Codes
 from synthact.generation.stats import ReferenceStats
 from synthact.spec import GenerationSpec
 
@@ -92,6 +93,9 @@ class Activations:
     other_docs: np.ndarray | None = None  # int64 [B]
     other_offsets: np.ndarray | None = None  # int64 [B]
     other_tokens: np.ndarray | None = None  # int64 [B, n_ctx]
+    # The SAE codes of `vectors` where the draw computed them (real, gaussian): paired targets built on these
+    # draws as templates take them instead of encoding the same vectors again.
+    codes: Codes | None = None
 
     def __len__(self) -> int:
         return self.vectors.shape[0]
@@ -109,5 +113,7 @@ class Activations:
             if mine is not None:
                 for r, item in zip(rows, getattr(other, name)):
                     mine[r] = item
+        if self.codes is not None:
+            self.codes = None if other.codes is None else self.codes.replace(idx.to(self.codes.offsets.device), other.codes)
 
 

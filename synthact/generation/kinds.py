@@ -130,7 +130,8 @@ def _l0(c: codes.Codes) -> np.ndarray:
 def _draw_real(rngs, ctx: GenContext) -> Activations:
     docs, offsets, tokens = _prompts(rngs, ctx)
     x = _forward(ctx, tokens)
-    return Activations("real", x, docs, offsets, tokens, None, None, _l0(_encode(ctx, x)), True)
+    z = _encode(ctx, x)
+    return Activations("real", x, docs, offsets, tokens, None, None, _l0(z), True, codes=z)
 
 
 @torch.no_grad()
@@ -153,7 +154,8 @@ def _draw_gaussian(rngs, ctx: GenContext) -> Activations:
     eps = np.stack([rng.standard_normal(d_model) for rng in rngs])
     docs, offsets, tokens = _prompts(rngs, ctx)
     x = _gaussian(ctx, eps)
-    return Activations("gaussian", x, docs, offsets, tokens, None, None, _l0(_encode(ctx, x)), False)
+    z = _encode(ctx, x)
+    return Activations("gaussian", x, docs, offsets, tokens, None, None, _l0(z), False, codes=z)
 
 
 @torch.no_grad()
@@ -256,9 +258,11 @@ def _draw_other(rngs, ctx: GenContext, lat: torch.Tensor | None, exclude_templat
 
 
 def _paired_templates(base: Activations, ctx: GenContext) -> _Templates:
-    """The bases as templates: their vectors and SAE codes (an empty code gives an empty built code)."""
+    """The bases as templates: their vectors and SAE codes (an empty code gives an empty built code); the codes
+    their own draw computed where it did, so the bases are encoded once whatever the number of paired kinds."""
     x = base.vectors.float()
-    return _Templates(base.docs.copy(), base.offsets.copy(), base.tokens.copy(), x, _encode(ctx, x))
+    z = base.codes if base.codes is not None else _encode(ctx, x)
+    return _Templates(base.docs.copy(), base.offsets.copy(), base.tokens.copy(), x, z)
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@ indices and values; the sparse forms give what the dense ones gave (docs/design.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -191,3 +192,32 @@ def test_decoder_cosines_follow_a_change_of_the_decoder_weights(ctx):
             ctx.sae.W_dec.copy_(saved)
     torch.testing.assert_close(after[:, 7], before[:, 7], rtol=0, atol=1e-6)
     torch.testing.assert_close(after[:, 4], -before[:, 4], rtol=0, atol=1e-6)
+
+
+def test_paired_targets_take_their_bases_codes_and_encode_no_base_again(ctx):
+    """A real base's draw keeps its SAE codes; paired targets built on it read them (the bases are encoded once,
+    whatever the number of paired kinds) and are the targets that encoding the bases again gives."""
+    settings = GenerationSettings()
+    bases = draw("real", [np.random.default_rng([5, i]) for i in range(12)], ctx)
+    assert np.array_equal(bases.codes.l0.cpu().numpy(), bases.l0)
+    without = dataclasses.replace(bases, codes=None)
+    for kind in ("random_latents", "synthetic_baseline", "synthetic_structured", "synthetic_cooccur"):
+        with EncodeRecorder(ctx.sae) as calls:
+            reused = draw(kind, [np.random.default_rng([6, i]) for i in range(12)], ctx, settings, template=bases)
+        with EncodeRecorder(ctx.sae) as again:
+            encoded = draw(kind, [np.random.default_rng([6, i]) for i in range(12)], ctx, settings, template=without)
+        assert sum(again.rows) == sum(calls.rows) + 12, kind  # the 12 bases, encoded only without their codes
+        assert all(np.array_equal(a, b) for a, b in zip(reused.latents, encoded.latents)), kind
+        assert all(np.array_equal(a, b) for a, b in zip(reused.values, encoded.values)), kind
+        assert torch.equal(reused.vectors, encoded.vectors), kind
+
+
+def test_replacing_draws_keeps_their_codes_aligned(ctx):
+    drawn = draw("real", [np.random.default_rng([7, i]) for i in range(6)], ctx)
+    drawn.replace_rows([1, 4], draw("real", [np.random.default_rng([8, i]) for i in range(2)], ctx))
+    fresh = codes.encode(ctx.sae, drawn.vectors)
+    assert torch.equal(drawn.codes.offsets, fresh.offsets) and torch.equal(drawn.codes.latents, fresh.latents)
+    torch.testing.assert_close(drawn.codes.values, fresh.values)
+    other = dataclasses.replace(draw("real", [np.random.default_rng(9)], ctx), codes=None)
+    drawn.replace_rows([0], other)  # a draw without codes: the batch's codes are no longer whole, so none are kept
+    assert drawn.codes is None
