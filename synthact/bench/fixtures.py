@@ -127,8 +127,9 @@ def random_sae(model, layer: int, d_sae: int, device: torch.device):
         else:
             w_enc.copy_(torch.randn(d, d_sae, generator=gen))
         w_enc /= typical_norm  # pre-activations ~ N(0, 1)
-        for a in range(0, d_sae, 1 << 16):
-            w_dec[a: a + (1 << 16)] = torch.nn.functional.normalize(w_enc[:, a: a + (1 << 16)].T, dim=-1)
+        for a in range(0, d_sae, 1 << 16):  # F.normalize's arithmetic, written into W_dec (no block temporaries)
+            rows = w_enc[:, a: a + (1 << 16)].T
+            w_dec[a: a + (1 << 16)].copy_(rows).div_(rows.norm(dim=-1, keepdim=True).clamp_min(1e-12))
     weights = dict(W_enc=w_enc, W_dec=w_dec, b_enc=torch.full((d_sae,), -threshold, device=device),
                    b_dec=torch.zeros(d, device=device))
     sae.load_state_dict(weights, assign=True)
