@@ -114,6 +114,7 @@ class Activations:
                 for r, item in zip(rows, getattr(other, name)):
                     mine[r] = item
         if self.codes is not None:
-            self.codes = None if other.codes is None else self.codes.replace(idx.to(self.codes.offsets.device), other.codes)
+            rows_at = idx.to(self.codes.offsets.device)
+            self.codes = None if other.codes is None else self.codes.replace(rows_at, other.codes)
 
 
